@@ -1,0 +1,47 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "vxlan-agent",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "vxlan-agent", targets: ["vxlan-agent"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        // libmnl from the system (Debian: libmnl-dev).
+        .systemLibrary(
+            name: "CLibMnl",
+            pkgConfig: "libmnl",
+            providers: [.apt(["libmnl-dev"])]
+        ),
+        // What Swift cannot import from libmnl (callbacks, macro-laid-out payloads).
+        .target(name: "CNetlinkShim", dependencies: ["CLibMnl"]),
+        // Sockets, messages, attributes, batches, dumps. Knows nothing of VXLAN.
+        .target(name: "Netlink", dependencies: ["CLibMnl", "CNetlinkShim"]),
+        // Typed kernel objects: VXLAN device, address, neighbor, FDB, nexthop, route.
+        .target(name: "Dataplane", dependencies: ["Netlink", "CLibMnl"]),
+        // Pure: configuration, validation, desired state, diff, plan, rendering.
+        .target(name: "Reconcile", dependencies: ["Dataplane"]),
+        // Where the cluster comes from: static inventory (and etcd).
+        .target(name: "Registry", dependencies: ["Reconcile"]),
+        // Wiring: one sync, the lock, the daemon.
+        .target(name: "Agent", dependencies: [
+            "Dataplane", "Reconcile", "Registry",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "vxlan-agent", dependencies: [
+            "Agent", "Reconcile", "Registry", "Dataplane",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "CLibMnl"]),
+        .testTarget(name: "ReconcileTests", dependencies: ["Reconcile", "Registry", "Dataplane"]),
+        .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "Netlink"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Reconcile", "Dataplane"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

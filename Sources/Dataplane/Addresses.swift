@@ -1,0 +1,162 @@
+/// An IPv4 address, stored in host order.
+public struct IPv4Address: Hashable, Comparable, Sendable, CustomStringConvertible, Codable {
+    public var value: UInt32
+
+    public init(_ value: UInt32) { self.value = value }
+
+    public init(_ a: UInt8, _ b: UInt8, _ c: UInt8, _ d: UInt8) {
+        value = UInt32(a) << 24 | UInt32(b) << 16 | UInt32(c) << 8 | UInt32(d)
+    }
+
+    /// Parses dotted-quad notation; nil for anything else.
+    public init?(_ text: some StringProtocol) {
+        var parts: [UInt32] = []
+        for part in text.split(separator: ".", omittingEmptySubsequences: false) {
+            guard !part.isEmpty, part.count <= 3, part.allSatisfy(\.isASCII), let n = UInt32(part), n <= 255 else { return nil }
+            if part.count > 1 && part.first == "0" { return nil }
+            parts.append(n)
+        }
+        guard parts.count == 4 else { return nil }
+        value = parts[0] << 24 | parts[1] << 16 | parts[2] << 8 | parts[3]
+    }
+
+    public var octets: [UInt8] { [UInt8(value >> 24), UInt8(value >> 16 & 0xff), UInt8(value >> 8 & 0xff), UInt8(value & 0xff)] }
+    public var description: String { octets.map(String.init).joined(separator: ".") }
+
+    public var isMulticast: Bool { value >> 28 == 0xE }
+    public var isLoopback: Bool { value >> 24 == 127 }
+    public var isUnspecified: Bool { value == 0 }
+    public var isBroadcast: Bool { value == .max }
+    /// 240.0.0.0/4, reserved.
+    public var isReserved: Bool { value >> 28 == 0xF }
+
+    public static func < (a: IPv4Address, b: IPv4Address) -> Bool { a.value < b.value }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let address = IPv4Address(text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
+                                                    debugDescription: "\"\(text)\" is not an IPv4 address"))
+        }
+        self = address
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+}
+
+/// An IPv4 prefix (`10.244.1.0/24`). The address is kept as given; `isCanonical`
+/// tells whether host bits are zero.
+public struct IPv4Prefix: Hashable, Comparable, Sendable, CustomStringConvertible, Codable {
+    public var address: IPv4Address
+    public var length: UInt8
+
+    public init(_ address: IPv4Address, _ length: UInt8) {
+        precondition(length <= 32)
+        self.address = address
+        self.length = length
+    }
+
+    public init?(_ text: some StringProtocol) {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let address = IPv4Address(parts[0]),
+              parts[1].allSatisfy(\.isASCII), let length = UInt8(parts[1]), length <= 32 else { return nil }
+        self.init(address, length)
+    }
+
+    public var mask: UInt32 { length == 0 ? 0 : UInt32.max << (32 - UInt32(length)) }
+    public var network: IPv4Address { IPv4Address(address.value & mask) }
+    public var isCanonical: Bool { address.value & ~mask == 0 }
+    /// The last address of the prefix.
+    public var last: IPv4Address { IPv4Address(network.value | ~mask) }
+    public var size: UInt64 { UInt64(1) << (32 - UInt64(length)) }
+
+    public func contains(_ other: IPv4Address) -> Bool { other.value & mask == network.value }
+    public func contains(_ other: IPv4Prefix) -> Bool { other.length >= length && contains(other.address) }
+    public func overlaps(_ other: IPv4Prefix) -> Bool { contains(other.network) || other.contains(network) }
+
+    public var description: String { "\(address)/\(length)" }
+
+    public static func < (a: IPv4Prefix, b: IPv4Prefix) -> Bool {
+        (a.address, a.length) < (b.address, b.length)
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let prefix = IPv4Prefix(text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
+                                                    debugDescription: "\"\(text)\" is not an IPv4 prefix (a.b.c.d/len)"))
+        }
+        self = prefix
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+}
+
+/// A 48-bit Ethernet address.
+public struct MACAddress: Hashable, Comparable, Sendable, CustomStringConvertible, Codable {
+    /// The six bytes in the low 48 bits, first byte most significant.
+    public var value: UInt64
+
+    public init(value: UInt64) { self.value = value & 0xFFFF_FFFF_FFFF }
+
+    public init?(bytes: [UInt8]) {
+        guard bytes.count == 6 else { return nil }
+        value = bytes.reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    /// Parses `0e:00:00:00:00:02` (also with `-`), case-insensitive.
+    public init?(_ text: some StringProtocol) {
+        let parts = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == ":" || $0 == "-" })
+        guard parts.count == 6 else { return nil }
+        var bytes: [UInt8] = []
+        for part in parts {
+            guard part.count == 2, let byte = UInt8(part, radix: 16) else { return nil }
+            bytes.append(byte)
+        }
+        self.init(bytes: bytes)
+    }
+
+    public var bytes: [UInt8] { (0..<6).map { UInt8(value >> (40 - 8 * UInt64($0)) & 0xff) } }
+    public var isMulticast: Bool { bytes[0] & 1 == 1 }
+    public var isZero: Bool { value == 0 }
+    public var isLocallyAdministered: Bool { bytes[0] & 2 == 2 }
+    /// A MAC usable as a VTEP address: unicast and not all zeros.
+    public var isValidUnicast: Bool { !isMulticast && !isZero }
+
+    public var description: String {
+        bytes.map { byte in
+            let hex = String(byte, radix: 16)
+            return byte < 16 ? "0" + hex : hex
+        }.joined(separator: ":")
+    }
+
+    public static func < (a: MACAddress, b: MACAddress) -> Bool { a.value < b.value }
+
+    /// The stable VTEP MAC of a node: locally administered, unicast, derived from
+    /// the VNI and the node's public IP (`0e:VV:a:b:c:d`, VV = the VNI's low byte),
+    /// so every node computes every other node's MAC without being told, and a
+    /// recreated device keeps its address.
+    public static func vtep(vni: UInt32, publicIP: IPv4Address) -> MACAddress {
+        MACAddress(bytes: [0x0e, UInt8(vni & 0xff)] + publicIP.octets)!
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let mac = MACAddress(text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
+                                                    debugDescription: "\"\(text)\" is not a MAC address (xx:xx:xx:xx:xx:xx)"))
+        }
+        self = mac
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(description)
+    }
+}

@@ -1,0 +1,403 @@
+import CLibMnl
+import Netlink
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The Dataplane module's error: a kernel refusal (with the object and the
+/// kernel's text) or a state the agent will not touch.
+public enum DataplaneError: Error, Sendable, Hashable, CustomStringConvertible {
+    case netlink(NetlinkError)
+    /// Something is in the way that the agent does not own.
+    case conflict(String)
+    /// A device or address the configuration names does not exist.
+    case notFound(String)
+
+    public var description: String {
+        switch self {
+        case .netlink(let error): error.description
+        case .conflict(let text): text
+        case .notFound(let text): text
+        }
+    }
+}
+
+/// One change the kernel refused, or that was skipped because what it depends on failed.
+public struct ChangeFailure: Sendable, Hashable, CustomStringConvertible {
+    public var change: Change
+    public var message: String
+
+    public var description: String { message }
+}
+
+/// What applying a plan did.
+public struct ApplyReport: Sendable, Hashable {
+    /// Netlink requests sent (each is one kernel write).
+    public var writes = 0
+    public var failures: [ChangeFailure] = []
+    /// The device index after the device changes, if the device exists.
+    public var deviceIndex: Int32?
+
+    public init() {}
+}
+
+/// The kernel as the reconciler sees it: a snapshot of what the agent owns, and
+/// a way to apply changes. The real one talks netlink; tests may use a fake.
+public protocol KernelDataplane: AnyObject {
+    func snapshot(deviceName: String, proto: UInt8) throws(DataplaneError) -> KernelSnapshot
+    func apply(_ changes: [Change], deviceName: String) -> ApplyReport
+}
+
+/// The real dataplane: typed kernel objects over one netlink socket.
+public final class Dataplane: KernelDataplane {
+    public let socket: NetlinkSocket
+    /// Requests per sendmsg, in bytes.
+    public var chunkBytes = NetlinkSocket.defaultChunkBytes
+
+    public init() throws(DataplaneError) {
+        do { socket = try NetlinkSocket() } catch { throw .netlink(error) }
+    }
+
+    private func wrap<T>(_ body: () throws(NetlinkError) -> T) throws(DataplaneError) -> T {
+        do { return try body() } catch { throw .netlink(error) }
+    }
+
+    // MARK: Links and addresses
+
+    /// The link called `name`, or nil if there is none.
+    public func link(named name: String) throws(DataplaneError) -> LinkState? {
+        do {
+            return try socket.request("get link \(name)", type: UInt16(RTM_GETLINK), build: { m in
+                m.familyHeader(ifinfomsg.self) { $0.ifi_family = UInt8(AF_UNSPEC) }
+                m.put(UInt16(IFLA_IFNAME), string: name)
+            }, parse: Parse.link).first
+        } catch where error.code == ENODEV {
+            return nil
+        } catch {
+            throw .netlink(error)
+        }
+    }
+
+    /// Every link, by index.
+    public func links() throws(DataplaneError) -> [Int32: LinkState] {
+        let all = try wrap { () throws(NetlinkError) in
+            try socket.dump("dump links", type: UInt16(RTM_GETLINK), build: { m in
+                m.familyHeader(ifinfomsg.self) { $0.ifi_family = UInt8(AF_UNSPEC) }
+            }, parse: Parse.link)
+        }
+        return Dictionary(all.map { ($0.index, $0) }, uniquingKeysWith: { a, _ in a })
+    }
+
+    /// Every IPv4 address of the host: (interface index, prefix).
+    public func addresses() throws(DataplaneError) -> [(index: Int32, prefix: IPv4Prefix)] {
+        try wrap { () throws(NetlinkError) in
+            try socket.dump("dump addresses", type: UInt16(RTM_GETADDR), build: { m in
+                m.familyHeader(ifaddrmsg.self) { $0.ifa_family = UInt8(AF_INET) }
+            }, parse: Parse.address)
+        }
+    }
+
+    /// The link that holds `ip`, and its MTU: the VXLAN underlay.
+    public func underlay(holding ip: IPv4Address) throws(DataplaneError) -> LinkState {
+        guard let index = try addresses().first(where: { $0.prefix.address == ip })?.index else {
+            throw .notFound("no interface holds \(ip): the VXLAN local address must be an address of this host")
+        }
+        guard let link = try links()[index] else { throw .notFound("interface #\(index) holding \(ip) vanished") }
+        return link
+    }
+
+    /// Whether the kernel has nexthop objects (Linux 5.3+).
+    public lazy var supportsNexthops: Bool = {
+        do {
+            _ = try socket.dump("dump nexthops", type: UInt16(RTM_GETNEXTHOP), build: { m in
+                m.familyHeader(nhmsg.self) { $0.nh_family = UInt8(AF_UNSPEC) }
+            }, parse: { _ in nil as Int? })
+            return true
+        } catch {
+            return false
+        }
+    }()
+
+    // MARK: Snapshot
+
+    public func snapshot(deviceName: String, proto: UInt8) throws(DataplaneError) -> KernelSnapshot {
+        var snapshot = KernelSnapshot()
+        let device = try link(named: deviceName)
+        snapshot.device = device
+        let index = device?.index
+        try wrap { () throws(NetlinkError) in
+            if let index {
+                snapshot.addresses = try socket.dump("dump addresses of \(deviceName)", type: UInt16(RTM_GETADDR), build: { m in
+                    m.familyHeader(ifaddrmsg.self) {
+                        $0.ifa_family = UInt8(AF_INET)
+                        $0.ifa_index = UInt32(bitPattern: index)
+                    }
+                }, parse: { Parse.address($0).flatMap { $0.index == index ? $0.prefix : nil } })
+                snapshot.neighbors = try socket.dump("dump neighbors of \(deviceName)", type: UInt16(RTM_GETNEIGH), build: { m in
+                    m.familyHeader(ndmsg.self) { $0.ndm_family = UInt8(AF_INET) }
+                    m.put(UInt16(NDA_IFINDEX), u32: UInt32(bitPattern: index))
+                }, parse: { Parse.neighbor($0).flatMap { $0.index == index ? $0.neighbor : nil } })
+                snapshot.fdb = try socket.dump("dump fdb of \(deviceName)", type: UInt16(RTM_GETNEIGH), build: { m in
+                    m.familyHeader(ndmsg.self) { $0.ndm_family = UInt8(AF_BRIDGE) }
+                }, parse: { Parse.fdb($0).flatMap { $0.index == index ? $0.entry : nil } })
+            }
+            if supportsNexthops {
+                snapshot.nexthops = try socket.dump("dump nexthops", type: UInt16(RTM_GETNEXTHOP), build: { m in
+                    m.familyHeader(nhmsg.self) { $0.nh_family = UInt8(AF_UNSPEC) }
+                }, parse: { Parse.nexthop($0).flatMap { $0.proto == proto ? $0 : nil } })
+            }
+            snapshot.routes = try socket.dump("dump routes", type: UInt16(RTM_GETROUTE), build: { m in
+                m.familyHeader(rtmsg.self) { $0.rtm_family = UInt8(AF_INET) }
+            }, parse: { message -> Route? in
+                guard let (table, route) = Parse.route(message), table == UInt32(RT_TABLE_MAIN.rawValue) else { return nil }
+                let onDevice = index != nil && route.deviceIndex == index
+                return route.proto == proto || onDevice ? route : nil
+            })
+        }
+        return snapshot
+    }
+
+    // MARK: Apply
+
+    /// Applies `changes` as batched netlink in the order DESIGN.md gives:
+    /// 1. routes, then nexthops, that are removed (before the device changes, so a
+    ///    device recreate does not have the kernel walk them);
+    /// 2. the device: delete, recreate, create, update; its address;
+    /// 3. adds and replaces: FDB, neighbor, nexthop, route;
+    /// 4. removed neighbors, FDB entries, addresses.
+    /// A failed FDB entry skips the neighbors that use its MAC, a failed neighbor
+    /// the nexthops and routes via its address, a failed nexthop its routes.
+    public func apply(_ changes: [Change], deviceName: String) -> ApplyReport {
+        var report = ApplyReport()
+        var phases = Phases(changes)
+
+        var deviceIndex: Int32? = phases.knownDeviceIndex
+        let renderer = { Renderer(deviceName: deviceName, proto: 0, deviceIndex: deviceIndex) }
+
+        // 1. Removed routes and nexthops.
+        send(phases.removedRoutes.map { .remove(.route($0)) } + phases.removedNexthops.map { .remove(.nexthop($0)) },
+             device: deviceIndex ?? 0, renderer: renderer(), report: &report)
+
+        // 2. The device.
+        for change in phases.device {
+            let batch = Batch(expectedMessages: 2)
+            switch change {
+            case .deleteDevice(let link):
+                Requests.deleteLink(index: link.index, into: batch)
+            case .recreateDevice(let old, let new):
+                Requests.deleteLink(index: old.index, into: batch)
+                Requests.createVXLAN(new, into: batch)
+            case .createDevice(let new):
+                Requests.createVXLAN(new, into: batch)
+            case .updateDevice(let old, let new):
+                Requests.updateLink(index: old.index, mtu: old.mtu == new.mtu ? nil : new.mtu,
+                                    mac: old.mac == new.mac ? nil : new.mac, up: false, into: batch)
+            default:
+                continue
+            }
+            report.writes += batch.count
+            do {
+                let failures = try socket.send(batch, chunkBytes: chunkBytes)
+                if let failure = failures.first {
+                    report.failures.append(ChangeFailure(change: change, message: failure.error.about(renderer().describe(change)).description))
+                }
+            } catch {
+                report.failures.append(ChangeFailure(change: change, message: error.about(renderer().describe(change)).description))
+            }
+        }
+        if phases.needsDevice {
+            do {
+                guard let link = try link(named: deviceName) else {
+                    report.failures += phases.entryChanges.map {
+                        ChangeFailure(change: $0, message: "\(renderer().describe($0)): skipped, device \(deviceName) does not exist")
+                    }
+                    return report
+                }
+                deviceIndex = link.index
+                if !link.isUp {
+                    let batch = Batch(expectedMessages: 1)
+                    Requests.updateLink(index: link.index, mtu: nil, mac: nil, up: true, into: batch)
+                    report.writes += 1
+                    do {
+                        if let failure = try socket.send(batch).first { throw failure.error }
+                    } catch {
+                        report.failures += phases.entryChanges.map {
+                            ChangeFailure(change: $0, message: "\(renderer().describe($0)): skipped, "
+                                          + ((error as? NetlinkError)?.about("set link \(deviceName) up").description ?? "\(error)"))
+                        }
+                        return report
+                    }
+                }
+            } catch {
+                report.failures += phases.entryChanges.map { ChangeFailure(change: $0, message: "\(renderer().describe($0)): skipped: \(error)") }
+                return report
+            }
+        }
+        report.deviceIndex = deviceIndex
+        guard let index = deviceIndex else { return report }
+
+        // 3. Adds and replaces, in dependency order, skipping dependents of failures.
+        var failedMACs = Set<MACAddress>(), failedGateways = Set<IPv4Address>(), failedNexthops = Set<UInt32>()
+        send(phases.addedAddresses.map { .add(.address($0)) }, device: index, renderer: renderer(), report: &report)
+        var failed = send(phases.upserts(\.fdb), device: index, renderer: renderer(), report: &report)
+        for case .fdb(let e) in failed { failedMACs.insert(e.mac) }
+
+        let neighbors = skipping(phases.upserts(\.neighbor), report: &report, renderer: renderer()) { entry in
+            if case .neighbor(let n) = entry, failedMACs.contains(n.mac) { return "its fdb entry for \(n.mac) failed" }
+            return nil
+        }
+        failed = send(neighbors, device: index, renderer: renderer(), report: &report)
+        for case .neighbor(let n) in failed { failedGateways.insert(n.ip) }
+
+        let nexthops = skipping(phases.upserts(\.nexthop), report: &report, renderer: renderer()) { entry in
+            if case .nexthop(let n) = entry, let gateway = n.gateway, failedGateways.contains(gateway) {
+                return "its neighbor \(gateway) failed"
+            }
+            return nil
+        }
+        failed = send(nexthops, device: index, renderer: renderer(), report: &report)
+        for case .nexthop(let n) in failed { failedNexthops.insert(n.id) }
+
+        let routes = skipping(phases.upserts(\.route), report: &report, renderer: renderer()) { entry in
+            guard case .route(let r) = entry else { return nil }
+            if let id = r.nexthopID, failedNexthops.contains(id) { return "its nexthop \(id) failed" }
+            if let gateway = r.gateway, failedGateways.contains(gateway) { return "its neighbor \(gateway) failed" }
+            return nil
+        }
+        send(routes, device: index, renderer: renderer(), report: &report)
+
+        // 4. Removed neighbors, FDB entries, addresses.
+        send(phases.removed(\.neighbor).map { .remove($0) } + phases.removed(\.fdb).map { .remove($0) }
+                + phases.removed(\.address).map { .remove($0) },
+             device: index, renderer: renderer(), report: &report)
+        return report
+    }
+
+    private func skipping(_ changes: [Change], report: inout ApplyReport, renderer: Renderer,
+                          reason: (Entry) -> String?) -> [Change] {
+        changes.filter { change in
+            guard let entry = change.target, let why = reason(entry) else { return true }
+            report.failures.append(ChangeFailure(change: change, message: "\(renderer.describe(change)): skipped, \(why)"))
+            return false
+        }
+    }
+
+    /// Sends entry changes as one batch; returns the entries that failed.
+    @discardableResult
+    private func send(_ changes: [Change], device: Int32, renderer: Renderer, report: inout ApplyReport) -> [Entry] {
+        guard !changes.isEmpty else { return [] }
+        let batch = Batch(expectedMessages: changes.count)
+        for change in changes {
+            switch change {
+            case .add(let entry), .replace(_, let entry): Self.request(entry, device: device, .replace, into: batch)
+            case .remove(let entry): Self.request(entry, device: device, .delete, into: batch)
+            default: preconditionFailure("device change in an entry batch")
+            }
+        }
+        report.writes += batch.count
+        do {
+            let failures = try socket.send(batch, chunkBytes: chunkBytes)
+            return failures.map { failure in
+                let change = changes[failure.index]
+                report.failures.append(ChangeFailure(change: change, message: failure.error.about(renderer.describe(change).dropFirst(2).description).withVerb(change).description))
+                return change.target!
+            }
+        } catch {
+            // The exchange broke: which requests landed is unknown; report them all.
+            report.failures += changes.map { ChangeFailure(change: $0, message: error.about(renderer.describe($0)).description) }
+            return changes.compactMap(\.target)
+        }
+    }
+
+    static func request(_ entry: Entry, device: Int32, _ operation: Requests.Operation, into batch: Batch) {
+        switch entry {
+        case .address(let prefix): Requests.address(prefix, device: device, operation, into: batch)
+        case .fdb(let fdb): Requests.fdb(fdb, device: device, operation, into: batch)
+        case .neighbor(let neighbor): Requests.neighbor(neighbor, device: device, operation, into: batch)
+        case .nexthop(let nexthop): Requests.nexthop(nexthop, device: device, operation, into: batch)
+        case .route(let route): Requests.route(route, device: device, operation, into: batch)
+        }
+    }
+}
+
+extension NetlinkError {
+    /// `add route ...`, `replace fdb ...`, `remove neigh ...`.
+    func withVerb(_ change: Change) -> NetlinkError {
+        let verb = switch change {
+        case .add: "add"
+        case .replace: "replace"
+        case .remove: "remove"
+        default: "change"
+        }
+        return about("\(verb) \(operation)")
+    }
+}
+
+extension Change {
+    /// The entry an entry change acts on (the new one for replace).
+    public var target: Entry? {
+        switch self {
+        case .add(let entry), .replace(_, let entry), .remove(let entry): entry
+        default: nil
+        }
+    }
+}
+
+/// A plan sorted into the phases `Dataplane.apply` runs.
+struct Phases {
+    var device: [Change] = []
+    var entryChanges: [Change] = []
+    var upserts: [Change] = []
+    var removes: [Entry] = []
+    var knownDeviceIndex: Int32?
+    var deviceWillExist = false
+
+    init(_ changes: [Change]) {
+        for change in changes {
+            switch change {
+            case .createDevice:
+                device.append(change)
+                deviceWillExist = true
+            case .recreateDevice(let old, _), .updateDevice(let old, _):
+                device.append(change)
+                knownDeviceIndex = old.index
+                deviceWillExist = true
+            case .deleteDevice(let old):
+                device.append(change)
+                knownDeviceIndex = old.index
+            case .add, .replace:
+                upserts.append(change)
+                entryChanges.append(change)
+            case .remove(let entry):
+                removes.append(entry)
+                entryChanges.append(change)
+            }
+        }
+    }
+
+    /// Only removals and maybe a device delete: nothing needs the device afterwards.
+    var needsDevice: Bool { deviceWillExist || !upserts.isEmpty || removes.contains { !($0.route || $0.nexthop) } }
+
+    var removedRoutes: [Route] { removes.compactMap { if case .route(let r) = $0 { r } else { nil } } }
+    var removedNexthops: [Nexthop] { removes.compactMap { if case .nexthop(let n) = $0 { n } else { nil } } }
+    var addedAddresses: [IPv4Prefix] {
+        upserts.compactMap { if case .add(.address(let a)) = $0 { a } else { nil } }
+    }
+
+    func upserts(_ kind: KeyPath<Entry, Bool>) -> [Change] {
+        upserts.filter { $0.target.map { $0[keyPath: kind] } ?? false }
+    }
+
+    func removed(_ kind: KeyPath<Entry, Bool>) -> [Entry] {
+        removes.filter { $0[keyPath: kind] }
+    }
+}
+
+extension Entry {
+    var fdb: Bool { if case .fdb = self { true } else { false } }
+    var neighbor: Bool { if case .neighbor = self { true } else { false } }
+    var nexthop: Bool { if case .nexthop = self { true } else { false } }
+    var route: Bool { if case .route = self { true } else { false } }
+    var address: Bool { if case .address = self { true } else { false } }
+}

@@ -1,0 +1,86 @@
+/// Renders kernel objects in iproute2's words, so an operator can paste them
+/// after `ip` or `bridge`.
+public struct Renderer: Sendable {
+    /// The agent's device name (`flannel.1`).
+    public var deviceName: String
+    /// The agent's own route protocol; other protocols are shown as `proto N`.
+    public var proto: UInt8
+    /// The agent's device index, when known; other indexes show as `if<N>`.
+    public var deviceIndex: Int32?
+
+    public init(deviceName: String, proto: UInt8, deviceIndex: Int32? = nil) {
+        self.deviceName = deviceName
+        self.proto = proto
+        self.deviceIndex = deviceIndex
+    }
+
+    func dev(_ index: Int32?) -> String {
+        guard let index, let deviceIndex, index != deviceIndex else { return deviceName }
+        return "if\(index)"
+    }
+
+    public func describe(_ entry: Entry) -> String {
+        switch entry {
+        case .address(let prefix):
+            return "address \(prefix) dev \(deviceName)"
+        case .fdb(let fdb):
+            return "fdb \(fdb.mac) dev \(deviceName) dst \(fdb.dst)" + (fdb.permanent ? "" : " (not permanent)")
+        case .neighbor(let neighbor):
+            return "neigh \(neighbor.ip) lladdr \(neighbor.mac) dev \(deviceName)" + (neighbor.permanent ? "" : " (not permanent)")
+        case .nexthop(let nexthop):
+            var text = "nexthop id \(nexthop.id)"
+            if let gateway = nexthop.gateway { text += " via \(gateway)" }
+            text += " dev \(dev(nexthop.deviceIndex))"
+            if nexthop.onlink { text += " onlink" }
+            if nexthop.proto != proto { text += " proto \(nexthop.proto)" }
+            return text
+        case .route(let route):
+            var text = "route \(route.dst)"
+            if let id = route.nexthopID { text += " nhid \(id)" }
+            if let gateway = route.gateway { text += " via \(gateway)" }
+            text += " dev \(dev(route.deviceIndex))"
+            if route.onlink { text += " onlink" }
+            if route.proto != proto { text += " proto \(route.proto)" }
+            if route.priority != 0 { text += " metric \(route.priority)" }
+            return text
+        }
+    }
+
+    public func describe(_ device: VXLANDevice) -> String {
+        "link \(device.name) type vxlan id \(device.vni) local \(device.localIP) dev \(device.underlayName) "
+            + "dstport \(device.port) \(device.learning ? "learning" : "nolearning") mtu \(device.mtu) address \(device.mac)"
+    }
+
+    /// One line per change: `+ ` add, `~ ` change, `- ` remove.
+    public func describe(_ change: Change) -> String {
+        switch change {
+        case .createDevice(let device):
+            return "+ " + describe(device)
+        case .recreateDevice(let old, let new):
+            let why = old.vxlan.map { new.identityDifferences(from: $0) } ?? "is \(old.kind ?? "not vxlan")"
+            return "~ " + describe(new) + " (recreate: \(why))"
+        case .updateDevice(let old, let new):
+            var parts: [String] = []
+            if old.mtu != new.mtu { parts.append("mtu \(old.mtu) -> \(new.mtu)") }
+            if old.mac != new.mac { parts.append("address \(old.mac.map(\.description) ?? "none") -> \(new.mac)") }
+            if !old.isUp { parts.append("down -> up") }
+            return "~ link \(new.name) " + parts.joined(separator: ", ")
+        case .deleteDevice(let link):
+            return "- link \(link.name)"
+        case .add(let entry):
+            return "+ " + describe(entry)
+        case .replace(let old, let new):
+            return "~ " + describe(new) + " (was: " + describeDifference(old, new) + ")"
+        case .remove(let entry):
+            return "- " + describe(entry)
+        }
+    }
+
+    func describeDifference(_ old: Entry, _ new: Entry) -> String {
+        switch (old, new) {
+        case (.fdb(let a), .fdb(let b)) where a.mac == b.mac && a.dst != b.dst: "dst \(a.dst)"
+        case (.neighbor(let a), .neighbor(let b)) where a.mac != b.mac: "lladdr \(a.mac)"
+        default: describe(old)
+        }
+    }
+}

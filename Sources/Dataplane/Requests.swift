@@ -1,0 +1,165 @@
+import CLibMnl
+import Netlink
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Builds the netlink request for each kernel object. Pure: the bytes land in a
+/// `Batch`, so they can be compared with what iproute2 sends for the same object.
+public enum Requests {
+    public enum Operation: Sendable {
+        /// `NLM_F_CREATE|NLM_F_REPLACE`: create, or overwrite in place.
+        case replace
+        case delete
+    }
+
+    static let createReplace = UInt16(NLM_F_CREATE | NLM_F_REPLACE)
+
+    /// `bridge fdb replace MAC dev DEV dst IP self permanent`
+    @discardableResult
+    public static func fdb(_ entry: FDBEntry, device: Int32, _ operation: Operation, into batch: Batch) -> Int {
+        batch.append(type: operation == .replace ? UInt16(RTM_NEWNEIGH) : UInt16(RTM_DELNEIGH),
+                     flags: operation == .replace ? createReplace : 0) { m in
+            m.familyHeader(ndmsg.self) {
+                $0.ndm_family = UInt8(AF_BRIDGE)
+                $0.ndm_ifindex = device
+                $0.ndm_state = UInt16(NUD_PERMANENT)
+                $0.ndm_flags = UInt8(NTF_SELF)
+            }
+            m.put(UInt16(NDA_LLADDR), bytes: entry.mac.bytes)
+            m.put(UInt16(NDA_DST), bytes: entry.dst.octets)
+        }
+    }
+
+    /// `ip neigh replace IP lladdr MAC dev DEV nud permanent`
+    @discardableResult
+    public static func neighbor(_ entry: Neighbor, device: Int32, _ operation: Operation, into batch: Batch) -> Int {
+        batch.append(type: operation == .replace ? UInt16(RTM_NEWNEIGH) : UInt16(RTM_DELNEIGH),
+                     flags: operation == .replace ? createReplace : 0) { m in
+            m.familyHeader(ndmsg.self) {
+                $0.ndm_family = UInt8(AF_INET)
+                $0.ndm_ifindex = device
+                $0.ndm_state = UInt16(NUD_PERMANENT)
+            }
+            m.put(UInt16(NDA_DST), bytes: entry.ip.octets)
+            if operation == .replace { m.put(UInt16(NDA_LLADDR), bytes: entry.mac.bytes) }
+        }
+    }
+
+    /// `ip nexthop replace id N via GW dev DEV onlink proto P`
+    @discardableResult
+    public static func nexthop(_ entry: Nexthop, device: Int32, _ operation: Operation, into batch: Batch) -> Int {
+        batch.append(type: operation == .replace ? UInt16(RTM_NEWNEXTHOP) : UInt16(RTM_DELNEXTHOP),
+                     flags: operation == .replace ? createReplace : 0) { m in
+            m.familyHeader(nhmsg.self) {
+                if operation == .replace {
+                    $0.nh_family = UInt8(AF_INET)
+                    $0.nh_protocol = entry.proto
+                    $0.nh_flags = entry.onlink ? UInt32(RTNH_F_ONLINK) : 0
+                }
+            }
+            m.put(UInt16(NHA_ID), u32: entry.id)
+            if operation == .replace {
+                m.put(UInt16(NHA_OIF), u32: UInt32(bitPattern: device))
+                if let gateway = entry.gateway { m.put(UInt16(NHA_GATEWAY), bytes: gateway.octets) }
+            }
+        }
+    }
+
+    /// `ip route replace DST nhid N proto P` or `ip route replace DST via GW dev DEV onlink proto P`;
+    /// on delete, the route is named by destination, metric and protocol.
+    @discardableResult
+    public static func route(_ entry: Route, device: Int32, _ operation: Operation, into batch: Batch) -> Int {
+        batch.append(type: operation == .replace ? UInt16(RTM_NEWROUTE) : UInt16(RTM_DELROUTE),
+                     flags: operation == .replace ? createReplace : 0) { m in
+            m.familyHeader(rtmsg.self) {
+                $0.rtm_family = UInt8(AF_INET)
+                $0.rtm_dst_len = entry.dst.length
+                $0.rtm_table = UInt8(RT_TABLE_MAIN.rawValue)
+                $0.rtm_protocol = entry.proto
+                if operation == .replace {
+                    $0.rtm_scope = UInt8(RT_SCOPE_UNIVERSE.rawValue)
+                    $0.rtm_type = entry.type
+                    if entry.nexthopID == nil && entry.onlink { $0.rtm_flags = UInt32(RTNH_F_ONLINK) }
+                } else {
+                    $0.rtm_scope = UInt8(RT_SCOPE_NOWHERE.rawValue)
+                }
+            }
+            m.put(UInt16(RTA_DST.rawValue), bytes: entry.dst.address.octets)
+            if entry.priority != 0 { m.put(UInt16(RTA_PRIORITY.rawValue), u32: entry.priority) }
+            if operation == .replace {
+                if let id = entry.nexthopID {
+                    m.put(UInt16(RTA_NH_ID.rawValue), u32: id)
+                } else {
+                    if let gateway = entry.gateway { m.put(UInt16(RTA_GATEWAY.rawValue), bytes: gateway.octets) }
+                    m.put(UInt16(RTA_OIF.rawValue), u32: UInt32(bitPattern: device))
+                }
+            }
+        }
+    }
+
+    /// `ip address replace PREFIX dev DEV`
+    @discardableResult
+    public static func address(_ prefix: IPv4Prefix, device: Int32, _ operation: Operation, into batch: Batch) -> Int {
+        batch.append(type: operation == .replace ? UInt16(RTM_NEWADDR) : UInt16(RTM_DELADDR),
+                     flags: operation == .replace ? createReplace : 0) { m in
+            m.familyHeader(ifaddrmsg.self) {
+                $0.ifa_family = UInt8(AF_INET)
+                $0.ifa_prefixlen = prefix.length
+                $0.ifa_index = UInt32(bitPattern: device)
+            }
+            m.put(UInt16(IFA_LOCAL), bytes: prefix.address.octets)
+            m.put(UInt16(IFA_ADDRESS), bytes: prefix.address.octets)
+        }
+    }
+
+    /// `ip link add NAME mtu M address MAC type vxlan id VNI local IP dev UNDERLAY dstport PORT nolearning`
+    @discardableResult
+    public static func createVXLAN(_ device: VXLANDevice, into batch: Batch) -> Int {
+        batch.append(type: UInt16(RTM_NEWLINK), flags: UInt16(NLM_F_CREATE | NLM_F_EXCL)) { m in
+            m.familyHeader(ifinfomsg.self) { $0.ifi_family = UInt8(AF_UNSPEC) }
+            m.put(UInt16(IFLA_IFNAME), string: device.name)
+            m.put(UInt16(IFLA_MTU), u32: device.mtu)
+            m.put(UInt16(IFLA_ADDRESS), bytes: device.mac.bytes)
+            m.nest(UInt16(IFLA_LINKINFO)) {
+                m.put(UInt16(IFLA_INFO_KIND), string: "vxlan")
+                m.nest(UInt16(IFLA_INFO_DATA)) {
+                    m.put(UInt16(IFLA_VXLAN_ID), u32: device.vni)
+                    m.put(UInt16(IFLA_VXLAN_LOCAL), bytes: device.localIP.octets)
+                    m.put(UInt16(IFLA_VXLAN_LINK), u32: UInt32(bitPattern: device.underlayIndex))
+                    m.put(UInt16(IFLA_VXLAN_PORT), be16: device.port)
+                    m.put(UInt16(IFLA_VXLAN_LEARNING), u8: device.learning ? 1 : 0)
+                }
+            }
+        }
+    }
+
+    /// `ip link set DEV [mtu M] [address MAC] up`
+    @discardableResult
+    public static func updateLink(index: Int32, mtu: UInt32?, mac: MACAddress?, up: Bool, into batch: Batch) -> Int {
+        batch.append(type: UInt16(RTM_NEWLINK), flags: 0) { m in
+            m.familyHeader(ifinfomsg.self) {
+                $0.ifi_family = UInt8(AF_UNSPEC)
+                $0.ifi_index = index
+                if up {
+                    $0.ifi_change = UInt32(IFF_UP)
+                    $0.ifi_flags = UInt32(IFF_UP)
+                }
+            }
+            if let mtu { m.put(UInt16(IFLA_MTU), u32: mtu) }
+            if let mac { m.put(UInt16(IFLA_ADDRESS), bytes: mac.bytes) }
+        }
+    }
+
+    /// `ip link del DEV`
+    @discardableResult
+    public static func deleteLink(index: Int32, into batch: Batch) -> Int {
+        batch.append(type: UInt16(RTM_DELLINK), flags: 0) { m in
+            m.familyHeader(ifinfomsg.self) {
+                $0.ifi_family = UInt8(AF_UNSPEC)
+                $0.ifi_index = index
+            }
+        }
+    }
+}
