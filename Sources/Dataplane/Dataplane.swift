@@ -147,13 +147,19 @@ public final class Dataplane: KernelDataplane {
                     m.familyHeader(nhmsg.self) { $0.nh_family = UInt8(AF_UNSPEC) }
                 }, parse: { Parse.nexthop($0).flatMap { $0.proto == proto ? $0 : nil } })
             }
-            snapshot.routes = try socket.dump("dump routes", type: UInt16(RTM_GETROUTE), build: { m in
+            let routes = try socket.dump("dump routes", type: UInt16(RTM_GETROUTE), build: { m in
                 m.familyHeader(rtmsg.self) { $0.rtm_family = UInt8(AF_INET) }
             }, parse: { message -> Route? in
                 guard let (table, route) = Parse.route(message), table == UInt32(RT_TABLE_MAIN.rawValue) else { return nil }
-                let onDevice = index != nil && route.deviceIndex == index
-                return route.proto == proto || onDevice ? route : nil
+                return route
             })
+            for route in routes {
+                if route.proto == proto || (index != nil && route.deviceIndex == index) {
+                    snapshot.routes.append(route)
+                } else {
+                    snapshot.foreignRoutes.append(route)
+                }
+            }
         }
         return snapshot
     }
@@ -170,7 +176,7 @@ public final class Dataplane: KernelDataplane {
     /// the nexthops and routes via its address, a failed nexthop its routes.
     public func apply(_ changes: [Change], deviceName: String) -> ApplyReport {
         var report = ApplyReport()
-        var phases = Phases(changes)
+        let phases = Phases(changes)
 
         var deviceIndex: Int32? = phases.knownDeviceIndex
         let renderer = { Renderer(deviceName: deviceName, proto: 0, deviceIndex: deviceIndex) }

@@ -122,9 +122,12 @@ public struct Route: Hashable, Sendable {
     public var deviceIndex: Int32?
     /// `RTN_*`; unicast (1) for everything the agent writes.
     public var type: UInt8
+    /// `RT_SCOPE_*`: 0 universe (ours), 253 link (connected networks).
+    public var scope: UInt8
 
     public init(dst: IPv4Prefix, gateway: IPv4Address?, nexthopID: UInt32? = nil, onlink: Bool = true,
-                proto: UInt8, priority: UInt32 = 0, deviceIndex: Int32? = nil, type: UInt8 = 1) {
+                proto: UInt8, priority: UInt32 = 0, deviceIndex: Int32? = nil, type: UInt8 = 1, scope: UInt8 = 0) {
+        self.scope = scope
         self.dst = dst
         self.gateway = gateway
         self.nexthopID = nexthopID
@@ -190,6 +193,9 @@ public struct KernelSnapshot: Sendable, Hashable {
     public var neighbors: [Neighbor]
     public var nexthops: [Nexthop]
     public var routes: [Route]
+    /// Main-table routes of other protocols on other devices: never touched, but
+    /// a peer whose subnet collides with one is skipped.
+    public var foreignRoutes: [Route] = []
 
     public init(device: LinkState? = nil, addresses: [IPv4Prefix] = [], fdb: [FDBEntry] = [],
                 neighbors: [Neighbor] = [], nexthops: [Nexthop] = [], routes: [Route] = []) {

@@ -104,7 +104,8 @@ public enum Parse {
                               proto: header.rtm_protocol,
                               priority: a[UInt16(RTA_PRIORITY.rawValue)]?.u32 ?? 0,
                               deviceIndex: a[UInt16(RTA_OIF.rawValue)]?.u32.map { Int32(bitPattern: $0) },
-                              type: header.rtm_type)
+                              type: header.rtm_type,
+                              scope: header.rtm_scope)
             return (table, route)
         } ?? nil
     }

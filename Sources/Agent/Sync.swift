@@ -1,0 +1,94 @@
+import Dataplane
+import Foundation
+import Reconcile
+import Registry
+
+/// An error of one sync, ready to print: it says which file, field, peer or
+/// kernel object is at fault.
+public struct SyncError: Error, Sendable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The outcome of one sync (or dry-run).
+public struct SyncOutcome: Sendable {
+    public var plan: Plan
+    public var desired: DesiredState
+    public var output: PlanOutput
+    /// nil for a dry-run.
+    public var report: ApplyReport?
+    public var layout: RouteLayout
+
+    /// The host matches the desired state (dry-run: nothing to do; sync: applied without failure).
+    public var inSync: Bool { report.map { $0.failures.isEmpty } ?? plan.isEmpty }
+}
+
+/// One pass of config -> desired state -> snapshot -> plan -> (apply).
+public struct Syncer {
+    public var view: ClusterView
+    public var interface: String?
+    public var layout: RouteLayout?
+    public var deviceName: String?
+    public var proto: UInt8 = AgentSettings.defaultProtocol
+
+    public init(view: ClusterView, interface: String? = nil, layout: RouteLayout? = nil, deviceName: String? = nil) {
+        self.view = view
+        self.interface = interface
+        self.layout = layout
+        self.deviceName = deviceName
+    }
+
+    /// The underlay: the named interface, or the one holding this node's public IP.
+    func underlay(_ dataplane: Dataplane) throws -> LinkState {
+        if let interface {
+            guard let link = try dataplane.link(named: interface) else {
+                throw SyncError("interface \(interface) (the underlay of node \(view.local.name)) does not exist")
+            }
+            return link
+        }
+        do {
+            return try dataplane.underlay(holding: view.local.publicIP)
+        } catch DataplaneError.notFound {
+            throw SyncError("no interface of this host holds \(view.local.publicIP), the publicIP of node \(view.local.name) "
+                            + "(\(view.local.origin)); is --node right?")
+        }
+    }
+
+    /// Computes the plan, and applies it unless `dryRun`.
+    public func run(dataplane: Dataplane, dryRun: Bool) throws -> SyncOutcome {
+        let underlay = try underlay(dataplane)
+        let layout = self.layout ?? (dataplane.supportsNexthops ? .nexthop : .classic)
+        if layout == .nexthop && !dataplane.supportsNexthops {
+            throw SyncError("routeLayout nexthop: this kernel has no nexthop objects (Linux 5.3+); use \"classic\" or \"auto\"")
+        }
+        let settings = AgentSettings(proto: proto, layout: layout, deviceName: deviceName)
+        let name = deviceName ?? view.network.deviceName
+        let snapshot = try dataplane.snapshot(deviceName: name, proto: proto)
+        let addresses = Set(try dataplane.addresses().filter { $0.index != snapshot.device?.index }.map(\.prefix.address))
+        let host = HostFacts(underlay: underlay, addresses: addresses, foreignRoutes: snapshot.foreignRoutes)
+        let desired = DesiredState(view: view, host: host, settings: settings)
+        let plan = try Differ.plan(desired: desired, snapshot: snapshot)
+        var output = PlanOutput(renderer: Renderer(deviceName: name, proto: proto, deviceIndex: snapshot.device?.index),
+                                desired: desired)
+        var report: ApplyReport?
+        if !dryRun {
+            let applied = dataplane.apply(plan.changes, deviceName: name)
+            output.renderer.deviceIndex = applied.deviceIndex
+            report = applied
+            installProtocolName(proto)
+        }
+        return SyncOutcome(plan: plan, desired: desired, output: output, report: report, layout: layout)
+    }
+}
+
+/// Names the agent's route protocol for iproute2 (`ip route` shows `proto vxlan-agent`),
+/// if the host has `/etc/iproute2/rt_protos.d` and the name is not there yet. Best effort.
+public func installProtocolName(_ proto: UInt8, directory: String = "/etc/iproute2/rt_protos.d") {
+    let path = directory + "/vxlan-agent.conf"
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue,
+          !FileManager.default.fileExists(atPath: path) else { return }
+    let text = "# vxlan-agent: the protocol of its routes and nexthops (installed by vxlan-agent)\n"
+        + "\(proto)\t\(AgentSettings.protocolName)\n"
+    try? text.write(toFile: path, atomically: true, encoding: .utf8)
+}

@@ -1,0 +1,184 @@
+import Dataplane
+
+/// One host of the cluster as a registry describes it.
+public struct NodeRecord: Sendable, Hashable {
+    public var name: String
+    public var publicIP: IPv4Address
+    public var subnet: IPv4Prefix
+    /// The VTEP MAC the node announced; nil: derived from VNI and public IP.
+    public var vtepMAC: MACAddress?
+    /// Where the record came from, for messages (`inventory.json nodes[2]`, an etcd key).
+    public var origin: String
+
+    public init(name: String, publicIP: IPv4Address, subnet: IPv4Prefix, vtepMAC: MACAddress? = nil, origin: String = "") {
+        self.name = name
+        self.publicIP = publicIP
+        self.subnet = subnet
+        self.vtepMAC = vtepMAC
+        self.origin = origin
+    }
+
+    public func mac(vni: UInt32) -> MACAddress { vtepMAC ?? .vtep(vni: vni, publicIP: publicIP) }
+    /// The node's VTEP address: the first address of its subnet (`10.244.N.0`).
+    public var vtepAddress: IPv4Address { subnet.network }
+}
+
+/// The cluster as one host sees it: the network, itself, and its peers.
+public struct ClusterView: Sendable, Hashable {
+    public var network: NetworkConfig
+    public var local: NodeRecord
+    public var peers: [NodeRecord]
+
+    public init(network: NetworkConfig, local: NodeRecord, peers: [NodeRecord]) {
+        self.network = network
+        self.local = local
+        self.peers = peers
+    }
+}
+
+/// What the host knows of itself that peer validation needs.
+public struct HostFacts: Sendable, Hashable {
+    /// The interface that carries VXLAN packets.
+    public var underlay: LinkState
+    /// Every IPv4 address on the host.
+    public var addresses: Set<IPv4Address>
+    /// Main-table routes that are not the agent's (from the snapshot).
+    public var foreignRoutes: [Route]
+
+    public init(underlay: LinkState, addresses: Set<IPv4Address> = [], foreignRoutes: [Route] = []) {
+        self.underlay = underlay
+        self.addresses = addresses
+        self.foreignRoutes = foreignRoutes
+    }
+}
+
+/// A peer left out of the desired state, and why.
+public struct SkippedPeer: Sendable, Hashable, CustomStringConvertible {
+    public var name: String
+    public var origin: String
+    public var reason: String
+
+    public var description: String { "peer \(name)\(origin.isEmpty ? "" : " (\(origin))"): \(reason); skipped" }
+}
+
+/// Settings of the agent itself (not of the cluster).
+public struct AgentSettings: Sendable, Hashable {
+    /// The `rtm_protocol` of the agent's routes and nexthops.
+    public var proto: UInt8
+    public var layout: RouteLayout
+    /// The VXLAN device name; default `flannel.<VNI>`.
+    public var deviceName: String?
+
+    public init(proto: UInt8 = AgentSettings.defaultProtocol, layout: RouteLayout = .nexthop, deviceName: String? = nil) {
+        self.proto = proto
+        self.layout = layout
+        self.deviceName = deviceName
+    }
+
+    /// Not named in iproute2's rt_protos (80 is Calico's, 11 zebra, 12 bird, 186 bgp).
+    public static let defaultProtocol: UInt8 = 152
+    public static let protocolName = "vxlan-agent"
+    /// Nexthop ids are `nexthopIDBase + subnet index`: a range of our own, stable per peer.
+    public static let nexthopIDBase: UInt32 = 0x7658_0000
+}
+
+/// Everything the agent wants the kernel to hold.
+public struct DesiredState: Sendable, Hashable {
+    public var device: VXLANDevice
+    public var address: IPv4Prefix
+    public var fdb: [FDBEntry] = []
+    public var neighbors: [Neighbor] = []
+    public var nexthops: [Nexthop] = []
+    public var routes: [Route] = []
+    public var settings: AgentSettings
+    /// Peer names by VTEP address, to name the peer behind a failure.
+    public var peerByVTEP: [IPv4Address: String] = [:]
+    /// Peer names by VTEP MAC.
+    public var peerByMAC: [MACAddress: String] = [:]
+    public var skipped: [SkippedPeer] = []
+
+    public var peerCount: Int { fdb.count }
+
+    /// The peer an entry belongs to, if it is one of the desired peers'.
+    public func peer(of entry: Entry) -> String? {
+        switch entry {
+        case .fdb(let e): peerByMAC[e.mac]
+        case .neighbor(let n): peerByVTEP[n.ip]
+        case .nexthop(let n): n.gateway.flatMap { peerByVTEP[$0] }
+        case .route(let r): r.gateway.flatMap { peerByVTEP[$0] }
+        case .address: nil
+        }
+    }
+
+    /// Builds the desired state; peers that are wrong on their own are skipped
+    /// with a reason, the rest are kept.
+    public init(view: ClusterView, host: HostFacts, settings: AgentSettings) {
+        let network = view.network
+        let underlayMTU = host.underlay.mtu
+        device = VXLANDevice(name: settings.deviceName ?? network.deviceName, vni: network.vni,
+                             localIP: view.local.publicIP, underlayIndex: host.underlay.index,
+                             underlayName: host.underlay.name, port: network.port, learning: false,
+                             mtu: network.mtu ?? (underlayMTU > 50 ? underlayMTU - 50 : underlayMTU),
+                             mac: view.local.mac(vni: network.vni))
+        address = IPv4Prefix(view.local.vtepAddress, 32)
+        self.settings = settings
+
+        let connected = host.foreignRoutes.filter { $0.scope == 253 && $0.type == 1 }
+        let exact = Dictionary(host.foreignRoutes.filter { $0.priority == 0 }.map { ($0.dst, $0) }, uniquingKeysWith: { a, _ in a })
+        var seenSubnets: [IPv4Prefix: String] = [:]
+        var seenMACs: [MACAddress: String] = [view.local.mac(vni: network.vni): view.local.name]
+        var seenIPs: [IPv4Address: String] = [view.local.publicIP: view.local.name]
+        var seenNames: Set<String> = [view.local.name]
+
+        for peer in view.peers.sorted(by: { ($0.subnet, $0.name) < ($1.subnet, $1.name) }) {
+            let mac = peer.mac(vni: network.vni)
+            func skip(_ reason: String) { skipped.append(SkippedPeer(name: peer.name, origin: peer.origin, reason: reason)) }
+            let ip = peer.publicIP
+            if ip.isLoopback || ip.isMulticast || ip.isUnspecified || ip.isReserved || ip.isBroadcast {
+                skip("publicIP \(ip) is \(ip.isLoopback ? "loopback" : ip.isMulticast ? "multicast" : "not a unicast address")")
+                continue
+            }
+            if host.addresses.contains(ip) { skip("publicIP \(ip) is an address of this host"); continue }
+            guard peer.subnet.isCanonical, peer.subnet.length == network.subnetLen, network.network.contains(peer.subnet) else {
+                skip("subnet \(peer.subnet) is not a /\(network.subnetLen) inside the network \(network.network)")
+                continue
+            }
+            if peer.subnet.overlaps(view.local.subnet) {
+                skip("subnet \(peer.subnet) overlaps this host's subnet \(view.local.subnet)")
+                continue
+            }
+            if let route = connected.first(where: { $0.dst.overlaps(peer.subnet) && $0.deviceIndex != nil }) {
+                skip("subnet \(peer.subnet) overlaps \(route.dst), a network this host is connected to")
+                continue
+            }
+            if let route = exact[peer.subnet] {
+                skip("route \(peer.subnet) already exists with protocol \(route.proto); it is not the agent's to replace")
+                continue
+            }
+            if !mac.isValidUnicast { skip("vtepMAC \(mac) is not a unicast MAC"); continue }
+            if let other = seenSubnets[peer.subnet] { skip("subnet \(peer.subnet) is also claimed by \(other)"); continue }
+            if let other = seenMACs[mac] { skip("vtepMAC \(mac) is also used by \(other)"); continue }
+            if let other = seenIPs[ip] { skip("publicIP \(ip) is also used by \(other)"); continue }
+            if seenNames.contains(peer.name) { skip("name \(peer.name) appears twice"); continue }
+            seenSubnets[peer.subnet] = peer.name
+            seenMACs[mac] = peer.name
+            seenIPs[ip] = peer.name
+            seenNames.insert(peer.name)
+
+            let gateway = peer.vtepAddress
+            peerByVTEP[gateway] = peer.name
+            peerByMAC[mac] = peer.name
+            fdb.append(FDBEntry(mac: mac, dst: ip))
+            neighbors.append(Neighbor(ip: gateway, mac: mac))
+            switch settings.layout {
+            case .nexthop:
+                let index = (peer.subnet.network.value &- network.network.network.value) >> (32 - UInt32(network.subnetLen))
+                let id = AgentSettings.nexthopIDBase &+ index
+                nexthops.append(Nexthop(id: id, gateway: gateway, onlink: true, proto: settings.proto))
+                routes.append(Route(dst: peer.subnet, gateway: gateway, nexthopID: id, onlink: true, proto: settings.proto))
+            case .classic:
+                routes.append(Route(dst: peer.subnet, gateway: gateway, nexthopID: nil, onlink: true, proto: settings.proto))
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+import Dataplane
+
+/// The Reconcile module's error: a state the agent must not change by itself.
+public enum ReconcileError: Error, Sendable, Hashable, CustomStringConvertible {
+    /// A device of another kind holds the agent's device name.
+    case foreignDevice(name: String, kind: String)
+
+    public var description: String {
+        switch self {
+        case .foreignDevice(let name, let kind):
+            "\(name) exists and is a \(kind) device, not VXLAN; the agent will not delete it. "
+                + "Remove it (ip link del \(name)) or set another device name"
+        }
+    }
+}
+
+/// The changes that take the kernel from a snapshot to the desired state.
+public struct Plan: Sendable, Hashable {
+    public var changes: [Change]
+    /// Peers left out of the desired state.
+    public var skipped: [SkippedPeer]
+    /// Peers in the desired state.
+    public var peerCount: Int
+
+    public init(changes: [Change] = [], skipped: [SkippedPeer] = [], peerCount: Int = 0) {
+        self.changes = changes
+        self.skipped = skipped
+        self.peerCount = peerCount
+    }
+
+    public var isEmpty: Bool { changes.isEmpty }
+
+    public struct Counts: Sendable, Hashable {
+        public var add = 0, change = 0, remove = 0
+    }
+
+    public var counts: Counts {
+        var counts = Counts()
+        for change in changes {
+            switch change {
+            case .createDevice, .add: counts.add += 1
+            case .recreateDevice, .updateDevice, .replace: counts.change += 1
+            case .deleteDevice, .remove: counts.remove += 1
+            }
+        }
+        return counts
+    }
+}
+
+/// The diff: desired state and kernel snapshot in, plan out. Pure; the same
+/// code serves `sync`, `sync --dry-run` and the daemon.
+public enum Differ {
+    public static func plan(desired: DesiredState, snapshot: KernelSnapshot) throws(ReconcileError) -> Plan {
+        var changes: [Change] = []
+        let proto = desired.settings.proto
+        var current = snapshot
+
+        // The device. A recreated device loses every entry on it: remove our
+        // routes and nexthops first (cheap for the kernel), then add everything.
+        var deviceIndex: Int32?
+        if let link = snapshot.device {
+            guard link.kind == "vxlan", let existing = link.vxlan else {
+                throw .foreignDevice(name: link.name, kind: link.kind ?? "non-VXLAN")
+            }
+            if !desired.device.sameIdentity(as: existing) {
+                changes += snapshot.routes.map { .remove(.route($0)) }
+                changes += snapshot.nexthops.map { .remove(.nexthop($0)) }
+                changes.append(.recreateDevice(from: link, to: desired.device))
+                current = KernelSnapshot()
+            } else {
+                deviceIndex = link.index
+                if link.mtu != desired.device.mtu || link.mac != desired.device.mac || !link.isUp {
+                    changes.append(.updateDevice(from: link, to: desired.device))
+                }
+            }
+        } else {
+            changes.append(.createDevice(desired.device))
+            // Our routes elsewhere (the device vanished with its own) are still removed below.
+            current.addresses = []
+            current.fdb = []
+            current.neighbors = []
+        }
+
+        // Address: exactly the VTEP /32.
+        if !current.addresses.contains(desired.address) { changes.append(.add(.address(desired.address))) }
+        for address in current.addresses where address != desired.address { changes.append(.remove(.address(address))) }
+
+        // FDB: one remote per MAC.
+        var fdbByMAC: [MACAddress: [FDBEntry]] = [:]
+        for entry in current.fdb { fdbByMAC[entry.mac, default: []].append(entry) }
+        for want in desired.fdb {
+            let have = fdbByMAC.removeValue(forKey: want.mac) ?? []
+            if have.contains(want) {
+                changes += have.filter { $0 != want }.map { .remove(.fdb($0)) }
+            } else if let first = have.first {
+                changes.append(.replace(from: .fdb(first), to: .fdb(want)))
+                changes += have.dropFirst().map { .remove(.fdb($0)) }
+            } else {
+                changes.append(.add(.fdb(want)))
+            }
+        }
+        for entry in fdbByMAC.values.joined().sorted(by: { ($0.mac, $0.dst) < ($1.mac, $1.dst) }) {
+            changes.append(.remove(.fdb(entry)))
+        }
+
+        // Neighbors: permanent, the right MAC.
+        var neighbors = Dictionary(current.neighbors.map { ($0.ip, $0) }, uniquingKeysWith: { a, _ in a })
+        for want in desired.neighbors {
+            if let have = neighbors.removeValue(forKey: want.ip) {
+                if have != want { changes.append(.replace(from: .neighbor(have), to: .neighbor(want))) }
+            } else {
+                changes.append(.add(.neighbor(want)))
+            }
+        }
+        for entry in neighbors.values.sorted(by: { $0.ip < $1.ip }) { changes.append(.remove(.neighbor(entry))) }
+
+        // Nexthops of our protocol. An unchanged nexthop is never rewritten:
+        // replacing one makes the kernel walk every route that uses it.
+        var nexthops = Dictionary(current.nexthops.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        for want in desired.nexthops {
+            if let have = nexthops.removeValue(forKey: want.id) {
+                let same = have.gateway == want.gateway && have.onlink == want.onlink && have.proto == want.proto
+                    && (deviceIndex == nil || have.deviceIndex == deviceIndex)
+                if !same { changes.append(.replace(from: .nexthop(have), to: .nexthop(want))) }
+            } else {
+                changes.append(.add(.nexthop(want)))
+            }
+        }
+
+        // Routes: ours by key; anything else on our device or of our protocol goes.
+        var routes = Dictionary(current.routes.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
+        var removedRoutes: [Route] = []
+        for want in desired.routes {
+            if let have = routes.removeValue(forKey: want.key) {
+                if !matches(have, want, deviceIndex: deviceIndex, proto: proto) {
+                    changes.append(.replace(from: .route(have), to: .route(want)))
+                }
+            } else {
+                changes.append(.add(.route(want)))
+            }
+        }
+        removedRoutes = routes.values.sorted(by: { $0.key < $1.key })
+        // Duplicate keys (the same destination twice, e.g. two tables) are dropped by the dictionary: keep them listed.
+        if current.routes.count != Set(current.routes.map(\.key)).count {
+            var seen = Set<RouteKey>()
+            for route in current.routes where !seen.insert(route.key).inserted { removedRoutes.append(route) }
+        }
+        changes += removedRoutes.map { .remove(.route($0)) }
+        changes += nexthops.values.sorted(by: { $0.id < $1.id }).map { .remove(.nexthop($0)) }
+
+        return Plan(changes: changes, skipped: desired.skipped, peerCount: desired.peerCount)
+    }
+
+    static func matches(_ have: Route, _ want: Route, deviceIndex: Int32?, proto: UInt8) -> Bool {
+        guard have.proto == want.proto, have.type == want.type, have.priority == want.priority else { return false }
+        if let id = want.nexthopID { return have.nexthopID == id }
+        return have.nexthopID == nil && have.gateway == want.gateway && have.onlink == want.onlink
+            && (deviceIndex == nil || have.deviceIndex == deviceIndex)
+    }
+
+    /// The plan that removes everything the agent owns: routes, nexthops, then the device.
+    public static func cleanup(snapshot: KernelSnapshot) -> Plan {
+        var changes: [Change] = snapshot.routes.map { .remove(.route($0)) } + snapshot.nexthops.map { .remove(.nexthop($0)) }
+        if let device = snapshot.device, device.kind == "vxlan" { changes.append(.deleteDevice(device)) }
+        return Plan(changes: changes)
+    }
+}

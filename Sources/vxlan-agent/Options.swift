@@ -1,0 +1,54 @@
+import Agent
+import ArgumentParser
+import Foundation
+import Reconcile
+import Registry
+
+/// Options shared by the commands that read a configuration.
+struct ConfigOptions: ParsableArguments {
+    @Option(name: .shortAndLong, help: "The configuration file (JSON).")
+    var config: String
+
+    @Option(help: "This host's node name (default: \"node\" in the file, then the hostname).")
+    var node: String?
+
+    @Option(help: "The lock that keeps two syncs from interleaving (default: one per network namespace under /run/vxlan-agent).")
+    var lockFile: String?
+
+    @Option(help: "Seconds to wait for the lock before giving up with exit code 75.")
+    var lockTimeout: Double = 30
+
+    func load() throws -> (AgentConfig, String) {
+        let config = try AgentConfig.load(path: self.config)
+        let name = node ?? config.node ?? ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? ""
+        return (config, name)
+    }
+
+    func lock() throws -> SyncLock {
+        try SyncLock(path: lockFile ?? SyncLock.defaultPath, timeout: .milliseconds(Int(lockTimeout * 1000)))
+    }
+}
+
+enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+    case text, json
+}
+
+/// Prints to standard error.
+func warn(_ text: String) {
+    FileHandle.standardError.write(Data((text + "\n").utf8))
+}
+
+/// Runs a command body, turning every error into a message and an exit code.
+func guarded(_ body: () throws -> Int32) throws -> Never {
+    let status: Int32
+    do {
+        status = try body()
+    } catch let failure as SyncLock.Failure {
+        warn("vxlan-agent: \(failure)")
+        status = { if case .busy = failure { ExitStatus.busy } else { ExitStatus.error } }()
+    } catch {
+        warn("vxlan-agent: \(error)")
+        status = ExitStatus.error
+    }
+    throw ExitCode(status)
+}

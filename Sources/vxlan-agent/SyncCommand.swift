@@ -1,0 +1,97 @@
+import Agent
+import ArgumentParser
+import Dataplane
+import Foundation
+import Reconcile
+import Registry
+
+struct Sync: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make the kernel match the configuration, once (for cron); --dry-run shows the diff.",
+        discussion: """
+        Creates or repairs the VXLAN device, and for every other node its FDB entry, neighbor and route; \
+        removes what the agent owns and no longer wants. Quiet on success: one summary line.
+        Exit codes: 0 in sync, 1 error (nothing changed if the configuration is bad), 2 changes pending \
+        (--dry-run), 3 applied but some peers were skipped or some changes failed, 75 lock busy.
+        """)
+
+    @OptionGroup var options: ConfigOptions
+
+    @Flag(help: "Compute and print the plan; change nothing.")
+    var dryRun = false
+
+    @Option(help: "text or json.")
+    var output: OutputFormat = .text
+
+    @Flag(name: .shortAndLong, help: "List each change applied.")
+    var verbose = false
+
+    @Option(help: "auto (default: nexthop objects where the kernel has them), nexthop, or classic.")
+    var routeLayout: String?
+
+    func validate() throws {
+        if let routeLayout, routeLayout != "auto", RouteLayout(rawValue: routeLayout) == nil {
+            throw ValidationError("--route-layout must be auto, nexthop or classic")
+        }
+    }
+
+    func run() throws {
+        try guarded { try runSync(options: options, dryRun: dryRun, output: output, verbose: verbose, layoutOverride: routeLayout) }
+    }
+}
+
+struct Diff: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show what a sync would change (alias of sync --dry-run). Exit 0 in sync, 2 changes pending, 1 error.")
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(help: "text or json.")
+    var output: OutputFormat = .text
+
+    @Option(help: "auto, nexthop, or classic.")
+    var routeLayout: String?
+
+    func run() throws {
+        try guarded { try runSync(options: options, dryRun: true, output: output, verbose: true, layoutOverride: routeLayout) }
+    }
+}
+
+func runSync(options: ConfigOptions, dryRun: Bool, output: OutputFormat, verbose: Bool, layoutOverride: String?) throws -> Int32 {
+    // Validation first: a bad configuration never reaches the kernel.
+    let (config, nodeName) = try options.load()
+    let (view, interface) = try config.view(node: nodeName)
+    var layout = config.routeLayout
+    if let layoutOverride { layout = layoutOverride == "auto" ? nil : RouteLayout(rawValue: layoutOverride) }
+    let lock = dryRun ? nil : try options.lock()
+    defer { withExtendedLifetime(lock) {} }
+
+    let dataplane = try Dataplane()
+    let syncer = Syncer(view: view, interface: interface, layout: layout, deviceName: config.deviceName)
+    let outcome = try syncer.run(dataplane: dataplane, dryRun: dryRun)
+    let plan = outcome.plan
+    let out = outcome.output
+
+    if dryRun {
+        if output == .json {
+            print(out.json(plan))
+        } else {
+            for line in out.lines(plan) { print(line) }
+            print(out.summary(plan))
+        }
+        if !plan.isEmpty { return ExitStatus.pending }
+        return plan.skipped.isEmpty ? ExitStatus.ok : ExitStatus.partial
+    }
+
+    let report = outcome.report!
+    let failures = report.failures.map(\.message)
+    if output == .json {
+        print(out.json(plan, applied: true, writes: report.writes, failures: failures))
+    } else {
+        if verbose { for line in plan.changes.map(out.renderer.describe) { print(line) } }
+        for skipped in plan.skipped { warn("warning: \(skipped)") }
+        for failure in failures { warn("error: \(failure)") }
+        print(out.summary(plan, applied: true, writes: report.writes, failures: failures.count))
+    }
+    return failures.isEmpty && plan.skipped.isEmpty ? ExitStatus.ok : ExitStatus.partial
+}
