@@ -1,0 +1,70 @@
+# vxlan-agent: a newcomer types `make demo` and `make test`; everything they
+# need is installed here (Debian packages), nothing by hand.
+
+SWIFT      ?= swift
+PREFIX     ?= /usr/local
+BIN        := .build/debug/vxlan-agent
+RELEASE    := .build/release/vxlan-agent
+
+# What building needs, and what the tests, the demo and the benchmarks run.
+BUILD_PACKAGES := libmnl-dev pkg-config
+TEST_PACKAGES  := $(BUILD_PACKAGES) iproute2 iputils-ping containernetworking-plugins \
+                  nftables etcd-server etcd-client openssl strace procps
+BENCH_PACKAGES := $(TEST_PACKAGES) iperf3 gcc
+
+.PHONY: all build release test demo bench bench-quick install uninstall clean deps-build deps-test deps-bench
+
+all: build
+
+# Installs the Debian packages in $(1) that are missing (apt-get update first).
+define ensure_packages
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+endef
+
+deps-build:
+	$(call ensure_packages,$(BUILD_PACKAGES))
+
+deps-test:
+	$(call ensure_packages,$(TEST_PACKAGES))
+
+deps-bench:
+	$(call ensure_packages,$(BENCH_PACKAGES))
+
+build: deps-build
+	$(SWIFT) build
+
+release: deps-build
+	$(SWIFT) build -c release
+
+# Every test: pure ones, netlink golden bytes, the real kernel in private
+# namespaces (root), a real etcd, and clusters of namespaces with real CNI pods.
+test: deps-test
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+demo: deps-test build
+	bash Tests/cluster/demo.sh $(BIN)
+
+bench: deps-bench release
+	bash Benchmarks/bench.sh $(RELEASE) full
+
+bench-quick: deps-bench release
+	bash Benchmarks/bench.sh $(RELEASE) quick
+
+install: release
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/iproute2/rt_protos.d
+	install -m 0755 $(RELEASE) $(DESTDIR)$(PREFIX)/bin/vxlan-agent
+	printf '152\tvxlan-agent\n' > $(DESTDIR)/etc/iproute2/rt_protos.d/vxlan-agent.conf
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/vxlan-agent $(DESTDIR)/etc/iproute2/rt_protos.d/vxlan-agent.conf
+
+clean:
+	rm -rf .build Benchmarks/bin
