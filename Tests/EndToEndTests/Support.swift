@@ -1,0 +1,180 @@
+import Foundation
+import Testing
+
+/// Whether this process may create network namespaces (root, iproute2). Computed once.
+let canUseNamespaces: Bool = {
+    guard getuid() == 0 else { return false }
+    let name = "vxa-probe-\(getpid())"
+    defer { _ = try? sh("ip netns del \(name) 2>/dev/null") }
+    return (try? sh("ip netns add \(name)")) != nil
+}()
+
+let isCI = ProcessInfo.processInfo.environment["CI"] == "true"
+
+/// Kernel tests run where they can; under CI=true they always run, and fail
+/// (through `requireKernel()`) instead of skipping when they cannot.
+let kernelTests: ConditionTrait = .enabled(if: canUseNamespaces || isCI, "needs root and network namespaces")
+
+func requireKernel() throws {
+    try #require(canUseNamespaces, "root and network namespaces are required (CI=true makes this a failure, not a skip)")
+}
+
+struct CommandFailure: Error, CustomStringConvertible {
+    var command: String
+    var status: Int32
+    var output: String
+    var description: String { "`\(command)` exited \(status): \(output)" }
+}
+
+struct Result {
+    var status: Int32
+    var stdout: String
+    var stderr: String
+}
+
+/// Runs a shell command, returning its status and output. posix_spawn and
+/// waitpid, not Foundation's Process (whose waitUntilExit can hang under
+/// concurrent tests), and output through temporary files, not pipes: a
+/// background child that inherits a pipe (ip monitor) would keep a read open.
+@discardableResult
+func run(_ command: String) throws -> Result {
+    let base = NSTemporaryDirectory() + "vxa-run-\(getpid())-\(UUID().uuidString)"
+    defer {
+        unlink(base + ".out")
+        unlink(base + ".err")
+    }
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, base + ".out", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    posix_spawn_file_actions_addopen(&actions, 2, base + ".err", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+    // The test runner's threads block signals; a child must not inherit that
+    // mask (timeout's SIGTERM would never reach `ip monitor`).
+    var attributes = posix_spawnattr_t()
+    posix_spawnattr_init(&attributes)
+    defer { posix_spawnattr_destroy(&attributes) }
+    var empty = sigset_t(), all = sigset_t()
+    sigemptyset(&empty)
+    sigfillset(&all)
+    posix_spawnattr_setsigmask(&attributes, &empty)
+    posix_spawnattr_setsigdefault(&attributes, &all)
+    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    var pid: pid_t = 0
+    let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/bash"), strdup("-c"), strdup(command), nil]
+    defer { argv.forEach { free($0) } }
+    let spawned = posix_spawn(&pid, "/bin/bash", &actions, &attributes, argv, environ)
+    guard spawned == 0 else { throw CommandFailure(command: command, status: -1, output: String(cString: strerror(spawned))) }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    let exitCode: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    return Result(status: exitCode,
+                  stdout: (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? "",
+                  stderr: (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? "")
+}
+
+/// Runs a shell command that must succeed; returns its standard output.
+@discardableResult
+func sh(_ command: String) throws -> String {
+    let result = try run(command)
+    guard result.status == 0 else { throw CommandFailure(command: command, status: result.status, output: result.stdout + result.stderr) }
+    return result.stdout
+}
+
+/// The package root, from this file's path.
+let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+
+/// The agent binary `swift build` made.
+var agentBinary: String {
+    for configuration in ["debug", "release"] {
+        let path = "\(packageRoot)/.build/\(configuration)/vxlan-agent"
+        if FileManager.default.isExecutableFile(atPath: path) { return path }
+    }
+    return "\(packageRoot)/.build/debug/vxlan-agent"
+}
+
+nonisolated(unsafe) private var hostCounter = 0
+private let counterLock = NSLock()
+
+/// One simulated host: a network namespace with a veth pair as underlay
+/// (198.18.x.y on `eth0`), and a temporary directory for its files. Everything
+/// is removed by `close()`, which tests call in a `defer`.
+final class TestHost {
+    let namespace: String
+    let directory: String
+    let publicIP: String
+
+    init(publicIP: String = "198.18.0.1", underlayMTU: Int = 1500) throws {
+        counterLock.lock()
+        hostCounter += 1
+        let n = hostCounter
+        counterLock.unlock()
+        namespace = "vxa-e2e-\(getpid())-\(n)"
+        directory = NSTemporaryDirectory() + namespace
+        self.publicIP = publicIP
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        do {
+            try sh("""
+            ip netns add \(namespace)
+            ip netns exec \(namespace) sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+            ip -n \(namespace) link set lo up
+            ip -n \(namespace) link add eth0 mtu \(underlayMTU) type veth peer name eth1 mtu \(underlayMTU)
+            ip -n \(namespace) addr add \(publicIP)/24 dev eth0
+            ip -n \(namespace) link set eth0 up
+            ip -n \(namespace) link set eth1 up
+            """)
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    func close() {
+        _ = try? run("ip netns del \(namespace) 2>/dev/null")
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+
+    /// Runs a command inside the namespace.
+    @discardableResult
+    func exec(_ command: String) throws -> Result {
+        try run("ip netns exec \(namespace) \(command)")
+    }
+
+    /// Runs the agent inside the namespace with its own lock file.
+    @discardableResult
+    func agent(_ arguments: String) throws -> Result {
+        try exec("\(agentBinary) \(arguments) --lock-file \(directory)/sync.lock")
+    }
+
+    func write(_ name: String, _ text: String) throws -> String {
+        let path = "\(directory)/\(name)"
+        try text.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    /// `ip -j ...` in the namespace, decoded.
+    func json(_ command: String) throws -> [[String: Any]] {
+        let text = try sh("ip netns exec \(namespace) \(command)")
+        guard !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { return [] }
+        return (try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]]) ?? []
+    }
+}
+
+/// An inventory for this host (node-1, 198.18.0.1, 10.244.1.0/24) and `peers`
+/// more nodes node-2... with public IPs 198.19.x.y and subnets 10.244.N.0/24 (or /8 slices past 254).
+func inventory(peers: Int, skip: Set<Int> = [], vni: Int = 1, extraNodes: String = "", network: String = "10.244.0.0/16") -> String {
+    var nodes = [#"{"name": "node-1", "publicIP": "198.18.0.1", "subnet": "\#(subnet(1, network: network))"}"#]
+    for k in 2..<(peers + 2) where !skip.contains(k) {
+        nodes.append(#"{"name": "node-\#(k)", "publicIP": "198.19.\#(k / 256).\#(k % 256)", "subnet": "\#(subnet(k, network: network))"}"#)
+    }
+    if !extraNodes.isEmpty { nodes.append(extraNodes) }
+    return """
+    {"node": "node-1",
+     "network": {"Network": "\(network)", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": \(vni), "Port": 8472}},
+     "nodes": [\(nodes.joined(separator: ",\n"))]}
+    """
+}
+
+func subnet(_ k: Int, network: String) -> String {
+    network.hasPrefix("10.244.") ? "10.244.\(k).0/24" : "10.\(k / 256).\(k % 256).0/24"
+}
