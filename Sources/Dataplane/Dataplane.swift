@@ -29,6 +29,11 @@ public struct ChangeFailure: Sendable, Hashable, CustomStringConvertible {
     public var message: String
 
     public var description: String { message }
+
+    public init(change: Change, message: String) {
+        self.change = change
+        self.message = message
+    }
 }
 
 /// What applying a plan did.
