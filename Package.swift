@@ -38,7 +38,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "CLibMnl"]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "Dataplane", "CLibMnl", "CNetlinkShim"]),
         .testTarget(name: "ReconcileTests", dependencies: ["Reconcile", "Registry", "Dataplane"]),
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "Netlink"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Reconcile", "Dataplane"]),

@@ -24,7 +24,8 @@ public enum Requests {
             m.familyHeader(ndmsg.self) {
                 $0.ndm_family = UInt8(AF_BRIDGE)
                 $0.ndm_ifindex = device
-                $0.ndm_state = UInt16(NUD_PERMANENT)
+                // As `bridge fdb ... permanent` sends it: NOARP (its default) | PERMANENT.
+                $0.ndm_state = UInt16(NUD_NOARP | NUD_PERMANENT)
                 $0.ndm_flags = UInt8(NTF_SELF)
             }
             m.put(UInt16(NDA_LLADDR), bytes: entry.mac.bytes)
@@ -61,8 +62,8 @@ public enum Requests {
             }
             m.put(UInt16(NHA_ID), u32: entry.id)
             if operation == .replace {
-                m.put(UInt16(NHA_OIF), u32: UInt32(bitPattern: device))
                 if let gateway = entry.gateway { m.put(UInt16(NHA_GATEWAY), bytes: gateway.octets) }
+                m.put(UInt16(NHA_OIF), u32: UInt32(bitPattern: device))
             }
         }
     }
@@ -119,17 +120,18 @@ public enum Requests {
     public static func createVXLAN(_ device: VXLANDevice, into batch: Batch) -> Int {
         batch.append(type: UInt16(RTM_NEWLINK), flags: UInt16(NLM_F_CREATE | NLM_F_EXCL)) { m in
             m.familyHeader(ifinfomsg.self) { $0.ifi_family = UInt8(AF_UNSPEC) }
-            m.put(UInt16(IFLA_IFNAME), string: device.name)
+            // Attribute order as iproute2 sends it, so golden bytes compare exactly.
             m.put(UInt16(IFLA_MTU), u32: device.mtu)
             m.put(UInt16(IFLA_ADDRESS), bytes: device.mac.bytes)
+            m.put(UInt16(IFLA_IFNAME), string: device.name)
             m.nest(UInt16(IFLA_LINKINFO)) {
-                m.put(UInt16(IFLA_INFO_KIND), string: "vxlan")
+                m.put(UInt16(IFLA_INFO_KIND), bytes: Array("vxlan".utf8))  // no NUL, as iproute2
                 m.nest(UInt16(IFLA_INFO_DATA)) {
+                    m.put(UInt16(IFLA_VXLAN_LINK), u32: UInt32(bitPattern: device.underlayIndex))
                     m.put(UInt16(IFLA_VXLAN_ID), u32: device.vni)
                     m.put(UInt16(IFLA_VXLAN_LOCAL), bytes: device.localIP.octets)
-                    m.put(UInt16(IFLA_VXLAN_LINK), u32: UInt32(bitPattern: device.underlayIndex))
-                    m.put(UInt16(IFLA_VXLAN_PORT), be16: device.port)
                     m.put(UInt16(IFLA_VXLAN_LEARNING), u8: device.learning ? 1 : 0)
+                    m.put(UInt16(IFLA_VXLAN_PORT), be16: device.port)
                 }
             }
         }

@@ -18,6 +18,8 @@ public final class Batch {
     public init(expectedMessages: Int = 64) {
         capacity = max(4096, expectedMessages * 80 + Self.maxMessageSize)
         storage = .allocate(byteCount: capacity, alignment: 8)
+        // Zeroed: libmnl 1.0.4 leaves attribute padding as it finds it.
+        storage.initializeMemory(as: UInt8.self, repeating: 0, count: capacity)
         offsets.reserveCapacity(expectedMessages)
     }
 
@@ -33,6 +35,7 @@ public final class Batch {
         if capacity - used < Self.maxMessageSize {
             let newCapacity = capacity * 2
             let grown = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 8)
+            grown.initializeMemory(as: UInt8.self, repeating: 0, count: newCapacity)
             grown.copyMemory(from: storage, byteCount: used)
             storage.deallocate()
             storage = grown
