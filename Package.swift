@@ -40,8 +40,10 @@ let package = Package(
         ]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "Dataplane", "CLibMnl", "CNetlinkShim"]),
         .testTarget(name: "ReconcileTests", dependencies: ["Reconcile", "Registry", "Dataplane"]),
-        .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "Netlink"]),
-        .testTarget(name: "EndToEndTests", dependencies: ["Reconcile", "Dataplane"]),
+        .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "Netlink", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["Reconcile", "Dataplane", "TestSupport"]),
+        // Namespaces, commands and gating shared by the kernel tests.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
     ],
     swiftLanguageModes: [.v6]
 )

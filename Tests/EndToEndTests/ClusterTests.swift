@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// The demo's cluster as a test: three hosts, two real CNI pods each, pings
 /// across VXLAN, a host leaving the inventory.

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 
 /// `vxlan-agent sync` and its dry-run against the real kernel, one host namespace each.
 @Suite("sync on a real kernel", kernelTests)

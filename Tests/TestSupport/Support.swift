@@ -2,34 +2,34 @@ import Foundation
 import Testing
 
 /// Whether this process may create network namespaces (root, iproute2). Computed once.
-let canUseNamespaces: Bool = {
+public let canUseNamespaces: Bool = {
     guard getuid() == 0 else { return false }
     let name = "vxa-probe-\(getpid())"
     defer { _ = try? sh("ip netns del \(name) 2>/dev/null") }
     return (try? sh("ip netns add \(name)")) != nil
 }()
 
-let isCI = ProcessInfo.processInfo.environment["CI"] == "true"
+public let isCI = ProcessInfo.processInfo.environment["CI"] == "true"
 
 /// Kernel tests run where they can; under CI=true they always run, and fail
 /// (through `requireKernel()`) instead of skipping when they cannot.
-let kernelTests: ConditionTrait = .enabled(if: canUseNamespaces || isCI, "needs root and network namespaces")
+public let kernelTests: ConditionTrait = .enabled(if: canUseNamespaces || isCI, "needs root and network namespaces")
 
-func requireKernel() throws {
+public func requireKernel() throws {
     try #require(canUseNamespaces, "root and network namespaces are required (CI=true makes this a failure, not a skip)")
 }
 
-struct CommandFailure: Error, CustomStringConvertible {
-    var command: String
-    var status: Int32
-    var output: String
-    var description: String { "`\(command)` exited \(status): \(output)" }
+public struct CommandFailure: Error, CustomStringConvertible {
+    public var command: String
+    public var status: Int32
+    public var output: String
+    public var description: String { "`\(command)` exited \(status): \(output)" }
 }
 
-struct Result {
-    var status: Int32
-    var stdout: String
-    var stderr: String
+public struct Result {
+    public var status: Int32
+    public var stdout: String
+    public var stderr: String
 }
 
 /// Runs a shell command, returning its status and output. posix_spawn and
@@ -37,7 +37,7 @@ struct Result {
 /// concurrent tests), and output through temporary files, not pipes: a
 /// background child that inherits a pipe (ip monitor) would keep a read open.
 @discardableResult
-func run(_ command: String) throws -> Result {
+public func run(_ command: String) throws -> Result {
     let base = NSTemporaryDirectory() + "vxa-run-\(getpid())-\(UUID().uuidString)"
     defer {
         unlink(base + ".out")
@@ -75,17 +75,17 @@ func run(_ command: String) throws -> Result {
 
 /// Runs a shell command that must succeed; returns its standard output.
 @discardableResult
-func sh(_ command: String) throws -> String {
+public func sh(_ command: String) throws -> String {
     let result = try run(command)
     guard result.status == 0 else { throw CommandFailure(command: command, status: result.status, output: result.stdout + result.stderr) }
     return result.stdout
 }
 
 /// The package root, from this file's path.
-let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+public let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
 
 /// The agent binary `swift build` made.
-var agentBinary: String {
+public var agentBinary: String {
     for configuration in ["debug", "release"] {
         let path = "\(packageRoot)/.build/\(configuration)/vxlan-agent"
         if FileManager.default.isExecutableFile(atPath: path) { return path }
@@ -99,12 +99,12 @@ private let counterLock = NSLock()
 /// One simulated host: a network namespace with a veth pair as underlay
 /// (198.18.x.y on `eth0`), and a temporary directory for its files. Everything
 /// is removed by `close()`, which tests call in a `defer`.
-final class TestHost {
-    let namespace: String
-    let directory: String
-    let publicIP: String
+public final class TestHost {
+    public let namespace: String
+    public let directory: String
+    public let publicIP: String
 
-    init(publicIP: String = "198.18.0.1", underlayMTU: Int = 1500) throws {
+    public init(publicIP: String = "198.18.0.1", underlayMTU: Int = 1500) throws {
         counterLock.lock()
         hostCounter += 1
         let n = hostCounter
@@ -129,31 +129,31 @@ final class TestHost {
         }
     }
 
-    func close() {
+    public func close() {
         _ = try? run("ip netns del \(namespace) 2>/dev/null")
         try? FileManager.default.removeItem(atPath: directory)
     }
 
     /// Runs a command inside the namespace.
     @discardableResult
-    func exec(_ command: String) throws -> Result {
+    public func exec(_ command: String) throws -> Result {
         try run("ip netns exec \(namespace) \(command)")
     }
 
     /// Runs the agent inside the namespace with its own lock file.
     @discardableResult
-    func agent(_ arguments: String) throws -> Result {
+    public func agent(_ arguments: String) throws -> Result {
         try exec("\(agentBinary) \(arguments) --lock-file \(directory)/sync.lock")
     }
 
-    func write(_ name: String, _ text: String) throws -> String {
+    public func write(_ name: String, _ text: String) throws -> String {
         let path = "\(directory)/\(name)"
         try text.write(toFile: path, atomically: true, encoding: .utf8)
         return path
     }
 
     /// `ip -j ...` in the namespace, decoded.
-    func json(_ command: String) throws -> [[String: Any]] {
+    public func json(_ command: String) throws -> [[String: Any]] {
         let text = try sh("ip netns exec \(namespace) \(command)")
         guard !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { return [] }
         return (try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [[String: Any]]) ?? []
@@ -162,7 +162,7 @@ final class TestHost {
 
 /// An inventory for this host (node-1, 198.18.0.1, 10.244.1.0/24) and `peers`
 /// more nodes node-2... with public IPs 198.19.x.y and subnets 10.244.N.0/24 (or /8 slices past 254).
-func inventory(peers: Int, skip: Set<Int> = [], vni: Int = 1, extraNodes: String = "", network: String = "10.244.0.0/16") -> String {
+public func inventory(peers: Int, skip: Set<Int> = [], vni: Int = 1, extraNodes: String = "", network: String = "10.244.0.0/16") -> String {
     var nodes = [#"{"name": "node-1", "publicIP": "198.18.0.1", "subnet": "\#(subnet(1, network: network))"}"#]
     for k in 2..<(peers + 2) where !skip.contains(k) {
         nodes.append(#"{"name": "node-\#(k)", "publicIP": "198.19.\#(k / 256).\#(k % 256)", "subnet": "\#(subnet(k, network: network))"}"#)
@@ -175,6 +175,46 @@ func inventory(peers: Int, skip: Set<Int> = [], vni: Int = 1, extraNodes: String
     """
 }
 
-func subnet(_ k: Int, network: String) -> String {
+public func subnet(_ k: Int, network: String) -> String {
     network.hasPrefix("10.244.") ? "10.244.\(k).0/24" : "10.\(k / 256).\(k % 256).0/24"
+}
+
+/// setns(fd, CLONE_NEWNET). Glibc exports setns only under _GNU_SOURCE, which
+/// Swift's Glibc module does not define: look the symbol up instead.
+private func setNetworkNamespace(_ fd: Int32) -> Int32 {
+    typealias SetNS = @convention(c) (Int32, Int32) -> Int32
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "setns") else { return -1 }
+    return unsafeBitCast(symbol, to: SetNS.self)(fd, 0x4000_0000 /* CLONE_NEWNET */)
+}
+
+/// Carries a closure and its result across the namespace thread.
+private final class NamespaceCall<T>: @unchecked Sendable {
+    // @unchecked: written by the worker thread before it signals, read after the wait.
+    let body: () throws -> T
+    var result: Swift.Result<T, any Error>?
+    init(_ body: @escaping () throws -> T) { self.body = body }
+}
+
+extension TestHost {
+    /// Runs `body` on a thread that has entered this host's network namespace
+    /// (setns(2) changes only the calling thread), so a netlink socket opened
+    /// inside talks to this host's kernel state. The thread ends with the call.
+    public func inNamespace<T>(_ body: @escaping () throws -> T) throws -> T {
+        let call = NamespaceCall(body)
+        let done = DispatchSemaphore(value: 0)
+        let path = "/var/run/netns/\(namespace)"
+        let thread = Thread {
+            defer { done.signal() }
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0, setNetworkNamespace(fd) == 0 else {
+                call.result = .failure(CommandFailure(command: "setns \(path)", status: errno, output: String(cString: strerror(errno))))
+                return
+            }
+            _ = Glibc.close(fd)
+            call.result = Swift.Result { try call.body() }
+        }
+        thread.start()
+        done.wait()
+        return try call.result!.get()
+    }
 }
