@@ -18,6 +18,8 @@ public struct SyncOutcome: Sendable {
     /// nil for a dry-run.
     public var report: ApplyReport?
     public var layout: RouteLayout
+    /// How long each phase took: (name, seconds), in order.
+    public var timings: [(String, Double)] = []
 
     /// The host matches the desired state (dry-run: nothing to do; sync: applied without failure).
     public var inSync: Bool { report.map { $0.failures.isEmpty } ?? plan.isEmpty }
@@ -56,6 +58,15 @@ public struct Syncer {
 
     /// Computes the plan, and applies it unless `dryRun`.
     public func run(dataplane: Dataplane, dryRun: Bool) throws -> SyncOutcome {
+        let clock = ContinuousClock()
+        var mark = clock.now
+        var timings: [(String, Double)] = []
+        func lap(_ name: String) {
+            let now = clock.now
+            let elapsed = now - mark
+            timings.append((name, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
+            mark = now
+        }
         let underlay = try underlay(dataplane)
         let layout = self.layout ?? (dataplane.supportsNexthops ? .nexthop : .classic)
         if layout == .nexthop && !dataplane.supportsNexthops {
@@ -63,11 +74,15 @@ public struct Syncer {
         }
         let settings = AgentSettings(proto: proto, layout: layout, deviceName: deviceName)
         let name = deviceName ?? view.network.deviceName
+        lap("underlay")
         let snapshot = try dataplane.snapshot(deviceName: name, proto: proto)
+        lap("snapshot")
         let addresses = Set(try dataplane.addresses().filter { $0.index != snapshot.device?.index }.map(\.prefix.address))
         let host = HostFacts(underlay: underlay, addresses: addresses, foreignRoutes: snapshot.foreignRoutes)
         let desired = DesiredState(view: view, host: host, settings: settings)
+        lap("desired")
         let plan = try Differ.plan(desired: desired, snapshot: snapshot)
+        lap("diff")
         var output = PlanOutput(renderer: Renderer(deviceName: name, proto: proto, deviceIndex: snapshot.device?.index),
                                 desired: desired)
         var report: ApplyReport?
@@ -75,9 +90,12 @@ public struct Syncer {
             let applied = dataplane.apply(plan.changes, deviceName: name)
             output.renderer.deviceIndex = applied.deviceIndex
             report = applied
+            lap("apply")
             installProtocolName(proto)
         }
-        return SyncOutcome(plan: plan, desired: desired, output: output, report: report, layout: layout)
+        var outcome = SyncOutcome(plan: plan, desired: desired, output: output, report: report, layout: layout)
+        outcome.timings = timings
+        return outcome
     }
 }
 

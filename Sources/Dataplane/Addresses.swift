@@ -8,16 +8,30 @@ public struct IPv4Address: Hashable, Comparable, Sendable, CustomStringConvertib
         value = UInt32(a) << 24 | UInt32(b) << 16 | UInt32(c) << 8 | UInt32(d)
     }
 
-    /// Parses dotted-quad notation; nil for anything else.
+    /// Parses dotted-quad notation (no leading zeros); nil for anything else.
     public init?(_ text: some StringProtocol) {
-        var parts: [UInt32] = []
-        for part in text.split(separator: ".", omittingEmptySubsequences: false) {
-            guard !part.isEmpty, part.count <= 3, part.allSatisfy(\.isASCII), let n = UInt32(part), n <= 255 else { return nil }
-            if part.count > 1 && part.first == "0" { return nil }
-            parts.append(n)
+        var value: UInt32 = 0, part: UInt32 = 0, digits = 0, dots = 0, leadingZero = false
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"):
+                if leadingZero { return nil }
+                if digits == 0 && byte == UInt8(ascii: "0") { leadingZero = true }
+                part = part * 10 + UInt32(byte - UInt8(ascii: "0"))
+                digits += 1
+                if digits > 3 || part > 255 { return nil }
+            case UInt8(ascii: "."):
+                if digits == 0 || dots == 3 { return nil }
+                value = value << 8 | part
+                part = 0
+                digits = 0
+                dots += 1
+                leadingZero = false
+            default:
+                return nil
+            }
         }
-        guard parts.count == 4 else { return nil }
-        value = parts[0] << 24 | parts[1] << 16 | parts[2] << 8 | parts[3]
+        guard dots == 3, digits > 0 else { return nil }
+        self.value = value << 8 | part
     }
 
     public var octets: [UInt8] { [UInt8(value >> 24), UInt8(value >> 16 & 0xff), UInt8(value >> 8 & 0xff), UInt8(value & 0xff)] }
@@ -60,9 +74,10 @@ public struct IPv4Prefix: Hashable, Comparable, Sendable, CustomStringConvertibl
     }
 
     public init?(_ text: some StringProtocol) {
-        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 2, let address = IPv4Address(parts[0]),
-              parts[1].allSatisfy(\.isASCII), let length = UInt8(parts[1]), length <= 32 else { return nil }
+        guard let slash = text.firstIndex(of: "/"), let address = IPv4Address(text[..<slash]) else { return nil }
+        let tail = text[text.index(after: slash)...]
+        guard !tail.isEmpty, tail.utf8.count <= 2, tail.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
+              let length = UInt8(tail), length <= 32 else { return nil }
         self.init(address, length)
     }
 

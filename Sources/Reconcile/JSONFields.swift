@@ -25,14 +25,25 @@ public struct ConfigError: Error, Sendable, Hashable, CustomStringConvertible {
 public struct JSONFields: @unchecked Sendable {
     // @unchecked: holds only values produced by JSONSerialization (immutable Foundation containers).
     public let source: String
-    public let path: String
+    let parentPath: String
+    /// The index in the parent array, if this object is an array element (the
+    /// path string is built only when an error needs it).
+    let index: Int?
     let object: [String: Any]
 
     public init(source: String, path: String, object: [String: Any]) {
+        self.init(source: source, parentPath: path, index: nil, object: object)
+    }
+
+    init(source: String, parentPath: String, index: Int?, object: [String: Any]) {
         self.source = source
-        self.path = path
+        self.parentPath = parentPath
+        self.index = index
         self.object = object
     }
+
+    /// `nodes[3]`, `network.Backend`, or empty for the document.
+    public var path: String { index.map { "\(parentPath)[\($0)]" } ?? parentPath }
 
     /// Parses a whole document that must be a JSON object.
     public static func parse(_ data: Data, source: String) throws(ConfigError) -> JSONFields {
@@ -108,7 +119,7 @@ public struct JSONFields: @unchecked Sendable {
         var result: [JSONFields] = []
         for (index, element) in array.enumerated() {
             guard let object = element as? [String: Any] else { throw error("\(key)[\(index)]", "must be an object") }
-            result.append(JSONFields(source: source, path: fieldPath("\(key)[\(index)]"), object: object))
+            result.append(JSONFields(source: source, parentPath: fieldPath(key), index: index, object: object))
         }
         return result
     }

@@ -35,70 +35,79 @@ public struct AgentConfig: Sendable, Hashable {
     }
 
     public static func parse(_ data: Data, source: String) throws(ConfigError) -> AgentConfig {
-        let root = try JSONFields.parse(data, source: source)
-        for key in root.keys.sorted() where !topLevelKeys.contains(key) {
+        let raw = try RawConfig.decode(data, source: source)
+        let root = JSONFields(source: source, path: "", object: [:])
+        for key in raw.keys.sorted() where !topLevelKeys.contains(key) {
             throw root.error(key, "unknown key (expected one of: \(topLevelKeys.sorted().joined(separator: ", ")))")
         }
-        guard let networkFields = try root.object("network") else { throw root.error("network", "is required") }
+        guard let networkValue = raw.network, case .object = networkValue else {
+            throw root.error("network", raw.network == nil ? "is required" : "must be an object")
+        }
+        let networkFields = JSONFields(source: source, path: "network", object: networkValue.foundation as? [String: Any] ?? [:])
         let network = try NetworkConfig.parse(networkFields)
         var routeLayout: RouteLayout?
-        if let text = try root.string("routeLayout"), text != "auto" {
+        if let text = raw.routeLayout, text != "auto" {
             guard let layout = RouteLayout(rawValue: text) else {
                 throw root.error("routeLayout", "\"\(text)\" is not one of auto, nexthop, classic")
             }
             routeLayout = layout
         }
-        let deviceName = try root.string("device")
+        let deviceName = raw.device
         if let deviceName, deviceName.isEmpty || deviceName.utf8.count > 15 || deviceName.contains("/") || deviceName.contains(" ") {
             throw root.error("device", "\"\(deviceName)\" is not a valid interface name (1-15 characters, no '/' or spaces)")
         }
-        guard let entries = try root.objects("nodes") else { throw root.error("nodes", "is required") }
+        guard let entries = raw.nodes else { throw root.error("nodes", "is required") }
         guard !entries.isEmpty else { throw root.error("nodes", "is empty: list at least this node") }
 
         var nodes: [InventoryNode] = []
-        var names: [String: String] = [:], subnets: [IPv4Prefix: String] = [:]
-        var ips: [IPv4Address: String] = [:], macs: [MACAddress: String] = [:]
-        for entry in entries {
-            for key in entry.keys.sorted() where !nodeKeys.contains(key) {
-                throw entry.error(key, "unknown key (expected one of: \(nodeKeys.sorted().joined(separator: ", ")))")
+        nodes.reserveCapacity(entries.count)
+        // Values are indexes into `nodes`; the label is built only for an error.
+        var names: [String: Int] = [:], subnets: [IPv4Prefix: Int] = [:]
+        var ips: [IPv4Address: Int] = [:], macs: [MACAddress: Int] = [:]
+        func label(_ index: Int) -> String { "node \"\(nodes[index].record.name)\" (nodes[\(index)])" }
+        for (index, entry) in entries.enumerated() {
+            func fail(_ key: String, _ message: String) -> ConfigError {
+                ConfigError(source: source, field: "nodes[\(index)].\(key)", message: message)
             }
-            let name = try entry.requiredString("name")
-            guard !name.isEmpty else { throw entry.error("name", "must not be empty") }
-            guard let ip = try entry.ipv4("publicIP") else { throw entry.error("publicIP", "is required") }
-            guard let subnet = try entry.prefix("subnet") else { throw entry.error("subnet", "is required") }
+            for key in entry.keys.sorted() where !nodeKeys.contains(key) {
+                throw fail(key, "unknown key (expected one of: \(nodeKeys.sorted().joined(separator: ", ")))")
+            }
+            guard let name = entry.name else { throw fail("name", "is required") }
+            guard !name.isEmpty else { throw fail("name", "must not be empty") }
+            guard let ipText = entry.publicIP else { throw fail("publicIP", "is required") }
+            guard let ip = IPv4Address(ipText) else { throw fail("publicIP", "\"\(ipText)\" is not an IPv4 address") }
+            guard let subnetText = entry.subnet else { throw fail("subnet", "is required") }
+            guard let subnet = IPv4Prefix(subnetText) else { throw fail("subnet", "\"\(subnetText)\" is not an IPv4 prefix (a.b.c.d/len)") }
             guard subnet.isCanonical else {
-                throw entry.error("subnet", "\(subnet) has host bits set (did you mean \(subnet.network)/\(subnet.length)?)")
+                throw fail("subnet", "\(subnet) has host bits set (did you mean \(subnet.network)/\(subnet.length)?)")
             }
             guard subnet.length == network.subnetLen else {
-                throw entry.error("subnet", "\(subnet) is a /\(subnet.length); the network's SubnetLen is \(network.subnetLen)")
+                throw fail("subnet", "\(subnet) is a /\(subnet.length); the network's SubnetLen is \(network.subnetLen)")
             }
             guard network.network.contains(subnet) else {
-                throw entry.error("subnet", "\(subnet) is outside the network \(network.network)")
+                throw fail("subnet", "\(subnet) is outside the network \(network.network)")
             }
             var mac: MACAddress?
-            if let text = try entry.string("vtepMAC") {
-                guard let parsed = MACAddress(text) else { throw entry.error("vtepMAC", "\"\(text)\" is not a MAC address (xx:xx:xx:xx:xx:xx)") }
-                guard parsed.isValidUnicast else { throw entry.error("vtepMAC", "\(parsed) is not a unicast MAC (multicast bit set or all zeros)") }
+            if let text = entry.vtepMAC {
+                guard let parsed = MACAddress(text) else { throw fail("vtepMAC", "\"\(text)\" is not a MAC address (xx:xx:xx:xx:xx:xx)") }
+                guard parsed.isValidUnicast else { throw fail("vtepMAC", "\(parsed) is not a unicast MAC (multicast bit set or all zeros)") }
                 mac = parsed
             }
-            let interface = try entry.string("interface")
-            if let other = names[name] { throw entry.error("name", "\"\(name)\" is already used by \(other)") }
-            if let other = subnets[subnet] { throw entry.error("subnet", "\(subnet) is already used by \(other)") }
-            if let overlap = subnets.first(where: { $0.key.overlaps(subnet) }) {
-                throw entry.error("subnet", "\(subnet) overlaps \(overlap.key) of \(overlap.value)")
-            }
-            if let other = ips[ip] { throw entry.error("publicIP", "\(ip) is already used by \(other)") }
-            let record = NodeRecord(name: name, publicIP: ip, subnet: subnet, vtepMAC: mac, origin: "\(source) \(entry.path)")
+            if let other = names[name] { throw fail("name", "\"\(name)\" is already used by \(label(other))") }
+            // Every subnet is a canonical /SubnetLen (checked above), so two overlap
+            // exactly when they are equal: the duplicate check covers overlaps in O(1).
+            if let other = subnets[subnet] { throw fail("subnet", "\(subnet) is already used by \(label(other))") }
+            if let other = ips[ip] { throw fail("publicIP", "\(ip) is already used by \(label(other))") }
+            let record = NodeRecord(name: name, publicIP: ip, subnet: subnet, vtepMAC: mac, origin: "\(source) nodes[\(index)]")
             let effectiveMAC = record.mac(vni: network.vni)
-            if let other = macs[effectiveMAC] { throw entry.error("vtepMAC", "\(effectiveMAC) is already used by \(other)") }
-            let label = "node \"\(name)\" (\(entry.path))"
-            names[name] = label
-            subnets[subnet] = label
-            ips[ip] = label
-            macs[effectiveMAC] = label
-            nodes.append(InventoryNode(record: record, interface: interface))
+            if let other = macs[effectiveMAC] { throw fail("vtepMAC", "\(effectiveMAC) is already used by \(label(other))") }
+            names[name] = index
+            subnets[subnet] = index
+            ips[ip] = index
+            macs[effectiveMAC] = index
+            nodes.append(InventoryNode(record: record, interface: entry.interface))
         }
-        return AgentConfig(source: source, node: try root.string("node"), network: network, nodes: nodes,
+        return AgentConfig(source: source, node: raw.node, network: network, nodes: nodes,
                            routeLayout: routeLayout, deviceName: deviceName)
     }
 

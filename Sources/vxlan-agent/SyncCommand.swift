@@ -29,6 +29,9 @@ struct Sync: ParsableCommand {
     @Option(help: "auto (default: nexthop objects where the kernel has them), nexthop, or classic.")
     var routeLayout: String?
 
+    @Flag(help: "Print how long each phase took, to standard error.")
+    var timings = false
+
     func validate() throws {
         if let routeLayout, routeLayout != "auto", RouteLayout(rawValue: routeLayout) == nil {
             throw ValidationError("--route-layout must be auto, nexthop or classic")
@@ -36,7 +39,7 @@ struct Sync: ParsableCommand {
     }
 
     func run() throws {
-        try guarded { try runSync(options: options, dryRun: dryRun, output: output, verbose: verbose, layoutOverride: routeLayout) }
+        try guarded { try runSync(options: options, dryRun: dryRun, output: output, verbose: verbose, layoutOverride: routeLayout, timings: timings) }
     }
 }
 
@@ -57,9 +60,12 @@ struct Diff: ParsableCommand {
     }
 }
 
-func runSync(options: ConfigOptions, dryRun: Bool, output: OutputFormat, verbose: Bool, layoutOverride: String?) throws -> Int32 {
+func runSync(options: ConfigOptions, dryRun: Bool, output: OutputFormat, verbose: Bool, layoutOverride: String?,
+             timings: Bool = false) throws -> Int32 {
+    let started = ContinuousClock.now
     // Validation first: a bad configuration never reaches the kernel.
     let (config, nodeName) = try options.load()
+    let loaded = ContinuousClock.now
     let (view, interface) = try config.view(node: nodeName)
     var layout = config.routeLayout
     if let layoutOverride { layout = layoutOverride == "auto" ? nil : RouteLayout(rawValue: layoutOverride) }
@@ -71,6 +77,13 @@ func runSync(options: ConfigOptions, dryRun: Bool, output: OutputFormat, verbose
     let outcome = try syncer.run(dataplane: dataplane, dryRun: dryRun)
     let plan = outcome.plan
     let out = outcome.output
+    if timings {
+        func ms(_ d: Duration) -> String { String(format: "%.1f", Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1e3) }
+        var parts = ["config \(ms(loaded - started)) ms"]
+        parts += outcome.timings.map { "\($0.0) \(String(format: "%.1f", $0.1 * 1e3)) ms" }
+        parts.append("total \(ms(ContinuousClock.now - started)) ms")
+        warn("timings: " + parts.joined(separator: ", "))
+    }
 
     if dryRun {
         if output == .json {
