@@ -9,7 +9,7 @@ RELEASE    := .build/release/vxlan-agent
 # What building needs, and what the tests, the demo and the benchmarks run.
 BUILD_PACKAGES := libmnl-dev pkg-config
 TEST_PACKAGES  := $(BUILD_PACKAGES) iproute2 iputils-ping containernetworking-plugins \
-                  nftables etcd-server etcd-client openssl strace procps
+                  nftables etcd-server etcd-client openssl strace procps gcc python3
 BENCH_PACKAGES := $(TEST_PACKAGES) iperf3 gcc
 
 .PHONY: all build release test demo bench bench-quick install uninstall clean deps-build deps-test deps-bench
@@ -53,10 +53,10 @@ demo: deps-test build
 	bash Tests/cluster/demo.sh $(BIN)
 
 bench: deps-bench release
-	bash Benchmarks/bench.sh $(RELEASE) full
+	python3 Benchmarks/bench.py $(RELEASE) full
 
 bench-quick: deps-bench release
-	bash Benchmarks/bench.sh $(RELEASE) quick
+	python3 Benchmarks/bench.py $(RELEASE) quick
 
 install: release
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/iproute2/rt_protos.d

@@ -27,9 +27,8 @@ def churn(nodes, n, pct, seed):
     for i in mac:
         k = i + 1
         nodes[i]["vtepMAC"] = f"0e:aa:00:01:{k // 256:02x}:{k % 256:02x}"
-    for i in ip:
-        k = i + 1
-        nodes[i]["publicIP"] = f"198.18.{128 + k // 256}.{k % 256}"
+    for j, i in enumerate(ip):  # new addresses from 198.18.128.0/17, unique per changed peer
+        nodes[i]["publicIP"] = f"198.18.{128 + j // 256}.{j % 256}"
     kept = [node for i, node in enumerate(nodes) if i not in leave]
     for k in range(n + 1, n + 1 + count):
         kept.append({"name": f"peer-{k}", "publicIP": f"198.19.{k // 256}.{k % 256}",

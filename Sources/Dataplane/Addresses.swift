@@ -1,5 +1,5 @@
 /// An IPv4 address, stored in host order.
-public struct IPv4Address: Hashable, Comparable, Sendable, CustomStringConvertible, Codable {
+public struct IPv4Address: Hashable, Comparable, Sendable, TextCodable {
     public var value: UInt32
 
     public init(_ value: UInt32) { self.value = value }
@@ -46,24 +46,11 @@ public struct IPv4Address: Hashable, Comparable, Sendable, CustomStringConvertib
 
     public static func < (a: IPv4Address, b: IPv4Address) -> Bool { a.value < b.value }
 
-    public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        guard let address = IPv4Address(text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
-                                                    debugDescription: "\"\(text)\" is not an IPv4 address"))
-        }
-        self = address
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(description)
-    }
 }
 
 /// An IPv4 prefix (`10.244.1.0/24`). The address is kept as given; `isCanonical`
 /// tells whether host bits are zero.
-public struct IPv4Prefix: Hashable, Comparable, Sendable, CustomStringConvertible, Codable {
+public struct IPv4Prefix: Hashable, Comparable, Sendable, TextCodable {
     public var address: IPv4Address
     public var length: UInt8
 
@@ -98,23 +85,10 @@ public struct IPv4Prefix: Hashable, Comparable, Sendable, CustomStringConvertibl
         (a.address, a.length) < (b.address, b.length)
     }
 
-    public init(from decoder: any Decoder) throws {
-        let text = try decoder.singleValueContainer().decode(String.self)
-        guard let prefix = IPv4Prefix(text) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
-                                                    debugDescription: "\"\(text)\" is not an IPv4 prefix (a.b.c.d/len)"))
-        }
-        self = prefix
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var container = encoder.singleValueContainer()
-        try container.encode(description)
-    }
 }
 
 /// A 48-bit Ethernet address.
-public struct MACAddress: Hashable, Comparable, Sendable, CustomStringConvertible, Codable {
+public struct MACAddress: Hashable, Comparable, Sendable, TextCodable {
     /// The six bytes in the low 48 bits, first byte most significant.
     public var value: UInt64
 
@@ -161,17 +135,43 @@ public struct MACAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
         MACAddress(bytes: [0x0e, UInt8(vni & 0xff)] + publicIP.octets)!
     }
 
+}
+
+/// A value written in JSON as its text form (`"10.244.1.0/24"`), decoded with
+/// a message that says what was expected.
+public protocol TextCodable: Codable, CustomStringConvertible {
+    static func parse(_ text: String) -> Self?
+    /// What a valid text looks like, for the error.
+    static var expectedForm: String { get }
+}
+
+extension TextCodable {
     public init(from decoder: any Decoder) throws {
         let text = try decoder.singleValueContainer().decode(String.self)
-        guard let mac = MACAddress(text) else {
+        guard let value = Self.parse(text) else {
             throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath,
-                                                    debugDescription: "\"\(text)\" is not a MAC address (xx:xx:xx:xx:xx:xx)"))
+                                                    debugDescription: "\"\(text)\" is not \(Self.expectedForm)"))
         }
-        self = mac
+        self = value
     }
 
     public func encode(to encoder: any Encoder) throws {
         var container = encoder.singleValueContainer()
         try container.encode(description)
     }
+}
+
+extension IPv4Address {
+    public static func parse(_ text: String) -> IPv4Address? { IPv4Address(text) }
+    public static var expectedForm: String { "an IPv4 address" }
+}
+
+extension IPv4Prefix {
+    public static func parse(_ text: String) -> IPv4Prefix? { IPv4Prefix(text) }
+    public static var expectedForm: String { "an IPv4 prefix (a.b.c.d/len)" }
+}
+
+extension MACAddress {
+    public static func parse(_ text: String) -> MACAddress? { MACAddress(text) }
+    public static var expectedForm: String { "a MAC address (xx:xx:xx:xx:xx:xx)" }
 }

@@ -20,3 +20,22 @@ struct ClusterTests {
         #expect(oks.map { $0.components(separatedBy: "ok").count - 1 } == 4)
     }
 }
+
+@Suite("the benchmark harness", kernelTests)
+struct BenchmarkSmokeTests {
+    @Test("make bench's harness runs at N = 100 and reports zero writes for a no-op sync")
+    func smoke() throws {
+        try requireKernel()
+        let out = NSTemporaryDirectory() + "vxa-bench-smoke-\(getpid())"
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let result = try run("python3 \(packageRoot)/Benchmarks/bench.py \(agentBinary) smoke --out \(out)")
+        #expect(result.status == 0, "\(result.stdout)\(result.stderr)")
+        let data = try #require(FileManager.default.contents(atPath: "\(out)/smoke.json"))
+        let doc = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        let rows = try #require(doc["100"] as? [String: Any])
+        #expect((rows["agent no-op"] as? [String: Any])?["writes"] as? Int == 0)
+        #expect((rows["agent cold"] as? [String: Any])?["writes"] as? Int == 403)
+        #expect((rows["C limit cold"] as? [String: Any])?["messages"] as? Int == 403)
+        #expect((rows["agent churn 4x1%"] as? [String: Any])?["writes"] as? Int == 14)
+    }
+}

@@ -35,7 +35,7 @@ cni_add() { # host-ns pod-ns subnet datadir
     ip netns exec "$host" env CNI_COMMAND=ADD CNI_CONTAINERID="$pod" CNI_NETNS="/var/run/netns/$pod" \
         CNI_IFNAME=eth0 CNI_PATH="$CNI_PATH" "$CNI_PATH/bridge" <<JSON
 {"cniVersion": "0.4.0", "name": "vxa-pods", "type": "bridge", "bridge": "cni0",
- "isGateway": true, "ipMasq": false, "hairpinMode": false,
+ "isGateway": true, "ipMasq": false, "hairpinMode": false, "mtu": 1450,
  "ipam": {"type": "host-local", "subnet": "$subnet", "dataDir": "$data",
           "routes": [{"dst": "10.244.0.0/16"}]}}
 JSON
