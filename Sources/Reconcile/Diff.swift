@@ -85,11 +85,17 @@ public enum Differ {
         if !current.addresses.contains(desired.address) { changes.append(.add(.address(desired.address))) }
         for address in current.addresses where address != desired.address { changes.append(.remove(.address(address))) }
 
-        // FDB: one remote per MAC.
-        var fdbByMAC: [MACAddress: [FDBEntry]] = [:]
-        for entry in current.fdb { fdbByMAC[entry.mac, default: []].append(entry) }
+        // FDB: one remote per MAC. Extra remotes of one MAC (only `bridge fdb
+        // append` makes them) are kept aside rather than in per-MAC arrays.
+        var fdbByMAC: [MACAddress: FDBEntry] = [:]
+        var extraRemotes: [MACAddress: [FDBEntry]] = [:]
+        fdbByMAC.reserveCapacity(current.fdb.count)
+        for entry in current.fdb {
+            if fdbByMAC[entry.mac] == nil { fdbByMAC[entry.mac] = entry } else { extraRemotes[entry.mac, default: []].append(entry) }
+        }
         for want in desired.fdb {
-            let have = fdbByMAC.removeValue(forKey: want.mac) ?? []
+            var have = fdbByMAC.removeValue(forKey: want.mac).map { [$0] } ?? []
+            if let extra = extraRemotes.removeValue(forKey: want.mac) { have += extra }
             if have.contains(want) {
                 changes += have.filter { $0 != want }.map { .remove(.fdb($0)) }
             } else if let first = have.first {
@@ -99,7 +105,8 @@ public enum Differ {
                 changes.append(.add(.fdb(want)))
             }
         }
-        for entry in fdbByMAC.values.joined().sorted(by: { ($0.mac, $0.dst) < ($1.mac, $1.dst) }) {
+        let strayFDB = Array(fdbByMAC.values) + extraRemotes.values.joined()
+        for entry in strayFDB.sorted(by: { ($0.mac, $0.dst) < ($1.mac, $1.dst) }) {
             changes.append(.remove(.fdb(entry)))
         }
 

@@ -23,7 +23,7 @@ public struct AgentConfig: Sendable, Hashable {
     public var deviceName: String?
 
     static let topLevelKeys: Set<String> = ["node", "network", "nodes", "routeLayout", "device"]
-    static let nodeKeys: Set<String> = ["name", "publicIP", "subnet", "vtepMAC", "interface"]
+    static let nodeKeys = RawNode.knownKeys
 
     /// Reads and validates the file; every error names the file and the field.
     public static func load(path: String) throws(ConfigError) -> AgentConfig {
@@ -69,7 +69,7 @@ public struct AgentConfig: Sendable, Hashable {
             func fail(_ key: String, _ message: String) -> ConfigError {
                 ConfigError(source: source, field: "nodes[\(index)].\(key)", message: message)
             }
-            for key in entry.keys.sorted() where !nodeKeys.contains(key) {
+            if let key = entry.unknownKey {
                 throw fail(key, "unknown key (expected one of: \(nodeKeys.sorted().joined(separator: ", ")))")
             }
             guard let name = entry.name else { throw fail("name", "is required") }
@@ -98,7 +98,7 @@ public struct AgentConfig: Sendable, Hashable {
             // exactly when they are equal: the duplicate check covers overlaps in O(1).
             if let other = subnets[subnet] { throw fail("subnet", "\(subnet) is already used by \(label(other))") }
             if let other = ips[ip] { throw fail("publicIP", "\(ip) is already used by \(label(other))") }
-            let record = NodeRecord(name: name, publicIP: ip, subnet: subnet, vtepMAC: mac, origin: "\(source) nodes[\(index)]")
+            let record = NodeRecord(name: name, publicIP: ip, subnet: subnet, vtepMAC: mac, origin: "nodes[\(index)]")
             let effectiveMAC = record.mac(vni: network.vni)
             if let other = macs[effectiveMAC] { throw fail("vtepMAC", "\(effectiveMAC) is already used by \(label(other))") }
             names[name] = index

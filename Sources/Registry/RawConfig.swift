@@ -39,12 +39,17 @@ struct AnyKey: CodingKey {
 
 /// One `nodes[]` entry, fields as given (validated afterwards).
 struct RawNode: Decodable {
-    var keys: [String]
+    static let knownKeys: Set<String> = ["name", "publicIP", "subnet", "vtepMAC", "interface"]
+    /// The first key that is not one of `knownKeys`, if any (no per-node array:
+    /// an inventory of 50,000 nodes would allocate 50,000 of them).
+    var unknownKey: String?
     var name: String?, publicIP: String?, subnet: String?, vtepMAC: String?, interface: String?
 
     init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: AnyKey.self)
-        keys = c.allKeys.map(\.stringValue)
+        if c.allKeys.contains(where: { !Self.knownKeys.contains($0.stringValue) }) {
+            unknownKey = c.allKeys.map(\.stringValue).sorted().first { !Self.knownKeys.contains($0) }
+        }
         name = try c.decodeIfPresent(String.self, forKey: AnyKey("name"))
         publicIP = try c.decodeIfPresent(String.self, forKey: AnyKey("publicIP"))
         subnet = try c.decodeIfPresent(String.self, forKey: AnyKey("subnet"))
