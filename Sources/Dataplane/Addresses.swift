@@ -9,6 +9,9 @@ public struct IPv4Address: Hashable, Comparable, Sendable, TextCodable {
     }
 
     /// Parses dotted-quad notation (no leading zeros); nil for anything else.
+    /// Inlinable: an inventory of 50,000 nodes parses 100,000 of these, and an
+    /// unspecialised generic over StringProtocol cost 5x.
+    @inlinable
     public init?(_ text: some StringProtocol) {
         var value: UInt32 = 0, part: UInt32 = 0, digits = 0, dots = 0, leadingZero = false
         for byte in text.utf8 {
@@ -60,6 +63,7 @@ public struct IPv4Prefix: Hashable, Comparable, Sendable, TextCodable {
         self.length = length
     }
 
+    @inlinable
     public init?(_ text: some StringProtocol) {
         guard let slash = text.firstIndex(of: "/"), let address = IPv4Address(text[..<slash]) else { return nil }
         let tail = text[text.index(after: slash)...]
@@ -100,6 +104,7 @@ public struct MACAddress: Hashable, Comparable, Sendable, TextCodable {
     }
 
     /// Parses `0e:00:00:00:00:02` (also with `-`), case-insensitive.
+    @inlinable
     public init?(_ text: some StringProtocol) {
         let parts = text.split(omittingEmptySubsequences: false, whereSeparator: { $0 == ":" || $0 == "-" })
         guard parts.count == 6 else { return nil }

@@ -59,6 +59,9 @@ public struct Message {
 
     /// Parses the attributes that follow a family header of `headerSize` bytes,
     /// keeping types up to `maxType`. The table lives only inside `body`.
+    /// Inlinable so callers in other modules get it specialised (it runs once
+    /// per dumped message).
+    @inlinable
     public func withAttributes<R>(afterHeader headerSize: Int, maxType: UInt16,
                                   _ body: (Attributes) throws -> R) rethrows -> R? {
         try withUnsafeTemporaryAllocation(of: UnsafePointer<nlattr>?.self, capacity: Int(maxType) + 1) { table in
@@ -70,7 +73,9 @@ public struct Message {
 
 /// A table of parsed attributes indexed by type.
 public struct Attributes {
-    let table: UnsafeBufferPointer<UnsafePointer<nlattr>?>
+    @usableFromInline let table: UnsafeBufferPointer<UnsafePointer<nlattr>?>
+
+    @usableFromInline init(table: UnsafeBufferPointer<UnsafePointer<nlattr>?>) { self.table = table }
 
     public subscript(type: UInt16) -> Attribute? {
         guard Int(type) < table.count, let pointer = table[Int(type)] else { return nil }
@@ -105,6 +110,7 @@ public struct Attribute {
     public var mac: [UInt8]? { payloadLength == 6 ? bytes : nil }
 
     /// Parses the nested attributes, keeping types up to `maxType`.
+    @inlinable
     public func withNested<R>(maxType: UInt16, _ body: (Attributes) throws -> R) rethrows -> R? {
         try withUnsafeTemporaryAllocation(of: UnsafePointer<nlattr>?.self, capacity: Int(maxType) + 1) { table in
             guard vxa_parse_nested(pointer, table.baseAddress!, maxType) == 0 else { return nil }

@@ -208,16 +208,31 @@ public final class NetlinkSocket {
     /// Dumps a table: every reply message goes through `parse`; a dump the kernel
     /// marks as interrupted (`NLM_F_DUMP_INTR`, the table changed under it) is
     /// started again, up to a few times.
+    @inlinable
     public func dump<T>(_ operation: @autoclosure () -> String, type: UInt16,
                         build: (MessageWriter) -> Void,
                         parse: (Message) -> T?) throws(NetlinkError) -> [T] {
-        for _ in 0..<5 {
+        // Generic only in this inlinable shell: the receive loop below is not,
+        // so a dump of 50,000 messages does no generic metadata lookups.
+        var results: [T] = []
+        try dumpEach(operation(), type: type, build: build, restart: { results.removeAll(keepingCapacity: true) }) { message in
+            if let value = parse(message) { results.append(value) }
+        }
+        return results
+    }
+
+    /// The dump loop: `each` sees every reply message; `restart` is called
+    /// before an interrupted dump is started again.
+    public func dumpEach(_ operation: @autoclosure () -> String, type: UInt16,
+                         build: (MessageWriter) -> Void, restart: () -> Void,
+                         each: (Message) -> Void) throws(NetlinkError) {
+        for attempt in 0..<5 {
+            if attempt > 0 { restart() }
             let batch = Batch(expectedMessages: 1)
             batch.append(type: type, flags: UInt16(NLM_F_DUMP), build)
             let seq = nextSequence()
             batch.header(at: 0).pointee.nlmsg_seq = seq
             try sendAll(batch.pointer(at: 0), batch.byteCount, operation())
-            var results: [T] = []
             var interrupted = false
             var done = false
             var failure: NetlinkError?
@@ -240,13 +255,13 @@ public final class NetlinkSocket {
                         done = true
                         return false
                     default:
-                        if let value = parse(message) { results.append(value) }
+                        each(message)
                         return true
                     }
                 }
             }
             if let failure { throw failure }
-            if !interrupted { return results }
+            if !interrupted { return }
         }
         throw NetlinkError(operation: operation(), code: EINTR,
                            kernelMessage: "dump kept being interrupted by concurrent changes")

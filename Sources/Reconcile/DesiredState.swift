@@ -91,23 +91,33 @@ public struct DesiredState: Sendable, Hashable {
     public var nexthops: [Nexthop] = []
     public var routes: [Route] = []
     public var settings: AgentSettings
-    /// Peer names by VTEP address, to name the peer behind a failure.
-    public var peerByVTEP: [IPv4Address: String] = [:]
-    /// Peer names by VTEP MAC.
-    public var peerByMAC: [MACAddress: String] = [:]
+    /// The name of each peer, in the order of `fdb` and `neighbors` (the maps
+    /// from MAC and VTEP address are built only when output asks for them).
+    public var peerNames: [String] = []
     public var skipped: [SkippedPeer] = []
 
     public var peerCount: Int { fdb.count }
 
-    /// The peer an entry belongs to, if it is one of the desired peers'.
-    public func peer(of entry: Entry) -> String? {
-        switch entry {
-        case .fdb(let e): peerByMAC[e.mac]
-        case .neighbor(let n): peerByVTEP[n.ip]
-        case .nexthop(let n): n.gateway.flatMap { peerByVTEP[$0] }
-        case .route(let r): r.gateway.flatMap { peerByVTEP[$0] }
-        case .address: nil
+    /// Names the peer behind each entry of the desired state.
+    public struct PeerIndex: Sendable {
+        let byMAC: [MACAddress: String]
+        let byVTEP: [IPv4Address: String]
+
+        /// The peer an entry belongs to, if it is one of the desired peers'.
+        public func peer(of entry: Entry) -> String? {
+            switch entry {
+            case .fdb(let e): byMAC[e.mac]
+            case .neighbor(let n): byVTEP[n.ip]
+            case .nexthop(let n): n.gateway.flatMap { byVTEP[$0] }
+            case .route(let r): r.gateway.flatMap { byVTEP[$0] }
+            case .address: nil
+            }
         }
+    }
+
+    public func peerIndex() -> PeerIndex {
+        PeerIndex(byMAC: Dictionary(zip(fdb.map(\.mac), peerNames), uniquingKeysWith: { a, _ in a }),
+                  byVTEP: Dictionary(zip(neighbors.map(\.ip), peerNames), uniquingKeysWith: { a, _ in a }))
     }
 
     /// Builds the desired state; peers that are wrong on their own are skipped
@@ -166,8 +176,7 @@ public struct DesiredState: Sendable, Hashable {
             seenNames.insert(peer.name)
 
             let gateway = peer.vtepAddress
-            peerByVTEP[gateway] = peer.name
-            peerByMAC[mac] = peer.name
+            peerNames.append(peer.name)
             fdb.append(FDBEntry(mac: mac, dst: ip))
             neighbors.append(Neighbor(ip: gateway, mac: mac))
             switch settings.layout {

@@ -65,6 +65,7 @@ public struct PlanOutput: Sendable {
 
     /// The plan as JSON: `{"device", "inSync", "summary", "changes": [{"action", "kind", "object", "peer"}], "skippedPeers"}`.
     public func json(_ plan: Plan, applied: Bool = false, writes: Int? = nil, failures: [String]? = nil) -> String {
+        let peers = desired?.peerIndex()
         let changes = plan.changes.map { change -> JSONChange in
             switch change {
             case .createDevice:
@@ -74,12 +75,12 @@ public struct PlanOutput: Sendable {
             case .deleteDevice:
                 return JSONChange(action: "remove", kind: "link", object: String(renderer.describe(change).dropFirst(2)))
             case .add(let entry):
-                return JSONChange(action: "add", kind: entry.kind, object: renderer.describe(entry), peer: desired?.peer(of: entry))
+                return JSONChange(action: "add", kind: entry.kind, object: renderer.describe(entry), peer: peers?.peer(of: entry))
             case .replace(let old, let new):
                 return JSONChange(action: "change", kind: new.kind, object: renderer.describe(new), was: renderer.describe(old),
-                                  peer: desired?.peer(of: new))
+                                  peer: peers?.peer(of: new))
             case .remove(let entry):
-                return JSONChange(action: "remove", kind: entry.kind, object: renderer.describe(entry), peer: desired?.peer(of: entry))
+                return JSONChange(action: "remove", kind: entry.kind, object: renderer.describe(entry), peer: peers?.peer(of: entry))
             }
         }
         let c = plan.counts
