@@ -1,93 +1,277 @@
 #!/usr/bin/env bash
-# A cluster of hosts on one machine, in network namespaces, for the demo, the
-# end-to-end tests and the benchmarks. Everything it makes is named PREFIX-*:
+# cluster.sh: a cluster of hosts on one machine, built from network namespaces,
+# for `make demo`, the end-to-end tests and the benchmarks. Run it as root.
 #
-#   PREFIX-ul        the underlay: a bridge br0 joining the hosts
-#   PREFIX-hI        host I: eth0 = 198.18.0.I/24 on the underlay, cni0 = its pod bridge
-#   PREFIX-hI-pJ     pod J of host I: eth0 on 10.244.I.0/24, attached by the real
-#                    CNI plugins bridge + host-local (containernetworking-plugins)
+# What `up PREFIX N P` builds (every name starts with PREFIX):
+#
+#   PREFIX-ul          the underlay "switch": a Linux bridge br0
+#   PREFIX-hI          host I (1..N): eth0 = 198.18.0.I/24, joined to br0 by a
+#                      veth pair; ip_forward on; its pod bridge cni0 = 10.244.I.1/24
+#   PREFIX-hI-pJ       pod J (1..P) of host I: eth0 on 10.244.I.0/24, attached
+#                      by the real CNI plugins bridge + host-local, called the
+#                      way a container runtime calls them
+#   /run/PREFIX/       the cluster's files: host-local's IPAM data (ipam/pods-hI),
+#                      cluster.env, and whatever a caller puts there (lock files)
+#
+# The root namespace's links, routes, sysctls and firewall are never changed:
+# every command runs inside one of the cluster's namespaces.
 #
 # Usage:
-#   cluster.sh up PREFIX NHOSTS [PODS_PER_HOST]
-#   cluster.sh down PREFIX
-#   cluster.sh pods PREFIX                       # "HOST POD NAMESPACE IP" per line
-#   cluster.sh inventory NHOSTS [--without I]... # the agent's inventory for the cluster
+#   cluster.sh up PREFIX NHOSTS [PODS_PER_HOST]   build it (fails if PREFIX exists)
+#   cluster.sh down PREFIX                        remove it all; safe to repeat,
+#                                                 also after a half-failed up
+#   cluster.sh pods PREFIX                        one "HOST POD NAMESPACE IP" line per pod
+#   cluster.sh exec PREFIX WHERE CMD [ARG]...     run CMD in a namespace; WHERE is
+#                                                 I or hI (host I), hI-pJ (pod), ul
+#   cluster.sh inventory [PREFIX] [NHOSTS] [--without I]...
+#                                                 vxlan-agent's config for the cluster
+#                                                 (NHOSTS defaults to PREFIX's size)
+#   cluster.sh ping PREFIX [--all] [--without I]...
+#                                                 every pod pings every pod on the other
+#                                                 hosts (--all: also on its own host);
+#                                                 a matrix, exit 1 if any ping failed
+#   cluster.sh namespaces PREFIX                  the cluster's namespaces
 #
-# It never touches the root namespace's links, routes or firewall.
-set -euo pipefail
+# As a library: `source cluster.sh` defines cluster_up, cluster_down, cluster_pods,
+# cluster_exec, cluster_inventory, cluster_ping, cluster_namespaces and cluster_ns
+# (same arguments) and changes no shell options of the caller.
+#
+# Environment: CNI_PATH (default /usr/lib/cni), CLUSTER_POD_MTU (default 1450,
+# flannel's MTU on a 1500-byte underlay).
 
-CNI_PATH=${CNI_PATH:-/usr/lib/cni}
+CLUSTER_CNI_PATH=${CNI_PATH:-/usr/lib/cni}
+CLUSTER_POD_MTU=${CLUSTER_POD_MTU:-1450}
 
-state_dir() { echo "/run/$1"; }
+_cluster_err() { echo "cluster.sh: $*" >&2; }
 
-netns_of() { ip netns list | awk '{print $1}' | grep -E "^$1(-|$)" || true; }
-
-cmd_down() {
-    local prefix=$1
-    for ns in $(netns_of "$prefix" | sort -r); do
-        ip netns del "$ns" 2>/dev/null || true
-    done
-    rm -rf "$(state_dir "$prefix")"
+# Runs a command; on failure says which one and leaves the calling subshell.
+# (Every public function is a subshell, so this works whatever the caller's
+# `set -e` state, also inside `if` and `||`.)
+_cluster_do() {
+    "$@" && return 0
+    local rc=$?
+    _cluster_err "failed (exit $rc): $*"
+    exit 1
 }
 
-cni_add() { # host-ns pod-ns subnet datadir
-    local host=$1 pod=$2 subnet=$3 data=$4
-    ip netns exec "$host" env CNI_COMMAND=ADD CNI_CONTAINERID="$pod" CNI_NETNS="/var/run/netns/$pod" \
-        CNI_IFNAME=eth0 CNI_PATH="$CNI_PATH" "$CNI_PATH/bridge" <<JSON
-{"cniVersion": "0.4.0", "name": "vxa-pods", "type": "bridge", "bridge": "cni0",
- "isGateway": true, "ipMasq": false, "hairpinMode": false, "mtu": 1450,
- "ipam": {"type": "host-local", "subnet": "$subnet", "dataDir": "$data",
-          "routes": [{"dst": "10.244.0.0/16"}]}}
+# A prefix is a namespace-name start that is safe in `rm -rf /run/PREFIX`.
+_cluster_check_prefix() {
+    if [[ ! ${1:-} =~ ^[A-Za-z][A-Za-z0-9_.-]{0,39}$ ]]; then
+        _cluster_err "bad PREFIX '${1:-}': a letter, then up to 39 of A-Z a-z 0-9 _ . -"
+        exit 2
+    fi
+}
+
+_cluster_check_int() { # name value min max
+    if [[ ! ${2:-} =~ ^[0-9]+$ ]] || (( 10#$2 < $3 || 10#$2 > $4 )); then
+        _cluster_err "bad $1 '${2:-}': a number from $3 to $4"
+        exit 2
+    fi
+}
+
+_cluster_check_root() {
+    [ "$(id -u)" = 0 ] || { _cluster_err "run as root (it creates network namespaces)"; exit 1; }
+}
+
+cluster_dir() { echo "/run/$1"; }
+
+# The cluster's namespaces (and only its own: not those of a cluster whose
+# prefix merely starts with PREFIX), pods first, then hosts, the underlay last.
+cluster_namespaces() (
+    _cluster_check_prefix "${1:-}"
+    local p=${1//./\\.}
+    ip netns list 2>/dev/null | awk '{print $1}' | {
+        grep -E "^$p-(ul|h[0-9]+|h[0-9]+-p[0-9]+)\$" || true
+    } | awk -v pre="$1" '{ r = substr($0, length(pre) + 2); print (r == "ul" ? 3 : (r ~ /-p/ ? 1 : 2)), $0 }' \
+      | sort -k1,1n -k2,2 | awk '{print $2}'
+)
+
+# cluster_ns PREFIX WHERE: the namespace name for I, hI, I-J, hI-pJ, ul or a full name.
+cluster_ns() (
+    _cluster_check_prefix "${1:-}"
+    local prefix=$1 where=${2:-}
+    case $where in
+        "$prefix"-*) echo "$where" ;;
+        ul) echo "$prefix-ul" ;;
+        [0-9]*) [[ $where =~ ^[0-9]+(-[0-9]+)?$ ]] || { _cluster_err "bad host '$where'"; exit 2; }
+                if [[ $where == *-* ]]; then echo "$prefix-h${where%-*}-p${where#*-}"; else echo "$prefix-h$where"; fi ;;
+        h[0-9]*) [[ $where =~ ^h[0-9]+(-p[0-9]+)?$ ]] || { _cluster_err "bad host '$where'"; exit 2; }
+                 echo "$prefix-$where" ;;
+        *) _cluster_err "bad host '$where': I, hI, hI-pJ or ul"; exit 2 ;;
+    esac
+)
+
+# The CNI network config for host I's pods (cniVersion 1.0.0: this plugin
+# version supports 0.1.0 - 1.0.0, see `CNI_COMMAND=VERSION /usr/lib/cni/bridge`).
+_cluster_cni_conf() { # host-index ipam-dir
+    local i=$1 dir=$2
+    cat <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "pods-h$i",
+  "type": "bridge",
+  "bridge": "cni0",
+  "isGateway": true,
+  "ipMasq": false,
+  "hairpinMode": false,
+  "mtu": $CLUSTER_POD_MTU,
+  "ipam": {
+    "type": "host-local",
+    "ranges": [[{"subnet": "10.244.$i.0/24", "gateway": "10.244.$i.1"}]],
+    "routes": [{"dst": "10.244.0.0/16", "gw": "10.244.$i.1"}],
+    "dataDir": "$dir"
+  }
+}
 JSON
 }
 
-cmd_up() {
-    local prefix=$1 hosts=$2 pods=${3:-0}
-    local dir; dir=$(state_dir "$prefix")
-    [ -x "$CNI_PATH/bridge" ] || { echo "cluster.sh: $CNI_PATH/bridge missing (apt-get install containernetworking-plugins)" >&2; exit 1; }
-    mkdir -p "$dir"
-    : > "$dir/pods"
-    ip netns add "$prefix-ul"
-    ip -n "$prefix-ul" link set lo up
-    ip -n "$prefix-ul" link add br0 type bridge
-    ip -n "$prefix-ul" link set br0 up
-    for i in $(seq 1 "$hosts"); do
-        local h="$prefix-h$i"
-        ip netns add "$h"
-        ip netns exec "$h" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 net.ipv4.ip_forward=1
-        ip -n "$h" link set lo up
-        ip -n "$prefix-ul" link add "h$i" type veth peer name eth0 netns "$h"
-        ip -n "$prefix-ul" link set "h$i" master br0 up
-        ip -n "$h" addr add "198.18.0.$i/24" dev eth0
-        ip -n "$h" link set eth0 up
-        for j in $(seq 1 "$pods"); do
-            local p="$h-p$j"
-            ip netns add "$p"
-            ip netns exec "$p" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-            ip -n "$p" link set lo up
-            local out ip
-            out=$(cni_add "$h" "$p" "10.244.$i.0/24" "$dir/ipam-h$i")
-            ip=$(printf '%s' "$out" | python3 -c 'import json,sys; print(json.load(sys.stdin)["ips"][0]["address"].split("/")[0])')
-            echo "$i $j $p $ip" >> "$dir/pods"
-        done
-    done
+# Calls a CNI plugin as a runtime does: CNI_* in the environment, the network
+# config on stdin, the result on stdout. It runs inside the HOST namespace, so
+# the bridge cni0 and the host end of the veth land there; CNI_NETNS names the pod.
+_cluster_cni() { # command host-ns pod-ns host-index ipam-dir
+    local cmd=$1 host=$2 pod=$3 i=$4 dir=$5
+    _cluster_cni_conf "$i" "$dir" | ip netns exec "$host" env \
+        CNI_COMMAND="$cmd" CNI_CONTAINERID="$pod" CNI_NETNS="/var/run/netns/$pod" \
+        CNI_IFNAME=eth0 CNI_PATH="$CLUSTER_CNI_PATH" "$CLUSTER_CNI_PATH/bridge"
 }
 
-cmd_pods() { cat "$(state_dir "$1")/pods"; }
+cluster_up() (
+    _cluster_check_prefix "${1:-}"
+    _cluster_check_int NHOSTS "${2:-}" 1 250
+    _cluster_check_int PODS_PER_HOST "${3:-0}" 0 250
+    _cluster_check_root
+    local prefix=$1 hosts=$((10#$2)) pods=$((10#${3:-0}))
+    local dir ul="$1-ul" tool plugin
+    dir=$(cluster_dir "$prefix")
+    for tool in ip sysctl; do
+        command -v "$tool" > /dev/null || { _cluster_err "$tool missing (apt-get install iproute2 procps)"; exit 1; }
+    done
+    if (( pods > 0 )); then
+        for plugin in bridge host-local; do
+            [ -x "$CLUSTER_CNI_PATH/$plugin" ] || {
+                _cluster_err "$CLUSTER_CNI_PATH/$plugin missing (apt-get install containernetworking-plugins)"; exit 1; }
+        done
+    fi
+    if [ -n "$(cluster_namespaces "$prefix")" ] || [ -e "$dir" ]; then
+        _cluster_err "a cluster named $prefix exists already (cluster.sh down $prefix removes it)"
+        exit 1
+    fi
 
-cmd_inventory() {
-    local hosts=$1; shift
-    local without=" "
+    _cluster_do mkdir -p "$dir/ipam"
+    printf 'NHOSTS=%s\nPODS_PER_HOST=%s\n' "$hosts" "$pods" > "$dir/cluster.env"
+
+    # The underlay: one bridge, no addresses. IPv6 off everywhere, so no
+    # router solicitations or DAD chatter in captures.
+    local v6off=(net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1)
+    _cluster_do ip netns add "$ul"
+    _cluster_do ip netns exec "$ul" sysctl -qw "${v6off[@]}"
+    _cluster_do ip -n "$ul" link set lo up
+    _cluster_do ip -n "$ul" link add br0 type bridge
+    _cluster_do ip -n "$ul" link set br0 up
+
+    local i j h p out ip
+    for (( i = 1; i <= hosts; i++ )); do
+        h="$prefix-h$i"
+        _cluster_do ip netns add "$h"
+        _cluster_do ip netns exec "$h" sysctl -qw "${v6off[@]}" net.ipv4.ip_forward=1
+        _cluster_do ip -n "$h" link set lo up
+        _cluster_do ip -n "$ul" link add "h$i" type veth peer name eth0 netns "$h"
+        _cluster_do ip -n "$ul" link set "h$i" master br0 up
+        _cluster_do ip -n "$h" addr add "198.18.0.$i/24" dev eth0
+        _cluster_do ip -n "$h" link set eth0 up
+        for (( j = 1; j <= pods; j++ )); do
+            p="$h-p$j"
+            _cluster_do ip netns add "$p"
+            _cluster_do ip netns exec "$p" sysctl -qw "${v6off[@]}"
+            _cluster_do ip -n "$p" link set lo up
+            if ! out=$(_cluster_cni ADD "$h" "$p" "$i" "$dir/ipam" 2>&1); then
+                _cluster_err "CNI ADD for $p failed: $out"
+                exit 1
+            fi
+            ip=$(printf '%s' "$out" | tr -d ' \n\t' | grep -oE '"address":"[0-9.]+/' | head -n 1 | tr -dc '0-9.' || true)
+            [ -n "$ip" ] || { _cluster_err "CNI ADD for $p returned no IPv4 address: $out"; exit 1; }
+        done
+    done
+)
+
+# Stops what still runs in the namespace (an iperf3 server, a daemon): such a
+# process would keep the namespace and its links alive after its name is gone.
+_cluster_stop_pids() { # ns
+    local pids
+    pids=$(ip netns pids "$1" 2>/dev/null | tr '\n' ' ' || true)
+    [ -n "${pids// /}" ] || return 0
+    _cluster_err "stopping processes left in $1: $pids"
+    kill -TERM $pids 2>/dev/null || true
+    for _ in 1 2 3 4 5 6 7 8 9 10; do
+        pids=$(ip netns pids "$1" 2>/dev/null | tr '\n' ' ' || true)
+        [ -n "${pids// /}" ] || return 0
+        sleep 0.2
+    done
+    kill -KILL $pids 2>/dev/null || true
+}
+
+cluster_down() (
+    _cluster_check_prefix "${1:-}"
+    _cluster_check_root
+    local prefix=$1 ns failed=0
+    # Pods first, then hosts, the underlay last: deleting a namespace deletes
+    # its veth ends, and with them the peers in the next namespace.
+    for ns in $(cluster_namespaces "$prefix"); do
+        _cluster_stop_pids "$ns"
+        ip netns del "$ns" 2>/dev/null || [ ! -e "/run/netns/$ns" ] || {
+            _cluster_err "could not delete namespace $ns"; failed=1; }
+    done
+    rm -rf -- "$(cluster_dir "$prefix")"
+    exit $failed
+)
+
+# One "HOST POD NAMESPACE IP" line per pod, read from the namespaces themselves
+# ("none" for a pod whose CNI ADD failed).
+cluster_pods() (
+    _cluster_check_prefix "${1:-}"
+    local prefix=$1 ns rest ip
+    for ns in $(cluster_namespaces "$prefix"); do
+        rest=${ns#"$prefix"-h}
+        [[ $rest == *-p* ]] || continue
+        ip=$(ip -n "$ns" -4 -o addr show dev eth0 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}' || true)
+        echo "${rest%-p*} ${rest#*-p} $ns ${ip:-none}"
+    done | sort -k1,1n -k2,2n
+)
+
+cluster_exec() {
+    local ns
+    ns=$(cluster_ns "${1:-}" "${2:-}") || return 2
+    shift 2
+    [ $# -gt 0 ] || { _cluster_err "exec: no command"; return 2; }
+    ip netns exec "$ns" "$@"
+}
+
+# vxlan-agent's configuration for hosts 1..NHOSTS (minus --without ones): the
+# same file on every host, each picks itself with --node node-I.
+cluster_inventory() (
+    local hosts="" without=" " env i nodes="" sep=""
+    # The PREFIX is optional (the file depends on the host count only); without
+    # a count it is read from PREFIX's cluster.env.
+    if [[ ${1:-} =~ ^[A-Za-z] ]]; then
+        _cluster_check_prefix "$1"
+        env="$(cluster_dir "$1")/cluster.env"
+        shift
+        if [[ ! ${1:-} =~ ^[0-9]+$ ]]; then
+            [ -r "$env" ] || { _cluster_err "inventory: give NHOSTS (no $env)"; exit 2; }
+            hosts=$(sed -n 's/^NHOSTS=//p' "$env")
+        fi
+    fi
+    if [ -z "$hosts" ]; then hosts=${1:-}; shift || true; fi
+    _cluster_check_int NHOSTS "$hosts" 1 250
     while [ $# -gt 0 ]; do
         case $1 in
-            --without) without="$without$2 "; shift 2 ;;
-            *) echo "cluster.sh inventory: unknown argument $1" >&2; exit 2 ;;
+            --without) _cluster_check_int "--without host" "${2:-}" 1 250; without="$without$((10#$2)) "; shift 2 ;;
+            *) _cluster_err "inventory: unknown argument '$1'"; exit 2 ;;
         esac
     done
-    local nodes="" sep=""
-    for i in $(seq 1 "$hosts"); do
-        case $without in *" $i "*) continue ;; esac
-        nodes="$nodes$sep    {\"name\": \"node-$i\", \"publicIP\": \"198.18.0.$i\", \"subnet\": \"10.244.$i.0/24\"}"
+    for (( i = 1; i <= 10#$hosts; i++ )); do
+        [[ $without == *" $i "* ]] && continue
+        nodes+="$sep    {\"name\": \"node-$i\", \"publicIP\": \"198.18.0.$i\", \"subnet\": \"10.244.$i.0/24\"}"
         sep=$',\n'
     done
     cat <<JSON
@@ -98,12 +282,70 @@ $nodes
   ]
 }
 JSON
+)
+
+# A ping matrix: a row per source pod, a column per destination pod. Cells:
+# "ok", "FAIL", "-" (itself), "(local)" (same host, not pinged without --all).
+cluster_ping() (
+    _cluster_check_prefix "${1:-}"
+    local prefix=$1 all=0 without=" "
+    shift
+    while [ $# -gt 0 ]; do
+        case $1 in
+            --all) all=1; shift ;;
+            --without) _cluster_check_int "--without host" "${2:-}" 1 250; without="$without$((10#$2)) "; shift 2 ;;
+            *) _cluster_err "ping: unknown argument '$1'"; exit 2 ;;
+        esac
+    done
+    local pods=() line
+    while read -r line; do
+        set -- $line
+        [[ $without == *" $1 "* ]] || pods+=("$line")
+    done < <(cluster_pods "$prefix")
+    [ ${#pods[@]} -gt 0 ] || { _cluster_err "ping: $prefix has no pods"; exit 1; }
+    local src dst sh sns sip tried=0 failed=0 cell
+    printf '  %-13s' 'from \ to'
+    for dst in "${pods[@]}"; do set -- $dst; printf '%-12s' "$4"; done
+    echo
+    for src in "${pods[@]}"; do
+        set -- $src; sh=$1 sns=$3 sip=$4
+        printf '  %-13s' "$sip"
+        for dst in "${pods[@]}"; do
+            set -- $dst
+            if [ "$3" = "$sns" ]; then cell="-"
+            elif [ "$1" = "$sh" ] && [ $all = 0 ]; then cell="(local)"
+            else
+                tried=$((tried + 1))
+                if ip netns exec "$sns" ping -n -q -c 1 -W 2 "$4" > /dev/null 2>&1; then cell="ok"
+                else cell="FAIL"; failed=$((failed + 1)); fi
+            fi
+            printf '%-12s' "$cell"
+        done
+        echo
+    done
+    echo "  $((tried - failed)) of $tried pings answered"
+    [ $failed = 0 ]
+)
+
+_cluster_usage() { sed -n '2,/^$/p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+_cluster_main() {
+    set -euo pipefail
+    local cmd=${1:-}
+    shift || true
+    case $cmd in
+        up) cluster_up "$@" ;;
+        down) cluster_down "$@" ;;
+        pods) cluster_pods "$@" ;;
+        exec) cluster_exec "$@" ;;
+        inventory) cluster_inventory "$@" ;;
+        ping) cluster_ping "$@" ;;
+        namespaces) cluster_namespaces "$@" ;;
+        -h|--help|help) _cluster_usage ;;
+        *) _cluster_usage >&2; exit 2 ;;
+    esac
 }
 
-case ${1:-} in
-    up) shift; cmd_up "$@" ;;
-    down) shift; cmd_down "$@" ;;
-    pods) shift; cmd_pods "$@" ;;
-    inventory) shift; cmd_inventory "$@" ;;
-    *) sed -n '2,20p' "$0" >&2; exit 2 ;;
-esac
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+    _cluster_main "$@"
+fi

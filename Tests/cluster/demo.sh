@@ -1,91 +1,176 @@
 #!/usr/bin/env bash
-# make demo: three hosts in network namespaces, two real CNI pods each, and
-# vxlan-agent programming VXLAN between them. Removes everything at the end,
-# also on failure or Ctrl-C.
+# make demo: vxlan-agent on a three-host cluster that lives in network
+# namespaces on this machine, with two real CNI pods per host.
+#
+#   bash Tests/cluster/demo.sh PATH-TO-vxlan-agent      (as root)
+#
+# It builds the cluster (Tests/cluster/cluster.sh), runs `vxlan-agent sync` on
+# every host, shows what the kernel then holds, pings every pod from every pod
+# on the other hosts, shows a dry-run, takes host 3 out of the inventory, and
+# removes everything again, also on failure or Ctrl-C. Exit 0 = demo passed.
+# VXA_DEMO_KEEP=1 keeps the cluster at the end (to look around; it prints how
+# to remove it).
 set -euo pipefail
 
-AGENT=$(realpath "${1:?usage: demo.sh PATH-TO-vxlan-agent}")
-HERE=$(cd "$(dirname "$0")" && pwd)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CLUSTER="$HERE/cluster.sh"
 PREFIX="vxa-demo-$$"
-WORK="/run/$PREFIX-files"
+DIR="/run/$PREFIX"          # the cluster's own directory: cluster.sh down removes it
 HOSTS=3
+PODS=2
 
-bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-show() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then
+    B=$'\033[1m' D=$'\033[2m' G=$'\033[32m' R=$'\033[31m' N=$'\033[0m'
+else
+    B="" D="" G="" R="" N=""
+fi
 
+STEP=0
+step() { STEP=$((STEP + 1)); printf '\n%s== %s. %s%s\n' "$B" "$STEP" "$1" "$N"; [ -z "${2:-}" ] || printf '%s\n' "$2"; }
+# Shows a command, then runs it (the demo's commands are the ones to try by hand).
+# The command line goes to fd 3, the demo's stdout, also when the command's own
+# output is captured, piped or redirected to a file.
+exec 3>&1
+cmdline() { printf '%s$ %s%s\n' "$D" "$*" "$N" >&3; }
+show() { cmdline "$@"; "$@"; }
+die() { printf '\n%sdemo failed: %s%s\n' "$R" "$*" "$N" >&2; exit 1; }
+
+# ----------------------------------------------------------------------------
+AGENT=${1:-}
+[ -n "$AGENT" ] || { echo "usage: demo.sh PATH-TO-vxlan-agent (make demo builds it and passes .build/debug/vxlan-agent)" >&2; exit 2; }
+[ -x "$AGENT" ] || [ -x "$(command -v "$AGENT" 2>/dev/null)" ] || die "$AGENT is not an executable (run 'make build' first)"
+# Shown relative to the current directory when inside it, as one would type it.
+[[ $CLUSTER == "$PWD"/* ]] && CLUSTER=${CLUSTER#"$PWD"/}
+[ "$(id -u)" = 0 ] || die "run as root: the demo creates network namespaces"
+for tool in ip bridge ping; do
+    command -v "$tool" > /dev/null || die "$tool is missing (apt-get install iproute2 iputils-ping)"
+done
+[ -x "${CNI_PATH:-/usr/lib/cni}/bridge" ] || die "${CNI_PATH:-/usr/lib/cni}/bridge is missing (apt-get install containernetworking-plugins)"
+
+CLEANED=0
 cleanup() {
-    bash "$CLUSTER" down "$PREFIX"
-    rm -rf "$WORK"
+    local rc=$?
+    trap - EXIT INT TERM
+    [ $CLEANED = 1 ] && exit $rc
+    CLEANED=1
+    if [ -n "${VXA_DEMO_KEEP:-}" ]; then
+        printf '\nVXA_DEMO_KEEP is set: the cluster stays. Look around with\n'
+        printf '  bash %s exec %s 1 ip route\nand remove it with\n  bash %s down %s\n' "$CLUSTER" "$PREFIX" "$CLUSTER" "$PREFIX"
+        exit $rc
+    fi
+    [ $rc = 0 ] || printf '\nremoving the cluster %s ...\n' "$PREFIX" >&2
+    bash "$CLUSTER" down "$PREFIX" || true
+    exit $rc
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'echo; echo "interrupted" >&2; exit 130' INT
+trap 'echo "terminated" >&2; exit 143' TERM
 
-[ "$(id -u)" = 0 ] || { echo "demo.sh: run as root (it creates network namespaces)" >&2; exit 1; }
-mkdir -p "$WORK"
-
-agent() { # host-index args...
+agent() { # HOST-INDEX ARGS...: runs the agent inside host I's namespace, shown
     local i=$1; shift
-    ip netns exec "$PREFIX-h$i" "$AGENT" "$@" --node "node-$i" --lock-file "$WORK/h$i.lock"
+    show ip netns exec "$PREFIX-h$i" "$AGENT" "$@"
 }
+lock() { echo "$DIR/h$1.lock"; }
 
-bold "1. Three hosts on one underlay (198.18.0.1-3), two pods each via the CNI bridge + host-local plugins"
-bash "$CLUSTER" up "$PREFIX" "$HOSTS" 2
-bash "$CLUSTER" pods "$PREFIX" | awk '{printf "  host %s  pod %s  %-22s %s\n", $1, $2, $3, $4}'
+printf '%svxlan-agent demo%s: %s hosts x %s pods, all in network namespaces named %s-*\n' "$B" "$N" "$HOSTS" "$PODS" "$PREFIX"
 
-bold "2. One inventory for the whole cluster (the same file on every host)"
-bash "$CLUSTER" inventory "$HOSTS" > "$WORK/inventory.json"
-cat "$WORK/inventory.json"
+# ----------------------------------------------------------------------------
+step "Build the cluster" \
+"An underlay bridge joins hosts 198.18.0.1-$HOSTS; each host gets pods from the real
+CNI plugins (bridge + host-local) on its own subnet 10.244.I.0/24."
+show bash "$CLUSTER" up "$PREFIX" "$HOSTS" "$PODS"
+show bash "$CLUSTER" pods "$PREFIX" | awk '{printf "  host %s  pod %s   %-20s %s\n", $1, $2, $3, $4}'
 
-bold "3. vxlan-agent sync on each host"
+mapfile -t PODLIST < <(bash "$CLUSTER" pods "$PREFIX")
+pod_ns() { bash "$CLUSTER" pods "$PREFIX" | awk -v h="$1" -v p="$2" '$1 == h && $2 == p {print $3}'; }
+pod_ip() { bash "$CLUSTER" pods "$PREFIX" | awk -v h="$1" -v p="$2" '$1 == h && $2 == p {print $4}'; }
+[ ${#PODLIST[@]} = $((HOSTS * PODS)) ] || die "expected $((HOSTS * PODS)) pods, got ${#PODLIST[@]}"
+
+step "Before vxlan-agent: pods reach their own host's pods only"
+show ip netns exec "$(pod_ns 1 1)" ping -c 1 -W 2 "$(pod_ip 1 2)" | grep -E 'transmitted' \
+    || die "pods on the same host do not reach each other"
+echo "  host 1's other pod answers: both hang on host 1's bridge cni0"
+set +e; out=$(show ip netns exec "$(pod_ns 1 1)" ping -c 1 -W 1 "$(pod_ip 2 1)" 2>&1); rc=$?; set -e
+printf '%s\n' "$out" | grep -E 'transmitted|nreachable' || true
+[ $rc != 0 ] || die "host 2's pod answers before any agent ran: something else routes the pod network"
+echo "  no answer from host 2's pod, as expected: host 1 has no route to 10.244.2.0/24 yet"
+
+# ----------------------------------------------------------------------------
+step "Write the inventory" \
+"One file for the whole cluster; each host picks itself with --node node-I."
+cmdline bash "$CLUSTER" inventory "$PREFIX" "$HOSTS" "> $DIR/inventory.json"
+bash "$CLUSTER" inventory "$PREFIX" "$HOSTS" > "$DIR/inventory.json"
+show cat "$DIR/inventory.json"
+
+# ----------------------------------------------------------------------------
+step "Run vxlan-agent sync on every host" \
+"It creates flannel.1 and, per peer, an FDB entry, a neighbor and a route (one summary line each)."
 for i in $(seq 1 $HOSTS); do
-    printf 'host %s: ' "$i"
-    agent "$i" sync --config "$WORK/inventory.json"
+    set +e; agent "$i" sync --config "$DIR/inventory.json" --node "node-$i" --lock-file "$(lock "$i")"; rc=$?; set -e
+    [ $rc = 0 ] || die "sync on host $i exited $rc (0 = applied)"
 done
 
-bold "4. What host 1's kernel now holds"
-show ip -n "$PREFIX-h1" -d link show flannel.1 | sed -n '1,4p' | cut -c1-110
-show ip -n "$PREFIX-h1" route show dev flannel.1
-show ip -n "$PREFIX-h1" neigh show dev flannel.1
-show bridge -n "$PREFIX-h1" fdb show dev flannel.1
+# ----------------------------------------------------------------------------
+step "What host 1's kernel holds now" \
+"The VTEP, a route per peer subnet, and the peer VTEPs' ARP and FDB entries."
+H1="$PREFIX-h1"
+show ip -n "$H1" -d link show flannel.1 || die "host 1 has no VXLAN device flannel.1 after the sync"
+show ip -n "$H1" route show dev flannel.1
+show ip -n "$H1" neigh show dev flannel.1
+show bridge -n "$H1" fdb show dev flannel.1
 
-ping_matrix() { # prints a matrix of pod-to-pod pings across hosts; returns non-zero on any failure
-    local failed=0
-    mapfile -t pods < <(bash "$CLUSTER" pods "$PREFIX" | awk -v skip=" ${1:-} " 'index(skip, " " $1 " ") == 0')
-    printf '  %-12s' 'ping from'
-    for p in "${pods[@]}"; do set -- $p; printf '%-11s' "$4"; done; echo
-    for src in "${pods[@]}"; do
-        set -- $src; local sh=$1 sns=$3 sip=$4
-        printf '  %-12s' "$sip"
-        for dst in "${pods[@]}"; do
-            set -- $dst
-            if [ "$1" = "$sh" ]; then printf '%-11s' "(local)"; continue; fi
-            if ip netns exec "$sns" ping -c 1 -W 2 "$4" > /dev/null 2>&1; then printf '%-11s' "ok"; else printf '%-11s' "FAIL"; failed=1; fi
-        done
-        echo
-    done
-    return $failed
-}
+# ----------------------------------------------------------------------------
+step "Every pod pings every pod on the other hosts" \
+"Each cell: ip netns exec ROW-POD ping -c 1 -W 2 COLUMN-IP, across the VXLAN tunnel."
+show bash "$CLUSTER" ping "$PREFIX" || die "some cross-host pings failed (the FAIL cells above)"
 
-bold "5. Every pod pings every pod on the other hosts, across flannel.1"
-ping_matrix
-
-bold "6. A dry-run on a host in sync: nothing to do (exit 0)"
-set +e; agent 1 diff --config "$WORK/inventory.json"; rc=$?; set -e
+# ----------------------------------------------------------------------------
+step "A dry-run on a host in sync" \
+"diff (an alias of sync --dry-run) compares the kernel with the inventory and changes nothing; exit 0 = in sync."
+set +e
+out=$(agent 1 diff --config "$DIR/inventory.json" --node node-1 --lock-file "$(lock 1)" 2>&1); rc=$?
+set -e
+printf '%s\n' "$out"
 echo "exit code $rc"
-[ $rc = 0 ] || { echo "demo: expected exit 0 from a host in sync" >&2; exit 1; }
+[ $rc = 0 ] || die "diff on a host in sync exited $rc, expected 0"
+if printf '%s\n' "$out" | grep -qE '^[-+~] '; then die "diff on a host in sync listed changes"; fi
 
-bold "7. Host 3 leaves the inventory: the diff on host 1 (exit 2: changes pending)"
-bash "$CLUSTER" inventory "$HOSTS" --without 3 > "$WORK/inventory-2.json"
-set +e; agent 1 diff --config "$WORK/inventory-2.json"; rc=$?; set -e
+# ----------------------------------------------------------------------------
+step "Host 3 leaves the cluster" \
+"A new inventory without node-3; the diff on host 1 lists what would go (exit 2 = changes pending)."
+cmdline bash "$CLUSTER" inventory "$PREFIX" "$HOSTS" --without 3 "> $DIR/inventory-without-3.json"
+bash "$CLUSTER" inventory "$PREFIX" "$HOSTS" --without 3 > "$DIR/inventory-without-3.json"
+set +e
+out=$(agent 1 diff --config "$DIR/inventory-without-3.json" --node node-1 --lock-file "$(lock 1)" 2>&1); rc=$?
+set -e
+printf '%s\n' "$out"
 echo "exit code $rc"
-[ $rc = 2 ] || { echo "demo: expected exit 2 (changes pending)" >&2; exit 1; }
+[ $rc = 2 ] || die "diff after removing host 3 exited $rc, expected 2 (changes pending)"
+printf '%s\n' "$out" | grep -qE '^- ' || die "the diff lists no removals"
+if printf '%s\n' "$out" | grep -qE '^[+~] '; then die "the diff adds or changes something; only removals were expected"; fi
+if printf '%s\n' "$out" | grep -E '^- ' | grep -qvE '10\.244\.3\.|198\.18\.0\.3( |$)'; then
+    die "the diff removes something that is not host 3's"
+fi
 
-bold "8. sync on hosts 1 and 2"
-for i in 1 2; do printf 'host %s: ' "$i"; agent "$i" sync --config "$WORK/inventory-2.json"; done
-show ip -n "$PREFIX-h1" route show dev flannel.1
-if ip -n "$PREFIX-h1" route show 10.244.3.0/24 | grep -q .; then echo "demo: 10.244.3.0/24 is still routed on host 1" >&2; exit 1; fi
-echo "10.244.3.0/24 is gone from host 1."
-ping_matrix 3
+step "Apply it on hosts 1 and 2"
+for i in 1 2; do
+    set +e; agent "$i" sync --config "$DIR/inventory-without-3.json" --node "node-$i" --lock-file "$(lock "$i")"; rc=$?; set -e
+    [ $rc = 0 ] || die "sync on host $i exited $rc"
+done
+show ip -n "$H1" route show dev flannel.1
+if [ -n "$(ip -n "$H1" route show 10.244.3.0/24)" ]; then die "10.244.3.0/24 is still routed on host 1"; fi
+if ip -n "$H1" neigh show dev flannel.1 | grep -q '^10\.244\.3\.0 '; then die "host 3's VTEP is still in host 1's ARP table"; fi
+echo "  10.244.3.0/24 is gone from host 1's routes, and host 3's neighbor entry with it."
+echo "  Pods on hosts 1 and 2 still reach each other:"
+show bash "$CLUSTER" ping "$PREFIX" --without 3 || die "pods on hosts 1 and 2 lost each other"
 
-bold "demo passed: cleaning up"
+# ----------------------------------------------------------------------------
+if [ -z "${VXA_DEMO_KEEP:-}" ]; then
+    step "Tear down"
+    show bash "$CLUSTER" down "$PREFIX"
+    CLEANED=1
+    left=$(bash "$CLUSTER" namespaces "$PREFIX")
+    [ -z "$left" ] && [ ! -e "$DIR" ] || die "left behind: $left $DIR"
+    echo "  no namespace named $PREFIX-* left, $DIR removed"
+fi
+printf '\n%sdemo passed%s\n' "$G$B" "$N"
