@@ -10,6 +10,9 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // libmnl from the system (Debian: libmnl-dev).
@@ -26,8 +29,15 @@ let package = Package(
         .target(name: "Dataplane", dependencies: ["Netlink", "CLibMnl"]),
         // Pure: configuration, validation, desired state, diff, plan, rendering.
         .target(name: "Reconcile", dependencies: ["Dataplane"]),
-        // Where the cluster comes from: static inventory (and etcd).
-        .target(name: "Registry", dependencies: ["Reconcile"]),
+        // Where the cluster comes from: static inventory and etcd (v3 JSON gateway).
+        .target(name: "Registry", dependencies: [
+            "Reconcile",
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
         // Wiring: one sync, the lock, the daemon.
         .target(name: "Agent", dependencies: [
             "Dataplane", "Reconcile", "Registry",
@@ -42,6 +52,8 @@ let package = Package(
         .testTarget(name: "ReconcileTests", dependencies: ["Reconcile", "Registry", "Dataplane"]),
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "Netlink", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Reconcile", "Dataplane", "TestSupport"]),
+        // A real etcd on loopback, started by the tests.
+        .testTarget(name: "RegistryTests", dependencies: ["Registry"]),
         // Namespaces, commands and gating shared by the kernel tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
     ],
