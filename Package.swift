@@ -29,9 +29,11 @@ let package = Package(
         .target(name: "Dataplane", dependencies: ["Netlink", "CLibMnl"]),
         // Pure: configuration, validation, desired state, diff, plan, rendering.
         .target(name: "Reconcile", dependencies: ["Dataplane"]),
-        // Where the cluster comes from: static inventory and etcd (v3 JSON gateway).
-        .target(name: "Registry", dependencies: [
-            "Reconcile",
+        // Where the cluster comes from: the static inventory (etcd leases come with the daemon).
+        .target(name: "Registry", dependencies: ["Reconcile"]),
+        // etcd v3 over its JSON gateway (HTTP/1.1, TLS with client certificates). Its own
+        // module: `sync` does not link an HTTP stack until the daemon needs one.
+        .target(name: "Etcd", dependencies: [
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -53,7 +55,7 @@ let package = Package(
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "Netlink", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Reconcile", "Dataplane", "TestSupport"]),
         // A real etcd on loopback, started by the tests.
-        .testTarget(name: "RegistryTests", dependencies: ["Registry"]),
+        .testTarget(name: "EtcdTests", dependencies: ["Etcd"]),
         // Namespaces, commands and gating shared by the kernel tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
     ],

@@ -1,5 +1,5 @@
 import Foundation
-import Registry
+import Etcd
 import Synchronization
 import Testing
 

@@ -1,5 +1,5 @@
 import Foundation
-@testable import Registry
+@testable import Etcd
 import Testing
 
 /// The client against a real etcd 3.4 on loopback, one etcd per test.

@@ -1,5 +1,5 @@
 import Foundation
-@testable import Registry
+@testable import Etcd
 import Testing
 
 /// The gateway's JSON, decoded from answers recorded from etcd 3.4.23.
