@@ -55,7 +55,7 @@ let package = Package(
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "Netlink", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Reconcile", "Dataplane", "TestSupport"]),
         // A real etcd on loopback, started by the tests.
-        .testTarget(name: "EtcdTests", dependencies: ["Etcd"]),
+        .testTarget(name: "EtcdTests", dependencies: ["Etcd", "TestSupport"]),
         // Namespaces, commands and gating shared by the kernel tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
     ],

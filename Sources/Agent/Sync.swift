@@ -41,7 +41,7 @@ public struct Syncer {
     }
 
     /// The underlay: the named interface, or the one holding this node's public IP.
-    func underlay(_ dataplane: Dataplane) throws -> LinkState {
+    func underlay(_ dataplane: Dataplane, addresses: [(index: Int32, prefix: IPv4Prefix)]) throws -> LinkState {
         if let interface {
             guard let link = try dataplane.link(named: interface) else {
                 throw SyncError("interface \(interface) (the underlay of node \(view.local.name)) does not exist")
@@ -49,7 +49,7 @@ public struct Syncer {
             return link
         }
         do {
-            return try dataplane.underlay(holding: view.local.publicIP)
+            return try dataplane.underlay(holding: view.local.publicIP, addresses: addresses)
         } catch DataplaneError.notFound {
             throw SyncError("no interface of this host holds \(view.local.publicIP), the publicIP of node \(view.local.name) "
                             + "(\(view.local.origin)); is --node right?")
@@ -67,7 +67,9 @@ public struct Syncer {
             timings.append((name, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
             mark = now
         }
-        let underlay = try underlay(dataplane)
+        // One address dump serves both the underlay lookup and peer validation.
+        let hostAddresses = try dataplane.addresses()
+        let underlay = try underlay(dataplane, addresses: hostAddresses)
         let layout = self.layout ?? (dataplane.supportsNexthops ? .nexthop : .classic)
         if layout == .nexthop && !dataplane.supportsNexthops {
             throw SyncError("routeLayout nexthop: this kernel has no nexthop objects (Linux 5.3+); use \"classic\" or \"auto\"")
@@ -77,7 +79,7 @@ public struct Syncer {
         lap("underlay")
         let snapshot = try dataplane.snapshot(deviceName: name, proto: proto)
         lap("snapshot")
-        let addresses = Set(try dataplane.addresses().filter { $0.index != snapshot.device?.index }.map(\.prefix.address))
+        let addresses = Set(hostAddresses.filter { $0.index != snapshot.device?.index }.map(\.prefix.address))
         let host = HostFacts(underlay: underlay, addresses: addresses, foreignRoutes: snapshot.foreignRoutes)
         let desired = DesiredState(view: view, host: host, settings: settings)
         lap("desired")

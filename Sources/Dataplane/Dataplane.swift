@@ -84,16 +84,6 @@ public final class Dataplane: KernelDataplane {
         }
     }
 
-    /// Every link, by index.
-    public func links() throws(DataplaneError) -> [Int32: LinkState] {
-        let all = try wrap { () throws(NetlinkError) in
-            try socket.dump("dump links", type: UInt16(RTM_GETLINK), build: { m in
-                m.familyHeader(ifinfomsg.self) { $0.ifi_family = UInt8(AF_UNSPEC) }
-            }, parse: Parse.link)
-        }
-        return Dictionary(all.map { ($0.index, $0) }, uniquingKeysWith: { a, _ in a })
-    }
-
     /// Every IPv4 address of the host: (interface index, prefix).
     public func addresses() throws(DataplaneError) -> [(index: Int32, prefix: IPv4Prefix)] {
         try wrap { () throws(NetlinkError) in
@@ -103,12 +93,32 @@ public final class Dataplane: KernelDataplane {
         }
     }
 
-    /// The link that holds `ip`, and its MTU: the VXLAN underlay.
-    public func underlay(holding ip: IPv4Address) throws(DataplaneError) -> LinkState {
-        guard let index = try addresses().first(where: { $0.prefix.address == ip })?.index else {
+    /// The link with interface index `index`, or nil if there is none.
+    public func link(index: Int32) throws(DataplaneError) -> LinkState? {
+        do {
+            return try socket.request("get link #\(index)", type: UInt16(RTM_GETLINK), build: { m in
+                m.familyHeader(ifinfomsg.self) {
+                    $0.ifi_family = UInt8(AF_UNSPEC)
+                    $0.ifi_index = index
+                }
+            }, parse: Parse.link).first
+        } catch where error.code == ENODEV {
+            return nil
+        } catch {
+            throw .netlink(error)
+        }
+    }
+
+    /// The link that holds `ip`, and its MTU: the VXLAN underlay. Pass the
+    /// host's addresses when the caller has dumped them already.
+    public func underlay(holding ip: IPv4Address,
+                         addresses known: [(index: Int32, prefix: IPv4Prefix)]? = nil) throws(DataplaneError) -> LinkState {
+        let all: [(index: Int32, prefix: IPv4Prefix)]
+        if let known { all = known } else { all = try addresses() }
+        guard let index = all.first(where: { $0.prefix.address == ip })?.index else {
             throw .notFound("no interface holds \(ip): the VXLAN local address must be an address of this host")
         }
-        guard let link = try links()[index] else { throw .notFound("interface #\(index) holding \(ip) vanished") }
+        guard let link = try link(index: index) else { throw .notFound("interface #\(index) holding \(ip) vanished") }
         return link
     }
 

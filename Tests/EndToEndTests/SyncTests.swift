@@ -27,8 +27,10 @@ struct SyncTests {
         defer { _ = try? run("kill $(cat \(log).pid) 2>/dev/null") }
         func mark(_ ip: String) throws {
             try sh("""
-            for i in $(seq 1 100); do
-              ip -n \(ns) neigh replace \(ip) lladdr 0e:00:00:00:00:fa dev eth0
+            for i in $(seq 10 99); do
+              # A new MAC each round: a replace that changes nothing sends no event,
+              # and the monitor may have subscribed after the first one.
+              ip -n \(ns) neigh replace \(ip) lladdr 0e:00:00:00:00:$i dev eth0
               grep -q '\(ip) ' \(log) && exit 0
               sleep 0.1
             done

@@ -2,6 +2,7 @@ import Foundation
 import Etcd
 import Synchronization
 import Testing
+import TestSupport
 
 // A real etcd for each test: loopback only, random free ports, a temporary
 // data dir, killed and removed when the test ends, pass or fail.
@@ -49,39 +50,13 @@ func check(_ argv: [String]) throws {
     }
 }
 
-/// Starts a program with stdin from /dev/null and stdout and stderr to `log`.
-/// posix_spawn, not Foundation's Process, with the signal mask cleared (the
-/// test runner's threads block signals, and SIGTERM must reach etcd).
+/// Starts a program with stdout and stderr to `log` (TestSupport's spawn).
 func spawn(_ argv: [String], log: String) throws -> pid_t {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-    posix_spawn_file_actions_adddup2(&actions, 1, 2)
-    var attributes = posix_spawnattr_t()
-    posix_spawnattr_init(&attributes)
-    defer { posix_spawnattr_destroy(&attributes) }
-    var empty = sigset_t(), all = sigset_t()
-    sigemptyset(&empty)
-    sigfillset(&all)
-    posix_spawnattr_setsigmask(&attributes, &empty)
-    posix_spawnattr_setsigdefault(&attributes, &all)
-    posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-    let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
-    defer { cArgs.forEach { free($0) } }
-    var pid: pid_t = 0
-    let result = posix_spawnp(&pid, argv[0], &actions, &attributes, cArgs, environ)
-    guard result == 0 else { throw HarnessError("cannot start \(argv[0]): \(String(cString: strerror(result)))") }
-    return pid
+    try TestSupport.spawn(argv, stdout: log)
 }
 
 /// Waits for a child; returns its exit status (128 + signal when killed).
-func wait(_ pid: pid_t) -> Int32 {
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-}
+func wait(_ pid: pid_t) -> Int32 { waitForExit(pid) }
 
 /// A TCP port on 127.0.0.1 that nothing listens on right now.
 func freePort() throws -> Int {

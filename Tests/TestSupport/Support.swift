@@ -32,25 +32,22 @@ public struct Result {
     public var stderr: String
 }
 
-/// Runs a shell command, returning its status and output. posix_spawn and
-/// waitpid, not Foundation's Process (whose waitUntilExit can hang under
-/// concurrent tests), and output through temporary files, not pipes: a
-/// background child that inherits a pipe (ip monitor) would keep a read open.
-@discardableResult
-public func run(_ command: String) throws -> Result {
-    let base = NSTemporaryDirectory() + "vxa-run-\(getpid())-\(UUID().uuidString)"
-    defer {
-        unlink(base + ".out")
-        unlink(base + ".err")
-    }
+/// Starts `argv` (looked up in PATH) with stdin from /dev/null, stdout to
+/// `stdout` and stderr to `stderr` (or to stdout's file when nil). posix_spawn,
+/// not Foundation's Process (whose waitUntilExit can hang under concurrent
+/// tests), with the signal mask cleared: the test runner's threads block
+/// signals, and a child must not inherit that (SIGTERM would never reach it).
+public func spawn(_ argv: [String], stdout: String, stderr: String? = nil) throws -> pid_t {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
     defer { posix_spawn_file_actions_destroy(&actions) }
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, base + ".out", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-    posix_spawn_file_actions_addopen(&actions, 2, base + ".err", O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-    // The test runner's threads block signals; a child must not inherit that
-    // mask (timeout's SIGTERM would never reach `ip monitor`).
+    posix_spawn_file_actions_addopen(&actions, 1, stdout, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+    if let stderr {
+        posix_spawn_file_actions_addopen(&actions, 2, stderr, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+    } else {
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+    }
     var attributes = posix_spawnattr_t()
     posix_spawnattr_init(&attributes)
     defer { posix_spawnattr_destroy(&attributes) }
@@ -60,14 +57,35 @@ public func run(_ command: String) throws -> Result {
     posix_spawnattr_setsigmask(&attributes, &empty)
     posix_spawnattr_setsigdefault(&attributes, &all)
     posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+    let cArgs: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
+    defer { cArgs.forEach { free($0) } }
     var pid: pid_t = 0
-    let argv: [UnsafeMutablePointer<CChar>?] = [strdup("/bin/bash"), strdup("-c"), strdup(command), nil]
-    defer { argv.forEach { free($0) } }
-    let spawned = posix_spawn(&pid, "/bin/bash", &actions, &attributes, argv, environ)
-    guard spawned == 0 else { throw CommandFailure(command: command, status: -1, output: String(cString: strerror(spawned))) }
+    let result = posix_spawnp(&pid, argv[0], &actions, &attributes, cArgs, environ)
+    guard result == 0 else {
+        throw CommandFailure(command: argv.joined(separator: " "), status: -1, output: String(cString: strerror(result)))
+    }
+    return pid
+}
+
+/// Waits for a child; returns its exit status (128 + signal when killed).
+public func waitForExit(_ pid: pid_t) -> Int32 {
     var status: Int32 = 0
     while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-    let exitCode: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+}
+
+/// Runs a shell command, returning its status and output. Output goes through
+/// temporary files, not pipes: a background child that inherits a pipe (ip
+/// monitor) would keep a read open.
+@discardableResult
+public func run(_ command: String) throws -> Result {
+    let base = NSTemporaryDirectory() + "vxa-run-\(getpid())-\(UUID().uuidString)"
+    defer {
+        unlink(base + ".out")
+        unlink(base + ".err")
+    }
+    let pid = try spawn(["/bin/bash", "-c", command], stdout: base + ".out", stderr: base + ".err")
+    let exitCode = waitForExit(pid)
     return Result(status: exitCode,
                   stdout: (try? String(contentsOfFile: base + ".out", encoding: .utf8)) ?? "",
                   stderr: (try? String(contentsOfFile: base + ".err", encoding: .utf8)) ?? "")
