@@ -45,8 +45,17 @@ let package = Package(
             "Dataplane", "Reconcile", "Registry",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // `vxlan-agent run`: the etcd registry, kernel events, subnet.env, CNI config,
+        // masquerade, /healthz and /metrics around the same reconciler as `sync`.
+        .target(name: "Daemon", dependencies: [
+            "Agent", "Dataplane", "Netlink", "CLibMnl", "Reconcile", "Registry", "Etcd",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
         .executableTarget(name: "vxlan-agent", dependencies: [
-            "Agent", "Reconcile", "Registry", "Dataplane",
+            "Agent", "Daemon", "Reconcile", "Registry", "Dataplane",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

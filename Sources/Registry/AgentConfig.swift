@@ -9,20 +9,85 @@ public struct InventoryNode: Sendable, Hashable {
     public var interface: String?
 }
 
+/// Where the etcd registry lives (flannel's etcd v3 layout under `prefix`).
+public struct EtcdSettings: Sendable, Hashable {
+    public var endpoints: [String]
+    public var prefix: String
+    public var caFile: String?
+    public var certFile: String?
+    public var keyFile: String?
+
+    public init(endpoints: [String] = ["http://127.0.0.1:2379"], prefix: String = Flannel.defaultPrefix,
+                caFile: String? = nil, certFile: String? = nil, keyFile: String? = nil) {
+        self.endpoints = endpoints
+        self.prefix = prefix
+        self.caFile = caFile
+        self.certFile = certFile
+        self.keyFile = keyFile
+    }
+
+    static let keys: Set<String> = ["endpoints", "prefix", "caFile", "certFile", "keyFile"]
+}
+
+/// What the daemon (`vxlan-agent run`) does besides the forwarding state.
+public struct DaemonSettings: Sendable, Hashable {
+    /// flannel's subnet.env; written atomically after each successful sync.
+    public var subnetFile: String = "/run/flannel/subnet.env"
+    /// The CNI network configuration list for this node's pods; nil: not written.
+    public var cniConfFile: String? = "/etc/cni/net.d/10-vxlan-agent.conflist"
+    /// The bridge the CNI `bridge` plugin puts pods on.
+    public var cniBridge: String = "cni0"
+    /// Masquerade pod traffic that leaves the pod network (nftables table `ip vxlan-agent`).
+    public var ipMasq: Bool = true
+    /// Where /healthz and /metrics are served (host, port); nil: not served.
+    public var metricsAddress: (host: String, port: Int)? = ("127.0.0.1", 9472)
+    /// The backstop: a full sync this often, whatever else happens.
+    public var resyncInterval: Duration = .seconds(60)
+    /// The TTL of this node's etcd lease; renewed well before it runs out.
+    public var leaseTTL: Int64 = 86_400
+
+    public init() {}
+
+    public static func == (a: DaemonSettings, b: DaemonSettings) -> Bool {
+        a.subnetFile == b.subnetFile && a.cniConfFile == b.cniConfFile && a.cniBridge == b.cniBridge && a.ipMasq == b.ipMasq
+            && a.metricsAddress?.host == b.metricsAddress?.host && a.metricsAddress?.port == b.metricsAddress?.port
+            && a.resyncInterval == b.resyncInterval && a.leaseTTL == b.leaseTTL
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(subnetFile)
+        hasher.combine(cniConfFile)
+        hasher.combine(metricsAddress?.port)
+    }
+}
+
 /// The agent's configuration file: which node this is, where the cluster comes
-/// from (a static inventory, the same file on every host), and agent settings.
+/// from (a static inventory, the same file on every host, or flannel's leases
+/// in etcd), and agent settings.
 public struct AgentConfig: Sendable, Hashable {
     public var source: String
     /// This host's node name, if the file names it (`--node` and the hostname come next).
     public var node: String?
-    public var network: NetworkConfig
+    /// The network (static inventory); nil with etcd, where it is `<prefix>/config`.
+    public var network: NetworkConfig?
+    /// The static inventory; empty with etcd.
     public var nodes: [InventoryNode]
+    /// The etcd registry, if the file chooses it.
+    public var etcd: EtcdSettings?
+    /// This node's public IP (required with etcd; with an inventory it is the node's entry).
+    public var publicIP: IPv4Address?
+    /// The underlay interface (default: the one holding the public IP).
+    public var interface: String?
     /// nil: nexthop objects where the kernel has them, classic routes otherwise.
     public var routeLayout: RouteLayout?
     /// Overrides the device name `flannel.<VNI>`.
     public var deviceName: String?
+    public var daemon = DaemonSettings()
 
-    static let topLevelKeys: Set<String> = ["node", "network", "nodes", "routeLayout", "device"]
+    static let topLevelKeys: Set<String> = [
+        "node", "network", "nodes", "routeLayout", "device", "etcd", "publicIP", "interface",
+        "subnetFile", "cniConfFile", "cniBridge", "ipMasq", "metricsAddress", "resyncInterval", "leaseTTL",
+    ]
     static let nodeKeys = RawNode.knownKeys
 
     /// Reads and validates the file; every error names the file and the field.
@@ -36,26 +101,41 @@ public struct AgentConfig: Sendable, Hashable {
 
     public static func parse(_ data: Data, source: String) throws(ConfigError) -> AgentConfig {
         let raw = try RawConfig.decode(data, source: source)
-        let root = JSONFields(source: source, path: "", object: [:])
+        let root = raw.fields(source: source)
         for key in raw.keys.sorted() where !topLevelKeys.contains(key) {
             throw root.error(key, "unknown key (expected one of: \(topLevelKeys.sorted().joined(separator: ", ")))")
         }
-        guard let networkValue = raw.network, case .object = networkValue else {
-            throw root.error("network", raw.network == nil ? "is required" : "must be an object")
-        }
-        let networkFields = JSONFields(source: source, path: "network", object: networkValue.foundation as? [String: Any] ?? [:])
-        let network = try NetworkConfig.parse(networkFields)
         var routeLayout: RouteLayout?
-        if let text = raw.routeLayout, text != "auto" {
+        if let text = try root.string("routeLayout"), text != "auto" {
             guard let layout = RouteLayout(rawValue: text) else {
                 throw root.error("routeLayout", "\"\(text)\" is not one of auto, nexthop, classic")
             }
             routeLayout = layout
         }
-        let deviceName = raw.device
-        if let deviceName, deviceName.isEmpty || deviceName.utf8.count > 15 || deviceName.contains("/") || deviceName.contains(" ") {
+        let deviceName = try root.string("device")
+        if let deviceName, !isInterfaceName(deviceName) {
             throw root.error("device", "\"\(deviceName)\" is not a valid interface name (1-15 characters, no '/' or spaces)")
         }
+        let interface = try root.string("interface")
+        if let interface, !isInterfaceName(interface) {
+            throw root.error("interface", "\"\(interface)\" is not a valid interface name (1-15 characters, no '/' or spaces)")
+        }
+        let daemon = try parseDaemon(root)
+        let node = try root.string("node")
+        let publicIP = try root.ipv4("publicIP")
+
+        if let etcdFields = try root.object("etcd") {
+            if raw.nodes != nil { throw root.error("etcd", "cannot be used with \"nodes\": choose one registry") }
+            if root.has("network") {
+                throw root.error("network", "comes from etcd (<prefix>/config) when the registry is etcd; remove it here")
+            }
+            guard let publicIP else { throw root.error("publicIP", "is required with the etcd registry (this node's underlay address)") }
+            return AgentConfig(source: source, node: node, network: nil, nodes: [], etcd: try parseEtcd(etcdFields),
+                               publicIP: publicIP, interface: interface, routeLayout: routeLayout, deviceName: deviceName,
+                               daemon: daemon)
+        }
+        guard let networkFields = try root.object("network") else { throw root.error("network", "is required") }
+        let network = try NetworkConfig.parse(networkFields)
         guard let entries = raw.nodes else { throw root.error("nodes", "is required") }
         guard !entries.isEmpty else { throw root.error("nodes", "is empty: list at least this node") }
 
@@ -107,12 +187,90 @@ public struct AgentConfig: Sendable, Hashable {
             macs[effectiveMAC] = index
             nodes.append(InventoryNode(record: record, interface: entry.interface))
         }
-        return AgentConfig(source: source, node: raw.node, network: network, nodes: nodes,
-                           routeLayout: routeLayout, deviceName: deviceName)
+        return AgentConfig(source: source, node: node, network: network, nodes: nodes, etcd: nil, publicIP: publicIP,
+                           interface: interface, routeLayout: routeLayout, deviceName: deviceName, daemon: daemon)
+    }
+
+    static func isInterfaceName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 15 && !name.contains("/") && !name.contains(" ")
+    }
+
+    static func parseEtcd(_ fields: JSONFields) throws(ConfigError) -> EtcdSettings {
+        for key in fields.keys.sorted() where !EtcdSettings.keys.contains(key) {
+            throw fields.error(key, "unknown key (expected one of: \(EtcdSettings.keys.sorted().joined(separator: ", ")))")
+        }
+        var settings = EtcdSettings()
+        if let endpoints = try fields.strings("endpoints") {
+            guard !endpoints.isEmpty else { throw fields.error("endpoints", "is empty: list at least one etcd endpoint") }
+            for (index, endpoint) in endpoints.enumerated() {
+                let rest = endpoint.hasPrefix("http://") ? endpoint.dropFirst(7) : endpoint.hasPrefix("https://") ? endpoint.dropFirst(8) : nil
+                guard let rest, !rest.isEmpty, !rest.contains(" ") else {
+                    throw fields.error("endpoints[\(index)]", "\"\(endpoint)\" is not an endpoint (http://host:port or https://host:port)")
+                }
+            }
+            settings.endpoints = endpoints
+        }
+        if let prefix = try fields.string("prefix") {
+            guard prefix.hasPrefix("/"), Flannel.trimmed(prefix).count > 0 else {
+                throw fields.error("prefix", "\"\(prefix)\" must be an absolute key prefix like /coreos.com/network")
+            }
+            settings.prefix = Flannel.trimmed(prefix)
+        }
+        for key in ["caFile", "certFile", "keyFile"] {
+            guard let path = try fields.string(key) else { continue }
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                throw fields.error(key, "\(path) \(FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist")")
+            }
+            switch key {
+            case "caFile": settings.caFile = path
+            case "certFile": settings.certFile = path
+            default: settings.keyFile = path
+            }
+        }
+        if (settings.certFile == nil) != (settings.keyFile == nil) {
+            throw fields.error(settings.certFile == nil ? "certFile" : "keyFile", "is required with \(settings.certFile == nil ? "keyFile" : "certFile")")
+        }
+        return settings
+    }
+
+    static func parseDaemon(_ root: JSONFields) throws(ConfigError) -> DaemonSettings {
+        var settings = DaemonSettings()
+        if let path = try root.string("subnetFile") {
+            guard path.hasPrefix("/") else { throw root.error("subnetFile", "\"\(path)\" must be an absolute path") }
+            settings.subnetFile = path
+        }
+        if let path = try root.string("cniConfFile") {
+            guard path.isEmpty || path.hasPrefix("/") else {
+                throw root.error("cniConfFile", "\"\(path)\" must be an absolute path (or \"\" to write none)")
+            }
+            settings.cniConfFile = path.isEmpty ? nil : path
+        }
+        if let bridge = try root.string("cniBridge") {
+            guard isInterfaceName(bridge) else { throw root.error("cniBridge", "\"\(bridge)\" is not a valid interface name") }
+            settings.cniBridge = bridge
+        }
+        settings.ipMasq = try root.bool("ipMasq") ?? true
+        if let text = try root.string("metricsAddress") {
+            if text.isEmpty {
+                settings.metricsAddress = nil
+            } else {
+                let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+                guard parts.count == 2, let host = IPv4Address(String(parts[0])), let port = Int(parts[1]), (1...65535).contains(port) else {
+                    throw root.error("metricsAddress", "\"\(text)\" is not IPv4:port (e.g. 127.0.0.1:9472; \"\" serves none)")
+                }
+                settings.metricsAddress = ("\(host)", port)
+            }
+        }
+        if let seconds = try root.integer("resyncInterval", in: 1...86_400) { settings.resyncInterval = .seconds(seconds) }
+        if let ttl = try root.integer("leaseTTL", in: 10...(30 * 86_400)) { settings.leaseTTL = ttl }
+        return settings
     }
 
     /// The cluster as `nodeName` sees it; an error names the file if the node is not listed.
     public func view(node nodeName: String) throws(ConfigError) -> (view: ClusterView, interface: String?) {
+        guard let network else {
+            throw ConfigError(source: source, field: "etcd", message: "the etcd registry has no static view (internal error)")
+        }
         guard let local = nodes.first(where: { $0.record.name == nodeName }) else {
             let known = nodes.prefix(5).map(\.record.name).joined(separator: ", ")
             throw ConfigError(source: source, field: "nodes",
@@ -120,6 +278,6 @@ public struct AgentConfig: Sendable, Hashable {
                                 + "set \"node\" in the file or pass --node")
         }
         let peers = nodes.filter { $0.record.name != nodeName }.map(\.record)
-        return (ClusterView(network: network, local: local.record, peers: peers), local.interface)
+        return (ClusterView(network: network, local: local.record, peers: peers), local.interface ?? interface)
     }
 }

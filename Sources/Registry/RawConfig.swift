@@ -58,22 +58,25 @@ struct RawNode: Decodable {
     }
 }
 
-/// The configuration file, fields as given.
+/// The configuration file, fields as given: `nodes` decoded straight into
+/// `RawNode`s (it may hold 50,000), every other key as a `JSONValue`.
 struct RawConfig: Decodable {
     var keys: [String]
-    var node: String?, routeLayout: String?, device: String?
-    var network: JSONValue?
     var nodes: [RawNode]?
-    var nodesIsNull = false
+    var others: [String: JSONValue] = [:]
 
     init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: AnyKey.self)
         keys = c.allKeys.map(\.stringValue)
-        node = try c.decodeIfPresent(String.self, forKey: AnyKey("node"))
-        routeLayout = try c.decodeIfPresent(String.self, forKey: AnyKey("routeLayout"))
-        device = try c.decodeIfPresent(String.self, forKey: AnyKey("device"))
-        network = try c.decodeIfPresent(JSONValue.self, forKey: AnyKey("network"))
         nodes = try c.decodeIfPresent([RawNode].self, forKey: AnyKey("nodes"))
+        for key in c.allKeys where key.stringValue != "nodes" {
+            others[key.stringValue] = try c.decode(JSONValue.self, forKey: key)
+        }
+    }
+
+    /// The keys other than `nodes`, for typed access with errors that name the field.
+    func fields(source: String) -> JSONFields {
+        JSONFields(source: source, path: "", object: others.mapValues(\.foundation))
     }
 
     /// Decodes `data`; every error names the file and the field.

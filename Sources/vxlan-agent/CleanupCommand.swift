@@ -1,24 +1,33 @@
 import Agent
 import ArgumentParser
+import Daemon
 import Dataplane
 import Foundation
 import Reconcile
 import Registry
 
-struct Cleanup: ParsableCommand {
+struct Cleanup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Remove everything the agent created: its routes, nexthops and VXLAN device.",
-        discussion: "Routes and nexthops go first: deleting a device that 50,000 nexthops still use takes the kernel tens of seconds.")
+        abstract: "Remove everything the agent created: routes, nexthops, the VXLAN device, the masquerade table, "
+            + "subnet.env and the CNI configuration.",
+        discussion: """
+        Routes and nexthops go first: deleting a device that 50,000 nexthops still use takes the kernel tens of seconds. \
+        Stop the daemon first (it would put everything back). The etcd lease is left to expire (24 h) unless \
+        --release-lease is given; other nodes remove this node's entries when it goes.
+        """)
 
     @OptionGroup var options: ConfigOptions
 
     @Flag(help: "Show what would be removed; change nothing.")
     var dryRun = false
 
-    func run() throws {
-        try guarded {
-            let (config, _) = try options.load()
-            let deviceName = config.deviceName ?? config.network.deviceName
+    @Flag(help: "Also delete this node's lease in etcd (the node leaves the cluster now).")
+    var releaseLease = false
+
+    func run() async throws {
+        try await guarded {
+            let (config, nodeName) = try options.load()
+            let deviceName = try await deviceName(config)
             let lock = dryRun ? nil : try options.lock()
             defer { withExtendedLifetime(lock) {} }
             let dataplane = try Dataplane()
@@ -26,15 +35,61 @@ struct Cleanup: ParsableCommand {
             let plan = Differ.cleanup(snapshot: snapshot)
             let out = PlanOutput(renderer: Renderer(deviceName: deviceName, proto: AgentSettings.defaultProtocol,
                                                     deviceIndex: snapshot.device?.index))
-            if dryRun || plan.isEmpty {
+            var files = [config.daemon.subnetFile]
+            if let cni = config.daemon.cniConfFile { files.append(cni) }
+            files = files.filter { FileManager.default.fileExists(atPath: $0) }
+            let table = (try? Masquerade.exists()) ?? false
+            if dryRun {
                 for line in out.lines(plan) { print(line) }
-                print(plan.isEmpty ? "nothing to clean up" : "\(plan.changes.count) to remove")
-                return dryRun && !plan.isEmpty ? ExitStatus.pending : ExitStatus.ok
+                if table { print("- nft table ip \(Masquerade.table)") }
+                for file in files { print("- file \(file)") }
+                let nothing = plan.isEmpty && !table && files.isEmpty
+                print(nothing ? "nothing to clean up" : "\(plan.changes.count + (table ? 1 : 0) + files.count) to remove")
+                return nothing ? ExitStatus.ok : ExitStatus.pending
             }
-            let report = dataplane.apply(plan.changes, deviceName: deviceName)
-            for failure in report.failures { warn("error: \(failure.message)") }
-            print("removed \(plan.changes.count - report.failures.count) of \(plan.changes.count) (\(report.writes) kernel writes)")
-            return report.failures.isEmpty ? ExitStatus.ok : ExitStatus.error
+            var failed = false
+            if !plan.isEmpty {
+                let report = dataplane.apply(plan.changes, deviceName: deviceName)
+                for failure in report.failures { warn("error: \(failure.message)") }
+                failed = !report.failures.isEmpty
+                print("removed \(plan.changes.count - report.failures.count) of \(plan.changes.count) kernel entries (\(report.writes) kernel writes)")
+            }
+            do {
+                if try Masquerade.remove() { print("removed nft table ip \(Masquerade.table)") }
+            } catch {
+                warn("error: \(error)")
+                failed = true
+            }
+            for file in files {
+                if unlink(file) == 0 { print("removed \(file)") } else {
+                    warn("error: cannot remove \(file): \(String(cString: strerror(errno)))")
+                    failed = true
+                }
+            }
+            if releaseLease {
+                do {
+                    let released = try await releaseLeases(config: config, node: nodeName)
+                    print(released.isEmpty ? "no lease of this node in etcd" : released.map { "released \($0)" }.joined(separator: "\n"))
+                } catch {
+                    warn("error: \(error)")
+                    failed = true
+                }
+            }
+            if plan.isEmpty && !table && files.isEmpty && !releaseLease { print("nothing to clean up") }
+            return failed ? ExitStatus.error : ExitStatus.ok
+        }
+    }
+
+    /// The device's name: from the file, or `flannel.<VNI>` with the VNI from the
+    /// inventory or from etcd (flannel.1 if etcd does not answer).
+    func deviceName(_ config: AgentConfig) async throws -> String {
+        if let name = config.deviceName { return name }
+        if let network = config.network { return network.deviceName }
+        do {
+            return try await readEtcdNetwork(config: config).deviceName
+        } catch {
+            warn("warning: cannot read the network configuration from etcd (\(error)); assuming flannel.1")
+            return "flannel.1"
         }
     }
 }

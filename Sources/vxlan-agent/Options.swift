@@ -39,10 +39,10 @@ func warn(_ text: String) {
 }
 
 /// Runs a command body, turning every error into a message and an exit code.
-func guarded(_ body: () throws -> Int32) throws -> Never {
+func guarded(_ body: () async throws -> Int32) async throws -> Never {
     let status: Int32
     do {
-        status = try body()
+        status = try await body()
     } catch let failure as SyncLock.Failure {
         warn("vxlan-agent: \(failure)")
         status = { if case .busy = failure { ExitStatus.busy } else { ExitStatus.error } }()

@@ -1,11 +1,12 @@
 import Agent
 import ArgumentParser
+import Daemon
 import Dataplane
 import Foundation
 import Reconcile
 import Registry
 
-struct Sync: ParsableCommand {
+struct Sync: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Make the kernel match the configuration, once (for cron); --dry-run shows the diff.",
         discussion: """
@@ -38,12 +39,12 @@ struct Sync: ParsableCommand {
         }
     }
 
-    func run() throws {
-        try guarded { try runSync(options: options, dryRun: dryRun, output: output, verbose: verbose, layoutOverride: routeLayout, timings: timings) }
+    func run() async throws {
+        try await guarded { try await runSync(options: options, dryRun: dryRun, output: output, verbose: verbose, layoutOverride: routeLayout, timings: timings) }
     }
 }
 
-struct Diff: ParsableCommand {
+struct Diff: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show what a sync would change (alias of sync --dry-run). Exit 0 in sync, 2 changes pending, 1 error.")
 
@@ -55,18 +56,25 @@ struct Diff: ParsableCommand {
     @Option(help: "auto, nexthop, or classic.")
     var routeLayout: String?
 
-    func run() throws {
-        try guarded { try runSync(options: options, dryRun: true, output: output, verbose: true, layoutOverride: routeLayout) }
+    func run() async throws {
+        try await guarded { try await runSync(options: options, dryRun: true, output: output, verbose: true, layoutOverride: routeLayout) }
     }
 }
 
 func runSync(options: ConfigOptions, dryRun: Bool, output: OutputFormat, verbose: Bool, layoutOverride: String?,
-             timings: Bool = false) throws -> Int32 {
+             timings: Bool = false) async throws -> Int32 {
     let started = ContinuousClock.now
     // Validation first: a bad configuration never reaches the kernel.
     let (config, nodeName) = try options.load()
     let loaded = ContinuousClock.now
-    let (view, interface) = try config.view(node: nodeName)
+    let view: ClusterView, interface: String?
+    if config.etcd != nil {
+        let read = try await readEtcdView(config: config, node: nodeName)
+        (view, interface) = (read.view, config.interface)
+        for warning in read.warnings { warn("warning: \(warning)") }
+    } else {
+        (view, interface) = try config.view(node: nodeName)
+    }
     var layout = config.routeLayout
     if let layoutOverride { layout = layoutOverride == "auto" ? nil : RouteLayout(rawValue: layoutOverride) }
     let lock = dryRun ? nil : try options.lock()

@@ -26,6 +26,6 @@ struct VXLANAgent: AsyncParsableCommand {
         changes failed, 75 another sync holds the lock. See Docs/operations.md.
         """,
         version: version,
-        subcommands: [Sync.self, Diff.self, Cleanup.self, Version.self]
+        subcommands: [Sync.self, Diff.self, Run.self, Cleanup.self, Version.self]
     )
 }

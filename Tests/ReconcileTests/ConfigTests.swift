@@ -21,9 +21,9 @@ struct ConfigTests {
     func good() throws {
         let config = try AgentConfig.parse(Data(Self.good.utf8), source: "inv.json")
         #expect(config.node == "node-a")
-        #expect(config.network.subnetMin == IPv4Address("10.244.1.0"))
-        #expect(config.network.subnetMax == IPv4Address("10.244.255.0"))
-        #expect(config.network.port == 8472)
+        #expect(config.network?.subnetMin == IPv4Address("10.244.1.0"))
+        #expect(config.network?.subnetMax == IPv4Address("10.244.255.0"))
+        #expect(config.network?.port == 8472)
         let (view, _) = try config.view(node: "node-a")
         #expect(view.peers.map(\.name) == ["node-b"])
         #expect(view.peers[0].mac(vni: 1) == MACAddress("0e:00:00:00:00:02"))

@@ -1,0 +1,259 @@
+import Dataplane
+import Etcd
+import Foundation
+import Logging
+import Reconcile
+import Registry
+import Synchronization
+
+/// What the registry tells the daemon.
+public enum RegistryEvent: Sendable {
+    /// The cluster as it is now: the network, this node (with its subnet) and its peers.
+    case state(ClusterView, invalidLeases: Int)
+    /// etcd answered (true) or stopped answering (false, with why).
+    case connection(Bool, String?)
+}
+
+/// This node's lease: its key, subnet and etcd lease ID.
+public struct OwnLease: Sendable, Hashable {
+    public var key: String
+    public var subnet: IPv4Prefix
+    public var id: Int64
+}
+
+/// Takes and keeps a subnet lease in flannel's layout and semantics:
+/// reuse this node's lease (same public IP), or its previous subnet (from
+/// subnet.env), or a random free subnet between SubnetMin and SubnetMax, created
+/// with `If(Version(key) == 0)` so two nodes never hold one subnet.
+public struct LeaseAllocator: Sendable {
+    public let client: EtcdClient
+    public let prefix: String
+    public let attributes: LeaseAttributes
+    public let ttl: Int64
+
+    public init(client: EtcdClient, prefix: String, attributes: LeaseAttributes, ttl: Int64) {
+        self.client = client
+        self.prefix = prefix
+        self.attributes = attributes
+        self.ttl = ttl
+    }
+
+    /// Acquires a lease, given the keys under `<prefix>/subnets/` as just listed.
+    public func acquire(network: NetworkConfig, existing: [KeyValue], previous: IPv4Prefix?) async throws -> OwnLease {
+        var taken: Set<IPv4Prefix> = []
+        for kv in existing {
+            guard let subnet = Flannel.subnet(ofLeaseKey: kv.key) else { continue }
+            taken.insert(subnet)
+            // Ours already (same public IP): renew it under a fresh etcd lease, as flanneld does.
+            if let lease = try? Lease.parse(key: kv.key, value: kv.value), lease.attributes.publicIP == attributes.publicIP,
+               network.network.contains(subnet), subnet.length == network.subnetLen {
+                let id = try await client.grantLease(ttlSeconds: ttl)
+                _ = try await client.put(kv.key, value: attributes.json, lease: id)
+                return OwnLease(key: kv.key, subnet: subnet, id: id)
+            }
+        }
+        let id = try await client.grantLease(ttlSeconds: ttl)
+        var candidates = freeSubnets(network: network, taken: taken)
+        if let previous, let index = candidates.firstIndex(of: previous) {
+            candidates.swapAt(0, index)
+        } else {
+            candidates.shuffle()
+        }
+        for subnet in candidates.prefix(16) {
+            let key = Flannel.leaseKey(prefix: prefix, subnet: subnet)
+            if try await client.createIfAbsent(key, value: attributes.json, lease: id) {
+                return OwnLease(key: key, subnet: subnet, id: id)
+            }
+            // Another node took it between our list and our transaction: try the next.
+        }
+        try? await client.revoke(lease: id)
+        let range = "between SubnetMin \(network.subnetMin) and SubnetMax \(network.subnetMax) of \(network.network)"
+        if candidates.count > 16 {
+            throw DaemonError("could not take a subnet: 16 free subnets \(range) were taken by others first; retrying")
+        }
+        throw DaemonError("no free subnet: every /\(network.subnetLen) \(range) is leased "
+                          + "(\(taken.count) keys under \(Flannel.subnetsPrefix(prefix: prefix)))")
+    }
+
+    func freeSubnets(network: NetworkConfig, taken: Set<IPv4Prefix>) -> [IPv4Prefix] {
+        let step = UInt32(1) << (32 - UInt32(network.subnetLen))
+        var result: [IPv4Prefix] = []
+        var value = network.subnetMin.value
+        while value <= network.subnetMax.value {
+            let subnet = IPv4Prefix(IPv4Address(value), network.subnetLen)
+            if !taken.contains(subnet) { result.append(subnet) }
+            let (next, overflow) = value.addingReportingOverflow(step)
+            if overflow { break }
+            value = next
+        }
+        return result
+    }
+}
+
+/// The cluster from etcd: the network configuration, this node's lease (taken,
+/// renewed, taken again if deleted), and every other lease, listed then watched
+/// from the list's revision so no change is lost. After a compaction or a broken
+/// connection it lists again. It never reports an empty cluster because etcd is
+/// unreachable: it reports the connection and keeps the last state.
+public final class EtcdRegistry: Sendable {
+    let client: EtcdClient
+    let settings: EtcdSettings
+    let node: String
+    let publicIP: IPv4Address
+    let ttl: Int64
+    let subnetFile: String
+    let log: Logger
+    let own = Mutex<OwnLease?>(nil)
+
+    public init(settings: EtcdSettings, node: String, publicIP: IPv4Address, ttl: Int64, subnetFile: String, log: Logger) throws {
+        let tls = settings.caFile != nil || settings.certFile != nil
+            ? EtcdTLS(caFile: settings.caFile, certFile: settings.certFile, keyFile: settings.keyFile) : nil
+        self.client = try EtcdClient(endpoints: settings.endpoints, tls: tls)
+        self.settings = settings
+        self.node = node
+        self.publicIP = publicIP
+        self.ttl = ttl
+        self.subnetFile = subnetFile
+        self.log = log
+    }
+
+    public func shutdown() async { try? await client.shutdown() }
+
+    public var ownLease: OwnLease? { own.withLock { $0 } }
+
+    /// Runs until cancelled.
+    public func run(emit: @escaping @Sendable (RegistryEvent) -> Void) async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.follow(emit: emit) }
+            group.addTask { await self.renew() }
+            await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Renews this node's lease well before it runs out (flannel: an hour before).
+    func renew() async {
+        let margin = min(3600, ttl / 4)
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .seconds(max(ttl - margin, 1)))
+            guard let lease = ownLease else { continue }
+            do {
+                let left = try await client.keepAlive(lease: lease.id)
+                log.debug("lease renewed", metadata: ["key": "\(lease.key)", "ttl": "\(left)"])
+            } catch {
+                // Gone or unreachable: the watch sees the key go and takes a lease again.
+                log.warning("lease renewal failed", metadata: ["key": "\(lease.key)", "error": "\(error)"])
+            }
+        }
+    }
+
+    func follow(emit: @escaping @Sendable (RegistryEvent) -> Void) async {
+        var delay = Duration.milliseconds(250)
+        var network: NetworkConfig?
+        var reportedInvalid: [String: Int64] = [:]
+        let subnets = Flannel.subnetsPrefix(prefix: settings.prefix)
+        let configKey = Flannel.configKey(prefix: settings.prefix)
+        while !Task.isCancelled {
+            do {
+                guard let configValue = try await client.get(configKey) else {
+                    throw DaemonError("no network configuration at \(configKey) in etcd: put flannel's net-conf.json there "
+                                      + "(etcdctl put \(configKey) '{\"Network\": \"10.244.0.0/16\", \"Backend\": {\"Type\": \"vxlan\"}}')")
+                }
+                let parsed = try NetworkConfig.parse(Data(configValue.value), source: "etcd \(configKey)")
+                if let network, network != parsed {
+                    log.warning("the network configuration changed in etcd; a running node keeps the one it started with (restart to apply)",
+                                metadata: ["key": "\(configKey)"])
+                } else {
+                    network = parsed
+                }
+                let network = network ?? parsed
+                let (kvs, revision) = try await client.list(prefix: subnets)
+                var leases = Dictionary(kvs.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
+                try await ensureLease(network: network, leases: &leases)
+                emit(.connection(true, nil))
+                emit(state(network: network, leases: leases, reported: &reportedInvalid))
+                delay = .milliseconds(250)
+
+                var next = revision + 1
+                for try await batch in client.watch(prefix: subnets, startRevision: next) {
+                    var lost = false
+                    for event in batch.events {
+                        switch event {
+                        case .put(let kv): leases[kv.key] = kv
+                        case .delete(let key, _): leases[key] = nil
+                        }
+                        if let mine = ownLease, event.key == mine.key {
+                            if case .put(let kv) = event, (try? Lease.parse(key: kv.key, value: kv.value))?.attributes.publicIP == publicIP {
+                                continue
+                            }
+                            lost = true
+                        }
+                    }
+                    next = batch.nextRevision
+                    if lost {
+                        let key = ownLease?.key ?? ""
+                        log.warning("this node's lease was deleted or taken over in etcd; taking a lease again", metadata: ["key": "\(key)"])
+                        own.withLock { $0 = nil }
+                        try await ensureLease(network: network, leases: &leases)
+                    }
+                    emit(state(network: network, leases: leases, reported: &reportedInvalid))
+                }
+                throw EtcdError(.connectionLost, endpoint: settings.endpoints.joined(separator: ","), operation: "watch",
+                                key: subnets, message: "the watch ended")
+            } catch let error as EtcdError where error.compactRevision != nil {
+                log.info("watch history compacted; listing again", metadata: ["error": "\(error)"])
+            } catch {
+                if Task.isCancelled { return }
+                emit(.connection(false, "\(error)"))
+                log.error("registry", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(8))
+            }
+        }
+    }
+
+    /// Makes sure this node holds a lease that is in `leases`; takes one if not.
+    func ensureLease(network: NetworkConfig, leases: inout [String: KeyValue]) async throws {
+        if let mine = ownLease, let kv = leases[mine.key], kv.lease == mine.id,
+           (try? Lease.parse(key: kv.key, value: kv.value))?.attributes.publicIP == publicIP {
+            return
+        }
+        let attributes = LeaseAttributes(publicIP: publicIP, vni: network.vni, vtepMAC: .vtep(vni: network.vni, publicIP: publicIP))
+        let allocator = LeaseAllocator(client: client, prefix: settings.prefix, attributes: attributes, ttl: ttl)
+        let previous = (try? String(contentsOfFile: subnetFile, encoding: .utf8)).flatMap(SubnetEnv.previousSubnet(in:))
+        let lease = try await allocator.acquire(network: network, existing: Array(leases.values.sorted { $0.key < $1.key }),
+                                                previous: previous)
+        own.withLock { $0 = lease }
+        if let kv = try await client.get(lease.key) { leases[lease.key] = kv }
+        log.info("lease acquired", metadata: ["subnet": "\(lease.subnet)", "key": "\(lease.key)",
+                                               "lease": "\(String(lease.id, radix: 16))", "ttl": "\(ttl)"])
+    }
+
+    /// The cluster view from the leases; invalid ones are logged once per revision and left out.
+    func state(network: NetworkConfig, leases: [String: KeyValue], reported: inout [String: Int64]) -> RegistryEvent {
+        guard let mine = ownLease else { fatalError("state without a lease") }
+        var peers: [NodeRecord] = []
+        var invalid = 0
+        var seen: Set<String> = []
+        for (key, kv) in leases where key != mine.key {
+            do {
+                let lease = try Lease.parse(key: key, value: kv.value, etcdLease: kv.lease)
+                if let vni = lease.attributes.vni, vni != network.vni {
+                    throw ConfigError(source: key, field: "BackendData.VNI", message: "\(vni), but the network uses VNI \(network.vni)")
+                }
+                peers.append(lease.record)
+            } catch {
+                invalid += 1
+                seen.insert(key)
+                if reported[key] != kv.modRevision {
+                    reported[key] = kv.modRevision
+                    log.warning("lease skipped", metadata: ["key": "\(key)", "error": "\(error)"])
+                }
+            }
+        }
+        reported = reported.filter { seen.contains($0.key) }
+        let local = NodeRecord(name: node, publicIP: publicIP, subnet: mine.subnet,
+                               vtepMAC: .vtep(vni: network.vni, publicIP: publicIP), origin: mine.key)
+        return .state(ClusterView(network: network, local: local, peers: peers), invalidLeases: invalid)
+    }
+}

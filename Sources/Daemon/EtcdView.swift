@@ -1,0 +1,85 @@
+import Dataplane
+import Etcd
+import Foundation
+import Reconcile
+import Registry
+
+/// The cluster as etcd holds it right now, read once (for `sync` and `diff`
+/// with the etcd registry): this node must already hold a lease (the daemon
+/// takes it); invalid leases are returned as warnings.
+public func readEtcdView(config: AgentConfig, node: String) async throws -> (view: ClusterView, warnings: [String]) {
+    guard let publicIP = config.publicIP else { throw DaemonError("\(config.source): publicIP is required with etcd") }
+    return try await withEtcd(config) { client, settings in
+        try await read(client: client, settings: settings, node: node, publicIP: publicIP)
+    }
+}
+
+private func read(client: EtcdClient, settings: EtcdSettings, node: String, publicIP: IPv4Address) async throws
+    -> (view: ClusterView, warnings: [String]) {
+    let configKey = Flannel.configKey(prefix: settings.prefix)
+    guard let value = try await client.get(configKey) else {
+        throw DaemonError("no network configuration at \(configKey) in etcd")
+    }
+    let network = try NetworkConfig.parse(Data(value.value), source: "etcd \(configKey)")
+    let (kvs, _) = try await client.list(prefix: Flannel.subnetsPrefix(prefix: settings.prefix))
+    var local: Lease?
+    var peers: [NodeRecord] = []
+    var warnings: [String] = []
+    for kv in kvs {
+        do {
+            let lease = try Lease.parse(key: kv.key, value: kv.value, etcdLease: kv.lease)
+            if lease.attributes.publicIP == publicIP && local == nil {
+                local = lease
+            } else {
+                peers.append(lease.record)
+            }
+        } catch {
+            warnings.append("lease skipped: \(error)")
+        }
+    }
+    guard let local else {
+        throw DaemonError("no lease in etcd under \(Flannel.subnetsPrefix(prefix: settings.prefix)) has PublicIP \(publicIP): "
+                          + "`vxlan-agent run` takes one (sync does not write to etcd)")
+    }
+    let record = NodeRecord(name: node, publicIP: publicIP, subnet: local.subnet,
+                            vtepMAC: .vtep(vni: network.vni, publicIP: publicIP), origin: local.key)
+    return (ClusterView(network: network, local: record, peers: peers), warnings)
+}
+
+/// The network configuration in etcd (`<prefix>/config`).
+public func readEtcdNetwork(config: AgentConfig) async throws -> NetworkConfig {
+    try await withEtcd(config) { client, settings in
+        let key = Flannel.configKey(prefix: settings.prefix)
+        guard let value = try await client.get(key) else { throw DaemonError("no network configuration at \(key) in etcd") }
+        return try NetworkConfig.parse(Data(value.value), source: "etcd \(key)")
+    }
+}
+
+/// Deletes every lease whose PublicIP is this node's; returns their keys.
+public func releaseLeases(config: AgentConfig, node: String) async throws -> [String] {
+    guard config.etcd != nil, let publicIP = config.publicIP else { return [] }
+    return try await withEtcd(config) { client, settings in
+        let (kvs, _) = try await client.list(prefix: Flannel.subnetsPrefix(prefix: settings.prefix))
+        var released: [String] = []
+        for kv in kvs where (try? Lease.parse(key: kv.key, value: kv.value))?.attributes.publicIP == publicIP {
+            _ = try await client.delete(kv.key)
+            released.append(kv.key)
+        }
+        return released
+    }
+}
+
+func withEtcd<T: Sendable>(_ config: AgentConfig, _ body: (EtcdClient, EtcdSettings) async throws -> T) async throws -> T {
+    guard let settings = config.etcd else { throw DaemonError("\(config.source): no etcd registry configured") }
+    let tls = settings.caFile != nil || settings.certFile != nil
+        ? EtcdTLS(caFile: settings.caFile, certFile: settings.certFile, keyFile: settings.keyFile) : nil
+    let client = try EtcdClient(endpoints: settings.endpoints, tls: tls, requestTimeout: .seconds(3))
+    do {
+        let result = try await body(client, settings)
+        try? await client.shutdown()
+        return result
+    } catch {
+        try? await client.shutdown()
+        throw error
+    }
+}

@@ -1,0 +1,42 @@
+import Agent
+import ArgumentParser
+import Daemon
+import Foundation
+import Logging
+
+struct Run: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Keep this node in sync continuously (the daemon).",
+        discussion: """
+        Reconciles when the registry changes (etcd watch), when the kernel loses or gains something of the agent's \
+        (netlink events: a deleted route, neighbor, FDB entry or device is restored within a second), and every \
+        resyncInterval. Writes subnet.env and the CNI configuration, keeps the masquerade table, serves /healthz \
+        and /metrics. SIGTERM/SIGINT stop it and leave the forwarding state in place; SIGHUP reloads the file. \
+        Logs go to standard error, one logfmt line per event.
+        """)
+
+    @OptionGroup var options: ConfigOptions
+
+    @Option(help: "trace, debug, info, notice, warning, error or critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        if Logger.Level(rawValue: logLevel) == nil { throw ValidationError("--log-level: \(logLevel) is not a level") }
+    }
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { LogfmtHandler(label: $0, level: level) }
+        let log = Logger(label: "vxlan-agent")
+        let daemon: Daemon
+        do {
+            daemon = try Daemon(options: .init(configPath: options.config, node: options.node,
+                                               lockPath: options.lockFile ?? SyncLock.defaultPath), log: log)
+        } catch {
+            log.critical("cannot start", metadata: ["error": "\(error)"])
+            throw ExitCode(ExitStatus.error)
+        }
+        let status = await daemon.run()
+        throw ExitCode(status)
+    }
+}
