@@ -9,7 +9,7 @@ RELEASE    := .build/release/vxlan-agent
 # What building needs, and what the tests, the demo and the benchmarks run.
 BUILD_PACKAGES := libmnl-dev pkg-config
 TEST_PACKAGES  := $(BUILD_PACKAGES) iproute2 iputils-ping containernetworking-plugins \
-                  nftables etcd-server etcd-client openssl strace procps gcc python3
+                  nftables etcd-server etcd-client openssl strace procps gcc python3 tcpdump
 BENCH_PACKAGES := $(TEST_PACKAGES) iperf3 gcc
 
 .PHONY: all build release test demo bench bench-quick install uninstall clean deps-build deps-test deps-bench

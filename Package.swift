@@ -64,7 +64,10 @@ let package = Package(
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "Netlink", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Reconcile", "Dataplane", "TestSupport"]),
         // A real etcd on loopback, started by the tests.
-        .testTarget(name: "EtcdTests", dependencies: ["Etcd", "TestSupport"]),
+        .testTarget(name: "EtcdTests", dependencies: [
+            "Etcd", "Daemon", "Registry", "Reconcile", "Dataplane", "TestSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // Namespaces, commands and gating shared by the kernel tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
     ],

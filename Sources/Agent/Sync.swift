@@ -18,6 +18,8 @@ public struct SyncOutcome: Sendable {
     /// nil for a dry-run.
     public var report: ApplyReport?
     public var layout: RouteLayout
+    /// The device's interface index after the sync (nil: there is none).
+    public var deviceIndex: Int32?
     /// How long each phase took: (name, seconds), in order.
     public var timings: [(String, Double)] = []
 
@@ -90,13 +92,14 @@ public struct Syncer {
         var report: ApplyReport?
         if !dryRun {
             let applied = dataplane.apply(plan.changes, deviceName: name)
-            output.renderer.deviceIndex = applied.deviceIndex
+            output.renderer.deviceIndex = applied.deviceIndex ?? snapshot.device?.index
             report = applied
             lap("apply")
             installProtocolName(proto)
         }
         var outcome = SyncOutcome(plan: plan, desired: desired, output: output, report: report, layout: layout)
         outcome.timings = timings
+        outcome.deviceIndex = output.renderer.deviceIndex
         return outcome
     }
 }

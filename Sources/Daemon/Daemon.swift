@@ -253,7 +253,7 @@ public final class Daemon: @unchecked Sendable {
             return
         }
         let report = outcome.report ?? ApplyReport()
-        monitor?.setDeviceIndex(report.deviceIndex)
+        monitor?.setDeviceIndex(outcome.deviceIndex)
         var counts: [String: Int] = [:]
         for change in outcome.plan.changes { counts[Self.label(change), default: 0] += 1 }
         for failure in report.failures { log.error("change failed", metadata: ["error": "\(failure.message)"]) }

@@ -49,6 +49,8 @@ public struct LeaseAllocator: Sendable {
                network.network.contains(subnet), subnet.length == network.subnetLen {
                 let id = try await client.grantLease(ttlSeconds: ttl)
                 _ = try await client.put(kv.key, value: attributes.json, lease: id)
+                // The key moved to the new lease; the old one holds nothing now.
+                if kv.lease != 0 && kv.lease != id { try? await client.revoke(lease: kv.lease) }
                 return OwnLease(key: kv.key, subnet: subnet, id: id)
             }
         }
@@ -136,6 +138,7 @@ public final class EtcdRegistry: Sendable {
         let margin = min(3600, ttl / 4)
         while !Task.isCancelled {
             try? await Task.sleep(for: .seconds(max(ttl - margin, 1)))
+            if Task.isCancelled { return }
             guard let lease = ownLease else { continue }
             do {
                 let left = try await client.keepAlive(lease: lease.id)
@@ -205,7 +208,7 @@ public final class EtcdRegistry: Sendable {
             } catch {
                 if Task.isCancelled { return }
                 emit(.connection(false, "\(error)"))
-                log.error("registry", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                log.error("registry unavailable; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 try? await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(8))
             }
