@@ -256,6 +256,95 @@ class Bench:
             sh(f"bash {cluster} down {prefix}", check=False)
             created.remove(prefix + "-cluster")
 
+    def propagation(self, peers=(0, 1000), samples=15):
+        """A lease written to etcd -> the route in another node's kernel (vxlan-agent run).
+
+        Measured from just before `etcdctl put` starts to the first `ip route show`
+        that sees the route (polled back to back). The baseline, in the same run,
+        is `etcdctl put` of a key nobody watches followed by one `ip route show`:
+        what the measurement costs with no agent in the path."""
+        cluster = os.path.join(ROOT, "Tests", "cluster", "cluster.sh")
+        prefix = f"{PREFIX}-pr"
+        created.append(prefix + "-cluster")
+        ul, h1 = f"{prefix}-ul", f"{prefix}-h1"
+        etcdctl = f"ip netns exec {ul} etcdctl --endpoints http://127.0.0.1:2379"
+        daemon = None
+        try:
+            sh(f"bash {cluster} up {prefix} 1 0")
+            sh(f"ip -n {ul} addr add 198.18.0.254/24 dev br0")
+            data = os.path.join(self.work, "pr-etcd")
+            etcd = subprocess.Popen(["ip", "netns", "exec", ul, "etcd", "--name", "b", "--data-dir", data,
+                                     "--listen-client-urls", "http://198.18.0.254:2379,http://127.0.0.1:2379",
+                                     "--advertise-client-urls", "http://198.18.0.254:2379",
+                                     "--listen-peer-urls", "http://127.0.0.1:2380"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for _ in range(100):
+                if sh(f"{etcdctl} endpoint health", check=False).returncode == 0:
+                    break
+                time.sleep(0.1)
+            sh(f"{etcdctl} put /coreos.com/network/config '{{\"Network\": \"10.0.0.0/8\", \"SubnetMin\": \"10.255.0.0\"}}'")
+            config = os.path.join(self.work, "pr.json")
+            with open(config, "w") as f:
+                json.dump({"node": "h1", "publicIP": "198.18.0.1", "etcd": {"endpoints": ["http://198.18.0.254:2379"]},
+                           "subnetFile": f"{self.work}/pr-subnet.env", "cniConfFile": "", "ipMasq": False,
+                           "metricsAddress": ""}, f)
+            daemon = subprocess.Popen(["ip", "netns", "exec", h1, self.agent, "run", "--config", config,
+                                       "--lock-file", f"{self.work}/pr.lock"],
+                                      stdout=subprocess.DEVNULL, stderr=open(f"{self.work}/pr.log", "w"))
+
+            def route(i):
+                return f"10.{i >> 8}.{i & 255}.0/24"
+
+            def lease(i):
+                mac = f"22:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"
+                value = json.dumps({"PublicIP": f"198.19.{i >> 8 & 255}.{i & 255}", "PublicIPv6": None,
+                                    "BackendType": "vxlan", "BackendData": {"VNI": 1, "VtepMAC": mac}}, separators=(",", ":"))
+                return "/coreos.com/network/subnets/" + route(i).replace("/", "-"), value
+
+            written = 1
+            for n in peers:
+                # Background peers, written through the gateway by one process (etcdctl per key is slow).
+                batch = [lease(i) for i in range(written, n + 1)]
+                if batch:
+                    script = ("import base64,json,sys,urllib.request\n"
+                              "for line in sys.stdin:\n"
+                              " k,v=json.loads(line)\n"
+                              " b=json.dumps({'key':base64.b64encode(k.encode()).decode(),'value':base64.b64encode(v.encode()).decode()}).encode()\n"
+                              " urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:2379/v3/kv/put',b)).read()\n")
+                    subprocess.run(["ip", "netns", "exec", ul, "python3", "-c", script], check=True,
+                                   input="".join(json.dumps(kv) + "\n" for kv in batch), text=True)
+                    written = n + 1
+                deadline = time.time() + 60
+                while sh(f"ip -n {h1} route show proto 152 | wc -l").stdout.strip() != str(n):
+                    if time.time() > deadline:
+                        raise RuntimeError(f"the daemon did not program {n} peers: see {self.work}/pr.log")
+                    time.sleep(0.1)
+                times, base = [], []
+                for k in range(samples):
+                    i = 60000 + n + k
+                    key, value = lease(i)
+                    t0 = time.monotonic()
+                    sh(f"{etcdctl} put {key} '{value}'")
+                    while sh(f"ip -n {h1} route show {route(i)}").stdout.strip() == "":
+                        if time.monotonic() - t0 > 10:
+                            raise RuntimeError(f"lease {key} never reached the kernel")
+                    times.append(time.monotonic() - t0)
+                    t0 = time.monotonic()
+                    sh(f"{etcdctl} put /bench/unwatched/{k} '{value}'")
+                    sh(f"ip -n {h1} route show {route(i)}")
+                    base.append(time.monotonic() - t0)
+                    sh(f"{etcdctl} del {key}")
+                time.sleep(0.5)
+                self.record(f"propagation-{n}", "lease -> route (run)", times,
+                            baseline_median=round(statistics.median(base), 4),
+                            agent_share=round(statistics.median(times) - statistics.median(base), 4))
+        finally:
+            if daemon:
+                daemon.terminate()
+                daemon.wait()
+            sh(f"bash {cluster} down {prefix}", check=False)
+            created.remove(prefix + "-cluster")
+
 
 def main(argv):
     if len(argv) < 3 or argv[2] not in ("quick", "full", "smoke"):
@@ -282,6 +371,9 @@ def main(argv):
             print("\nN = 20,000 peers (iproute2 only: flannel's layout needs minutes at 50,000)", flush=True)
             bench.scenario_iproute2(20000, "classic")
             bench.scenario_iproute2(20000, "nexthop")
+        if mode != "smoke" and shutil.which("etcd"):
+            print("\npropagation: a lease written to etcd -> the route in another node's kernel", flush=True)
+            bench.propagation()
         if mode != "smoke" and shutil.which("iperf3"):
             print("\ndatapath", flush=True)
             bench.datapath()
