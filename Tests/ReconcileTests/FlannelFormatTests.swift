@@ -74,3 +74,21 @@ struct FlannelFormatTests {
         }
     }
 }
+
+@Suite("deploy/ examples")
+struct DeployExampleTests {
+    @Test("the static example parses; the etcd example is refused only for its certificate files, named")
+    func examples() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+        let staticConfig = try AgentConfig.load(path: "\(root)/deploy/config.static.example.json")
+        #expect(staticConfig.nodes.count == 3 && staticConfig.daemon.ipMasq)
+        do {
+            _ = try AgentConfig.load(path: "\(root)/deploy/config.etcd.example.json")
+            Issue.record("the example's certificate files do not exist here")
+        } catch {
+            #expect("\(error)".hasSuffix("etcd.caFile: /etc/vxlan-agent/etcd-ca.pem does not exist"), "\(error)")
+        }
+        let netConf = try NetworkConfig.parse(Data(contentsOf: URL(fileURLWithPath: "\(root)/deploy/net-conf.example.json")), source: "net-conf")
+        #expect(netConf.network == IPv4Prefix("10.244.0.0/16"))
+    }
+}
