@@ -28,7 +28,8 @@ public final class Daemon: @unchecked Sendable {
     }
 
     enum Event: Sendable {
-        case registry(RegistryEvent)
+        /// From the registry started as `generation`; a stopped registry's late events are dropped.
+        case registry(RegistryEvent, generation: Int)
         case kernel(String)
         case resync
         case reload
@@ -48,6 +49,7 @@ public final class Daemon: @unchecked Sendable {
     var interface: String?
     var registry: EtcdRegistry?
     var registryTask: Task<Void, Never>?
+    var registryGeneration = 0
     var monitor: KernelMonitor?
     var dataplane: Dataplane?
     var triggers: Set<String> = []
@@ -72,7 +74,7 @@ public final class Daemon: @unchecked Sendable {
         if let address = config.daemon.metricsAddress {
             do {
                 server = try await StatusServer.start(host: address.host, port: address.port, metrics: metrics)
-                log.info("serving /healthz and /metrics", metadata: ["address": "\(address.host):\(address.port)"])
+                log.info("serving /healthz and /metrics", metadata: ["address": "\(address)"])
             } catch {
                 log.error("\(error)")
                 return 1
@@ -97,7 +99,9 @@ public final class Daemon: @unchecked Sendable {
         var reason = ""
         loop: for await event in events {
             switch event {
-            case .registry(.state(let newView, let invalid)):
+            case .registry(_, let generation) where generation != registryGeneration:
+                continue
+            case .registry(.state(let newView, let invalid), _):
                 view = newView
                 metrics.update {
                     $0.registryReady = true
@@ -105,7 +109,7 @@ public final class Daemon: @unchecked Sendable {
                     $0.subnet = "\(newView.local.subnet)"
                 }
                 schedule("registry")
-            case .registry(.connection(let connected, let why)):
+            case .registry(.connection(let connected, let why), _):
                 let was = metrics.read(\.registryConnected)
                 metrics.update {
                     $0.registryConnected = connected
@@ -133,7 +137,7 @@ public final class Daemon: @unchecked Sendable {
         log.info("stopping; the forwarding state stays in place", metadata: ["signal": "\(reason)"])
         resync.cancel()
         monitor?.stop()
-        await stopRegistry()
+        await stopRegistry().value
         await server?.stop()
         return 0
     }
@@ -151,6 +155,8 @@ public final class Daemon: @unchecked Sendable {
     // MARK: registry
 
     func startRegistry() {
+        registryGeneration += 1
+        let generation = registryGeneration
         if let etcd = config.etcd, let publicIP = config.publicIP {
             interface = config.interface
             do {
@@ -158,7 +164,7 @@ public final class Daemon: @unchecked Sendable {
                                                 subnetFile: config.daemon.subnetFile, log: log)
                 self.registry = registry
                 registryTask = Task { [continuation] in
-                    await registry.run { continuation.yield(.registry($0)) }
+                    await registry.run { continuation.yield(.registry($0, generation: generation)) }
                 }
             } catch {
                 log.error("etcd client", metadata: ["error": "\(error)"])
@@ -168,8 +174,8 @@ public final class Daemon: @unchecked Sendable {
             do {
                 let (staticView, staticInterface) = try config.view(node: node)
                 interface = staticInterface
-                continuation.yield(.registry(.state(staticView, invalidLeases: 0)))
-                continuation.yield(.registry(.connection(true, nil)))
+                continuation.yield(.registry(.state(staticView, invalidLeases: 0), generation: generation))
+                continuation.yield(.registry(.connection(true, nil), generation: generation))
             } catch {
                 log.error("\(error)")
                 metrics.update { $0.lastError = "\(error)" }
@@ -177,12 +183,16 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
-    func stopRegistry() async {
-        registryTask?.cancel()
-        await registryTask?.value
-        await registry?.shutdown()
+    /// Stops the running registry; its shutdown finishes in the background.
+    func stopRegistry() -> Task<Void, Never> {
+        let task = registryTask, registry = self.registry
         registryTask = nil
-        registry = nil
+        self.registry = nil
+        task?.cancel()
+        return Task {
+            await task?.value
+            await registry?.shutdown()
+        }
     }
 
     func reload() {
@@ -194,8 +204,7 @@ public final class Daemon: @unchecked Sendable {
             return
         }
         log.info("configuration reloaded", metadata: ["config": "\(options.configPath)"])
-        if next.daemon.metricsAddress?.host != config.daemon.metricsAddress?.host
-            || next.daemon.metricsAddress?.port != config.daemon.metricsAddress?.port {
+        if next.daemon.metricsAddress != config.daemon.metricsAddress {
             log.warning("metricsAddress changes take effect on restart")
         }
         let registryChanged = next.etcd != config.etcd || next.publicIP != config.publicIP || next.daemon.leaseTTL != config.daemon.leaseTTL
@@ -203,10 +212,8 @@ public final class Daemon: @unchecked Sendable {
         firewall = nil
         if next.etcd == nil || registryChanged {
             // The last view stays until the new registry reports: nothing is flushed meanwhile.
-            Task { [self] in
-                await stopRegistry()
-                startRegistry()
-            }
+            _ = stopRegistry()
+            startRegistry()
         }
         schedule("reload")
     }
@@ -288,7 +295,7 @@ public final class Daemon: @unchecked Sendable {
             if config.daemon.ipMasq {
                 if firewall.map({ $0 != (network, subnet) }) ?? true {
                     try Masquerade.apply(network: network, subnet: subnet)
-                    if firewall == nil || firewall! != (network, subnet) { log.debug("masquerade table written") }
+                    log.debug("masquerade table written", metadata: ["network": "\(network)", "subnet": "\(subnet)"])
                     firewall = (network, subnet)
                 }
             } else if firewall != nil || reasons.contains("resync") || reasons.contains("reload") {

@@ -108,9 +108,7 @@ public final class EtcdRegistry: Sendable {
     let own = Mutex<OwnLease?>(nil)
 
     public init(settings: EtcdSettings, node: String, publicIP: IPv4Address, ttl: Int64, subnetFile: String, log: Logger) throws {
-        let tls = settings.caFile != nil || settings.certFile != nil
-            ? EtcdTLS(caFile: settings.caFile, certFile: settings.certFile, keyFile: settings.keyFile) : nil
-        self.client = try EtcdClient(endpoints: settings.endpoints, tls: tls)
+        self.client = try makeEtcdClient(settings)
         self.settings = settings
         self.node = node
         self.publicIP = publicIP

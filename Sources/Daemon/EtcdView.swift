@@ -71,9 +71,7 @@ public func releaseLeases(config: AgentConfig, node: String) async throws -> [St
 
 func withEtcd<T: Sendable>(_ config: AgentConfig, _ body: (EtcdClient, EtcdSettings) async throws -> T) async throws -> T {
     guard let settings = config.etcd else { throw DaemonError("\(config.source): no etcd registry configured") }
-    let tls = settings.caFile != nil || settings.certFile != nil
-        ? EtcdTLS(caFile: settings.caFile, certFile: settings.certFile, keyFile: settings.keyFile) : nil
-    let client = try EtcdClient(endpoints: settings.endpoints, tls: tls, requestTimeout: .seconds(3))
+    let client = try makeEtcdClient(settings, requestTimeout: .seconds(3))
     do {
         let result = try await body(client, settings)
         try? await client.shutdown()
@@ -82,4 +80,11 @@ func withEtcd<T: Sendable>(_ config: AgentConfig, _ body: (EtcdClient, EtcdSetti
         try? await client.shutdown()
         throw error
     }
+}
+
+/// The client for the configured endpoints, with TLS when a CA or client certificate is given.
+func makeEtcdClient(_ settings: EtcdSettings, requestTimeout: Duration = .seconds(5)) throws -> EtcdClient {
+    let tls = settings.caFile != nil || settings.certFile != nil
+        ? EtcdTLS(caFile: settings.caFile, certFile: settings.certFile, keyFile: settings.keyFile) : nil
+    return try EtcdClient(endpoints: settings.endpoints, tls: tls, requestTimeout: requestTimeout)
 }

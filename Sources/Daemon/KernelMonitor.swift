@@ -16,7 +16,6 @@ public final class KernelMonitor: Sendable {
     /// The device's current interface index (it changes when the device is recreated).
     let deviceIndex = Mutex<Int32?>(nil)
     let stopped = Atomic<Bool>(false)
-    let finished = Atomic<Bool>(false)
 
     public init(deviceName: String, proto: UInt8) {
         self.deviceName = deviceName
@@ -35,7 +34,6 @@ public final class KernelMonitor: Sendable {
         let box = SocketBox(socket)
         let thread = Thread { [self] in
             self.loop(box.socket, report: report)
-            self.finished.store(true, ordering: .releasing)
         }
         thread.name = "kernel-monitor"
         thread.start()

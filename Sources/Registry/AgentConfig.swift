@@ -40,7 +40,7 @@ public struct DaemonSettings: Sendable, Hashable {
     /// Masquerade pod traffic that leaves the pod network (nftables table `ip vxlan-agent`).
     public var ipMasq: Bool = true
     /// Where /healthz and /metrics are served (host, port); nil: not served.
-    public var metricsAddress: (host: String, port: Int)? = ("127.0.0.1", 9472)
+    public var metricsAddress: Address? = Address(host: "127.0.0.1", port: 9472)
     /// The backstop: a full sync this often, whatever else happens.
     public var resyncInterval: Duration = .seconds(60)
     /// The TTL of this node's etcd lease; renewed well before it runs out.
@@ -48,16 +48,11 @@ public struct DaemonSettings: Sendable, Hashable {
 
     public init() {}
 
-    public static func == (a: DaemonSettings, b: DaemonSettings) -> Bool {
-        a.subnetFile == b.subnetFile && a.cniConfFile == b.cniConfFile && a.cniBridge == b.cniBridge && a.ipMasq == b.ipMasq
-            && a.metricsAddress?.host == b.metricsAddress?.host && a.metricsAddress?.port == b.metricsAddress?.port
-            && a.resyncInterval == b.resyncInterval && a.leaseTTL == b.leaseTTL
-    }
-
-    public func hash(into hasher: inout Hasher) {
-        hasher.combine(subnetFile)
-        hasher.combine(cniConfFile)
-        hasher.combine(metricsAddress?.port)
+    /// An IPv4 address and TCP port to listen on.
+    public struct Address: Sendable, Hashable, CustomStringConvertible {
+        public var host: String
+        public var port: Int
+        public var description: String { "\(host):\(port)" }
     }
 }
 
@@ -258,7 +253,7 @@ public struct AgentConfig: Sendable, Hashable {
                 guard parts.count == 2, let host = IPv4Address(String(parts[0])), let port = Int(parts[1]), (1...65535).contains(port) else {
                     throw root.error("metricsAddress", "\"\(text)\" is not IPv4:port (e.g. 127.0.0.1:9472; \"\" serves none)")
                 }
-                settings.metricsAddress = ("\(host)", port)
+                settings.metricsAddress = DaemonSettings.Address(host: "\(host)", port: port)
             }
         }
         if let seconds = try root.integer("resyncInterval", in: 1...86_400) { settings.resyncInterval = .seconds(seconds) }

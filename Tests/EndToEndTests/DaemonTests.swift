@@ -107,6 +107,14 @@ final class DaemonCluster {
                                   stdout: logPath(host))
     }
 
+    /// Starts the daemons of `hosts` and waits until each programs the others.
+    func startAll(_ hosts: ClosedRange<Int>) throws {
+        for host in hosts { try start(host) }
+        try waitUntil("h\(hosts.lowerBound)-h\(hosts.upperBound) program each other") {
+            try hosts.allSatisfy { try routes($0).count == hosts.count - 1 }
+        }
+    }
+
     /// SIGTERM, then waits; returns the exit status.
     @discardableResult
     func stop(_ host: Int) -> Int32? {
@@ -192,8 +200,7 @@ struct DaemonTests {
         try requireKernel()
         let cluster = try DaemonCluster(hosts: 4)
         defer { cluster.close() }
-        for host in 1...3 { try cluster.start(host) }
-        try cluster.waitUntil("every daemon programs the other two") { try (1...3).allSatisfy { try cluster.routes($0).count == 2 } }
+        try cluster.startAll(1...3)
 
         // The raw JSON in etcd, as etcdctl reads it: flanneld's format, distinct subnets.
         let leases = try cluster.leases()
@@ -258,8 +265,7 @@ struct DaemonTests {
         try requireKernel()
         let cluster = try DaemonCluster(hosts: 2)
         defer { cluster.close() }
-        for host in 1...2 { try cluster.start(host) }
-        try cluster.waitUntil("both programmed") { try (1...2).allSatisfy { try cluster.routes($0).count == 1 } }
+        try cluster.startAll(1...2)
         let peer = try cluster.subnet(2)
         let gateway = peer.replacingOccurrences(of: "/24", with: "")
         let h1 = cluster.ns(1)
@@ -302,8 +308,7 @@ struct DaemonTests {
         try requireKernel()
         let cluster = try DaemonCluster(hosts: 2)
         defer { cluster.close() }
-        for host in 1...2 { try cluster.start(host) }
-        try cluster.waitUntil("both programmed") { try (1...2).allSatisfy { try cluster.routes($0).count == 1 } }
+        try cluster.startAll(1...2)
         let peer = try cluster.subnet(2)
 
         cluster.stopEtcd()
@@ -327,8 +332,7 @@ struct DaemonTests {
         try requireKernel()
         let cluster = try DaemonCluster(hosts: 3)
         defer { cluster.close() }
-        for host in 1...2 { try cluster.start(host) }
-        try cluster.waitUntil("both programmed") { try (1...2).allSatisfy { try cluster.routes($0).count == 1 } }
+        try cluster.startAll(1...2)
         let pod1 = try cluster.addPod(1), pod2 = try cluster.addPod(2)
         // Host 3 runs no agent: it has no route to the pod network, so only a
         // masqueraded ping (source 198.18.0.1) can be answered.
@@ -342,6 +346,19 @@ struct DaemonTests {
         try cluster.waitUntil("tcpdump saw the pod's own source address", seconds: 10) {
             (try? String(contentsOfFile: "\(cluster.directory)/seen.txt", encoding: .utf8))?.contains("\(pod1) > \(pod2)") == true
         }
+
+        // SIGHUP reloads the file: ipMasq off removes the table; a bad file keeps the running configuration.
+        try cluster.writeConfig(1, extra: #", "ipMasq": false"#)
+        kill(try #require(cluster.daemons[1]), SIGHUP)
+        try cluster.waitUntil("the table is gone after SIGHUP") {
+            try run("ip netns exec \(cluster.ns(1)) nft list table ip vxlan-agent").status != 0
+        }
+        try "{".write(toFile: cluster.configPath(1), atomically: true, encoding: .utf8)
+        kill(try #require(cluster.daemons[1]), SIGHUP)
+        try cluster.waitUntil("the bad file is reported") { cluster.log(1).contains("reload failed; keeping the running configuration") }
+        try sh("ip -n \(cluster.ns(1)) route del \(try cluster.subnet(2))")
+        try cluster.waitUntil("still repairing after a bad reload") { try cluster.routes(1).count == 1 }
+        try cluster.writeConfig(1)
 
         // cleanup after the daemon stopped: nothing of the agent's is left.
         #expect(cluster.stop(1) == 0)
