@@ -44,18 +44,26 @@ public struct Syncer {
 
     /// The underlay: the named interface, or the one holding this node's public IP.
     func underlay(_ dataplane: Dataplane, addresses: [(index: Int32, prefix: IPv4Prefix)]) throws -> LinkState {
+        let link: LinkState
         if let interface {
-            guard let link = try dataplane.link(named: interface) else {
+            guard let named = try dataplane.link(named: interface) else {
                 throw SyncError("interface \(interface) (the underlay of node \(view.local.name)) does not exist")
             }
-            return link
+            link = named
+        } else {
+            do {
+                link = try dataplane.underlay(holding: view.local.publicIP, addresses: addresses)
+            } catch DataplaneError.notFound {
+                throw SyncError("no interface of this host holds \(view.local.publicIP), the publicIP of node \(view.local.name) "
+                                + "(\(view.local.origin)); is --node right?")
+            }
         }
-        do {
-            return try dataplane.underlay(holding: view.local.publicIP, addresses: addresses)
-        } catch DataplaneError.notFound {
-            throw SyncError("no interface of this host holds \(view.local.publicIP), the publicIP of node \(view.local.name) "
-                            + "(\(view.local.origin)); is --node right?")
+        if link.isLoopback {
+            throw SyncError("interface \(link.name) (the underlay of node \(view.local.name)\(interface == nil ? ", holding its publicIP \(view.local.publicIP)" : "")) "
+                            + "is a loopback device: VXLAN packets sent there never leave this host; "
+                            + "set \"interface\" to the device that reaches the other nodes")
         }
+        return link
     }
 
     /// Computes the plan, and applies it unless `dryRun`.
@@ -68,6 +76,11 @@ public struct Syncer {
             let elapsed = now - mark
             timings.append((name, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
             mark = now
+        }
+        let local = view.local
+        if view.network.network.contains(local.publicIP) {
+            throw SyncError("publicIP \(local.publicIP) of this node \(local.name) (\(local.origin)) is inside the pod network "
+                            + "\(view.network.network): VXLAN packets to it would be routed back into the overlay")
         }
         // One address dump serves both the underlay lookup and peer validation.
         let hostAddresses = try dataplane.addresses()
@@ -82,7 +95,8 @@ public struct Syncer {
         let snapshot = try dataplane.snapshot(deviceName: name, proto: proto)
         lap("snapshot")
         let addresses = Set(hostAddresses.filter { $0.index != snapshot.device?.index }.map(\.prefix.address))
-        let host = HostFacts(underlay: underlay, addresses: addresses, foreignRoutes: snapshot.foreignRoutes)
+        let host = HostFacts(underlay: underlay, addresses: addresses, foreignRoutes: snapshot.foreignRoutes,
+                             underlayPrefixes: hostAddresses.filter { $0.index == underlay.index }.map(\.prefix))
         let desired = DesiredState(view: view, host: host, settings: settings)
         lap("desired")
         let plan = try Differ.plan(desired: desired, snapshot: snapshot)

@@ -157,15 +157,27 @@ public final class Dataplane: KernelDataplane {
                     m.familyHeader(ndmsg.self) { $0.ndm_family = UInt8(AF_BRIDGE) }
                 }, parse: { Parse.fdb($0).flatMap { $0.index == index ? $0.entry : nil } })
             }
+            var groups: [Nexthop] = []
             if supportsNexthops {
                 snapshot.nexthops = try socket.dump("dump nexthops", type: UInt16(RTM_GETNEXTHOP), build: { m in
                     m.familyHeader(nhmsg.self) { $0.nh_family = UInt8(AF_UNSPEC) }
-                }, parse: { Parse.nexthop($0).flatMap { $0.proto == proto ? $0 : nil } })
+                }, parse: { message -> Nexthop? in
+                    guard let nexthop = Parse.nexthop(message) else { return nil }
+                    if nexthop.proto == proto && nexthop.group == nil { return nexthop }
+                    if nexthop.group != nil { groups.append(nexthop) }
+                    return nil
+                })
             }
+            let main = UInt32(RT_TABLE_MAIN.rawValue)
+            var otherTables: [(UInt32, Route)] = []
             let routes = try socket.dump("dump routes", type: UInt16(RTM_GETROUTE), build: { m in
                 m.familyHeader(rtmsg.self) { $0.rtm_family = UInt8(AF_INET) }
             }, parse: { message -> Route? in
-                guard let (table, route) = Parse.route(message), table == UInt32(RT_TABLE_MAIN.rawValue) else { return nil }
+                guard let (table, route) = Parse.route(message) else { return nil }
+                guard table == main else {
+                    if route.nexthopID != nil { otherTables.append((table, route)) }
+                    return nil
+                }
                 return route
             })
             for route in routes {
@@ -175,8 +187,27 @@ public final class Dataplane: KernelDataplane {
                     snapshot.foreignRoutes.append(route)
                 }
             }
+            snapshot.nexthopUsers = Self.nexthopUsers(ours: snapshot.nexthops, groups: groups,
+                                                      foreignRoutes: snapshot.foreignRoutes, otherTables: otherTables)
         }
         return snapshot
+    }
+
+    /// Which of our nexthops something else uses, and the first such user.
+    static func nexthopUsers(ours: [Nexthop], groups: [Nexthop], foreignRoutes: [Route],
+                             otherTables: [(UInt32, Route)]) -> [UInt32: String] {
+        let ids = Set(ours.map(\.id))
+        guard !ids.isEmpty else { return [:] }
+        var users: [UInt32: String] = [:]
+        func note(_ id: UInt32, _ user: @autoclosure () -> String) {
+            if ids.contains(id) && users[id] == nil { users[id] = user() }
+        }
+        for group in groups { for member in group.group ?? [] { note(member, "nexthop group id \(group.id) proto \(Renderer.protocolName(group.proto))") } }
+        for route in foreignRoutes { if let id = route.nexthopID { note(id, "route \(route.dst) proto \(Renderer.protocolName(route.proto))") } }
+        for (table, route) in otherTables {
+            if let id = route.nexthopID { note(id, "route \(route.dst) table \(table) proto \(Renderer.protocolName(route.proto))") }
+        }
+        return users
     }
 
     // MARK: Apply
@@ -184,9 +215,9 @@ public final class Dataplane: KernelDataplane {
     /// Applies `changes` as batched netlink in the order DESIGN.md gives:
     /// 1. routes, then nexthops, that are removed (before the device changes, so a
     ///    device recreate does not have the kernel walk them);
-    /// 2. the device: delete, recreate, create, update; its address;
-    /// 3. adds and replaces: FDB, neighbor, nexthop, route;
-    /// 4. removed neighbors, FDB entries, addresses.
+    /// 2. the device: delete, recreate, create, update;
+    /// 3. its addresses (stale ones first), then adds and replaces: FDB, neighbor, nexthop, route;
+    /// 4. removed neighbors and FDB entries.
     /// A failed FDB entry skips the neighbors that use its MAC, a failed neighbor
     /// the nexthops and routes via its address, a failed nexthop its routes.
     public func apply(_ changes: [Change], deviceName: String) -> ApplyReport {
@@ -260,7 +291,11 @@ public final class Dataplane: KernelDataplane {
 
         // 3. Adds and replaces, in dependency order, skipping dependents of failures.
         var failedMACs = Set<MACAddress>(), failedGateways = Set<IPv4Address>(), failedNexthops = Set<UInt32>()
-        send(phases.addedAddresses.map { .add(.address($0)) }, device: index, renderer: renderer(), report: &report)
+        // Stale addresses go first: after a renumbering, this node's old VTEP
+        // address may be a peer's gateway now, and the kernel refuses a nexthop
+        // via a local address ("Nexthop has invalid gateway").
+        send(phases.removed(\.address).map { .remove($0) } + phases.addedAddresses.map { .add(.address($0)) },
+             device: index, renderer: renderer(), report: &report)
         var failed = send(phases.upserts(\.fdb), device: index, renderer: renderer(), report: &report)
         for case .fdb(let e) in failed { failedMACs.insert(e.mac) }
 
@@ -288,9 +323,8 @@ public final class Dataplane: KernelDataplane {
         }
         send(routes, device: index, renderer: renderer(), report: &report)
 
-        // 4. Removed neighbors, FDB entries, addresses.
-        send(phases.removed(\.neighbor).map { .remove($0) } + phases.removed(\.fdb).map { .remove($0) }
-                + phases.removed(\.address).map { .remove($0) },
+        // 4. Removed neighbors and FDB entries.
+        send(phases.removed(\.neighbor).map { .remove($0) } + phases.removed(\.fdb).map { .remove($0) },
              device: index, renderer: renderer(), report: &report)
         return report
     }

@@ -11,9 +11,13 @@ public struct VXLANDevice: Hashable, Sendable {
     public var learning: Bool
     public var mtu: UInt32
     public var mac: MACAddress
+    /// Every other attribute of the device. The agent wants the kernel's
+    /// defaults (which is also what flanneld leaves); the kernel reports each.
+    public var options: VXLANOptions
 
     public init(name: String, vni: UInt32, localIP: IPv4Address, underlayIndex: Int32, underlayName: String,
-                port: UInt16 = 8472, learning: Bool = false, mtu: UInt32, mac: MACAddress) {
+                port: UInt16 = 8472, learning: Bool = false, mtu: UInt32, mac: MACAddress,
+                options: VXLANOptions = .defaults) {
         self.name = name
         self.vni = vni
         self.localIP = localIP
@@ -23,12 +27,15 @@ public struct VXLANDevice: Hashable, Sendable {
         self.learning = learning
         self.mtu = mtu
         self.mac = mac
+        self.options = options
     }
 
-    /// The properties fixed at creation: if any differs, the device must be recreated.
+    /// Everything but MTU and MAC: if any differs, the device is recreated (the
+    /// kernel refuses to change several of these in place, and a recreate is
+    /// the one path that is the same for all of them).
     public func sameIdentity(as other: VXLANDevice) -> Bool {
         vni == other.vni && localIP == other.localIP && underlayIndex == other.underlayIndex
-            && port == other.port && learning == other.learning
+            && port == other.port && learning == other.learning && options.differences(from: other.options).isEmpty
     }
 
     /// What differs in identity, in words (`vni 2 -> 1, port 4789 -> 8472`).
@@ -39,8 +46,125 @@ public struct VXLANDevice: Hashable, Sendable {
         if underlayIndex != old.underlayIndex { parts.append("dev \(old.underlayName) -> \(underlayName)") }
         if port != old.port { parts.append("dstport \(old.port) -> \(port)") }
         if learning != old.learning { parts.append(learning ? "nolearning -> learning" : "learning -> nolearning") }
+        parts += options.differences(from: old.options)
         return parts.joined(separator: ", ")
     }
+}
+
+/// The VXLAN attributes the agent does not choose, in iproute2's words. A field
+/// is nil when the kernel did not report it (an older kernel): then it is not
+/// compared. The desired device has every field set to the kernel's default.
+public struct VXLANOptions: Hashable, Sendable {
+    /// `remote`/`group`: a default destination makes the device flood unknown
+    /// and broadcast traffic there (the all-zero FDB entry). The agent wants none.
+    public var remote: String?
+    /// 0: `ttl auto` (the kernel's default). `ttl 1` breaks a routed underlay.
+    public var ttl: UInt8?
+    public var ttlInherit: Bool?
+    public var tos: UInt8?
+    /// 0 unset, 1 set, 2 inherit.
+    public var df: UInt8?
+    public var label: UInt32?
+    /// `srcport LOW HIGH`; 0 0 is the kernel's default range.
+    public var sourcePorts: ClosedRange<UInt16>?
+    public var udpChecksum: Bool?
+    public var proxy: Bool?
+    public var rsc: Bool?
+    public var l2miss: Bool?
+    public var l3miss: Bool?
+    /// FDB ageing in seconds (300 by default).
+    public var ageing: UInt32?
+    /// `maxaddress`: 0 is unlimited; a limit makes FDB adds fail.
+    public var limit: UInt32?
+    public var collectMetadata: Bool?
+    public var remoteChecksumTX: Bool?
+    public var remoteChecksumRX: Bool?
+    public var zeroChecksum6TX: Bool?
+    public var zeroChecksum6RX: Bool?
+    /// Flag attributes: absent means off, so they are always known.
+    public var gbp: Bool
+    public var gpe: Bool
+    public var remoteChecksumNoPartial: Bool
+
+    public init(remote: String? = nil, ttl: UInt8? = nil, ttlInherit: Bool? = nil, tos: UInt8? = nil, df: UInt8? = nil,
+                label: UInt32? = nil, sourcePorts: ClosedRange<UInt16>? = nil, udpChecksum: Bool? = nil, proxy: Bool? = nil,
+                rsc: Bool? = nil, l2miss: Bool? = nil, l3miss: Bool? = nil, ageing: UInt32? = nil, limit: UInt32? = nil,
+                collectMetadata: Bool? = nil, remoteChecksumTX: Bool? = nil, remoteChecksumRX: Bool? = nil,
+                zeroChecksum6TX: Bool? = nil, zeroChecksum6RX: Bool? = nil,
+                gbp: Bool = false, gpe: Bool = false, remoteChecksumNoPartial: Bool = false) {
+        self.remote = remote
+        self.ttl = ttl
+        self.ttlInherit = ttlInherit
+        self.tos = tos
+        self.df = df
+        self.label = label
+        self.sourcePorts = sourcePorts
+        self.udpChecksum = udpChecksum
+        self.proxy = proxy
+        self.rsc = rsc
+        self.l2miss = l2miss
+        self.l3miss = l3miss
+        self.ageing = ageing
+        self.limit = limit
+        self.collectMetadata = collectMetadata
+        self.remoteChecksumTX = remoteChecksumTX
+        self.remoteChecksumRX = remoteChecksumRX
+        self.zeroChecksum6TX = zeroChecksum6TX
+        self.zeroChecksum6RX = zeroChecksum6RX
+        self.gbp = gbp
+        self.gpe = gpe
+        self.remoteChecksumNoPartial = remoteChecksumNoPartial
+    }
+
+    /// What a device created with the agent's request reports (Linux 6.x; the
+    /// same as flanneld's device): no remote, ttl auto, tos 0, df unset, no
+    /// label, srcport 0 0, udpcsum, ageing 300, no limit, every mode off.
+    public static let defaults = VXLANOptions(
+        remote: nil, ttl: 0, ttlInherit: false, tos: 0, df: 0, label: 0, sourcePorts: 0...0, udpChecksum: true,
+        proxy: false, rsc: false, l2miss: false, l3miss: false, ageing: 300, limit: 0, collectMetadata: false,
+        remoteChecksumTX: false, remoteChecksumRX: false, zeroChecksum6TX: false, zeroChecksum6RX: false)
+
+    /// The attributes of `old` (the kernel's) that differ from these (the
+    /// desired), in iproute2's words: `ttl 1 -> auto`. Attributes the kernel
+    /// did not report are not compared; `remote` always is (absent = none).
+    public func differences(from old: VXLANOptions) -> [String] {
+        var parts: [String] = []
+        func check<T: Equatable>(_ name: String, _ mine: T?, _ theirs: T?, _ show: (T) -> String) {
+            guard let mine, let theirs, mine != theirs else { return }
+            parts.append("\(name) \(show(theirs)) -> \(show(mine))")
+        }
+        func flag(_ on: String, _ off: String, _ mine: Bool?, _ theirs: Bool?) {
+            guard let mine, let theirs, mine != theirs else { return }
+            parts.append("\(theirs ? on : off) -> \(mine ? on : off)")
+        }
+        if remote != old.remote { parts.append("remote \(old.remote ?? "none") -> \(remote ?? "none")") }
+        check("ttl", ttl, old.ttl) { $0 == 0 ? "auto" : "\($0)" }
+        flag("ttl inherit", "ttl fixed", ttlInherit, old.ttlInherit)
+        check("tos", tos, old.tos) { $0 == 1 ? "inherit" : "\($0)" }
+        check("df", df, old.df) { ["unset", "set", "inherit"][safe: Int($0)] ?? "\($0)" }
+        check("flowlabel", label, old.label) { "\($0)" }
+        check("srcport", sourcePorts, old.sourcePorts) { "\($0.lowerBound) \($0.upperBound)" }
+        flag("udpcsum", "noudpcsum", udpChecksum, old.udpChecksum)
+        flag("proxy", "noproxy", proxy, old.proxy)
+        flag("rsc", "norsc", rsc, old.rsc)
+        flag("l2miss", "nol2miss", l2miss, old.l2miss)
+        flag("l3miss", "nol3miss", l3miss, old.l3miss)
+        check("ageing", ageing, old.ageing) { "\($0)" }
+        check("maxaddress", limit, old.limit) { $0 == 0 ? "unlimited" : "\($0)" }
+        flag("external", "noexternal", collectMetadata, old.collectMetadata)
+        flag("remcsumtx", "noremcsumtx", remoteChecksumTX, old.remoteChecksumTX)
+        flag("remcsumrx", "noremcsumrx", remoteChecksumRX, old.remoteChecksumRX)
+        flag("udp6zerocsumtx", "noudp6zerocsumtx", zeroChecksum6TX, old.zeroChecksum6TX)
+        flag("udp6zerocsumrx", "noudp6zerocsumrx", zeroChecksum6RX, old.zeroChecksum6RX)
+        flag("gbp", "nogbp", gbp, old.gbp)
+        flag("gpe", "nogpe", gpe, old.gpe)
+        flag("remcsum_nopartial", "remcsum_partial", remoteChecksumNoPartial, old.remoteChecksumNoPartial)
+        return parts
+    }
+}
+
+extension Array {
+    subscript(safe index: Int) -> Element? { indices.contains(index) ? self[index] : nil }
 }
 
 /// A link as the kernel reports it.
@@ -53,8 +177,11 @@ public struct LinkState: Hashable, Sendable {
     public var isUp: Bool
     /// Present when `kind == "vxlan"`.
     public var vxlan: VXLANDevice?
+    /// `IFF_LOOPBACK`: never an underlay.
+    public var isLoopback: Bool
 
-    public init(index: Int32, name: String, kind: String?, mtu: UInt32, mac: MACAddress?, isUp: Bool, vxlan: VXLANDevice?) {
+    public init(index: Int32, name: String, kind: String?, mtu: UInt32, mac: MACAddress?, isUp: Bool, vxlan: VXLANDevice?,
+                isLoopback: Bool = false) {
         self.index = index
         self.name = name
         self.kind = kind
@@ -62,6 +189,7 @@ public struct LinkState: Hashable, Sendable {
         self.mac = mac
         self.isUp = isUp
         self.vxlan = vxlan
+        self.isLoopback = isLoopback
     }
 }
 
@@ -79,15 +207,30 @@ public struct Neighbor: Hashable, Sendable {
 }
 
 /// A forwarding entry on the VXLAN device: the peer's VTEP MAC -> its public IP.
+///
+/// The kernel keys a remote by (MAC, dst, port, VNI, via): all five are part of
+/// the identity. `port`, `vni` and `via` are nil when the kernel reports none,
+/// which means the device's own port and VNI and no pinned interface; that is
+/// what the agent writes, so an entry that carries any of them is wrong.
 public struct FDBEntry: Hashable, Sendable {
     public var mac: MACAddress
     public var dst: IPv4Address
     public var permanent: Bool
+    /// `NDA_PORT`: a UDP port other than the device's.
+    public var port: UInt16?
+    /// `NDA_VNI`: a VNI other than the device's.
+    public var vni: UInt32?
+    /// `NDA_IFINDEX` (`via DEV`): the interface the encapsulated packet must leave by.
+    public var via: Int32?
 
-    public init(mac: MACAddress, dst: IPv4Address, permanent: Bool = true) {
+    public init(mac: MACAddress, dst: IPv4Address, permanent: Bool = true,
+                port: UInt16? = nil, vni: UInt32? = nil, via: Int32? = nil) {
         self.mac = mac
         self.dst = dst
         self.permanent = permanent
+        self.port = port
+        self.vni = vni
+        self.via = via
     }
 }
 
@@ -99,13 +242,17 @@ public struct Nexthop: Hashable, Sendable {
     public var proto: UInt8
     /// The output interface; nil for groups and blackholes.
     public var deviceIndex: Int32?
+    /// The member ids of a nexthop group (`group 1/2`); nil for a single nexthop.
+    public var group: [UInt32]?
 
-    public init(id: UInt32, gateway: IPv4Address?, onlink: Bool = true, proto: UInt8, deviceIndex: Int32? = nil) {
+    public init(id: UInt32, gateway: IPv4Address?, onlink: Bool = true, proto: UInt8, deviceIndex: Int32? = nil,
+                group: [UInt32]? = nil) {
         self.id = id
         self.gateway = gateway
         self.onlink = onlink
         self.proto = proto
         self.deviceIndex = deviceIndex
+        self.group = group
     }
 }
 
@@ -199,6 +346,11 @@ public struct KernelSnapshot: Sendable, Hashable {
     /// Main-table routes of other protocols on other devices: never touched, but
     /// a peer whose subnet collides with one is skipped.
     public var foreignRoutes: [Route] = []
+    /// Our nexthop ids that something else uses (a route in another table or of
+    /// another protocol, a foreign nexthop group), with the first such user in
+    /// iproute2's words. Deleting such a nexthop would make the kernel delete that
+    /// route or shrink that group: the agent keeps it.
+    public var nexthopUsers: [UInt32: String] = [:]
 
     public init(device: LinkState? = nil, addresses: [IPv4Prefix] = [], fdb: [FDBEntry] = [],
                 neighbors: [Neighbor] = [], nexthops: [Nexthop] = [], routes: [Route] = []) {

@@ -23,7 +23,8 @@ public enum Parse {
             guard let name = a[UInt16(IFLA_IFNAME)]?.string else { return nil }
             var link = LinkState(index: info.ifi_index, name: name, kind: nil, mtu: a[UInt16(IFLA_MTU)]?.u32 ?? 0,
                                  mac: a[UInt16(IFLA_ADDRESS)]?.mac.flatMap { MACAddress(bytes: $0) },
-                                 isUp: info.ifi_flags & UInt32(IFF_UP) != 0, vxlan: nil)
+                                 isUp: info.ifi_flags & UInt32(IFF_UP) != 0, vxlan: nil,
+                                 isLoopback: info.ifi_flags & UInt32(IFF_LOOPBACK) != 0)
             _ = a[UInt16(IFLA_LINKINFO)]?.withNested(maxType: infoMax) { i in
                 link.kind = i[UInt16(IFLA_INFO_KIND)]?.string
                 guard link.kind == "vxlan", let data = i[UInt16(IFLA_INFO_DATA)] else { return }
@@ -37,11 +38,52 @@ public enum Parse {
                         port: v[UInt16(IFLA_VXLAN_PORT)]?.be16 ?? 0,
                         learning: (v[UInt16(IFLA_VXLAN_LEARNING)]?.u8 ?? 0) != 0,
                         mtu: link.mtu,
-                        mac: link.mac ?? MACAddress(value: 0))
+                        mac: link.mac ?? MACAddress(value: 0),
+                        options: vxlanOptions(v))
                 }
             }
             return link
         } ?? nil
+    }
+
+    /// The VXLAN attributes beyond identity, as the kernel reports them.
+    static func vxlanOptions(_ v: Attributes) -> VXLANOptions {
+        func u8(_ type: some BinaryInteger) -> UInt8? { v[UInt16(type)]?.u8 }
+        func bool(_ type: some BinaryInteger) -> Bool? { v[UInt16(type)]?.u8.map { $0 != 0 } }
+        var options = VXLANOptions()
+        if let group = v[UInt16(IFLA_VXLAN_GROUP)]?.ipv4, group != 0 {
+            options.remote = "\(IPv4Address(group))"
+        } else if let group6 = v[UInt16(IFLA_VXLAN_GROUP6)], group6.payloadLength == 16, group6.bytes.contains(where: { $0 != 0 }) {
+            let b = group6.bytes
+            options.remote = stride(from: 0, to: 16, by: 2).map { String(UInt16(b[$0]) << 8 | UInt16(b[$0 + 1]), radix: 16) }
+                .joined(separator: ":")
+        }
+        options.ttl = u8(IFLA_VXLAN_TTL)
+        options.ttlInherit = bool(IFLA_VXLAN_TTL_INHERIT)
+        options.tos = u8(IFLA_VXLAN_TOS)
+        options.df = u8(IFLA_VXLAN_DF)
+        options.label = v[UInt16(IFLA_VXLAN_LABEL)]?.u32.map { UInt32(bigEndian: $0) }
+        if let range = v[UInt16(IFLA_VXLAN_PORT_RANGE)], range.payloadLength >= 4 {
+            let bytes = range.bytes
+            let low = UInt16(bytes[0]) << 8 | UInt16(bytes[1]), high = UInt16(bytes[2]) << 8 | UInt16(bytes[3])
+            options.sourcePorts = low <= high ? low...high : high...low
+        }
+        options.udpChecksum = bool(IFLA_VXLAN_UDP_CSUM)
+        options.proxy = bool(IFLA_VXLAN_PROXY)
+        options.rsc = bool(IFLA_VXLAN_RSC)
+        options.l2miss = bool(IFLA_VXLAN_L2MISS)
+        options.l3miss = bool(IFLA_VXLAN_L3MISS)
+        options.ageing = v[UInt16(IFLA_VXLAN_AGEING)]?.u32
+        options.limit = v[UInt16(IFLA_VXLAN_LIMIT)]?.u32
+        options.collectMetadata = bool(IFLA_VXLAN_COLLECT_METADATA)
+        options.remoteChecksumTX = bool(IFLA_VXLAN_REMCSUM_TX)
+        options.remoteChecksumRX = bool(IFLA_VXLAN_REMCSUM_RX)
+        options.zeroChecksum6TX = bool(IFLA_VXLAN_UDP_ZERO_CSUM6_TX)
+        options.zeroChecksum6RX = bool(IFLA_VXLAN_UDP_ZERO_CSUM6_RX)
+        options.gbp = v[UInt16(IFLA_VXLAN_GBP)] != nil
+        options.gpe = v[UInt16(IFLA_VXLAN_GPE)] != nil
+        options.remoteChecksumNoPartial = v[UInt16(IFLA_VXLAN_REMCSUM_NOPARTIAL)] != nil
+        return options
     }
 
     /// An `RTM_NEWADDR` message of family AF_INET: (interface index, prefix).
@@ -75,7 +117,9 @@ public enum Parse {
             guard let mac = a[UInt16(NDA_LLADDR)]?.mac.flatMap({ MACAddress(bytes: $0) }) else { return nil }
             let dst = a[UInt16(NDA_DST)]?.ipv4 ?? 0
             return (header.ndm_ifindex,
-                    FDBEntry(mac: mac, dst: IPv4Address(dst), permanent: header.ndm_state & UInt16(NUD_PERMANENT) != 0))
+                    FDBEntry(mac: mac, dst: IPv4Address(dst), permanent: header.ndm_state & UInt16(NUD_PERMANENT) != 0,
+                             port: a[UInt16(NDA_PORT)]?.be16, vni: a[UInt16(NDA_VNI)]?.u32,
+                             via: a[UInt16(NDA_IFINDEX)]?.u32.map { Int32(bitPattern: $0) }))
         } ?? nil
     }
 
@@ -84,9 +128,16 @@ public enum Parse {
         guard message.type == UInt16(RTM_NEWNEXTHOP), let header = message.familyHeader(nhmsg.self) else { return nil }
         return message.withAttributes(afterHeader: MemoryLayout<nhmsg>.size, maxType: nhaMax) { a -> Nexthop? in
             guard let id = a[UInt16(NHA_ID)]?.u32 else { return nil }
+            // NHA_GROUP: struct nexthop_grp { u32 id; u8 weight; u8 resvd1; u16 resvd2 } per member.
+            let group = a[UInt16(NHA_GROUP)].map { attribute -> [UInt32] in
+                let bytes = attribute.bytes
+                return stride(from: 0, to: bytes.count - bytes.count % 8, by: 8).map { offset in
+                    bytes[offset..<offset + 4].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
+                }
+            }
             return Nexthop(id: id, gateway: a[UInt16(NHA_GATEWAY)]?.ipv4.map(IPv4Address.init),
                            onlink: header.nh_flags & UInt32(RTNH_F_ONLINK) != 0, proto: header.nh_protocol,
-                           deviceIndex: a[UInt16(NHA_OIF)]?.u32.map { Int32(bitPattern: $0) })
+                           deviceIndex: a[UInt16(NHA_OIF)]?.u32.map { Int32(bitPattern: $0) }, group: group)
         } ?? nil
     }
 

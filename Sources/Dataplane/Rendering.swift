@@ -14,6 +14,38 @@ public struct Renderer: Sendable {
         self.deviceIndex = deviceIndex
     }
 
+    /// A route protocol as `ip route` shows it: iproute2's names (rt_protos),
+    /// the agent's own, else the number.
+    public static func protocolName(_ proto: UInt8) -> String {
+        switch proto {
+        case 0: "unspec"
+        case 1: "redirect"
+        case 2: "kernel"
+        case 3: "boot"
+        case 4: "static"
+        case 8: "gated"
+        case 9: "ra"
+        case 10: "mrt"
+        case 11: "zebra"
+        case 12: "bird"
+        case 13: "dnrouted"
+        case 14: "xorp"
+        case 15: "ntk"
+        case 16: "dhcp"
+        case 18: "keepalived"
+        case 42: "babel"
+        case 80: "calico"
+        case 99: "openr"
+        case 152: "vxlan-agent"
+        case 186: "bgp"
+        case 187: "isis"
+        case 188: "ospf"
+        case 189: "rip"
+        case 192: "eigrp"
+        default: "\(proto)"
+        }
+    }
+
     func dev(_ index: Int32?) -> String {
         guard let index, let deviceIndex, index != deviceIndex else { return deviceName }
         return "if\(index)"
@@ -24,7 +56,7 @@ public struct Renderer: Sendable {
         case .address(let prefix):
             return "address \(prefix) dev \(deviceName)"
         case .fdb(let fdb):
-            return "fdb \(fdb.mac) dev \(deviceName) dst \(fdb.dst)" + (fdb.permanent ? "" : " (not permanent)")
+            return "fdb \(fdb.mac) dev \(deviceName) dst \(fdb.dst)" + fdbExtras(fdb) + (fdb.permanent ? "" : " (not permanent)")
         case .neighbor(let neighbor):
             return "neigh \(neighbor.ip) lladdr \(neighbor.mac) dev \(deviceName)" + (neighbor.permanent ? "" : " (not permanent)")
         case .nexthop(let nexthop):
@@ -32,7 +64,7 @@ public struct Renderer: Sendable {
             if let gateway = nexthop.gateway { text += " via \(gateway)" }
             text += " dev \(dev(nexthop.deviceIndex))"
             if nexthop.onlink { text += " onlink" }
-            if nexthop.proto != proto { text += " proto \(nexthop.proto)" }
+            if nexthop.proto != proto { text += " proto \(Self.protocolName(nexthop.proto))" }
             return text
         case .route(let route):
             var text = "route \(route.dst)"
@@ -40,10 +72,19 @@ public struct Renderer: Sendable {
             if let gateway = route.gateway { text += " via \(gateway)" }
             text += " dev \(dev(route.deviceIndex))"
             if route.onlink { text += " onlink" }
-            if route.proto != proto { text += " proto \(route.proto)" }
+            if route.proto != proto { text += " proto \(Self.protocolName(route.proto))" }
             if route.priority != 0 { text += " metric \(route.priority)" }
             return text
         }
+    }
+
+    /// ` port P vni V via DEV`, as `bridge fdb` prints what differs from the device's defaults.
+    func fdbExtras(_ fdb: FDBEntry) -> String {
+        var text = ""
+        if let port = fdb.port { text += " port \(port)" }
+        if let vni = fdb.vni { text += " vni \(vni)" }
+        if let via = fdb.via { text += " via if\(via)" }
+        return text
     }
 
     public func describe(_ device: VXLANDevice) -> String {
@@ -78,7 +119,8 @@ public struct Renderer: Sendable {
 
     func describeDifference(_ old: Entry, _ new: Entry) -> String {
         switch (old, new) {
-        case (.fdb(let a), .fdb(let b)) where a.mac == b.mac && a.dst != b.dst: "dst \(a.dst)"
+        case (.fdb(let a), .fdb(let b)) where a.mac == b.mac && a.permanent == b.permanent:
+            a.dst != b.dst ? "dst \(a.dst)" + fdbExtras(a) : String(fdbExtras(a).dropFirst())
         case (.neighbor(let a), .neighbor(let b)) where a.mac != b.mac: "lladdr \(a.mac)"
         default: describe(old)
         }

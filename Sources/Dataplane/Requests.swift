@@ -30,6 +30,12 @@ public enum Requests {
             }
             m.put(UInt16(NDA_LLADDR), bytes: entry.mac.bytes)
             m.put(UInt16(NDA_DST), bytes: entry.dst.octets)
+            // The kernel finds a remote by all of these; a delete without them
+            // matches nothing and still answers 0. (A replace without them resets
+            // them to the device's defaults, which is what the agent wants.)
+            if let port = entry.port { m.put(UInt16(NDA_PORT), be16: port) }
+            if let vni = entry.vni { m.put(UInt16(NDA_VNI), u32: vni) }
+            if let via = entry.via { m.put(UInt16(NDA_IFINDEX), u32: UInt32(bitPattern: via)) }
         }
     }
 

@@ -44,11 +44,15 @@ public struct HostFacts: Sendable, Hashable {
     public var addresses: Set<IPv4Address>
     /// Main-table routes that are not the agent's (from the snapshot).
     public var foreignRoutes: [Route]
+    /// The underlay's own networks (its addresses with their prefix lengths).
+    public var underlayPrefixes: [IPv4Prefix]
 
-    public init(underlay: LinkState, addresses: Set<IPv4Address> = [], foreignRoutes: [Route] = []) {
+    public init(underlay: LinkState, addresses: Set<IPv4Address> = [], foreignRoutes: [Route] = [],
+                underlayPrefixes: [IPv4Prefix] = []) {
         self.underlay = underlay
         self.addresses = addresses
         self.foreignRoutes = foreignRoutes
+        self.underlayPrefixes = underlayPrefixes
     }
 }
 
@@ -149,6 +153,15 @@ public struct DesiredState: Sendable, Hashable {
                 continue
             }
             if host.addresses.contains(ip) { skip("publicIP \(ip) is an address of this host"); continue }
+            if network.network.contains(ip) {
+                skip("publicIP \(ip) is inside the pod network \(network.network): its VXLAN packets would be routed back into the overlay")
+                continue
+            }
+            if let lan = host.underlayPrefixes.first(where: { $0.length < 31 && $0.contains(ip) && ($0.last == ip || $0.network == ip) }) {
+                skip("publicIP \(ip) is the \(lan.last == ip ? "broadcast" : "network") address of the underlay's subnet "
+                     + "\(lan.network)/\(lan.length), not a host")
+                continue
+            }
             guard peer.subnet.isCanonical, peer.subnet.length == network.subnetLen, network.network.contains(peer.subnet) else {
                 skip("subnet \(peer.subnet) is not a /\(network.subnetLen) inside the network \(network.network)")
                 continue
@@ -162,7 +175,8 @@ public struct DesiredState: Sendable, Hashable {
                 continue
             }
             if let route = exact[peer.subnet] {
-                skip("route \(peer.subnet) already exists with protocol \(route.proto); it is not the agent's to replace")
+                skip("route \(peer.subnet) already exists with protocol \(Renderer.protocolName(route.proto)); "
+                     + "it is not the agent's to replace")
                 continue
             }
             if !mac.isValidUnicast { skip("vtepMAC \(mac) is not a unicast MAC"); continue }

@@ -21,11 +21,15 @@ public struct Plan: Sendable, Hashable {
     public var skipped: [SkippedPeer]
     /// Peers in the desired state.
     public var peerCount: Int
+    /// Entries the agent would remove but keeps, and why (a nexthop that a
+    /// route or group of someone else still uses).
+    public var kept: [String]
 
-    public init(changes: [Change] = [], skipped: [SkippedPeer] = [], peerCount: Int = 0) {
+    public init(changes: [Change] = [], skipped: [SkippedPeer] = [], peerCount: Int = 0, kept: [String] = []) {
         self.changes = changes
         self.skipped = skipped
         self.peerCount = peerCount
+        self.kept = kept
     }
 
     public var isEmpty: Bool { changes.isEmpty }
@@ -153,9 +157,20 @@ public enum Differ {
             for route in current.routes where !seen.insert(route.key).inserted { removedRoutes.append(route) }
         }
         changes += removedRoutes.map { .remove(.route($0)) }
-        changes += nexthops.values.sorted(by: { $0.id < $1.id }).map { .remove(.nexthop($0)) }
+        // A nexthop someone else's route or group uses stays: deleting it would
+        // make the kernel delete that route or shrink that group.
+        var kept: [String] = []
+        let renderer = Renderer(deviceName: desired.device.name, proto: proto, deviceIndex: deviceIndex)
+        for nexthop in nexthops.values.sorted(by: { $0.id < $1.id }) {
+            if let user = current.nexthopUsers[nexthop.id] {
+                kept.append("\(renderer.describe(.nexthop(nexthop))): kept, \(user) uses it; "
+                            + "the agent removes it once nothing else does")
+            } else {
+                changes.append(.remove(.nexthop(nexthop)))
+            }
+        }
 
-        return Plan(changes: changes, skipped: desired.skipped, peerCount: desired.peerCount)
+        return Plan(changes: changes, skipped: desired.skipped, peerCount: desired.peerCount, kept: kept)
     }
 
     static func matches(_ have: Route, _ want: Route, deviceIndex: Int32?, proto: UInt8) -> Bool {

@@ -11,9 +11,10 @@ public struct PlanOutput: Sendable {
         self.desired = desired
     }
 
-    /// One line per change (`+ `, `~ `, `- `), then one line per skipped peer (`! `).
+    /// One line per change (`+ `, `~ `, `- `), then one line per skipped peer
+    /// and per entry kept (`! `).
     public func lines(_ plan: Plan) -> [String] {
-        plan.changes.map(renderer.describe) + plan.skipped.map { "! \($0)" }
+        plan.changes.map(renderer.describe) + plan.skipped.map { "! \($0)" } + plan.kept.map { "! \($0)" }
     }
 
     /// `3 to add, 1 to change, 2 to remove (12 peers, 1 skipped)` or `in sync: nothing to do (12 peers)`.
@@ -59,6 +60,7 @@ public struct PlanOutput: Sendable {
         var summary: JSONSummary
         var changes: [JSONChange]
         var skippedPeers: [JSONSkipped]
+        var kept: [String]
         var writes: Int?
         var failures: [String]?
     }
@@ -89,7 +91,7 @@ public struct PlanOutput: Sendable {
             summary: JSONSummary(add: c.add, change: c.change, remove: c.remove, peers: plan.peerCount, skipped: plan.skipped.count),
             changes: changes,
             skippedPeers: plan.skipped.map { JSONSkipped(name: $0.name, origin: $0.origin, reason: $0.reason) },
-            writes: writes, failures: failures)
+            kept: plan.kept, writes: writes, failures: failures)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         return String(decoding: (try? encoder.encode(document)) ?? Data("{}".utf8), as: UTF8.self)

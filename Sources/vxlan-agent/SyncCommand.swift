@@ -111,6 +111,7 @@ func runSync(options: ConfigOptions, dryRun: Bool, output: OutputFormat, verbose
     } else {
         if verbose { for line in plan.changes.map(out.renderer.describe) { print(line) } }
         for skipped in plan.skipped { warn("warning: \(skipped)") }
+        for kept in plan.kept { warn("warning: \(kept)") }
         for failure in failures { warn("error: \(failure)") }
         print(out.summary(plan, applied: true, writes: report.writes, failures: failures.count))
     }

@@ -71,7 +71,7 @@ struct SyncTests {
                command: "bridge fdb replace 0e:01:c6:13:00:02 dev flannel.1 dst 198.19.9.9 self permanent",
                expected: "~ fdb 0e:01:c6:13:00:02 dev flannel.1 dst 198.19.0.2 (was: dst 198.19.9.9)"),
         Tamper(description: "a foreign route on flannel.1", command: "ip route add 10.244.77.0/24 dev flannel.1",
-               expected: "- route 10.244.77.0/24 dev flannel.1 proto 3"),
+               expected: "- route 10.244.77.0/24 dev flannel.1 proto boot"),
         Tamper(description: "flannel.1 deleted", command: "ip link del flannel.1",
                expected: "+ link flannel.1 type vxlan id 1 local 198.18.0.1 dev eth0 dstport 8472 nolearning mtu 1450"),
         Tamper(description: "flannel.1 recreated with another VNI",

@@ -108,7 +108,7 @@ struct DiffTests {
         #expect(Set(Fixture.lines(plan)) == [
             "- fdb 0e:00:00:00:00:09 dev flannel.1 dst 198.18.0.9",
             "- neigh 10.244.9.0 lladdr 0e:00:00:00:00:09 dev flannel.1 (not permanent)",
-            "- route 10.244.9.0/24 dev flannel.1 proto 3",
+            "- route 10.244.9.0/24 dev flannel.1 proto boot",
             "- address 10.244.1.5/24 dev flannel.1",
         ])
     }
