@@ -216,7 +216,7 @@ public final class Dataplane: KernelDataplane {
     /// 1. routes, then nexthops, that are removed (before the device changes, so a
     ///    device recreate does not have the kernel walk them);
     /// 2. the device: delete, recreate, create, update;
-    /// 3. its addresses (stale ones first), then adds and replaces: FDB, neighbor, nexthop, route;
+    /// 3. its addresses (new, then stale), then adds and replaces: FDB, neighbor, nexthop, route;
     /// 4. removed neighbors and FDB entries.
     /// A failed FDB entry skips the neighbors that use its MAC, a failed neighbor
     /// the nexthops and routes via its address, a failed nexthop its routes.
@@ -291,10 +291,12 @@ public final class Dataplane: KernelDataplane {
 
         // 3. Adds and replaces, in dependency order, skipping dependents of failures.
         var failedMACs = Set<MACAddress>(), failedGateways = Set<IPv4Address>(), failedNexthops = Set<UInt32>()
-        // Stale addresses go first: after a renumbering, this node's old VTEP
-        // address may be a peer's gateway now, and the kernel refuses a nexthop
-        // via a local address ("Nexthop has invalid gateway").
-        send(phases.removed(\.address).map { .remove($0) } + phases.addedAddresses.map { .add(.address($0)) },
+        // Addresses: the new one, then the stale ones, before anything else. After
+        // a renumbering this node's old VTEP address may be a peer's gateway now,
+        // and the kernel refuses a nexthop via a local address ("Nexthop has
+        // invalid gateway"). The new one goes first: removing a device's last IPv4
+        // address makes the kernel flush its neighbors, permanent ones included.
+        send(phases.addedAddresses.map { .add(.address($0)) } + phases.removed(\.address).map { .remove($0) },
              device: index, renderer: renderer(), report: &report)
         var failed = send(phases.upserts(\.fdb), device: index, renderer: renderer(), report: &report)
         for case .fdb(let e) in failed { failedMACs.insert(e.mac) }
@@ -352,7 +354,13 @@ public final class Dataplane: KernelDataplane {
         }
         report.writes += batch.count
         do {
-            let failures = try socket.send(batch, chunkBytes: chunkBytes)
+            let failures = try socket.send(batch, chunkBytes: chunkBytes).filter { failure in
+                // A neighbor that is gone already is what its removal wants: the
+                // kernel drops a neighbor whose address became local (this node
+                // took the subnet its peer had), so its delete finds nothing.
+                if case .remove(.neighbor) = changes[failure.index], failure.error.code == ENOENT { return false }
+                return true
+            }
             return failures.map { failure in
                 let change = changes[failure.index]
                 report.failures.append(ChangeFailure(change: change, message: failure.error.about(renderer.describe(change).dropFirst(2).description).withVerb(change).description))

@@ -140,7 +140,7 @@ public struct VXLANOptions: Hashable, Sendable {
         if remote != old.remote { parts.append("remote \(old.remote ?? "none") -> \(remote ?? "none")") }
         check("ttl", ttl, old.ttl) { $0 == 0 ? "auto" : "\($0)" }
         flag("ttl inherit", "ttl fixed", ttlInherit, old.ttlInherit)
-        check("tos", tos, old.tos) { $0 == 1 ? "inherit" : "\($0)" }
+        check("tos", tos, old.tos) { $0 == 1 ? "inherit" : $0 == 0 ? "0" : "0x" + String($0, radix: 16) }
         check("df", df, old.df) { ["unset", "set", "inherit"][safe: Int($0)] ?? "\($0)" }
         check("flowlabel", label, old.label) { "\($0)" }
         check("srcport", sourcePorts, old.sourcePorts) { "\($0.lowerBound) \($0.upperBound)" }

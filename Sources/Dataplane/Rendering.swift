@@ -122,6 +122,7 @@ public struct Renderer: Sendable {
         case (.fdb(let a), .fdb(let b)) where a.mac == b.mac && a.permanent == b.permanent:
             a.dst != b.dst ? "dst \(a.dst)" + fdbExtras(a) : String(fdbExtras(a).dropFirst())
         case (.neighbor(let a), .neighbor(let b)) where a.mac != b.mac: "lladdr \(a.mac)"
+        case (.neighbor(let a), .neighbor(let b)) where a.permanent != b.permanent: a.permanent ? "permanent" : "not permanent"
         default: describe(old)
         }
     }

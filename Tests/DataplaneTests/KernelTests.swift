@@ -208,10 +208,10 @@ struct KernelTests {
     static let refusals: [Refusal] = [
         Refusal(description: "a route via a nexthop id that does not exist",
                 change: { _ in .add(.route(Route(dst: IPv4Prefix("10.9.0.0/24")!, gateway: nil, nexthopID: 424242, proto: 152))) },
-                expected: "add route 10.9.0.0/24 nhid 424242 dev flannel.1 onlink proto 152: EINVAL (Invalid argument); kernel: Nexthop id does not exist"),
+                expected: "add route 10.9.0.0/24 nhid 424242 dev flannel.1 onlink proto vxlan-agent: EINVAL (Invalid argument); kernel: Nexthop id does not exist"),
         Refusal(description: "a nexthop whose gateway is not reachable without onlink",
                 change: { _ in .add(.nexthop(Nexthop(id: 7, gateway: IPv4Address("10.9.9.9")!, onlink: false, proto: 152))) },
-                expected: "add nexthop id 7 via 10.9.9.9 dev flannel.1 proto 152: ENETUNREACH (Network is unreachable); kernel: Nexthop has invalid gateway"),
+                expected: "add nexthop id 7 via 10.9.9.9 dev flannel.1 proto vxlan-agent: ENETUNREACH (Network is unreachable); kernel: Nexthop has invalid gateway"),
     ]
 
     @Test("each kind of kernel refusal comes back as a typed error with the errno name and the kernel's text",

@@ -68,6 +68,15 @@ struct GoldenRequestTests {
         """) { batch in
             Requests.fdb(FDBEntry(mac: mac2, dst: IPv4Address("198.18.0.2")!), device: flannel, .delete, into: batch)
         },
+        // The kernel keys a remote by MAC, dst, port, VNI and via: a delete without
+        // them matches nothing (issue 9, item 2).
+        Case(description: "bridge fdb del 0e:01:c6:12:00:02 dev flannel.1 dst 198.18.0.2 port 4789 vni 77 via eth0 self", golden: """
+        480000001d00050075df0c6b000000000700000005000000c00002000a0002000e01c6120002000008000100c6120002
+        06000600 12b50000 08000700 4d000000 08000800 03000000
+        """) { batch in
+            Requests.fdb(FDBEntry(mac: mac2, dst: IPv4Address("198.18.0.2")!, port: 4789, vni: 77, via: eth0),
+                         device: flannel, .delete, into: batch)
+        },
         Case(description: "ip neigh replace 10.244.2.0 lladdr 0e:01:c6:12:00:02 dev flannel.1 nud permanent", golden: """
         300000001c0005058cf7056b00000000020000000500000080000000080001000af402000a0002000e01c61200020000
         """) { batch in
