@@ -3,7 +3,9 @@
 next to iproute2 (flannel's layout and nexthop objects) and the kernel's own
 limit (Benchmarks/limit.c), all in one run on the same machine.
 
-  bench.py AGENT quick|full|smoke [--runs R] [--out DIR]
+  bench.py AGENT quick|full|smoke|burst [--runs R] [--out DIR]
+
+(burst: only the 20,000-lease burst against a daemon and etcd.)
 
 Every scenario runs in a fresh network namespace named vxa-bench-<pid>-*,
 with a veth pair as underlay (198.18.0.1/24 on eth0); everything is removed at
@@ -11,6 +13,7 @@ the end, also on failure. Figures are whole processes (start, config parse,
 validation, dump, diff, apply): median, min and max of R runs.
 """
 import atexit
+import contextlib
 import json
 import os
 import platform
@@ -256,23 +259,21 @@ class Bench:
             sh(f"bash {cluster} down {prefix}", check=False)
             created.remove(prefix + "-cluster")
 
-    def propagation(self, peers=(0, 1000), samples=15):
-        """A lease written to etcd -> the route in another node's kernel (vxlan-agent run).
-
-        Measured from just before `etcdctl put` starts to the first `ip route show`
-        that sees the route (polled back to back). The baseline, in the same run,
-        is `etcdctl put` of a key nobody watches followed by one `ip route show`:
-        what the measurement costs with no agent in the path."""
+    @contextlib.contextmanager
+    def etcd_daemon(self, tag):
+        """One host namespace running `vxlan-agent run` against a fresh etcd in the
+        underlay namespace; yields (etcdctl command, host namespace, underlay
+        namespace). Everything is stopped and removed on the way out."""
         cluster = os.path.join(ROOT, "Tests", "cluster", "cluster.sh")
-        prefix = f"{PREFIX}-pr"
+        prefix = f"{PREFIX}-{tag}"
         created.append(prefix + "-cluster")
         ul, h1 = f"{prefix}-ul", f"{prefix}-h1"
         etcdctl = f"ip netns exec {ul} etcdctl --endpoints http://127.0.0.1:2379"
-        daemon = None
+        daemon = etcd = None
         try:
             sh(f"bash {cluster} up {prefix} 1 0")
             sh(f"ip -n {ul} addr add 198.18.0.254/24 dev br0")
-            data = os.path.join(self.work, "pr-etcd")
+            data = os.path.join(self.work, f"{tag}-etcd")
             etcd = subprocess.Popen(["ip", "netns", "exec", ul, "etcd", "--name", "b", "--data-dir", data,
                                      "--listen-client-urls", "http://198.18.0.254:2379,http://127.0.0.1:2379",
                                      "--advertise-client-urls", "http://198.18.0.254:2379",
@@ -283,71 +284,110 @@ class Bench:
                     break
                 time.sleep(0.1)
             sh(f"{etcdctl} put /coreos.com/network/config '{{\"Network\": \"10.0.0.0/8\", \"SubnetMin\": \"10.255.0.0\"}}'")
-            config = os.path.join(self.work, "pr.json")
+            config = os.path.join(self.work, f"{tag}.json")
             with open(config, "w") as f:
                 json.dump({"node": "h1", "publicIP": "198.18.0.1", "etcd": {"endpoints": ["http://198.18.0.254:2379"]},
-                           "subnetFile": f"{self.work}/pr-subnet.env", "cniConfFile": "", "ipMasq": False,
+                           "subnetFile": f"{self.work}/{tag}-subnet.env", "cniConfFile": "", "ipMasq": False,
                            "metricsAddress": ""}, f)
             daemon = subprocess.Popen(["ip", "netns", "exec", h1, self.agent, "run", "--config", config,
-                                       "--lock-file", f"{self.work}/pr.lock"],
-                                      stdout=subprocess.DEVNULL, stderr=open(f"{self.work}/pr.log", "w"))
+                                       "--lock-file", f"{self.work}/{tag}.lock"],
+                                      stdout=subprocess.DEVNULL, stderr=open(f"{self.work}/{tag}.log", "w"))
+            yield etcdctl, h1, ul
+        finally:
+            if daemon:
+                daemon.terminate()
+                daemon.wait()
+            if etcd:
+                etcd.terminate()
+                etcd.wait()
+            sh(f"bash {cluster} down {prefix}", check=False)
+            created.remove(prefix + "-cluster")
 
-            def route(i):
-                return f"10.{i >> 8}.{i & 255}.0/24"
+    @staticmethod
+    def subnet(i):
+        return f"10.{i >> 8}.{i & 255}.0/24"
 
-            def lease(i):
-                mac = f"22:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"
-                value = json.dumps({"PublicIP": f"198.19.{i >> 8 & 255}.{i & 255}", "PublicIPv6": None,
-                                    "BackendType": "vxlan", "BackendData": {"VNI": 1, "VtepMAC": mac}}, separators=(",", ":"))
-                return "/coreos.com/network/subnets/" + route(i).replace("/", "-"), value
+    @classmethod
+    def lease(cls, i):
+        mac = f"22:00:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x}"
+        value = json.dumps({"PublicIP": f"198.19.{i >> 8 & 255}.{i & 255}", "PublicIPv6": None,
+                            "BackendType": "vxlan", "BackendData": {"VNI": 1, "VtepMAC": mac}}, separators=(",", ":"))
+        return "/coreos.com/network/subnets/" + cls.subnet(i).replace("/", "-"), value
 
+    @staticmethod
+    def put_leases(ul, leases, per_txn=1):
+        """Writes leases through etcd's gateway from one process, `per_txn` keys per
+        transaction; returns the monotonic time the last write returned."""
+        script = ("import base64,json,sys,time,urllib.request\n"
+                  "def b(s): return base64.b64encode(s.encode()).decode()\n"
+                  "kvs=[json.loads(l) for l in sys.stdin]\n"
+                  f"n={per_txn}\n"
+                  "for i in range(0,len(kvs),n):\n"
+                  " ops=[{'request_put':{'key':b(k),'value':b(v)}} for k,v in kvs[i:i+n]]\n"
+                  " urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:2379/v3/kv/txn',json.dumps({'success':ops}).encode())).read()\n"
+                  "print(time.monotonic())\n")
+        out = subprocess.run(["ip", "netns", "exec", ul, "python3", "-c", script], check=True, capture_output=True,
+                             input="".join(json.dumps(kv) + "\n" for kv in leases), text=True)
+        return float(out.stdout.strip())
+
+    def wait_routes(self, h1, n, tag, seconds=120):
+        deadline = time.time() + seconds
+        while sh(f"ip -n {h1} route show proto 152 | wc -l").stdout.strip() != str(n):
+            if time.time() > deadline:
+                raise RuntimeError(f"the daemon did not program {n} peers: see {self.work}/{tag}.log")
+            time.sleep(0.02)
+        return time.monotonic()
+
+    def propagation(self, peers=(0, 1000), samples=15):
+        """A lease written to etcd -> the route in another node's kernel (vxlan-agent run).
+
+        Measured from just before `etcdctl put` starts to the first `ip route show`
+        that sees the route (polled back to back). The baseline, in the same run,
+        is `etcdctl put` of a key nobody watches followed by one `ip route show`:
+        what the measurement costs with no agent in the path."""
+        with self.etcd_daemon("pr") as (etcdctl, h1, ul):
             written = 1
             for n in peers:
-                # Background peers, written through the gateway by one process (etcdctl per key is slow).
-                batch = [lease(i) for i in range(written, n + 1)]
+                batch = [self.lease(i) for i in range(written, n + 1)]
                 if batch:
-                    script = ("import base64,json,sys,urllib.request\n"
-                              "for line in sys.stdin:\n"
-                              " k,v=json.loads(line)\n"
-                              " b=json.dumps({'key':base64.b64encode(k.encode()).decode(),'value':base64.b64encode(v.encode()).decode()}).encode()\n"
-                              " urllib.request.urlopen(urllib.request.Request('http://127.0.0.1:2379/v3/kv/put',b)).read()\n")
-                    subprocess.run(["ip", "netns", "exec", ul, "python3", "-c", script], check=True,
-                                   input="".join(json.dumps(kv) + "\n" for kv in batch), text=True)
+                    self.put_leases(ul, batch)
                     written = n + 1
-                deadline = time.time() + 60
-                while sh(f"ip -n {h1} route show proto 152 | wc -l").stdout.strip() != str(n):
-                    if time.time() > deadline:
-                        raise RuntimeError(f"the daemon did not program {n} peers: see {self.work}/pr.log")
-                    time.sleep(0.1)
+                self.wait_routes(h1, n, "pr", seconds=60)
                 times, base = [], []
                 for k in range(samples):
                     i = 60000 + n + k
-                    key, value = lease(i)
+                    key, value = self.lease(i)
                     t0 = time.monotonic()
                     sh(f"{etcdctl} put {key} '{value}'")
-                    while sh(f"ip -n {h1} route show {route(i)}").stdout.strip() == "":
+                    while sh(f"ip -n {h1} route show {self.subnet(i)}").stdout.strip() == "":
                         if time.monotonic() - t0 > 10:
                             raise RuntimeError(f"lease {key} never reached the kernel")
                     times.append(time.monotonic() - t0)
                     t0 = time.monotonic()
                     sh(f"{etcdctl} put /bench/unwatched/{k} '{value}'")
-                    sh(f"ip -n {h1} route show {route(i)}")
+                    sh(f"ip -n {h1} route show {self.subnet(i)}")
                     base.append(time.monotonic() - t0)
                     sh(f"{etcdctl} del {key}")
                 time.sleep(0.5)
                 self.record(f"propagation-{n}", "lease -> route (run)", times,
                             baseline_median=round(statistics.median(base), 4),
                             agent_share=round(statistics.median(times) - statistics.median(base), 4))
-        finally:
-            if daemon:
-                daemon.terminate()
-                daemon.wait()
-            sh(f"bash {cluster} down {prefix}", check=False)
-            created.remove(prefix + "-cluster")
+
+    def burst(self, n=20000, per_txn=128):
+        """A burst of `n` leases written in `per_txn`-key transactions as fast as etcd
+        takes them -> all programmed. Reports the time from the last write to the
+        last route, and the write phase itself (the baseline of the same run)."""
+        with self.etcd_daemon("bu") as (etcdctl, h1, ul):
+            self.wait_routes(h1, 0, "bu", seconds=60)
+            t0 = time.monotonic()
+            last = self.put_leases(ul, [self.lease(i) for i in range(1, n + 1)], per_txn=per_txn)
+            done = self.wait_routes(h1, n, "bu", seconds=300)
+            self.record(f"burst-{n}", f"{n} leases in {per_txn}-key txns: last write -> all programmed", [done - last],
+                        writes_seconds=round(last - t0, 3), total_seconds=round(done - t0, 3))
 
 
 def main(argv):
-    if len(argv) < 3 or argv[2] not in ("quick", "full", "smoke"):
+    if len(argv) < 3 or argv[2] not in ("quick", "full", "smoke", "burst"):
         print(__doc__, file=sys.stderr)
         return 2
     mode = argv[2]
@@ -355,7 +395,7 @@ def main(argv):
     out_dir = argv[argv.index("--out") + 1] if "--out" in argv else os.path.join(ROOT, "bench-results")
     os.makedirs(os.path.join(HERE, "bin"), exist_ok=True)
     sh(f"cc -O2 -Wall -o {HERE}/bin/limit {HERE}/limit.c $(pkg-config --cflags --libs libmnl)")
-    sizes = {"smoke": [100], "quick": [1000, 10000], "full": [1000, 10000, 50000]}[mode]
+    sizes = {"smoke": [100], "quick": [1000, 10000], "full": [1000, 10000, 50000], "burst": []}[mode]
     work = tempfile.mkdtemp(prefix="vxa-bench-")
     bench = Bench(argv[1], runs, work)
     started = time.time()
@@ -371,9 +411,14 @@ def main(argv):
             print("\nN = 20,000 peers (iproute2 only: flannel's layout needs minutes at 50,000)", flush=True)
             bench.scenario_iproute2(20000, "classic")
             bench.scenario_iproute2(20000, "nexthop")
-        if mode != "smoke" and shutil.which("etcd"):
+        if mode == "burst":
+            print("\nburst: 20,000 leases in 128-key transactions -> all programmed", flush=True)
+            bench.burst()
+        elif mode != "smoke" and shutil.which("etcd"):
             print("\npropagation: a lease written to etcd -> the route in another node's kernel", flush=True)
             bench.propagation()
+            print("\nburst: 20,000 leases in 128-key transactions -> all programmed", flush=True)
+            bench.burst()
         if mode != "smoke" and shutil.which("iperf3"):
             print("\ndatapath", flush=True)
             bench.datapath()
