@@ -35,6 +35,9 @@ struct HostileInventoryTests {
         var arguments: String = ""
         /// A command the agent runs under (e.g. without CAP_DAC_OVERRIDE).
         var wrapper: String = ""
+        /// Set while the agent does not yet do what the case expects (the kernel must
+        /// still be left as it was); a fix makes the case fail until this is removed.
+        var knownIssue: String? = nil
         var description: String { "\(family.rawValue): \(name)" }
     }
 
@@ -208,6 +211,14 @@ struct HostileInventoryTests {
             c("a misspelt network key", net(#"{"Network": "10.244.0.0/16", "Subnetlen": 24}"#), "network.Subnetlen: unknown key (did you mean \"SubnetLen\"?"),
             c("a misspelt Backend key", backend(#""Type": "vxlan", "vni": 1"#), "network.Backend.vni: unknown key (did you mean \"VNI\"?"),
             c("an unknown Backend key", backend(#""Type": "vxlan", "Flood": true"#), "network.Backend.Flood: unknown key (expected one of:"),
+            Case(family: .network, name: "a network holding this node's publicIP",
+                 input: .text(doc(network: #"{"Network": "198.18.0.0/15", "SubnetLen": 24}"#, nodes: [
+                    #"{"name": "node-1", "publicIP": "198.18.0.1", "subnet": "198.19.1.0/24"}"#,
+                    #"{"name": "node-2", "publicIP": "198.19.0.2", "subnet": "198.19.2.0/24"}"#])),
+                 message: "publicIP 198.18.0.1 of this node node-1 (nodes[0]) is inside the pod network 198.18.0.0/15"),
+            // Today: exit 3 with the kernel's EINVAL on every sync, forever.
+            Case(family: .network, name: "MTU 9000 over a 1500 underlay", input: backend(#""Type": "vxlan", "MTU": 9000"#),
+                 message: "Backend.MTU", knownIssue: "Syncer should refuse an MTU above the underlay's minus 50 before writing"),
             c("EnableIPv6", net(#"{"Network": "10.244.0.0/16", "EnableIPv6": true}"#), "network.EnableIPv6: true is not supported"),
             c("EnableIPv4 false", net(#"{"Network": "10.244.0.0/16", "EnableIPv4": false}"#), "network.EnableIPv4: false is not supported"),
         ]
@@ -271,6 +282,10 @@ struct HostileInventoryTests {
             c("routeLayout bogus", top(#""routeLayout": "bogus""#), "routeLayout: \"bogus\" is not one of auto, nexthop, classic"),
             c("device with a space", top(#""device": "flannel 1""#), "device: \"flannel 1\" is not a valid interface name"),
             c("device ..", top(#""device": "..""#), "device: \"..\" is not a valid interface name"),
+            Case(family: .nodes, name: "device eth0 (the underlay)", input: top(#""device": "eth0""#),
+                 message: "eth0 exists and is a veth device, not VXLAN; the agent will not delete it"),
+            Case(family: .nodes, name: "device lo", input: top(#""device": "lo""#),
+                 message: "lo exists and is a non-VXLAN device, not VXLAN; the agent will not delete it"),
             c("metricsAddress bogus", top(#""metricsAddress": "bogus""#), "metricsAddress: \"bogus\" is not IPv4:port"),
             c("a relative subnetFile", top(#""subnetFile": "subnet.env""#), "subnetFile: \"subnet.env\" must be an absolute path"),
             // The underlay: refused before anything is written (Syncer's checks, through the CLI).
@@ -337,6 +352,7 @@ struct HostileInventoryTests {
             c("--lock-timeout nan", "--lock-timeout nan", "--lock-timeout must be a number of seconds from 0 to 86400"),
             c("--lock-timeout -1", "--lock-timeout=-1", "--lock-timeout must be a number of seconds from 0 to 86400"),
             c("--lock-timeout inf", "--lock-timeout inf", "--lock-timeout must be a number of seconds from 0 to 86400"),
+            c("--node in another case", "--node NODE-1", "inv.json: nodes: this node \"NODE-1\" is not listed", status: 1),
             c("--output xml", "--output xml", "--output"),
             c("an unknown flag", "--bogus", "--bogus"),
         ]
@@ -401,6 +417,12 @@ struct HostileInventoryTests {
                     --lock-file \(host.directory)/sync.lock
                 """)
                 let output = result.stdout + result.stderr
+                if let known = testCase.knownIssue {
+                    withKnownIssue("\(testCase) [\(command)]: \(known)") {
+                        #expect(result.status == testCase.status && output.contains(testCase.message), "\(output)")
+                    }
+                    continue
+                }
                 #expect(result.status == testCase.status, "\(testCase) [\(command)]: exit \(result.status): \(output)")
                 #expect(output.contains(testCase.message), "\(testCase) [\(command)]: expected \(testCase.message.debugDescription) in: \(output)")
                 #expect(!output.contains("\u{0}") && !output.contains("\u{1b}"), "\(testCase) [\(command)]: raw control characters in: \(output.debugDescription)")
