@@ -36,51 +36,109 @@ public struct NetworkConfig: Sendable, Hashable {
     /// The VXLAN device name for this VNI, as flannel names it.
     public var deviceName: String { "flannel.\(vni)" }
 
-    /// Parses and validates net-conf.json read from `source`.
-    public static func parse(_ data: Data, source: String) throws(ConfigError) -> NetworkConfig {
-        try parse(JSONFields.parse(data, source: source))
+    /// Parses and validates net-conf.json read from `source`. `dialect`: `.flanneld`
+    /// (the default) for `<prefix>/config` in etcd, read as flanneld reads it (the
+    /// last of duplicate keys wins, keys match case-insensitively, keys of other
+    /// features are ignored); `.strict` for a file of ours.
+    public static func parse(_ data: Data, source: String, dialect: JSONDialect = .flanneld) throws(ConfigError) -> NetworkConfig {
+        try parse(JSONFields.parse(data, source: source, dialect: dialect))
     }
 
+    /// flannel's net-conf keys (pkg/subnet/config.go) and the vxlan backend's
+    /// (pkg/backend/vxlan), plus our MTU.
+    static let keys: Set<String> = [
+        "Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend", "EnableIPv4", "EnableIPv6",
+        "IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax", "EnableNFTables",
+    ]
+    static let backendKeys: Set<String> = ["Type", "VNI", "Port", "MTU", "DirectRouting", "GBP", "Learning", "MacPrefix"]
+
+    /// Address blocks a pod network must not overlap: packets to or from them are
+    /// dropped or never leave the host, so such a network never converges.
+    static let reservedBlocks: [(IPv4Prefix, String)] = [
+        (IPv4Prefix(IPv4Address(0), 8), "0.0.0.0/8 (\"this network\": not an address a host can have)"),
+        (IPv4Prefix(IPv4Address(127 << 24), 8), "127.0.0.0/8 (loopback: never leaves a host)"),
+        (IPv4Prefix(IPv4Address(169 << 24 | 254 << 16), 16), "169.254.0.0/16 (link-local: never routed)"),
+        (IPv4Prefix(IPv4Address(224 << 24), 4), "224.0.0.0/4 (multicast)"),
+        (IPv4Prefix(IPv4Address(240 << 24), 4), "240.0.0.0/4 (reserved, and the broadcast address 255.255.255.255)"),
+    ]
+
     public static func parse(_ fields: JSONFields) throws(ConfigError) -> NetworkConfig {
+        let strict = fields.dialect == .strict
+        if strict { try fields.rejectUnknownKeys(keys) }
         guard let network = try fields.prefix("Network") else { throw fields.error("Network", "is required") }
         guard network.isCanonical else {
             throw fields.error("Network", "\(network) has host bits set (did you mean \(network.network)/\(network.length)?)")
         }
-        guard network.length <= 28 else { throw fields.error("Network", "\(network) is too small: the smallest useful network is a /28") }
+        for (block, why) in reservedBlocks where block.contains(network.network) || network.contains(block.network) {
+            throw fields.error("Network", "\(network) overlaps \(why); choose a private range such as 10.244.0.0/16")
+        }
+        guard network.length <= 28 else {
+            throw fields.error("Network", "\(network) is too small: the smallest useful network is a /28 (four /30 subnets)")
+        }
+        if try fields.bool("EnableIPv4") == false {
+            throw fields.error("EnableIPv4", "false is not supported: vxlan-agent programs the IPv4 network")
+        }
+        if strict, try fields.bool("EnableIPv6") == true {
+            throw fields.error("EnableIPv6", "true is not supported: vxlan-agent programs the IPv4 network only")
+        }
         let subnetLen: UInt8
         if let given = try fields.integer("SubnetLen", in: 0...32), given != 0 {
             subnetLen = UInt8(given)
-            guard subnetLen > network.length else {
-                throw fields.error("SubnetLen", "\(subnetLen) must be longer than the network's /\(network.length)")
+            guard subnetLen <= 30 else {
+                throw fields.error("SubnetLen", "\(subnetLen) is too long: at most 30 (a subnet needs room for the VTEP, a bridge and pods)")
             }
-            guard subnetLen <= 30 else { throw fields.error("SubnetLen", "\(subnetLen) is too long: at most 30") }
+            guard Int(subnetLen) >= Int(network.length) + 2 else {
+                throw fields.error("SubnetLen", "\(subnetLen) leaves no room: the network /\(network.length) must hold at least four "
+                                   + "subnets, so SubnetLen must be at least \(Int(network.length) + 2)")
+            }
         } else {
-            subnetLen = network.length < 24 ? 24 : network.length + 1
+            // flannel's default: a /24 each where the network holds at least four, else a quarter.
+            subnetLen = network.length <= 22 ? 24 : network.length + 2
         }
         var config = NetworkConfig(network: network, subnetLen: subnetLen)
         for key in ["SubnetMin", "SubnetMax"] {
-            guard let address = try fields.ipv4(key) else { continue }
+            // 0.0.0.0 means "not set", as in flannel.
+            guard let address = try fields.ipv4(key), address.value != 0 else { continue }
             guard network.contains(address) else { throw fields.error(key, "\(address) is outside the network \(network)") }
             guard IPv4Prefix(address, subnetLen).isCanonical else {
-                throw fields.error(key, "\(address) is not the start of a /\(subnetLen) subnet")
+                throw fields.error(key, "\(address) is not the start of a /\(subnetLen) subnet (not on a SubnetLen boundary)")
             }
             if key == "SubnetMin" { config.subnetMin = address } else { config.subnetMax = address }
         }
         guard config.subnetMin <= config.subnetMax else {
-            throw fields.error("SubnetMin", "\(config.subnetMin) is above SubnetMax \(config.subnetMax)")
+            throw fields.error("SubnetMin", "\(config.subnetMin) is above SubnetMax \(config.subnetMax): no subnet can be allocated")
         }
         if let backend = try fields.object("Backend") {
-            config.backendType = try backend.string("Type") ?? "vxlan"
-            guard config.backendType == "vxlan" else {
-                throw backend.error("Type", "\"\(config.backendType)\" is not supported: vxlan-agent implements the vxlan backend")
+            if strict { try backend.rejectUnknownKeys(backendKeys) }
+            if let type = try backend.string("Type") {
+                // flanneld lower-cases the type.
+                guard type.lowercased() == "vxlan" else {
+                    let known = ["udp", "host-gw", "wireguard", "ipip", "ipsec", "alivpc", "alloc", "gce", "awsvpc", "tencentvpc", "extension"]
+                    let what = known.contains(type.lowercased()) ? "is flannel's \(type.lowercased()) backend, which vxlan-agent does not implement"
+                        : "is not a flannel backend"
+                    throw backend.error("Type", "\(quoted(type)) \(what): vxlan-agent implements \"vxlan\" only")
+                }
             }
+            config.backendType = "vxlan"
             config.vni = UInt32(try backend.integer("VNI", in: 0...16_777_215) ?? 1)
             if config.vni == 0 { config.vni = 1 }
             let port = try backend.integer("Port", in: 0...65535) ?? 0
             config.port = port == 0 ? 8472 : UInt16(port)
             config.mtu = try backend.integer("MTU", in: 0...65535).flatMap { $0 == 0 ? nil : UInt32($0) }
             if let mtu = config.mtu, mtu < 576 { throw backend.error("MTU", "\(mtu) is below the IPv4 minimum of 576") }
+            if let mtu = config.mtu, mtu > 65485 {
+                throw backend.error("MTU", "\(mtu) is above 65485, the largest a VXLAN device takes (65535 minus the 50 bytes VXLAN adds)")
+            }
             config.directRouting = try backend.bool("DirectRouting") ?? false
+            if try backend.bool("GBP") == true {
+                throw backend.error("GBP", "true is not supported: vxlan-agent creates devices without group-based policy")
+            }
+            if strict, try backend.bool("Learning") == true {
+                throw backend.error("Learning", "true is not supported: vxlan-agent programs every peer and keeps learning off")
+            }
+            if strict, let prefix = try backend.string("MacPrefix") {
+                throw backend.error("MacPrefix", "\(quoted(prefix)): not supported (flannel uses it on Windows only)")
+            }
         }
         return config
     }

@@ -83,40 +83,99 @@ public struct AgentConfig: Sendable, Hashable {
         "node", "network", "nodes", "routeLayout", "device", "etcd", "publicIP", "interface",
         "subnetFile", "cniConfFile", "cniBridge", "ipMasq", "metricsAddress", "resyncInterval", "leaseTTL",
     ]
-    static let nodeKeys = RawNode.knownKeys
+    static let nodeKeys: Set<String> = ["name", "publicIP", "subnet", "vtepMAC", "interface"]
+
+    /// The largest configuration file read: 50,000 nodes take about 5 MB.
+    public static let maximumFileSize = 64 << 20
 
     /// Reads and validates the file; every error names the file and the field.
     public static func load(path: String) throws(ConfigError) -> AgentConfig {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            let reason = FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist"
-            throw ConfigError(source: path, field: "", message: "the configuration file \(reason)")
+        try parse(try readFile(path), source: path)
+    }
+
+    /// The file's bytes, or an error that says what is wrong with it: missing, a
+    /// dangling symlink or a symlink loop, not readable, a directory, empty, too big.
+    public static func readFile(_ path: String) throws(ConfigError) -> Data {
+        func fail(_ message: String) -> ConfigError { ConfigError(source: path, field: "", message: "the configuration file \(message)") }
+        guard !path.isEmpty else { throw ConfigError(source: "--config", field: "", message: "the configuration file name is empty") }
+        // O_NONBLOCK: a FIFO without a writer must not hang the open (cleared below).
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+        guard fd >= 0 else {
+            let code = errno
+            switch code {
+            case ENOENT:
+                var info = stat()
+                if lstat(path, &info) == 0 && (info.st_mode & S_IFMT) == S_IFLNK {
+                    let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) ?? "?"
+                    throw fail("is a symbolic link to \(quoted(target)), which does not exist (a dangling link)")
+                }
+                throw fail("does not exist")
+            case ELOOP:
+                throw fail("cannot be opened: a symbolic link loop (ELOOP: too many levels of symbolic links)")
+            case EACCES, EPERM:
+                throw fail("cannot be read: permission denied (\(code == EACCES ? "EACCES" : "EPERM"))")
+            case ENOTDIR:
+                throw fail("cannot be opened: a component of the path is not a directory (ENOTDIR)")
+            case ENAMETOOLONG:
+                throw fail("cannot be opened: the name is too long (ENAMETOOLONG)")
+            default:
+                throw fail("cannot be opened: \(String(cString: strerror(code))) (errno \(code))")
+            }
         }
-        return try parse(data, source: path)
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0 else { throw fail("cannot be examined: \(String(cString: strerror(errno)))") }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG:
+            if info.st_size > maximumFileSize {
+                throw fail("is \(info.st_size) bytes, larger than the limit of \(maximumFileSize >> 20) MiB (is it the right file?)")
+            }
+        case S_IFDIR:
+            throw fail("is a directory, not a file")
+        case S_IFIFO, S_IFCHR:
+            break // a pipe (--config <(...)) or /dev/stdin: read up to the limit
+        default:
+            throw fail("is not a regular file (a socket or a block device)")
+        }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        var data = Data()
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                let code = errno
+                if code == EISDIR { throw fail("is a directory, not a file") }
+                throw fail("cannot be read: \(String(cString: strerror(code))) (errno \(code))")
+            }
+            if count == 0 { break }
+            data.append(contentsOf: buffer[0..<count])
+            if data.count > maximumFileSize {
+                throw fail("is larger than the limit of \(maximumFileSize >> 20) MiB (is it the right file?)")
+            }
+        }
+        guard !data.isEmpty else { throw fail("is empty (0 bytes)") }
+        return data
     }
 
     public static func parse(_ data: Data, source: String) throws(ConfigError) -> AgentConfig {
         let raw = try RawConfig.decode(data, source: source)
-        let root = raw.fields(source: source)
-        for key in raw.keys.sorted() where !topLevelKeys.contains(key) {
-            throw root.error(key, "unknown key (expected one of: \(topLevelKeys.sorted().joined(separator: ", ")))")
-        }
+        let root = raw.root
+        try root.rejectUnknownKeys(topLevelKeys)
         var routeLayout: RouteLayout?
         if let text = try root.string("routeLayout"), text != "auto" {
             guard let layout = RouteLayout(rawValue: text) else {
-                throw root.error("routeLayout", "\"\(text)\" is not one of auto, nexthop, classic")
+                throw root.error("routeLayout", "\(quoted(text)) is not one of auto, nexthop, classic")
             }
             routeLayout = layout
         }
         let deviceName = try root.string("device")
-        if let deviceName, !isInterfaceName(deviceName) {
-            throw root.error("device", "\"\(deviceName)\" is not a valid interface name (1-15 characters, no '/' or spaces)")
-        }
+        if let deviceName, let problem = interfaceNameProblem(deviceName) { throw root.error("device", problem) }
         let interface = try root.string("interface")
-        if let interface, !isInterfaceName(interface) {
-            throw root.error("interface", "\"\(interface)\" is not a valid interface name (1-15 characters, no '/' or spaces)")
-        }
+        if let interface, let problem = interfaceNameProblem(interface) { throw root.error("interface", problem) }
         let daemon = try parseDaemon(root)
         let node = try root.string("node")
+        if let node, let problem = nodeNameProblem(node) { throw root.error("node", problem) }
         let publicIP = try root.ipv4("publicIP")
 
         if let etcdFields = try root.object("etcd") {
@@ -131,6 +190,8 @@ public struct AgentConfig: Sendable, Hashable {
         }
         guard let networkFields = try root.object("network") else { throw root.error("network", "is required") }
         let network = try NetworkConfig.parse(networkFields)
+        // SubnetMin/SubnetMax given in a static inventory: every node's subnet is in the range.
+        let rangeGiven = networkFields.has("SubnetMin") || networkFields.has("SubnetMax")
         guard let entries = raw.nodes else { throw root.error("nodes", "is required") }
         guard !entries.isEmpty else { throw root.error("nodes", "is empty: list at least this node") }
 
@@ -139,20 +200,22 @@ public struct AgentConfig: Sendable, Hashable {
         // Values are indexes into `nodes`; the label is built only for an error.
         var names: [String: Int] = [:], subnets: [IPv4Prefix: Int] = [:]
         var ips: [IPv4Address: Int] = [:], macs: [MACAddress: Int] = [:]
-        func label(_ index: Int) -> String { "node \"\(nodes[index].record.name)\" (nodes[\(index)])" }
+        names.reserveCapacity(entries.count)
+        subnets.reserveCapacity(entries.count)
+        ips.reserveCapacity(entries.count)
+        macs.reserveCapacity(entries.count)
+        func label(_ index: Int) -> String { "node \(quoted(nodes[index].record.name)) (nodes[\(index)])" }
         for (index, entry) in entries.enumerated() {
-            func fail(_ key: String, _ message: String) -> ConfigError {
-                ConfigError(source: source, field: "nodes[\(index)].\(key)", message: message)
+            func fail(_ key: String, _ message: String) -> ConfigError { entry.error(key, message) }
+            try entry.rejectUnknownKeys(nodeKeys)
+            guard let name = try entry.string("name") else { throw fail("name", "is required") }
+            if let problem = nodeNameProblem(name) { throw fail("name", problem) }
+            guard let ipText = try entry.string("publicIP") else { throw fail("publicIP", "is required") }
+            guard let ip = IPv4Address(ipText) else { throw fail("publicIP", "\(quoted(ipText)) is not an IPv4 address") }
+            guard let subnetText = try entry.string("subnet") else { throw fail("subnet", "is required") }
+            guard let subnet = IPv4Prefix(subnetText) else {
+                throw fail("subnet", "\(quoted(subnetText)) is not an IPv4 prefix (a.b.c.d/len)")
             }
-            if let key = entry.unknownKey {
-                throw fail(key, "unknown key (expected one of: \(nodeKeys.sorted().joined(separator: ", ")))")
-            }
-            guard let name = entry.name else { throw fail("name", "is required") }
-            guard !name.isEmpty else { throw fail("name", "must not be empty") }
-            guard let ipText = entry.publicIP else { throw fail("publicIP", "is required") }
-            guard let ip = IPv4Address(ipText) else { throw fail("publicIP", "\"\(ipText)\" is not an IPv4 address") }
-            guard let subnetText = entry.subnet else { throw fail("subnet", "is required") }
-            guard let subnet = IPv4Prefix(subnetText) else { throw fail("subnet", "\"\(subnetText)\" is not an IPv4 prefix (a.b.c.d/len)") }
             guard subnet.isCanonical else {
                 throw fail("subnet", "\(subnet) has host bits set (did you mean \(subnet.network)/\(subnet.length)?)")
             }
@@ -162,13 +225,18 @@ public struct AgentConfig: Sendable, Hashable {
             guard network.network.contains(subnet) else {
                 throw fail("subnet", "\(subnet) is outside the network \(network.network)")
             }
+            if rangeGiven && !(network.subnetMin...network.subnetMax).contains(subnet.network) {
+                throw fail("subnet", "\(subnet) is outside SubnetMin...SubnetMax (\(network.subnetMin)...\(network.subnetMax))")
+            }
             var mac: MACAddress?
-            if let text = entry.vtepMAC {
-                guard let parsed = MACAddress(text) else { throw fail("vtepMAC", "\"\(text)\" is not a MAC address (xx:xx:xx:xx:xx:xx)") }
+            if let text = try entry.string("vtepMAC") {
+                guard let parsed = MACAddress(text) else { throw fail("vtepMAC", "\(quoted(text)) is not a MAC address (xx:xx:xx:xx:xx:xx)") }
                 guard parsed.isValidUnicast else { throw fail("vtepMAC", "\(parsed) is not a unicast MAC (multicast bit set or all zeros)") }
                 mac = parsed
             }
-            if let other = names[name] { throw fail("name", "\"\(name)\" is already used by \(label(other))") }
+            let nodeInterface = try entry.string("interface")
+            if let nodeInterface, let problem = interfaceNameProblem(nodeInterface) { throw fail("interface", problem) }
+            if let other = names[name] { throw fail("name", "\(quoted(name)) is already used by \(label(other))") }
             // Every subnet is a canonical /SubnetLen (checked above), so two overlap
             // exactly when they are equal: the duplicate check covers overlaps in O(1).
             if let other = subnets[subnet] { throw fail("subnet", "\(subnet) is already used by \(label(other))") }
@@ -180,41 +248,57 @@ public struct AgentConfig: Sendable, Hashable {
             subnets[subnet] = index
             ips[ip] = index
             macs[effectiveMAC] = index
-            nodes.append(InventoryNode(record: record, interface: entry.interface))
+            nodes.append(InventoryNode(record: record, interface: nodeInterface))
         }
         return AgentConfig(source: source, node: node, network: network, nodes: nodes, etcd: nil, publicIP: publicIP,
                            interface: interface, routeLayout: routeLayout, deviceName: deviceName, daemon: daemon)
     }
 
-    static func isInterfaceName(_ name: String) -> Bool {
-        !name.isEmpty && name.utf8.count <= 15 && !name.contains("/") && !name.contains(" ")
+    /// Why `name` cannot be a node name, or nil: names are echoed in messages,
+    /// logs and metrics labels, so they must print as themselves.
+    static func nodeNameProblem(_ name: String) -> String? {
+        if name.isEmpty { return "must not be empty" }
+        // The common case, checked cheaply (50,000 nodes): printable ASCII only.
+        if name.utf8.count <= 253, name.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != 0x22 && $0 != 0x5c }) { return nil }
+        if name.unicodeScalars.count > 253 { return "is \(name.unicodeScalars.count) characters long: at most 253" }
+        if escaped(name, limit: .max) != name || name.contains("\"") || name.contains("\\") || name.unicodeScalars.contains(where: \.properties.isWhitespace) {
+            return "\(quoted(name)) contains a control, invisible, white-space, quote or backslash character"
+        }
+        return nil
+    }
+
+    /// Why the kernel would refuse `name` as an interface name (dev_valid_name), or nil.
+    static func interfaceNameProblem(_ name: String) -> String? {
+        let shape = !name.isEmpty && name.utf8.count <= 15 && name != "." && name != ".." && !name.contains("/") && !name.contains(":")
+        let printable = name.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f }
+            || (escaped(name, limit: .max) == name && !name.unicodeScalars.contains(where: \.properties.isWhitespace))
+        return shape && printable ? nil
+            : "\(quoted(name)) is not a valid interface name (1-15 bytes; no '/', ':', white space or control characters; not . or ..)"
     }
 
     static func parseEtcd(_ fields: JSONFields) throws(ConfigError) -> EtcdSettings {
-        for key in fields.keys.sorted() where !EtcdSettings.keys.contains(key) {
-            throw fields.error(key, "unknown key (expected one of: \(EtcdSettings.keys.sorted().joined(separator: ", ")))")
-        }
+        try fields.rejectUnknownKeys(EtcdSettings.keys)
         var settings = EtcdSettings()
         if let endpoints = try fields.strings("endpoints") {
             guard !endpoints.isEmpty else { throw fields.error("endpoints", "is empty: list at least one etcd endpoint") }
             for (index, endpoint) in endpoints.enumerated() {
                 let rest = endpoint.hasPrefix("http://") ? endpoint.dropFirst(7) : endpoint.hasPrefix("https://") ? endpoint.dropFirst(8) : nil
                 guard let rest, !rest.isEmpty, !rest.contains(" ") else {
-                    throw fields.error("endpoints[\(index)]", "\"\(endpoint)\" is not an endpoint (http://host:port or https://host:port)")
+                    throw fields.error("endpoints[\(index)]", "\(quoted(endpoint)) is not an endpoint (http://host:port or https://host:port)")
                 }
             }
             settings.endpoints = endpoints
         }
         if let prefix = try fields.string("prefix") {
             guard prefix.hasPrefix("/"), Flannel.trimmed(prefix).count > 0 else {
-                throw fields.error("prefix", "\"\(prefix)\" must be an absolute key prefix like /coreos.com/network")
+                throw fields.error("prefix", "\(quoted(prefix)) must be an absolute key prefix like /coreos.com/network")
             }
             settings.prefix = Flannel.trimmed(prefix)
         }
         for key in ["caFile", "certFile", "keyFile"] {
             guard let path = try fields.string(key) else { continue }
             guard FileManager.default.isReadableFile(atPath: path) else {
-                throw fields.error(key, "\(path) \(FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist")")
+                throw fields.error(key, "\(escaped(path)) \(FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist")")
             }
             switch key {
             case "caFile": settings.caFile = path
@@ -231,17 +315,17 @@ public struct AgentConfig: Sendable, Hashable {
     static func parseDaemon(_ root: JSONFields) throws(ConfigError) -> DaemonSettings {
         var settings = DaemonSettings()
         if let path = try root.string("subnetFile") {
-            guard path.hasPrefix("/") else { throw root.error("subnetFile", "\"\(path)\" must be an absolute path") }
+            guard path.hasPrefix("/") else { throw root.error("subnetFile", "\(quoted(path)) must be an absolute path") }
             settings.subnetFile = path
         }
         if let path = try root.string("cniConfFile") {
             guard path.isEmpty || path.hasPrefix("/") else {
-                throw root.error("cniConfFile", "\"\(path)\" must be an absolute path (or \"\" to write none)")
+                throw root.error("cniConfFile", "\(quoted(path)) must be an absolute path (or \"\" to write none)")
             }
             settings.cniConfFile = path.isEmpty ? nil : path
         }
         if let bridge = try root.string("cniBridge") {
-            guard isInterfaceName(bridge) else { throw root.error("cniBridge", "\"\(bridge)\" is not a valid interface name") }
+            if let problem = interfaceNameProblem(bridge) { throw root.error("cniBridge", problem) }
             settings.cniBridge = bridge
         }
         settings.ipMasq = try root.bool("ipMasq") ?? true
@@ -251,7 +335,7 @@ public struct AgentConfig: Sendable, Hashable {
             } else {
                 let parts = text.split(separator: ":", omittingEmptySubsequences: false)
                 guard parts.count == 2, let host = IPv4Address(String(parts[0])), let port = Int(parts[1]), (1...65535).contains(port) else {
-                    throw root.error("metricsAddress", "\"\(text)\" is not IPv4:port (e.g. 127.0.0.1:9472; \"\" serves none)")
+                    throw root.error("metricsAddress", "\(quoted(text)) is not IPv4:port (e.g. 127.0.0.1:9472; \"\" serves none)")
                 }
                 settings.metricsAddress = DaemonSettings.Address(host: "\(host)", port: port)
             }
@@ -267,9 +351,9 @@ public struct AgentConfig: Sendable, Hashable {
             throw ConfigError(source: source, field: "etcd", message: "the etcd registry has no static view (internal error)")
         }
         guard let local = nodes.first(where: { $0.record.name == nodeName }) else {
-            let known = nodes.prefix(5).map(\.record.name).joined(separator: ", ")
+            let known = nodes.prefix(5).map { escaped($0.record.name) }.joined(separator: ", ")
             throw ConfigError(source: source, field: "nodes",
-                              message: "this node \"\(nodeName)\" is not listed (nodes: \(known)\(nodes.count > 5 ? ", ..." : "")); "
+                              message: "this node \(quoted(nodeName)) is not listed (nodes: \(known)\(nodes.count > 5 ? ", ..." : "")); "
                                 + "set \"node\" in the file or pass --node")
         }
         let peers = nodes.filter { $0.record.name != nodeName }.map(\.record)

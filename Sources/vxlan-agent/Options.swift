@@ -18,6 +18,14 @@ struct ConfigOptions: ParsableArguments {
     @Option(help: "Seconds to wait for the lock before giving up with exit code 75.")
     var lockTimeout: Double = 30
 
+    func validate() throws {
+        guard lockTimeout.isFinite, (0...86_400).contains(lockTimeout) else {
+            throw ValidationError("--lock-timeout must be a number of seconds from 0 to 86400, not \(lockTimeout)")
+        }
+        if let node, node.isEmpty { throw ValidationError("--node must not be empty") }
+        if config.isEmpty { throw ValidationError("--config must name a file") }
+    }
+
     func load() throws -> (AgentConfig, String) {
         let config = try AgentConfig.load(path: self.config)
         let name = node ?? config.node ?? ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? ""

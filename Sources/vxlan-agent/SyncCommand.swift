@@ -56,6 +56,13 @@ struct Diff: AsyncParsableCommand {
     @Option(help: "auto, nexthop, or classic.")
     var routeLayout: String?
 
+    func validate() throws {
+        // Without this, an unknown layout was silently taken as auto.
+        if let routeLayout, routeLayout != "auto", RouteLayout(rawValue: routeLayout) == nil {
+            throw ValidationError("--route-layout must be auto, nexthop or classic")
+        }
+    }
+
     func run() async throws {
         try await guarded { try await runSync(options: options, dryRun: true, output: output, verbose: true, layoutOverride: routeLayout) }
     }
