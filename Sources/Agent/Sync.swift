@@ -89,6 +89,12 @@ public struct Syncer {
         if layout == .nexthop && !dataplane.supportsNexthops {
             throw SyncError("routeLayout nexthop: this kernel has no nexthop objects (Linux 5.3+); use \"classic\" or \"auto\"")
         }
+        // The kernel refuses a VXLAN MTU above what the underlay carries with the
+        // 50 bytes of headers (EINVAL on every sync, forever): say so up front.
+        if let mtu = view.network.mtu, underlay.mtu > 50, mtu > underlay.mtu - 50 {
+            throw SyncError("Backend.MTU \(mtu) is more than the underlay \(underlay.name) carries: its MTU \(underlay.mtu) "
+                            + "minus 50 bytes of VXLAN headers is \(underlay.mtu - 50); lower it, or leave it out to take that")
+        }
         let settings = AgentSettings(proto: proto, layout: layout, deviceName: deviceName)
         let name = deviceName ?? view.network.deviceName
         lap("underlay")

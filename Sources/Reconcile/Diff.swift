@@ -8,8 +8,8 @@ public enum ReconcileError: Error, Sendable, Hashable, CustomStringConvertible {
     public var description: String {
         switch self {
         case .foreignDevice(let name, let kind):
-            "\(name) exists and is a \(kind) device, not VXLAN; the agent will not delete it. "
-                + "Remove it (ip link del \(name)) or set another device name"
+            "\(name) exists and is \(kind == "non-VXLAN" ? "not a VXLAN device" : "a \(kind) device, not VXLAN"); "
+                + "the agent will not touch it. Set \"device\" to another name (or, if it is a leftover of yours, remove it)"
         }
     }
 }

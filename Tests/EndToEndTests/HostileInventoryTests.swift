@@ -216,9 +216,9 @@ struct HostileInventoryTests {
                     #"{"name": "node-1", "publicIP": "198.18.0.1", "subnet": "198.19.1.0/24"}"#,
                     #"{"name": "node-2", "publicIP": "198.19.0.2", "subnet": "198.19.2.0/24"}"#])),
                  message: "publicIP 198.18.0.1 of this node node-1 (nodes[0]) is inside the pod network 198.18.0.0/15"),
-            // Today: exit 3 with the kernel's EINVAL on every sync, forever.
+            // Was: exit 3 with the kernel's EINVAL on every sync, forever.
             Case(family: .network, name: "MTU 9000 over a 1500 underlay", input: backend(#""Type": "vxlan", "MTU": 9000"#),
-                 message: "Backend.MTU", knownIssue: "Syncer should refuse an MTU above the underlay's minus 50 before writing"),
+                 message: "Backend.MTU 9000 is more than the underlay eth0 carries"),
             c("EnableIPv6", net(#"{"Network": "10.244.0.0/16", "EnableIPv6": true}"#), "network.EnableIPv6: true is not supported"),
             c("EnableIPv4 false", net(#"{"Network": "10.244.0.0/16", "EnableIPv4": false}"#), "network.EnableIPv4: false is not supported"),
         ]
@@ -283,9 +283,9 @@ struct HostileInventoryTests {
             c("device with a space", top(#""device": "flannel 1""#), "device: \"flannel 1\" is not a valid interface name"),
             c("device ..", top(#""device": "..""#), "device: \"..\" is not a valid interface name"),
             Case(family: .nodes, name: "device eth0 (the underlay)", input: top(#""device": "eth0""#),
-                 message: "eth0 exists and is a veth device, not VXLAN; the agent will not delete it"),
+                 message: "eth0 exists and is a veth device, not VXLAN; the agent will not touch it"),
             Case(family: .nodes, name: "device lo", input: top(#""device": "lo""#),
-                 message: "lo exists and is a non-VXLAN device, not VXLAN; the agent will not delete it"),
+                 message: "lo exists and is not a VXLAN device; the agent will not touch it"),
             c("metricsAddress bogus", top(#""metricsAddress": "bogus""#), "metricsAddress: \"bogus\" is not IPv4:port"),
             c("a relative subnetFile", top(#""subnetFile": "subnet.env""#), "subnetFile: \"subnet.env\" must be an absolute path"),
             // The underlay: refused before anything is written (Syncer's checks, through the CLI).
