@@ -1,0 +1,123 @@
+import Daemon
+import Dataplane
+import Etcd
+import Foundation
+import Logging
+import Reconcile
+import Registry
+import Testing
+import TestSupport
+
+/// Dual-stack keys and hostile leases against a real etcd: the allocator, the
+/// daemon's registry and the one-shot read (`sync`, `diff`) side by side.
+@Suite("hostile leases in a real etcd: the allocator, the daemon's registry, sync's read")
+struct HostileLeaseEtcdTests {
+    static let prefix = HostileLeases.prefix
+    static let publicIP = IPv4Address(HostileLeases.publicIP)!
+
+    func allocator(_ client: EtcdClient) -> LeaseAllocator {
+        LeaseAllocator(client: client, prefix: Self.prefix,
+                       attributes: LeaseAttributes(publicIP: Self.publicIP, vni: 1, vtepMAC: .vtep(vni: 1, publicIP: Self.publicIP)), ttl: 600)
+    }
+
+    func put(_ client: EtcdClient, _ entries: [HostileLeases.Entry]) async throws {
+        for entry in entries { _ = try await client.put(entry.key, bytes: Array(entry.value.utf8)) }
+    }
+
+    /// Issue 9, item 3: before, a dual-stack key "did not name a subnet" and its
+    /// subnet was free to take: two nodes owned one subnet.
+    @Test("the allocator never takes a subnet that a dual-stack key holds, nor one held by a broken or flanneld-only key", etcdTests)
+    func allocatorAvoidsHeldSubnets() async throws {
+        try await withEtcd { etcd in
+            try await withClient([etcd.endpoint]) { client in
+                try await put(client, HostileLeases.dualStack.entries)
+                let (existing, _) = try await client.list(prefix: Flannel.subnetsPrefix(prefix: Self.prefix))
+                let two = try NetworkConfig.parse(Data(HostileLeases.network.utf8), source: "net-conf")
+                for previous in [nil, "10.244.13.0/24"] {
+                    // A fresh node, and one whose subnet.env names the held subnet.
+                    let lease = try await allocator(client).acquire(network: two, existing: existing, previous: previous.flatMap { IPv4Prefix($0) })
+                    #expect(lease.subnet == IPv4Prefix("10.244.14.0/24"), "10.244.13.0/24 is held by \(HostileLeases.dualStack.entries[0].key)")
+                    _ = try await client.delete(lease.key)
+                }
+                // Only the held subnet in range: no subnet at all, said so; nothing written.
+                let one = try NetworkConfig.parse(Data(#"{"Network": "10.244.0.0/16", "SubnetMin": "10.244.13.0", "SubnetMax": "10.244.13.0"}"#.utf8), source: "net-conf")
+                await #expect(throws: (any Error).self) { try await allocator(client).acquire(network: one, existing: existing, previous: IPv4Prefix("10.244.13.0/24")) }
+                let after = try await client.list(prefix: Flannel.subnetsPrefix(prefix: Self.prefix)).kvs.map(\.key)
+                #expect(after == [HostileLeases.dualStack.entries[0].key])
+
+                // Keys held whatever their value: broken JSON, a flanneld-only spelling, an IPv6 part flannel refuses.
+                let held = ["10.244.13.0-24": "{", "x10.244.13.0-24": HostileLeases.vxlan("198.18.0.9", "22:00:00:00:00:09"),
+                            "10.244.13.0-24&fd00::-128": HostileLeases.vxlan("198.18.0.9", "22:00:00:00:00:09")]
+                _ = try await client.delete(HostileLeases.dualStack.entries[0].key)
+                for (name, value) in held {
+                    _ = try await client.put("\(Self.prefix)/subnets/\(name)", value: value)
+                    let (listed, _) = try await client.list(prefix: Flannel.subnetsPrefix(prefix: Self.prefix))
+                    let lease = try await allocator(client).acquire(network: two, existing: listed, previous: IPv4Prefix("10.244.13.0/24"))
+                    #expect(lease.subnet == IPv4Prefix("10.244.14.0/24"), "held by \(name)")
+                    _ = try await client.delete(lease.key)
+                    _ = try await client.delete("\(Self.prefix)/subnets/\(name)")
+                }
+
+                // An IPv6-only key holds no IPv4 subnet.
+                _ = try await client.put("\(Self.prefix)/subnets/0.0.0.0-0&fd00:10:244:d::-64", value: "{}")
+                let (listed, _) = try await client.list(prefix: Flannel.subnetsPrefix(prefix: Self.prefix))
+                let lease = try await allocator(client).acquire(network: one, existing: listed, previous: nil)
+                #expect(lease.subnet == IPv4Prefix("10.244.13.0/24"))
+            }
+        }
+    }
+
+    /// The first cluster state a registry reports.
+    func firstState(_ endpoint: String, node: String) async throws -> (ClusterView, Int) {
+        let registry = try EtcdRegistry(settings: EtcdSettings(endpoints: [endpoint]), node: node, publicIP: Self.publicIP, ttl: 600,
+                                        subnetFile: "/nonexistent/subnet.env", log: Logger(label: "test"))
+        let events = AsyncStream<RegistryEvent>.makeStream()
+        let task = Task { await registry.run { events.continuation.yield($0) } }
+        defer { task.cancel() }
+        for await event in events.stream {
+            switch event {
+            case .connection(true, _): continue
+            case .connection(false, let reason): throw HarnessError("registry: \(reason ?? "")")
+            case .state(let view, let invalid):
+                task.cancel()
+                await task.value
+                await registry.shutdown()
+                return (view, invalid)
+            }
+        }
+        throw CancellationError()
+    }
+
+    @Test("the daemon's registry and sync's read of etcd see the same cluster and skip the same leases", etcdTests)
+    func sameViewEverywhere() async throws {
+        try await withEtcd { etcd in
+            try await withClient([etcd.endpoint]) { client in
+                _ = try await client.put(Flannel.configKey(prefix: Self.prefix), value: HostileLeases.network)
+                try await put(client, HostileLeases.good + HostileLeases.dualStack.entries)
+                // The daemon's registry takes its lease: 10.244.14.0/24, not the dual-stack key's subnet.
+                let (first, _) = try await firstState(etcd.endpoint, node: "h1")
+                #expect(first.local.subnet == IPv4Prefix(HostileLeases.ownSubnet))
+                #expect(first.local.origin == HostileLeases.ownKey)
+
+                // Every hostile lease, then a registry lists them at start, and sync reads them.
+                try await put(client, HostileLeases.cases.filter { $0 != HostileLeases.dualStack }.flatMap(\.entries))
+                let (daemon, invalid) = try await firstState(etcd.endpoint, node: "h1")
+                let config = try AgentConfig.parse(Data("""
+                    {"node": "h1", "publicIP": "\(HostileLeases.publicIP)", "etcd": {"endpoints": ["\(etcd.endpoint)"]},
+                     "subnetFile": "/nonexistent/subnet.env"}
+                    """.utf8), source: "c.json")
+                let (sync, warnings) = try await readEtcdView(config: config, node: "h1")
+                #expect(daemon == sync)
+                #expect(daemon.local.subnet == IPv4Prefix(HostileLeases.ownSubnet), "the lease was kept")
+                #expect(invalid == warnings.count)
+                #expect(invalid > 30)
+                for warning in warnings {
+                    #expect(warning.hasPrefix("lease \(HostileLeases.prefix)/subnets/") && warning.hasSuffix("; skipped"), "\(warning)")
+                }
+                // A hostile lease that claims this node's public IP does not confuse sync:
+                // it is outside SubnetMin..SubnetMax, so not a lease this node would keep.
+                #expect(daemon.peers.contains { $0.origin == "\(HostileLeases.prefix)/subnets/10.244.60.0-24" })
+            }
+        }
+    }
+}
