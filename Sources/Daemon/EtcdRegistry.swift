@@ -98,6 +98,8 @@ public final class EtcdRegistry: Sendable {
     let subnetFile: String
     let log: Logger
     let own = Mutex<OwnLease?>(nil)
+    /// Each lease as last checked, by key, with the revision it was checked at.
+    let checked = Mutex<[String: (revision: Int64, result: Result<Lease, SkippedLease>)]>([:])
 
     public init(settings: EtcdSettings, node: String, publicIP: IPv4Address, ttl: Int64, subnetFile: String, log: Logger) throws {
         self.client = try makeEtcdClient(settings)
@@ -226,9 +228,18 @@ public final class EtcdRegistry: Sendable {
     /// it); skipped ones are logged once per revision of their key.
     func state(network: NetworkConfig, leases: [String: KeyValue], reported: inout [String: Int64]) -> RegistryEvent {
         guard let mine = ownLease else { fatalError("state without a lease") }
-        let entries = leases.values.map { LeaseEntry(key: $0.key, value: $0.value, etcdLease: $0.lease) }
-        let result = Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP,
-                                         own: (mine.key, mine.subnet))
+        let entries = leases.values.map { LeaseEntry(key: $0.key, value: $0.value, etcdLease: $0.lease, revision: $0.modRevision) }
+        let result = checked.withLock { cache in
+            // A key is parsed again only when it changed (the network is fixed for this registry's life).
+            cache = cache.filter { leases[$0.key]?.modRevision == $0.value.revision }
+            return Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP,
+                                       own: (mine.key, mine.subnet)) { entry in
+                if let hit = cache[entry.key] { return hit.result }
+                let result = Flannel.check(entry, network: network)
+                cache[entry.key] = (entry.revision, result)
+                return result
+            }
+        }
         var seen: Set<String> = []
         for skipped in result.skipped {
             seen.insert(skipped.key)

@@ -233,8 +233,9 @@ public struct LeaseAttributes: Sendable, Hashable {
     public static func parse(_ value: [UInt8], key: String) throws(ConfigError) -> LeaseAttributes {
         if let problem = goRefuses(value) { throw ConfigError(source: key, field: "", message: "invalid JSON: \(problem)") }
         let fields = try JSONFields.parse(Data(value), source: key)
-        guard let ip = try fields.ipv4(try goName("PublicIP", in: fields)) else { throw fields.error("PublicIP", "is required") }
-        let ipv6Name = try goName("PublicIPv6", in: fields)
+        let names = try goNames(fields, ["PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data"])
+        guard let ip = try fields.ipv4(names["PublicIP"] ?? "PublicIP") else { throw fields.error("PublicIP", "is required") }
+        let ipv6Name = names["PublicIPv6"] ?? "PublicIPv6"
         var ipv6: IPv6Address?
         if let text = try fields.string(ipv6Name) {
             // Go's net.ParseIP: IPv6 text, or IPv4 (kept as ::ffff:a.b.c.d).
@@ -243,69 +244,98 @@ public struct LeaseAttributes: Sendable, Hashable {
             }
             ipv6 = address
         }
-        let typeName = try goName("BackendType", in: fields)
+        let typeName = names["BackendType"] ?? "BackendType"
         guard let type = try fields.string(typeName) else {
             throw fields.error(typeName, "is missing: flanneld programs only leases with \"BackendType\": \"vxlan\"")
         }
         guard type == "vxlan" else {
             throw fields.error(typeName, "\"\(type)\": only vxlan leases can be reached over VXLAN")
         }
-        let dataName = try goName("BackendData", in: fields)
+        let dataName = names["BackendData"] ?? "BackendData"
         guard let data = try fields.object(dataName) else { throw fields.error(dataName, "is required (VtepMAC)") }
         let vtep = try parseVTEP(data)
         // BackendV6Data matters only to an IPv6 VTEP, which this agent does not run:
         // like an IPv4-only flanneld, a broken one does not cost the IPv4 peer.
-        let v6Data = try? fields.object(goName("BackendV6Data", in: fields))
+        let v6Data = try? fields.object(names["BackendV6Data"] ?? "BackendV6Data")
         let v6 = v6Data.flatMap { data in try? parseVTEP(data) }
         return LeaseAttributes(publicIP: ip, backendType: type, vni: vtep.vni, vtepMAC: vtep.vtepMAC,
                                publicIPv6: ipv6, backendV6: v6)
     }
 
     static func parseVTEP(_ data: JSONFields) throws(ConfigError) -> VTEP {
-        let macName = try goName("VtepMAC", in: data)
+        let names = try goNames(data, ["VtepMAC", "VNI"])
+        let macName = names["VtepMAC"] ?? "VtepMAC"
         guard let macText = try data.string(macName) else { throw data.error(macName, "is required") }
         guard let mac = MACAddress(macText) else { throw data.error(macName, "\"\(macText)\" is not a MAC address") }
-        let vni = try data.integer(try goName("VNI", in: data), in: 0...16_777_215).map { UInt32($0) }
+        let vni = try data.integer(names["VNI"] ?? "VNI", in: 0...16_777_215).map { UInt32($0) }
         return VTEP(vni: vni, vtepMAC: mac)
     }
 
-    /// The key Go's decoder would read `name` from: the exact name, or one that
-    /// differs only in case. Two spellings are refused: Go takes whichever comes
-    /// last, and the order is not known here.
-    static func goName(_ name: String, in fields: JSONFields) throws(ConfigError) -> String {
-        let lowered = name.lowercased()
-        let spellings = fields.keys.filter { $0.count == name.count && $0.lowercased() == lowered }.sorted()
-        guard spellings.count <= 1 else {
-            throw fields.error(name, "appears as \(spellings.map { "\"\($0)\"" }.joined(separator: " and ")): "
-                               + "flanneld would take whichever comes last")
+    /// Which key of an object Go's decoder reads each of `fields` from: the exact
+    /// name, or one that differs only in case. Two spellings of one field are
+    /// refused: Go takes whichever comes last, and the order is not known here.
+    static func goNames(_ object: JSONFields, _ fields: [String]) throws(ConfigError) -> [String: String] {
+        var names: [String: String] = [:]
+        for key in object.keys {
+            guard let field = fields.first(where: { $0 == key }) ?? fields.first(where: { equalFold($0, key) }) else { continue }
+            if let other = names[field] {
+                let both = [other, key].sorted().map { "\"\($0)\"" }.joined(separator: " and ")
+                throw object.error(field, "appears as \(both): flanneld would take whichever comes last")
+            }
+            names[field] = key
         }
-        return spellings.first ?? name
+        return names
+    }
+
+    /// ASCII case-insensitive equality, without allocating.
+    static func equalFold(_ a: String, _ b: String) -> Bool {
+        guard a.utf8.count == b.utf8.count else { return false }
+        for (x, y) in zip(a.utf8, b.utf8) where x != y {
+            let lower = x | 0x20
+            guard lower == y | 0x20, lower >= UInt8(ascii: "a"), lower <= UInt8(ascii: "z") else { return false }
+        }
+        return true
     }
 
     /// What Go's decoder refuses and JSONSerialization accepts: a byte order mark,
     /// a trailing comma.
     static func goRefuses(_ value: [UInt8]) -> String? {
         if value.starts(with: [0xEF, 0xBB, 0xBF]) { return "a byte order mark before the value (flanneld refuses it)" }
-        var inString = false, escaped = false
-        var last: UInt8 = 0
-        for (offset, byte) in value.enumerated() {
-            if inString {
-                if escaped { escaped = false } else if byte == UInt8(ascii: "\\") { escaped = true } else if byte == UInt8(ascii: "\"") { inString = false }
-                continue
+        return value.withUnsafeBufferPointer { bytes -> String? in
+            // Cheap first: a comma followed (after white space) by a closing bracket,
+            // strings ignored. Only then the exact scan.
+            var index = 0, candidate = false, comma = false
+            while index < bytes.count {
+                switch bytes[index] {
+                case 0x2C: comma = true
+                case 0x20, 0x09, 0x0A, 0x0D: break
+                case 0x7D, 0x5D: if comma { candidate = true }; comma = false
+                default: comma = false
+                }
+                if candidate { break }
+                index += 1
             }
-            switch byte {
-            case UInt8(ascii: " "), UInt8(ascii: "\t"), UInt8(ascii: "\n"), UInt8(ascii: "\r"):
-                continue
-            case UInt8(ascii: "\""):
-                inString = true
-            case UInt8(ascii: "}"), UInt8(ascii: "]"):
-                if last == UInt8(ascii: ",") { return "a trailing comma before byte \(offset) (flanneld refuses it)" }
-            default:
-                break
+            guard candidate else { return nil }
+            var inString = false, escaped = false
+            var last: UInt8 = 0
+            index = 0
+            while index < bytes.count {
+                defer { index += 1 }
+                let byte = bytes[index]
+                if inString {
+                    if escaped { escaped = false } else if byte == 0x5C { escaped = true } else if byte == 0x22 { inString = false }
+                    continue
+                }
+                switch byte {
+                case 0x20, 0x09, 0x0A, 0x0D: continue
+                case 0x22: inString = true
+                case 0x7D, 0x5D: if last == 0x2C { return "a trailing comma before byte \(index) (flanneld refuses it)" }
+                default: break
+                }
+                last = byte
             }
-            last = byte
+            return nil
         }
-        return nil
     }
 }
 
@@ -361,11 +391,14 @@ public struct LeaseEntry: Sendable, Hashable {
     public var value: [UInt8]
     /// The etcd lease the key is attached to (0: none).
     public var etcdLease: Int64
+    /// The revision of the key's last change (etcd's mod_revision; 0: unknown).
+    public var revision: Int64
 
-    public init(key: String, value: [UInt8], etcdLease: Int64 = 0) {
+    public init(key: String, value: [UInt8], etcdLease: Int64 = 0, revision: Int64 = 0) {
         self.key = key
         self.value = value
         self.etcdLease = etcdLease
+        self.revision = revision
     }
 }
 
@@ -423,10 +456,18 @@ extension Flannel {
     /// a reason naming the key.
     public static func clusterView(network: NetworkConfig, leases: [LeaseEntry], node: String, publicIP: IPv4Address,
                                    own: (key: String, subnet: IPv4Prefix)) -> LeaseView {
+        clusterView(network: network, leases: leases, node: node, publicIP: publicIP, own: own) { check($0, network: network) }
+    }
+
+    /// The same, with `checked` giving `check(_:network:)`'s result for a lease (the
+    /// daemon keeps them by key and revision: an event does not parse every lease again).
+    public static func clusterView(network: NetworkConfig, leases: [LeaseEntry], node: String, publicIP: IPv4Address,
+                                   own: (key: String, subnet: IPv4Prefix),
+                                   checked: (LeaseEntry) -> Result<Lease, SkippedLease>) -> LeaseView {
         var peers: [NodeRecord] = []
         var skipped: [SkippedLease] = []
         for entry in leases.sorted(by: { $0.key < $1.key }) where entry.key != own.key {
-            switch check(entry, network: network) {
+            switch checked(entry) {
             case .success(let lease): peers.append(lease.record)
             case .failure(let reason): skipped.append(reason)
             }

@@ -120,4 +120,42 @@ struct HostileLeaseEtcdTests {
             }
         }
     }
+
+    @Test("a lease fixed or broken in place is checked again (the registry keeps each check by revision)", etcdTests)
+    func checkedAgainWhenChanged() async throws {
+        try await withEtcd { etcd in
+            try await withClient([etcd.endpoint]) { client in
+                _ = try await client.put(Flannel.configKey(prefix: Self.prefix), value: HostileLeases.network)
+                let registry = try EtcdRegistry(settings: EtcdSettings(endpoints: [etcd.endpoint]), node: "h1", publicIP: Self.publicIP,
+                                                ttl: 600, subnetFile: "/nonexistent/subnet.env", log: Logger(label: "test"))
+                let events = AsyncStream<RegistryEvent>.makeStream()
+                let task = Task { await registry.run { events.continuation.yield($0) } }
+                defer { task.cancel() }
+                // A generous deadline for the whole test: the stream ends, the wait below fails.
+                let watchdog = Task { try? await Task.sleep(for: .seconds(60)); events.continuation.finish() }
+                defer { watchdog.cancel() }
+                var iterator = events.stream.makeAsyncIterator()
+                /// The next state that satisfies `condition` (each write brings at least one).
+                func state(_ what: String, _ condition: (ClusterView, Int) -> Bool) async throws {
+                    while let event = await iterator.next() {
+                        if case .state(let view, let invalid) = event, condition(view, invalid) { return }
+                    }
+                    throw HarnessError("no state within 60 s: \(what)")
+                }
+                try await state("the first state") { view, invalid in view.peers.isEmpty && invalid == 0 }
+                let key = "\(Self.prefix)/subnets/10.244.20.0-24"
+                let good = HostileLeases.vxlan("198.18.0.120", "22:00:00:00:00:20")
+                for (value, peers, invalid) in [(good.replacingOccurrences(of: "vxlan", with: "host-gw"), 0, 1), (good, 1, 0),
+                                                (good.replacingOccurrences(of: "\"VNI\":1", with: "\"VNI\":2"), 0, 1), (good, 1, 0)] {
+                    _ = try await client.put(key, value: value)
+                    try await state("\(value) is checked") { view, count in view.peers.count == peers && count == invalid }
+                }
+                _ = try await client.delete(key)
+                try await state("the lease is gone") { view, invalid in view.peers.isEmpty && invalid == 0 }
+                task.cancel()
+                await task.value
+                await registry.shutdown()
+            }
+        }
+    }
 }
