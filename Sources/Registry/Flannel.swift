@@ -34,20 +34,20 @@ public enum Flannel {
 
     /// The IPv4 subnet a key keeps from being allocated, whatever its value says
     /// (a lease whose value is broken still has a node behind it, or will have).
-    /// Beyond our own parser it takes what flanneld's takes: flannel matches its
-    /// pattern anywhere in the key (`…/subnets/x10.244.9.0-24` is 10.244.9.0/24 to
-    /// flanneld), and keeps the IPv4 part of a key whose IPv6 part is broken here.
-    /// IPv6-only keys hold no IPv4 subnet.
+    /// Beyond our own parser it takes what flanneld's takes, and a little more:
+    /// flannel's pattern is not anchored at the start (`…/subnets/x10.244.9.0-24`
+    /// is 10.244.9.0/24 to flanneld), and the IPv4 part of a key whose IPv6 part is
+    /// broken is kept here. Linear in the key's length, whatever the key. IPv6-only
+    /// keys hold no IPv4 subnet.
     public static func heldSubnet(byLeaseKey key: String) -> IPv4Prefix? {
         if let subnets = subnets(ofLeaseKey: key) { return subnets.ipv4 }
-        let name = lastSegment(key)
-        if let ampersand = name.firstIndex(of: "&"), let ipv4 = ipv4Part(name[..<ampersand]) {
-            return ipv4.address.value == 0 && ipv4.length == 0 ? nil : ipv4
-        }
-        // flannel's pattern, unanchored at the start as flannel applies it.
-        let pattern = #/([0-9]+\.[0-9]+.[0-9]+.[0-9]+)-([0-9]+)(?:&([a-f0-9:]+)-([0-9]+))?$/#
-        guard let match = key.firstMatch(of: pattern), let address = IPv4Address(match.1),
-              let length = decimal(match.2, max: 32) else { return nil }
+        var name = lastSegment(key)
+        if let ampersand = name.lastIndex(of: "&") { name = name[..<ampersand] }
+        guard let dash = name.lastIndex(of: "-"), let length = decimal(name[name.index(after: dash)...], max: 32) else { return nil }
+        // The digits and dots before the length; their last four parts are the address.
+        let run = name[..<dash].utf8.reversed().prefix { ($0 >= 48 && $0 <= 57) || $0 == 46 }
+        let parts = String(decoding: run.reversed(), as: UTF8.self).split(separator: ".", omittingEmptySubsequences: false).suffix(4)
+        guard parts.count == 4, let address = IPv4Address(parts.joined(separator: ".")) else { return nil }
         return address.value == 0 && length == 0 ? nil : IPv4Prefix(address, UInt8(length))
     }
 

@@ -19,17 +19,23 @@ struct HostileLeaseDaemonTests {
         try #require(answer.contains(#""succeeded":true"#), "\(answer)")
     }
 
-    /// How the agent prints a key: control characters as `\xNN`.
+    /// How the agent prints a key: control characters as `\xNN`, the middle of a key
+    /// longer than 256 characters elided.
     func printable(_ text: String) -> String {
-        var result = ""
-        for scalar in text.unicodeScalars {
-            if scalar.value < 0x20 || scalar.value == 0x7f {
-                result += "\\x" + (scalar.value < 16 ? "0" : "") + String(scalar.value, radix: 16)
-            } else {
-                result.unicodeScalars.append(scalar)
+        let scalars = Array(text.unicodeScalars)
+        func escaped(_ part: ArraySlice<Unicode.Scalar>) -> String {
+            var result = ""
+            for scalar in part {
+                if scalar.value < 0x20 || (scalar.value >= 0x7f && scalar.value < 0xa0) {
+                    result += "\\x" + (scalar.value < 16 ? "0" : "") + String(scalar.value, radix: 16)
+                } else {
+                    result.unicodeScalars.append(scalar)
+                }
             }
+            return result
         }
-        return result
+        guard scalars.count > 256 else { return escaped(scalars[...]) }
+        return escaped(scalars[..<128]) + "…(\(scalars.count) characters)…" + escaped(scalars[(scalars.count - 128)...])
     }
 
     /// The "lease skipped" and "peer skipped" records of a daemon log, their fields unquoted.

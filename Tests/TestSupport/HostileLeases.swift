@@ -209,6 +209,8 @@ public enum HostileLeases {
             key("10.244.87.0-24&fd00:10:244:57::-128", valid(87).value, .skipped("the key does not name a subnet"), holds: ["10.244.87.0/24"])]),
         Case(name: "only an IPv6 part", entries: [
             key("&fd00:10:244:58::-64", valid(88).value, .skipped("the key does not name a subnet"), holds: [])]),
+        Case(name: "a key of 100,000 characters", entries: [
+            key(String(repeating: "9", count: 100_000) + "10.244.93.0-24", valid(93).value, .skipped("the key does not name a subnet"), holds: [])]),
         Case(name: "a newline in the key", entries: [
             key("evil\nkey/10.244.89.0-24", valid(89).value, .skipped("the key contains control characters"), holds: ["10.244.89.0/24"])]),
         Case(name: "a NUL byte in the key", entries: [
