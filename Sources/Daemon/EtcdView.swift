@@ -31,8 +31,9 @@ private func read(client: EtcdClient, settings: EtcdSettings, node: String, publ
     do {
         own = try Flannel.ownLease(among: entries, network: network, publicIP: publicIP, previousSubnet: previous)
     } catch .noLease {
-        throw DaemonError("no lease in etcd under \(subnets) has PublicIP \(publicIP) and a /\(network.subnetLen) of "
-                          + "\(network.network): `vxlan-agent run` takes one (sync does not write to etcd)")
+        throw DaemonError("no lease in etcd under \(subnets) has PublicIP \(publicIP) and a /\(network.subnetLen) between "
+                          + "SubnetMin \(network.subnetMin) and SubnetMax \(network.subnetMax) of \(network.network): "
+                          + "`vxlan-agent run` takes one (sync does not write to etcd)")
     } catch .several(let keys) {
         throw DaemonError("several leases in etcd have PublicIP \(publicIP) (\(keys.map { Flannel.printable($0) }.joined(separator: ", "))) "
                           + "and \(subnetFile) names none of their subnets: which one is this node's is unknown; "

@@ -158,4 +158,46 @@ struct HostileLeaseEtcdTests {
             }
         }
     }
+
+    @Test("sync's read: with two leases claiming this node's IP, subnet.env decides; without it, an error naming both", etcdTests)
+    func ownLeaseFromSubnetEnv() async throws {
+        try await withEtcd { etcd in
+            try await withClient([etcd.endpoint]) { client in
+                _ = try await client.put(Flannel.configKey(prefix: Self.prefix), value: HostileLeases.network)
+                let mine = LeaseAttributes(publicIP: Self.publicIP, vni: 1, vtepMAC: .vtep(vni: 1, publicIP: Self.publicIP)).json
+                for subnet in ["10.244.13.0-24", "10.244.14.0-24"] { _ = try await client.put("\(Self.prefix)/subnets/\(subnet)", value: mine) }
+                let directory = try makeTemporaryDirectory("hostile-leases")
+                defer { try? FileManager.default.removeItem(atPath: directory) }
+                let config = try AgentConfig.parse(Data("""
+                    {"node": "h1", "publicIP": "\(HostileLeases.publicIP)", "etcd": {"endpoints": ["\(etcd.endpoint)"]},
+                     "subnetFile": "\(directory)/subnet.env"}
+                    """.utf8), source: "c.json")
+                do {
+                    _ = try await readEtcdView(config: config, node: "h1")
+                    Issue.record("two leases claim this node's IP and nothing says which is its own")
+                } catch {
+                    #expect("\(error)" == "several leases in etcd have PublicIP 198.18.0.1 (\(Self.prefix)/subnets/10.244.13.0-24, "
+                            + "\(Self.prefix)/subnets/10.244.14.0-24) and \(directory)/subnet.env names none of their subnets: "
+                            + "which one is this node's is unknown; delete the ones that are not")
+                }
+                try SubnetEnv(network: IPv4Prefix("10.244.0.0/16")!, subnet: IPv4Prefix("10.244.14.0/24")!, mtu: 1450, ipMasq: true)
+                    .text.write(toFile: "\(directory)/subnet.env", atomically: true, encoding: .utf8)
+                let (view, _) = try await readEtcdView(config: config, node: "h1")
+                #expect(view.local.subnet == IPv4Prefix("10.244.14.0/24"))
+                #expect(view.peers.map(\.origin) == ["\(Self.prefix)/subnets/10.244.13.0-24"], "a peer, which the reconciler skips (this host's IP)")
+
+                // No lease this node would keep: the error says what sync looks for.
+                _ = try await client.delete("\(Self.prefix)/subnets/10.244.14.0-24")
+                _ = try await client.delete("\(Self.prefix)/subnets/10.244.13.0-24")
+                _ = try await client.put("\(Self.prefix)/subnets/10.244.60.0-24", value: mine)
+                do {
+                    _ = try await readEtcdView(config: config, node: "h1")
+                    Issue.record("a lease outside SubnetMin..SubnetMax is not this node's")
+                } catch {
+                    #expect("\(error)".hasPrefix("no lease in etcd under \(Self.prefix)/subnets/ has PublicIP 198.18.0.1 and a /24 between "
+                                                 + "SubnetMin 10.244.13.0 and SubnetMax 10.244.14.0 of 10.244.0.0/16"), "\(error)")
+                }
+            }
+        }
+    }
 }
