@@ -302,8 +302,8 @@ public struct LeaseAttributes: Sendable, Hashable {
     static func goRefuses(_ value: [UInt8]) -> String? {
         if value.starts(with: [0xEF, 0xBB, 0xBF]) { return "a byte order mark before the value (flanneld refuses it)" }
         return value.withUnsafeBufferPointer { bytes -> String? in
-            // Cheap first: a comma followed (after white space) by a closing bracket,
-            // strings ignored. Only then the exact scan.
+            // Cheap first: is there a comma followed (after white space) by a closing
+            // bracket anywhere, inside strings or not? Only then the exact scan.
             var index = 0, candidate = false, comma = false
             while index < bytes.count {
                 switch bytes[index] {
