@@ -60,7 +60,7 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "Dataplane", "CLibMnl", "CNetlinkShim"]),
-        .testTarget(name: "ReconcileTests", dependencies: ["Reconcile", "Registry", "Dataplane"]),
+        .testTarget(name: "ReconcileTests", dependencies: ["Reconcile", "Registry", "Dataplane", "TestSupport"]),
         .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "Netlink", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Reconcile", "Dataplane", "TestSupport"]),
         // A real etcd on loopback, started by the tests.

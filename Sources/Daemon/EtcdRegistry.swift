@@ -24,7 +24,9 @@ public struct OwnLease: Sendable, Hashable {
 /// Takes and keeps a subnet lease in flannel's layout and semantics:
 /// reuse this node's lease (same public IP), or its previous subnet (from
 /// subnet.env), or a random free subnet between SubnetMin and SubnetMax, created
-/// with `If(Version(key) == 0)` so two nodes never hold one subnet.
+/// with `If(Version(key) == 0)` so two nodes never hold one subnet. A subnet is
+/// free when no key holds it, whatever the key's form (IPv4, dual stack, a form
+/// only flanneld reads) or value (a broken value still has a node behind it).
 public struct LeaseAllocator: Sendable {
     public let client: EtcdClient
     public let prefix: String
@@ -40,22 +42,26 @@ public struct LeaseAllocator: Sendable {
 
     /// Acquires a lease, given the keys under `<prefix>/subnets/` as just listed.
     public func acquire(network: NetworkConfig, existing: [KeyValue], previous: IPv4Prefix?) async throws -> OwnLease {
-        var taken: Set<IPv4Prefix> = []
-        for kv in existing {
-            guard let subnet = Flannel.subnet(ofLeaseKey: kv.key) else { continue }
-            taken.insert(subnet)
-            // Ours already (same public IP): renew it under a fresh etcd lease, as flanneld does.
-            if let lease = try? Lease.parse(key: kv.key, value: kv.value), lease.attributes.publicIP == attributes.publicIP,
-               network.network.contains(subnet), subnet.length == network.subnetLen {
-                let id = try await client.grantLease(ttlSeconds: ttl)
-                _ = try await client.put(kv.key, value: attributes.json, lease: id)
-                // The key moved to the new lease; the old one holds nothing now.
-                if kv.lease != 0 && kv.lease != id { try? await client.revoke(lease: kv.lease) }
-                return OwnLease(key: kv.key, subnet: subnet, id: id)
-            }
+        let held = existing.compactMap { Flannel.heldSubnet(byLeaseKey: $0.key) }
+        // Ours already (same public IP, a subnet flanneld would keep: an IPv4 key, a
+        // /SubnetLen between SubnetMin and SubnetMax): renew it under a fresh etcd
+        // lease, as flanneld does; with several, the previous subnet's. A dual-stack
+        // key is not reused (flanneld finds it incompatible with an IPv4-only
+        // network); it keeps holding its subnet until it expires.
+        let ours = existing.sorted { $0.key < $1.key }.compactMap { kv -> (KeyValue, IPv4Prefix)? in
+            guard let lease = try? Lease.parse(key: kv.key, value: kv.value), lease.ipv6Subnet == nil,
+                  lease.attributes.publicIP == attributes.publicIP, Flannel.isOwnable(lease.subnet, in: network) else { return nil }
+            return (kv, lease.subnet)
+        }
+        if let (kv, subnet) = ours.first(where: { $0.1 == previous }) ?? ours.first {
+            let id = try await client.grantLease(ttlSeconds: ttl)
+            _ = try await client.put(kv.key, value: attributes.json, lease: id)
+            // The key moved to the new lease; the old one holds nothing now.
+            if kv.lease != 0 && kv.lease != id { try? await client.revoke(lease: kv.lease) }
+            return OwnLease(key: kv.key, subnet: subnet, id: id)
         }
         let id = try await client.grantLease(ttlSeconds: ttl)
-        var candidates = freeSubnets(network: network, taken: taken)
+        var candidates = Flannel.freeSubnets(network: network, held: held)
         if let previous, let index = candidates.firstIndex(of: previous) {
             candidates.swapAt(0, index)
         } else {
@@ -74,21 +80,7 @@ public struct LeaseAllocator: Sendable {
             throw DaemonError("could not take a subnet: 16 free subnets \(range) were taken by others first; retrying")
         }
         throw DaemonError("no free subnet: every /\(network.subnetLen) \(range) is leased "
-                          + "(\(taken.count) keys under \(Flannel.subnetsPrefix(prefix: prefix)))")
-    }
-
-    func freeSubnets(network: NetworkConfig, taken: Set<IPv4Prefix>) -> [IPv4Prefix] {
-        let step = UInt32(1) << (32 - UInt32(network.subnetLen))
-        var result: [IPv4Prefix] = []
-        var value = network.subnetMin.value
-        while value <= network.subnetMax.value {
-            let subnet = IPv4Prefix(IPv4Address(value), network.subnetLen)
-            if !taken.contains(subnet) { result.append(subnet) }
-            let (next, overflow) = value.addingReportingOverflow(step)
-            if overflow { break }
-            value = next
-        }
-        return result
+                          + "(\(existing.count) keys under \(Flannel.subnetsPrefix(prefix: prefix)))")
     }
 }
 
@@ -106,6 +98,8 @@ public final class EtcdRegistry: Sendable {
     let subnetFile: String
     let log: Logger
     let own = Mutex<OwnLease?>(nil)
+    /// Each lease as last checked, by key, with the revision it was checked at.
+    let checked = Mutex<[String: (revision: Int64, result: Result<Lease, SkippedLease>)]>([:])
 
     public init(settings: EtcdSettings, node: String, publicIP: IPv4Address, ttl: Int64, subnetFile: String, log: Logger) throws {
         self.client = try makeEtcdClient(settings)
@@ -230,31 +224,33 @@ public final class EtcdRegistry: Sendable {
                                                "lease": "\(String(lease.id, radix: 16))", "ttl": "\(ttl)"])
     }
 
-    /// The cluster view from the leases; invalid ones are logged once per revision and left out.
+    /// The cluster view from the leases (`Flannel.clusterView`, as `sync` builds
+    /// it); skipped ones are logged once per revision of their key.
     func state(network: NetworkConfig, leases: [String: KeyValue], reported: inout [String: Int64]) -> RegistryEvent {
         guard let mine = ownLease else { fatalError("state without a lease") }
-        var peers: [NodeRecord] = []
-        var invalid = 0
+        let entries = leases.values.map { LeaseEntry(key: $0.key, value: $0.value, etcdLease: $0.lease, revision: $0.modRevision) }
+        let result = checked.withLock { cache in
+            // A key is parsed again only when it changed (the network is fixed for this registry's life).
+            cache = cache.filter { leases[$0.key]?.modRevision == $0.value.revision }
+            return Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP,
+                                       own: (mine.key, mine.subnet)) { entry in
+                if let hit = cache[entry.key] { return hit.result }
+                let result = Flannel.check(entry, network: network)
+                cache[entry.key] = (entry.revision, result)
+                return result
+            }
+        }
         var seen: Set<String> = []
-        for (key, kv) in leases where key != mine.key {
-            do {
-                let lease = try Lease.parse(key: key, value: kv.value, etcdLease: kv.lease)
-                if let vni = lease.attributes.vni, vni != network.vni {
-                    throw ConfigError(source: key, field: "BackendData.VNI", message: "\(vni), but the network uses VNI \(network.vni)")
-                }
-                peers.append(lease.record)
-            } catch {
-                invalid += 1
-                seen.insert(key)
-                if reported[key] != kv.modRevision {
-                    reported[key] = kv.modRevision
-                    log.warning("lease skipped", metadata: ["key": "\(key)", "error": "\(error)"])
-                }
+        for skipped in result.skipped {
+            seen.insert(skipped.key)
+            let revision = leases[skipped.key]?.modRevision ?? 0
+            if reported[skipped.key] != revision {
+                reported[skipped.key] = revision
+                log.warning("lease skipped", metadata: ["key": "\(Flannel.printable(skipped.key))",
+                                                        "error": "\(Flannel.printable(skipped.reason, limit: 512))"])
             }
         }
         reported = reported.filter { seen.contains($0.key) }
-        let local = NodeRecord(name: node, publicIP: publicIP, subnet: mine.subnet,
-                               vtepMAC: .vtep(vni: network.vni, publicIP: publicIP), origin: mine.key)
-        return .state(ClusterView(network: network, local: local, peers: peers), invalidLeases: invalid)
+        return .state(result.view, invalidLeases: result.skipped.count)
     }
 }

@@ -6,44 +6,42 @@ import Registry
 
 /// The cluster as etcd holds it right now, read once (for `sync` and `diff`
 /// with the etcd registry): this node must already hold a lease (the daemon
-/// takes it); invalid leases are returned as warnings.
+/// takes it); skipped leases are returned as warnings. The view is built by
+/// `Flannel.clusterView`, as the daemon builds it.
 public func readEtcdView(config: AgentConfig, node: String) async throws -> (view: ClusterView, warnings: [String]) {
     guard let publicIP = config.publicIP else { throw DaemonError("\(config.source): publicIP is required with etcd") }
+    let previous = (try? String(contentsOfFile: config.daemon.subnetFile, encoding: .utf8)).flatMap(SubnetEnv.previousSubnet(in:))
     return try await withEtcd(config) { client, settings in
-        try await read(client: client, settings: settings, node: node, publicIP: publicIP)
+        try await read(client: client, settings: settings, node: node, publicIP: publicIP,
+                       previous: previous, subnetFile: config.daemon.subnetFile)
     }
 }
 
-private func read(client: EtcdClient, settings: EtcdSettings, node: String, publicIP: IPv4Address) async throws
-    -> (view: ClusterView, warnings: [String]) {
+private func read(client: EtcdClient, settings: EtcdSettings, node: String, publicIP: IPv4Address,
+                  previous: IPv4Prefix?, subnetFile: String) async throws -> (view: ClusterView, warnings: [String]) {
     let configKey = Flannel.configKey(prefix: settings.prefix)
     guard let value = try await client.get(configKey) else {
         throw DaemonError("no network configuration at \(configKey) in etcd")
     }
     let network = try NetworkConfig.parse(Data(value.value), source: "etcd \(configKey)")
-    let (kvs, _) = try await client.list(prefix: Flannel.subnetsPrefix(prefix: settings.prefix))
-    var local: Lease?
-    var peers: [NodeRecord] = []
-    var warnings: [String] = []
-    for kv in kvs {
-        do {
-            let lease = try Lease.parse(key: kv.key, value: kv.value, etcdLease: kv.lease)
-            if lease.attributes.publicIP == publicIP && local == nil {
-                local = lease
-            } else {
-                peers.append(lease.record)
-            }
-        } catch {
-            warnings.append("lease skipped: \(error)")
-        }
-    }
-    guard let local else {
-        throw DaemonError("no lease in etcd under \(Flannel.subnetsPrefix(prefix: settings.prefix)) has PublicIP \(publicIP): "
+    let subnets = Flannel.subnetsPrefix(prefix: settings.prefix)
+    let (kvs, _) = try await client.list(prefix: subnets)
+    let entries = kvs.map { LeaseEntry(key: $0.key, value: $0.value, etcdLease: $0.lease) }
+    let own: Lease
+    do {
+        own = try Flannel.ownLease(among: entries, network: network, publicIP: publicIP, previousSubnet: previous)
+    } catch .noLease {
+        throw DaemonError("no lease in etcd under \(subnets) has PublicIP \(publicIP) and a /\(network.subnetLen) between "
+                          + "SubnetMin \(network.subnetMin) and SubnetMax \(network.subnetMax) of \(network.network): "
                           + "`vxlan-agent run` takes one (sync does not write to etcd)")
+    } catch .several(let keys) {
+        throw DaemonError("several leases in etcd have PublicIP \(publicIP) (\(keys.map { Flannel.printable($0) }.joined(separator: ", "))) "
+                          + "and \(subnetFile) names none of their subnets: which one is this node's is unknown; "
+                          + "delete the ones that are not")
     }
-    let record = NodeRecord(name: node, publicIP: publicIP, subnet: local.subnet,
-                            vtepMAC: .vtep(vni: network.vni, publicIP: publicIP), origin: local.key)
-    return (ClusterView(network: network, local: record, peers: peers), warnings)
+    let result = Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP,
+                                     own: (own.key, own.subnet))
+    return (result.view, result.skipped.map(\.description))
 }
 
 /// The network configuration in etcd (`<prefix>/config`).

@@ -16,12 +16,77 @@ public enum Flannel {
         subnetsPrefix(prefix: prefix) + "\(subnet.network)-\(subnet.length)"
     }
 
-    /// The subnet a lease key names, or nil for a key that is not `a.b.c.d-len`.
+    /// What a lease key names, in flannel's forms (`MakeSubnetKey`/`ParseSubnetKey`
+    /// in flannel's pkg/subnet), read from the key's last segment: `10.244.13.0-24`;
+    /// dual stack `10.244.13.0-24&fd00:10:244:d::-64`; IPv6 only
+    /// `0.0.0.0-0&fd00:10:244:d::-64` (flannel's empty IPv4 subnet). nil for anything
+    /// else. Host bits are kept as written (`isCanonical` tells).
+    public static func subnets(ofLeaseKey key: String) -> LeaseKeySubnets? {
+        subnets(ofName: lastSegment(key))
+    }
+
+    /// The IPv4 subnet of an IPv4 or dual-stack key, if canonical; nil for an
+    /// IPv6-only key or one that names no subnet.
     public static func subnet(ofLeaseKey key: String) -> IPv4Prefix? {
-        guard let name = key.split(separator: "/").last else { return nil }
-        let parts = name.split(separator: "-")
-        guard parts.count == 2, let subnet = IPv4Prefix("\(parts[0])/\(parts[1])"), subnet.isCanonical else { return nil }
+        guard let subnet = subnets(ofLeaseKey: key)?.ipv4, subnet.isCanonical else { return nil }
         return subnet
+    }
+
+    /// The IPv4 subnet a key keeps from being allocated, whatever its value says
+    /// (a lease whose value is broken still has a node behind it, or will have).
+    /// Beyond our own parser it takes what flanneld's takes, and a little more:
+    /// flannel's pattern is not anchored at the start (`…/subnets/x10.244.9.0-24`
+    /// is 10.244.9.0/24 to flanneld), and the IPv4 part of a key whose IPv6 part is
+    /// broken is kept here. Linear in the key's length, whatever the key. IPv6-only
+    /// keys hold no IPv4 subnet.
+    public static func heldSubnet(byLeaseKey key: String) -> IPv4Prefix? {
+        if let subnets = subnets(ofLeaseKey: key) { return subnets.ipv4 }
+        var name = lastSegment(key)
+        if let ampersand = name.lastIndex(of: "&") { name = name[..<ampersand] }
+        guard let dash = name.lastIndex(of: "-"), let length = decimal(name[name.index(after: dash)...], max: 32) else { return nil }
+        // The digits and dots before the length; their last four parts are the address.
+        let run = name[..<dash].utf8.reversed().prefix { ($0 >= 48 && $0 <= 57) || $0 == 46 }
+        let parts = String(decoding: run.reversed(), as: UTF8.self).split(separator: ".", omittingEmptySubsequences: false).suffix(4)
+        guard parts.count == 4, let address = IPv4Address(parts.joined(separator: ".")) else { return nil }
+        return address.value == 0 && length == 0 ? nil : IPv4Prefix(address, UInt8(length))
+    }
+
+    static func lastSegment(_ key: String) -> Substring {
+        guard let slash = key.lastIndex(of: "/") else { return key[...] }
+        return key[key.index(after: slash)...]
+    }
+
+    static func subnets(ofName name: Substring) -> LeaseKeySubnets? {
+        let parts = name.split(separator: "&", maxSplits: 1, omittingEmptySubsequences: false)
+        guard let ipv4 = ipv4Part(parts[0]) else { return nil }
+        guard parts.count == 2 else { return LeaseKeySubnets(ipv4: ipv4, ipv6: nil) }
+        guard let ipv6 = ipv6Part(parts[1]) else { return nil }
+        if ipv4.address.value == 0 && ipv4.length == 0 { return LeaseKeySubnets(ipv4: nil, ipv6: ipv6) }
+        return LeaseKeySubnets(ipv4: ipv4, ipv6: ipv6)
+    }
+
+    /// `a.b.c.d-len`: flannel reads the length as a decimal (leading zeros allowed).
+    static func ipv4Part(_ text: Substring) -> IPv4Prefix? {
+        guard let dash = text.lastIndex(of: "-"), let address = IPv4Address(text[..<dash]),
+              let length = decimal(text[text.index(after: dash)...], max: 32) else { return nil }
+        return IPv4Prefix(address, UInt8(length))
+    }
+
+    /// `fd00:10:244:d::-64`: flannel's pattern allows lower-case hex digits and colons
+    /// only, and a length up to 127 (it parses it into 7 bits).
+    static func ipv6Part(_ text: Substring) -> IPv6Prefix? {
+        guard let dash = text.lastIndex(of: "-") else { return nil }
+        let addressText = text[..<dash]
+        let allowed = addressText.utf8.allSatisfy { ($0 >= 48 && $0 <= 58) || ($0 >= 97 && $0 <= 102) }
+        guard allowed, let address = IPv6Address(addressText),
+              let length = decimal(text[text.index(after: dash)...], max: 127) else { return nil }
+        return IPv6Prefix(address, UInt8(length))
+    }
+
+    static func decimal(_ text: Substring, max: Int) -> Int? {
+        guard !text.isEmpty, text.utf8.count <= 4, text.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
+              let value = Int(text), value <= max else { return nil }
+        return value
     }
 
     static func trimmed(_ prefix: String) -> String {
@@ -29,6 +94,93 @@ public enum Flannel {
         while prefix.hasSuffix("/") { prefix.removeLast() }
         return prefix
     }
+
+    /// Text from a lease (its key, a value echoed in a reason) made safe for a log
+    /// line or a terminal: control characters escaped (`\x00`), and at most `limit`
+    /// characters, the middle of a longer text elided (its end often says what is wrong).
+    public static func printable(_ text: String, limit: Int = 256) -> String {
+        let scalars = Array(text.unicodeScalars)
+        func escaped(_ part: ArraySlice<Unicode.Scalar>) -> String {
+            var result = ""
+            for scalar in part {
+                let value = scalar.value
+                if value < 0x20 || (value >= 0x7f && value < 0xa0) {
+                    result += "\\x" + (value < 16 ? "0" : "") + String(value, radix: 16)
+                } else {
+                    result.unicodeScalars.append(scalar)
+                }
+            }
+            return result
+        }
+        guard scalars.count > limit else { return escaped(scalars[...]) }
+        let half = max(limit / 2, 1)
+        return escaped(scalars[..<half]) + "…(\(scalars.count) characters)…" + escaped(scalars[(scalars.count - half)...])
+    }
+
+    static func hasControlCharacters(_ text: String) -> Bool {
+        text.unicodeScalars.contains { $0.value < 0x20 || ($0.value >= 0x7f && $0.value < 0xa0) }
+    }
+}
+
+/// The subnets a lease key names: IPv4, dual stack, or IPv6 only.
+public struct LeaseKeySubnets: Sendable, Hashable {
+    /// nil for an IPv6-only key.
+    public var ipv4: IPv4Prefix?
+    /// The IPv6 subnet of a dual-stack or IPv6-only key (kept for dual stack; the
+    /// agent programs IPv4 only).
+    public var ipv6: IPv6Prefix?
+
+    public init(ipv4: IPv4Prefix?, ipv6: IPv6Prefix?) {
+        self.ipv4 = ipv4
+        self.ipv6 = ipv6
+    }
+}
+
+/// An IPv6 address (from flannel's dual-stack leases; nothing programs it yet).
+public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
+    public var high: UInt64
+    public var low: UInt64
+
+    public init(high: UInt64, low: UInt64) {
+        self.high = high
+        self.low = low
+    }
+
+    /// Parses IPv6 text as inet_pton does (`fd00::3`, `::ffff:198.18.0.1`).
+    public init?(_ text: some StringProtocol) {
+        var storage = in6_addr()
+        let parsed = String(text).withCString { inet_pton(AF_INET6, $0, &storage) }
+        guard parsed == 1 else { return nil }
+        let bytes = withUnsafeBytes(of: storage) { Array($0) }
+        high = bytes[0..<8].reduce(0) { $0 << 8 | UInt64($1) }
+        low = bytes[8..<16].reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    public var bytes: [UInt8] {
+        (0..<8).map { UInt8(high >> (56 - 8 * UInt64($0)) & 0xff) } + (0..<8).map { UInt8(low >> (56 - 8 * UInt64($0)) & 0xff) }
+    }
+
+    /// RFC 5952 text, as inet_ntop writes it.
+    public var description: String {
+        var storage = in6_addr()
+        withUnsafeMutableBytes(of: &storage) { $0.copyBytes(from: bytes) }
+        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+        guard inet_ntop(AF_INET6, &storage, &buffer, socklen_t(buffer.count)) != nil else { return "?" }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}
+
+/// An IPv6 prefix as a lease key writes it (`fd00:10:244:d::/64`).
+public struct IPv6Prefix: Hashable, Sendable, CustomStringConvertible {
+    public var address: IPv6Address
+    public var length: UInt8
+
+    public init(_ address: IPv6Address, _ length: UInt8) {
+        self.address = address
+        self.length = length
+    }
+
+    public var description: String { "\(address)/\(length)" }
 }
 
 /// What a flannel lease says about its node (`LeaseAttrs` with the vxlan
@@ -38,34 +190,152 @@ public struct LeaseAttributes: Sendable, Hashable {
     public var backendType: String
     public var vni: UInt32?
     public var vtepMAC: MACAddress
+    /// A dual-stack node's IPv6 underlay address (`PublicIPv6`), kept for dual stack.
+    public var publicIPv6: IPv6Address?
+    /// A dual-stack node's IPv6 VTEP (`BackendV6Data`), when it parses; kept for dual stack.
+    public var backendV6: VTEP?
 
-    public init(publicIP: IPv4Address, backendType: String = "vxlan", vni: UInt32?, vtepMAC: MACAddress) {
+    /// A VTEP as `BackendData`/`BackendV6Data` describe it.
+    public struct VTEP: Sendable, Hashable {
+        public var vni: UInt32?
+        public var vtepMAC: MACAddress
+
+        public init(vni: UInt32?, vtepMAC: MACAddress) {
+            self.vni = vni
+            self.vtepMAC = vtepMAC
+        }
+
+        var json: String { "{" + (vni.map { "\"VNI\":\($0)," } ?? "") + "\"VtepMAC\":\"\(vtepMAC)\"}" }
+    }
+
+    public init(publicIP: IPv4Address, backendType: String = "vxlan", vni: UInt32?, vtepMAC: MACAddress,
+                publicIPv6: IPv6Address? = nil, backendV6: VTEP? = nil) {
         self.publicIP = publicIP
         self.backendType = backendType
         self.vni = vni
         self.vtepMAC = vtepMAC
+        self.publicIPv6 = publicIPv6
+        self.backendV6 = backendV6
     }
 
-    /// The JSON flanneld writes, field for field and in its order.
+    /// The JSON flanneld writes, field for field and in its order (`LeaseAttrs`:
+    /// PublicIP, PublicIPv6, BackendType, BackendData, BackendV6Data if any).
     public var json: String {
-        let vniField = vni.map { "\"VNI\":\($0)," } ?? ""
-        return "{\"PublicIP\":\"\(publicIP)\",\"PublicIPv6\":null,\"BackendType\":\"\(backendType)\","
-            + "\"BackendData\":{\(vniField)\"VtepMAC\":\"\(vtepMAC)\"}}"
+        "{\"PublicIP\":\"\(publicIP)\",\"PublicIPv6\":\(publicIPv6.map { "\"\($0)\"" } ?? "null"),"
+            + "\"BackendType\":\"\(backendType)\",\"BackendData\":\(VTEP(vni: vni, vtepMAC: vtepMAC).json)"
+            + (backendV6.map { ",\"BackendV6Data\":\($0.json)" } ?? "") + "}"
     }
 
-    /// Parses a lease value; the error names the key and the field.
+    /// Parses a lease value as flanneld's vxlan backend reads it; the error names
+    /// the key and the field. Like Go's decoder: a field's name matches in any
+    /// case, the last of duplicate keys wins, unknown fields are ignored; a lease
+    /// without `"BackendType": "vxlan"` is not a vxlan lease (flanneld ignores it).
     public static func parse(_ value: [UInt8], key: String) throws(ConfigError) -> LeaseAttributes {
+        if let problem = goRefuses(value) { throw ConfigError(source: key, field: "", message: "invalid JSON: \(problem)") }
         let fields = try JSONFields.parse(Data(value), source: key)
-        guard let ip = try fields.ipv4("PublicIP") else { throw fields.error("PublicIP", "is required") }
-        let type = try fields.string("BackendType") ?? "vxlan"
-        guard type == "vxlan" else {
-            throw fields.error("BackendType", "\"\(type)\": only vxlan leases can be reached over VXLAN")
+        let names = try goNames(fields, ["PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data"])
+        guard let ip = try fields.ipv4(names["PublicIP"] ?? "PublicIP") else { throw fields.error("PublicIP", "is required") }
+        let ipv6Name = names["PublicIPv6"] ?? "PublicIPv6"
+        var ipv6: IPv6Address?
+        if let text = try fields.string(ipv6Name) {
+            // Go's net.ParseIP: IPv6 text, or IPv4 (kept as ::ffff:a.b.c.d).
+            guard let address = IPv6Address(text) ?? IPv4Address(text).flatMap({ IPv6Address("::ffff:\($0)") }) else {
+                throw fields.error(ipv6Name, "\"\(text)\" is not an IPv6 address")
+            }
+            ipv6 = address
         }
-        guard let data = try fields.object("BackendData") else { throw fields.error("BackendData", "is required (VtepMAC)") }
-        guard let macText = try data.string("VtepMAC") else { throw data.error("VtepMAC", "is required") }
-        guard let mac = MACAddress(macText) else { throw data.error("VtepMAC", "\"\(macText)\" is not a MAC address") }
-        let vni = try data.integer("VNI", in: 0...16_777_215).map { UInt32($0) }
-        return LeaseAttributes(publicIP: ip, backendType: type, vni: vni, vtepMAC: mac)
+        let typeName = names["BackendType"] ?? "BackendType"
+        guard let type = try fields.string(typeName) else {
+            throw fields.error(typeName, "is missing: flanneld programs only leases with \"BackendType\": \"vxlan\"")
+        }
+        guard type == "vxlan" else {
+            throw fields.error(typeName, "\"\(type)\": only vxlan leases can be reached over VXLAN")
+        }
+        let dataName = names["BackendData"] ?? "BackendData"
+        guard let data = try fields.object(dataName) else { throw fields.error(dataName, "is required (VtepMAC)") }
+        let vtep = try parseVTEP(data)
+        // BackendV6Data matters only to an IPv6 VTEP, which this agent does not run:
+        // like an IPv4-only flanneld, a broken one does not cost the IPv4 peer.
+        let v6Data = try? fields.object(names["BackendV6Data"] ?? "BackendV6Data")
+        let v6 = v6Data.flatMap { data in try? parseVTEP(data) }
+        return LeaseAttributes(publicIP: ip, backendType: type, vni: vtep.vni, vtepMAC: vtep.vtepMAC,
+                               publicIPv6: ipv6, backendV6: v6)
+    }
+
+    static func parseVTEP(_ data: JSONFields) throws(ConfigError) -> VTEP {
+        let names = try goNames(data, ["VtepMAC", "VNI"])
+        let macName = names["VtepMAC"] ?? "VtepMAC"
+        guard let macText = try data.string(macName) else { throw data.error(macName, "is required") }
+        guard let mac = MACAddress(macText) else { throw data.error(macName, "\"\(macText)\" is not a MAC address") }
+        let vni = try data.integer(names["VNI"] ?? "VNI", in: 0...16_777_215).map { UInt32($0) }
+        return VTEP(vni: vni, vtepMAC: mac)
+    }
+
+    /// Which key of an object Go's decoder reads each of `fields` from: the exact
+    /// name, or one that differs only in case. Two spellings of one field are
+    /// refused: Go takes whichever comes last, and the order is not known here.
+    static func goNames(_ object: JSONFields, _ fields: [String]) throws(ConfigError) -> [String: String] {
+        var names: [String: String] = [:]
+        for key in object.keys {
+            guard let field = fields.first(where: { $0 == key }) ?? fields.first(where: { equalFold($0, key) }) else { continue }
+            if let other = names[field] {
+                let both = [other, key].sorted().map { "\"\($0)\"" }.joined(separator: " and ")
+                throw object.error(field, "appears as \(both): flanneld would take whichever comes last")
+            }
+            names[field] = key
+        }
+        return names
+    }
+
+    /// ASCII case-insensitive equality, without allocating.
+    static func equalFold(_ a: String, _ b: String) -> Bool {
+        guard a.utf8.count == b.utf8.count else { return false }
+        for (x, y) in zip(a.utf8, b.utf8) where x != y {
+            let lower = x | 0x20
+            guard lower == y | 0x20, lower >= UInt8(ascii: "a"), lower <= UInt8(ascii: "z") else { return false }
+        }
+        return true
+    }
+
+    /// What Go's decoder refuses and JSONSerialization accepts: a byte order mark,
+    /// a trailing comma.
+    static func goRefuses(_ value: [UInt8]) -> String? {
+        if value.starts(with: [0xEF, 0xBB, 0xBF]) { return "a byte order mark before the value (flanneld refuses it)" }
+        return value.withUnsafeBufferPointer { bytes -> String? in
+            // Cheap first: is there a comma followed (after white space) by a closing
+            // bracket anywhere, inside strings or not? Only then the exact scan.
+            var index = 0, candidate = false, comma = false
+            while index < bytes.count {
+                switch bytes[index] {
+                case 0x2C: comma = true
+                case 0x20, 0x09, 0x0A, 0x0D: break
+                case 0x7D, 0x5D: if comma { candidate = true }; comma = false
+                default: comma = false
+                }
+                if candidate { break }
+                index += 1
+            }
+            guard candidate else { return nil }
+            var inString = false, escaped = false
+            var last: UInt8 = 0
+            index = 0
+            while index < bytes.count {
+                defer { index += 1 }
+                let byte = bytes[index]
+                if inString {
+                    if escaped { escaped = false } else if byte == 0x5C { escaped = true } else if byte == 0x22 { inString = false }
+                    continue
+                }
+                switch byte {
+                case 0x20, 0x09, 0x0A, 0x0D: continue
+                case 0x22: inString = true
+                case 0x7D, 0x5D: if last == 0x2C { return "a trailing comma before byte \(index) (flanneld refuses it)" }
+                default: break
+                }
+                last = byte
+            }
+            return nil
+        }
     }
 }
 
@@ -73,23 +343,38 @@ public struct LeaseAttributes: Sendable, Hashable {
 public struct Lease: Sendable, Hashable {
     public var key: String
     public var subnet: IPv4Prefix
+    /// The IPv6 subnet of a dual-stack key (kept for dual stack; not programmed).
+    public var ipv6Subnet: IPv6Prefix?
     public var attributes: LeaseAttributes
     /// The etcd lease the key is attached to (0: none).
     public var etcdLease: Int64
 
-    public init(key: String, subnet: IPv4Prefix, attributes: LeaseAttributes, etcdLease: Int64 = 0) {
+    public init(key: String, subnet: IPv4Prefix, ipv6Subnet: IPv6Prefix? = nil, attributes: LeaseAttributes, etcdLease: Int64 = 0) {
         self.key = key
         self.subnet = subnet
+        self.ipv6Subnet = ipv6Subnet
         self.attributes = attributes
         self.etcdLease = etcdLease
     }
 
-    /// Parses one key of `<prefix>/subnets/`; the error names the key.
+    /// Parses one key of `<prefix>/subnets/`; the error names the key. A
+    /// dual-stack key gives its IPv4 subnet; an IPv6-only key is refused (this
+    /// agent programs IPv4 only).
     public static func parse(key: String, value: [UInt8], etcdLease: Int64 = 0) throws(ConfigError) -> Lease {
-        guard let subnet = Flannel.subnet(ofLeaseKey: key) else {
-            throw ConfigError(source: key, field: "", message: "the key does not name a subnet (expected .../subnets/a.b.c.d-len)")
+        guard let subnets = Flannel.subnets(ofLeaseKey: key) else {
+            throw ConfigError(source: key, field: "", message: "the key does not name a subnet "
+                              + "(expected .../subnets/a.b.c.d-len, or a.b.c.d-len&ipv6-len for dual stack)")
         }
-        return Lease(key: key, subnet: subnet, attributes: try LeaseAttributes.parse(value, key: key), etcdLease: etcdLease)
+        guard let subnet = subnets.ipv4 else {
+            throw ConfigError(source: key, field: "", message: "an IPv6-only lease (\(subnets.ipv6.map { "\($0)" } ?? "")): "
+                              + "this agent programs IPv4 only")
+        }
+        guard subnet.isCanonical else {
+            throw ConfigError(source: key, field: "", message: "the key names \(subnet), which is not a subnet "
+                              + "(host bits set; its subnet is \(subnet.network)/\(subnet.length))")
+        }
+        return Lease(key: key, subnet: subnet, ipv6Subnet: subnets.ipv6, attributes: try LeaseAttributes.parse(value, key: key),
+                     etcdLease: etcdLease)
     }
 
     /// The node as the reconciler sees it: named by its public IP (flannel
@@ -97,6 +382,151 @@ public struct Lease: Sendable, Hashable {
     public var record: NodeRecord {
         NodeRecord(name: "\(attributes.publicIP)", publicIP: attributes.publicIP, subnet: subnet,
                    vtepMAC: attributes.vtepMAC, origin: key)
+    }
+}
+
+/// One key under `<prefix>/subnets/` as the registry holds it.
+public struct LeaseEntry: Sendable, Hashable {
+    public var key: String
+    public var value: [UInt8]
+    /// The etcd lease the key is attached to (0: none).
+    public var etcdLease: Int64
+    /// The revision of the key's last change (etcd's mod_revision; 0: unknown).
+    public var revision: Int64
+
+    public init(key: String, value: [UInt8], etcdLease: Int64 = 0, revision: Int64 = 0) {
+        self.key = key
+        self.value = value
+        self.etcdLease = etcdLease
+        self.revision = revision
+    }
+}
+
+/// A lease left out of the cluster view, and why.
+public struct SkippedLease: Error, Sendable, Hashable, CustomStringConvertible {
+    public var key: String
+    public var reason: String
+
+    public init(key: String, reason: String) {
+        self.key = key
+        self.reason = reason
+    }
+
+    /// `lease <key>: <reason>; skipped`, control characters escaped, long values cut.
+    public var description: String { "lease \(Flannel.printable(key)): \(Flannel.printable(reason, limit: 512)); skipped" }
+}
+
+/// The cluster as the leases describe it, and the leases that could not be used.
+public struct LeaseView: Sendable, Hashable {
+    public var view: ClusterView
+    public var skipped: [SkippedLease]
+}
+
+/// Why a one-shot command cannot tell which lease is this node's.
+public enum OwnLeaseError: Error, Sendable, Hashable {
+    /// No usable lease has this node's public IP.
+    case noLease
+    /// Several do, and the previous subnet (subnet.env) names none of them.
+    case several(keys: [String])
+}
+
+extension Flannel {
+    /// A lease checked on its own against the network: it parses, and its VNI (if
+    /// it says one) is the network's. The one check every command applies.
+    public static func check(_ entry: LeaseEntry, network: NetworkConfig) -> Result<Lease, SkippedLease> {
+        if hasControlCharacters(entry.key) {
+            return .failure(SkippedLease(key: entry.key, reason: "the key contains control characters"))
+        }
+        do {
+            let lease = try Lease.parse(key: entry.key, value: entry.value, etcdLease: entry.etcdLease)
+            if let vni = lease.attributes.vni, vni != network.vni {
+                return .failure(SkippedLease(key: entry.key, reason: "BackendData.VNI: \(vni), but the network uses VNI \(network.vni)"))
+            }
+            return .success(lease)
+        } catch {
+            return .failure(SkippedLease(key: entry.key, reason: error.field.isEmpty ? error.message : "\(error.field): \(error.message)"))
+        }
+    }
+
+    /// The cluster view from every lease under `<prefix>/subnets/`, the same for
+    /// the daemon and the one-shot commands: this node is `own` (the key it holds,
+    /// whatever that key's value says now), every other lease that passes
+    /// `check(_:network:)` is a peer (the reconciler then checks each peer against
+    /// this host: its public IP, its subnet, duplicates), the rest are skipped with
+    /// a reason naming the key.
+    public static func clusterView(network: NetworkConfig, leases: [LeaseEntry], node: String, publicIP: IPv4Address,
+                                   own: (key: String, subnet: IPv4Prefix)) -> LeaseView {
+        clusterView(network: network, leases: leases, node: node, publicIP: publicIP, own: own) { check($0, network: network) }
+    }
+
+    /// The same, with `checked` giving `check(_:network:)`'s result for a lease (the
+    /// daemon keeps them by key and revision: an event does not parse every lease again).
+    public static func clusterView(network: NetworkConfig, leases: [LeaseEntry], node: String, publicIP: IPv4Address,
+                                   own: (key: String, subnet: IPv4Prefix),
+                                   checked: (LeaseEntry) -> Result<Lease, SkippedLease>) -> LeaseView {
+        var peers: [NodeRecord] = []
+        var skipped: [SkippedLease] = []
+        for entry in leases.sorted(by: { $0.key < $1.key }) where entry.key != own.key {
+            switch checked(entry) {
+            case .success(let lease): peers.append(lease.record)
+            case .failure(let reason): skipped.append(reason)
+            }
+        }
+        let local = NodeRecord(name: node, publicIP: publicIP, subnet: own.subnet,
+                               vtepMAC: .vtep(vni: network.vni, publicIP: publicIP), origin: own.key)
+        return LeaseView(view: ClusterView(network: network, local: local, peers: peers), skipped: skipped)
+    }
+
+    /// Every /SubnetLen between SubnetMin and SubnetMax that no held subnet
+    /// overlaps. A held prefix that is not inside the network (`0.0.0.0-0`, a
+    /// supernet of it) names no node's subnet and keeps nothing.
+    public static func freeSubnets(network: NetworkConfig, held: [IPv4Prefix]) -> [IPv4Prefix] {
+        let length = network.subnetLen
+        let subnetMask = IPv4Prefix(IPv4Address(0), length).mask
+        var taken: Set<UInt32> = []
+        var wide: [IPv4Prefix] = []
+        for prefix in held where prefix.length > network.network.length && network.network.contains(prefix.address) {
+            if prefix.length >= length {
+                taken.insert(prefix.address.value & subnetMask)
+            } else {
+                wide.append(prefix)
+            }
+        }
+        let step = UInt32(1) << (32 - UInt32(length))
+        var result: [IPv4Prefix] = []
+        var value = network.subnetMin.value
+        while value <= network.subnetMax.value {
+            let subnet = IPv4Prefix(IPv4Address(value), length)
+            if !taken.contains(value) && !wide.contains(where: { $0.overlaps(subnet) }) { result.append(subnet) }
+            let (next, overflow) = value.addingReportingOverflow(step)
+            if overflow { break }
+            value = next
+        }
+        return result
+    }
+
+    /// A subnet this node may hold (flannel's `isSubnetConfigCompat`): a /SubnetLen
+    /// of the network between SubnetMin and SubnetMax.
+    public static func isOwnable(_ subnet: IPv4Prefix, in network: NetworkConfig) -> Bool {
+        subnet.isCanonical && subnet.length == network.subnetLen && network.network.contains(subnet)
+            && network.subnetMin <= subnet.network && subnet.network <= network.subnetMax
+    }
+
+    /// This node's lease for a command that does not hold one itself (`sync`,
+    /// `diff`): the lease the daemon would keep (`isOwnable`) with this node's
+    /// public IP; with several (someone else claims this IP too), the one for
+    /// `previousSubnet`, the subnet the daemon last wrote to subnet.env.
+    public static func ownLease(among leases: [LeaseEntry], network: NetworkConfig, publicIP: IPv4Address,
+                                previousSubnet: IPv4Prefix?) throws(OwnLeaseError) -> Lease {
+        let candidates = leases.sorted(by: { $0.key < $1.key }).compactMap { entry -> Lease? in
+            guard case .success(let lease) = check(entry, network: network), lease.attributes.publicIP == publicIP,
+                  isOwnable(lease.subnet, in: network) else { return nil }
+            return lease
+        }
+        if let previousSubnet, let lease = candidates.first(where: { $0.subnet == previousSubnet }) { return lease }
+        guard let first = candidates.first else { throw .noLease }
+        guard candidates.count == 1 else { throw .several(keys: candidates.map(\.key)) }
+        return first
     }
 }
 

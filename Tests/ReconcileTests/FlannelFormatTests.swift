@@ -18,13 +18,18 @@ struct FlannelFormatTests {
     }
 
     @Test("a bad lease is refused with its key and field", arguments: [
-        ("10.244.3.0-24", #"{"PublicIP": "198.18.0.1", "BackendData": {"VtepMAC": "zz"}}"#,
+        ("10.244.3.0-24", #"{"PublicIP": "198.18.0.1", "BackendType": "vxlan", "BackendData": {"VtepMAC": "zz"}}"#,
          #"/p/subnets/10.244.3.0-24: BackendData.VtepMAC: "zz" is not a MAC address"#),
         ("10.244.3.0-24", #"{"BackendData": {"VtepMAC": "0e:00:00:00:00:01"}}"#, "/p/subnets/10.244.3.0-24: PublicIP: is required"),
         ("10.244.3.0-24", #"{"PublicIP": "198.18.0.1", "BackendType": "host-gw"}"#,
          #"/p/subnets/10.244.3.0-24: BackendType: "host-gw": only vxlan leases can be reached over VXLAN"#),
-        ("10.244.3.0-24", #"{"PublicIP": "198.18.0.1"}"#, "/p/subnets/10.244.3.0-24: BackendData: is required (VtepMAC)"),
-        ("10.244.3.1-24", #"{}"#, "/p/subnets/10.244.3.1-24: the key does not name a subnet (expected .../subnets/a.b.c.d-len)"),
+        ("10.244.3.0-24", #"{"PublicIP": "198.18.0.1", "BackendType": "vxlan"}"#, "/p/subnets/10.244.3.0-24: BackendData: is required (VtepMAC)"),
+        ("10.244.3.0-24", #"{"PublicIP": "198.18.0.1"}"#,
+         #"/p/subnets/10.244.3.0-24: BackendType: is missing: flanneld programs only leases with "BackendType": "vxlan""#),
+        ("10.244.3.1-24", #"{}"#,
+         "/p/subnets/10.244.3.1-24: the key names 10.244.3.1/24, which is not a subnet (host bits set; its subnet is 10.244.3.0/24)"),
+        ("10.244.3.0", #"{}"#, "/p/subnets/10.244.3.0: the key does not name a subnet "
+         + "(expected .../subnets/a.b.c.d-len, or a.b.c.d-len&ipv6-len for dual stack)"),
     ])
     func badLease(key: String, value: String, message: String) {
         #expect(throws: ConfigError.self) { try Lease.parse(key: "/p/subnets/" + key, value: Array(value.utf8)) }
