@@ -103,7 +103,7 @@ public final class Metrics: Sendable {
             metric("last_successful_sync_timestamp_seconds", "gauge", "When the kernel last matched the desired state.",
                    [("", s.lastSuccess ?? 0)])
             metric("last_reconcile_duration_seconds", "gauge", "How long the last reconcile took.", [("", s.lastDuration)])
-            metric("registry_connected", "gauge", "1 while the registry (etcd) answers, 0 from the moment it is found unreachable.",
+            metric("registry_connected", "gauge", "Whether the registry (etcd) answers: 0 from the moment it is found unreachable, 1 again once it answers.",
                    [("", s.registryConnected ? 1 : 0)])
             metric("registry_errors_total", "counter", "Registry failures (connection, lease, watch).", [("", Double(s.registryErrors))])
             metric("firewall_errors_total", "counter", "Failed nftables updates.", [("", Double(s.firewallErrors))])
