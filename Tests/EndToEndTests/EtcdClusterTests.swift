@@ -104,7 +104,8 @@ final class EtcdTrio {
         let config = """
             {"node": "h\(Self.agent)", "publicIP": "198.18.0.\(Self.agent)",
              "etcd": {"endpoints": [\(endpoints)]}, "leaseTTL": \(leaseTTL),
-             "subnetFile": "\(agentDirectory)/subnet.env", "metricsAddress": "127.0.0.1:9472"}
+             "subnetFile": "\(agentDirectory)/subnet.env", "cniConfFile": "\(agentDirectory)/cni.conflist",
+             "metricsAddress": "127.0.0.1:9472"}
             """
         try config.write(toFile: "\(agentDirectory).json", atomically: true, encoding: .utf8)
         daemon = try spawn(["ip", "netns", "exec", ns(Self.agent), agentBinary, "run", "--config", "\(agentDirectory).json",
