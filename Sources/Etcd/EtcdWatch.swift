@@ -12,12 +12,15 @@ extension EtcdClient {
     /// iterating (which closes the watch) or fails with an `EtcdError`:
     /// `.compacted(compactRevision:)` when `startRevision` is older than etcd's
     /// history (list again, then watch from the list's revision + 1),
-    /// `.connectionLost` when the connection breaks or etcd ends the stream,
+    /// `.connectionLost` when the connection breaks, etcd ends the stream, or
+    /// nothing at all arrives for `watchDeadline` although progress was asked
+    /// for every `watchProgressInterval` (a silent partition, a frozen etcd),
     /// `.unreachable` when no endpoint could be reached, `.watchCanceled` or
     /// `.server` when etcd refuses. To resume after an error, watch again from
     /// the last batch's `nextRevision`.
     ///
-    /// Uses one connection per watch, on the first endpoint that answers.
+    /// Uses one connection per watch, on the first endpoint that answers; an
+    /// endpoint whose watch broke or went silent is no longer tried first.
     public func watch(prefix: String, startRevision: Int64) -> AsyncThrowingStream<WatchBatch, any Error> {
         let (stream, continuation) = AsyncThrowingStream.makeStream(of: WatchBatch.self, throwing: (any Error).self)
         let task = Task {

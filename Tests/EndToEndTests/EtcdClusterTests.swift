@@ -180,6 +180,7 @@ struct EtcdClusterTests {
 
         // 1. The leader is killed (SIGKILL): a quorum remains, a new leader is elected.
         let leader = try trio.leader()
+        let before = try trio.agentMembers()
         trio.stop(leader, signal: SIGKILL)
         try put(212)
         try trio.waitUntil("a lease written after the leader died is programmed", seconds: 30) {
@@ -228,5 +229,7 @@ struct EtcdClusterTests {
         let ttl = try trio.etcdctl("lease timetolive \(String(after.lease, radix: 16))")
         #expect(ttl.contains("remaining("), "\(ttl)")
         #expect(!trio.log().contains("taking a lease again"))
+        print("3-member etcd: killed the leader m\(leader) (the agent talked to m\(before.map(String.init).joined(separator: ",m"))), "
+              + "partitioned m\(cut), restarted all three; lease \(String(lease.lease, radix: 16)) kept")
     }
 }
