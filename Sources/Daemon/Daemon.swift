@@ -111,10 +111,7 @@ public final class Daemon: @unchecked Sendable {
                 schedule("registry")
             case .registry(.connection(let connected, let why), _):
                 let was = metrics.read(\.registryConnected)
-                metrics.update {
-                    $0.registryConnected = connected
-                    if !connected { $0.registryErrors += 1 }
-                }
+                metrics.registry(connected: connected, error: why)
                 if connected && !was { log.info("registry connected") }
                 if !connected && was { log.warning("registry unreachable; keeping the forwarding state", metadata: ["error": "\(why ?? "")"]) }
             case .kernel(let what):

@@ -125,43 +125,59 @@ public final class EtcdRegistry: Sendable {
         }
     }
 
-    /// Renews this node's lease well before it runs out (flannel: an hour before).
+    /// Renews this node's lease well before it runs out (flannel: an hour
+    /// before; a short TTL is renewed when a third of it is gone). A renewal
+    /// that fails while etcd is away is tried again every second, not a period
+    /// later, so an outage shorter than what is left of the TTL costs nothing.
     func renew() async {
-        let margin = min(3600, ttl / 4)
+        let period = Duration.seconds(max(ttl - min(3600, ttl * 2 / 3), 1))
+        var wait = period
         while !Task.isCancelled {
-            try? await Task.sleep(for: .seconds(max(ttl - margin, 1)))
+            try? await Task.sleep(for: wait)
             if Task.isCancelled { return }
+            wait = period
             guard let lease = ownLease else { continue }
             do {
                 let left = try await client.keepAlive(lease: lease.id)
                 log.debug("lease renewed", metadata: ["key": "\(lease.key)", "ttl": "\(left)"])
-            } catch {
-                // Gone or unreachable: the watch sees the key go and takes a lease again.
+            } catch where error.code == .leaseNotFound {
+                // Gone: the watch sees the key go and takes a lease again.
                 log.warning("lease renewal failed", metadata: ["key": "\(lease.key)", "error": "\(error)"])
+            } catch {
+                log.warning("lease renewal failed; retrying", metadata: ["key": "\(lease.key)", "error": "\(error)"])
+                wait = .seconds(1)
             }
         }
     }
 
+    /// Lists, then watches the whole prefix from the list's revision: leases
+    /// under `<prefix>/subnets/`, and `<prefix>/config`, whose changes a
+    /// running node reports but does not apply. A watch that breaks or goes
+    /// silent (EtcdClient's progress deadline) is reported as a lost
+    /// connection; the loop lists again and resumes.
     func follow(emit: @escaping @Sendable (RegistryEvent) -> Void) async {
         var delay = Duration.milliseconds(250)
         var network: NetworkConfig?
+        /// The config value last reported as differing, so a change is logged once.
+        var reportedConfig: [UInt8]??
         var reportedInvalid: [String: Int64] = [:]
         let subnets = Flannel.subnetsPrefix(prefix: settings.prefix)
         let configKey = Flannel.configKey(prefix: settings.prefix)
+        let everything = String(subnets.dropLast("subnets/".count))
         while !Task.isCancelled {
             do {
-                guard let configValue = try await client.get(configKey) else {
-                    throw DaemonError("no network configuration at \(configKey) in etcd: put flannel's net-conf.json there "
-                                      + "(etcdctl put \(configKey) '{\"Network\": \"10.244.0.0/16\", \"Backend\": {\"Type\": \"vxlan\"}}')")
-                }
-                let parsed = try NetworkConfig.parse(Data(configValue.value), source: "etcd \(configKey)")
-                if let network, network != parsed {
-                    log.warning("the network configuration changed in etcd; a running node keeps the one it started with (restart to apply)",
-                                metadata: ["key": "\(configKey)"])
+                let configValue = try await client.get(configKey)
+                if let network {
+                    reportConfigChange(key: configKey, running: network, value: configValue?.value, reported: &reportedConfig)
                 } else {
-                    network = parsed
+                    guard let configValue else {
+                        throw DaemonError("no network configuration at \(configKey) in etcd: put flannel's net-conf.json there "
+                                          + "(etcdctl put \(configKey) '{\"Network\": \"10.244.0.0/16\", \"Backend\": {\"Type\": \"vxlan\"}}')")
+                    }
+                    network = try NetworkConfig.parse(Data(configValue.value), source: "etcd \(configKey)")
+                    reportedConfig = .some(configValue.value)
                 }
-                let network = network ?? parsed
+                guard let network else { continue }
                 let (kvs, revision) = try await client.list(prefix: subnets)
                 var leases = Dictionary(kvs.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
                 try await ensureLease(network: network, leases: &leases)
@@ -170,9 +186,17 @@ public final class EtcdRegistry: Sendable {
                 delay = .milliseconds(250)
 
                 var next = revision + 1
-                for try await batch in client.watch(prefix: subnets, startRevision: next) {
+                for try await batch in client.watch(prefix: everything, startRevision: next) {
                     var lost = false
+                    var changed = false
                     for event in batch.events {
+                        if event.key == configKey {
+                            let value: [UInt8]? = if case .put(let kv) = event { kv.value } else { nil }
+                            reportConfigChange(key: configKey, running: network, value: value, reported: &reportedConfig)
+                            continue
+                        }
+                        guard event.key.hasPrefix(subnets) else { continue }
+                        changed = true
                         switch event {
                         case .put(let kv): leases[kv.key] = kv
                         case .delete(let key, _): leases[key] = nil
@@ -191,10 +215,10 @@ public final class EtcdRegistry: Sendable {
                         own.withLock { $0 = nil }
                         try await ensureLease(network: network, leases: &leases)
                     }
-                    emit(state(network: network, leases: leases, reported: &reportedInvalid))
+                    if changed { emit(state(network: network, leases: leases, reported: &reportedInvalid)) }
                 }
                 throw EtcdError(.connectionLost, endpoint: settings.endpoints.joined(separator: ","), operation: "watch",
-                                key: subnets, message: "the watch ended")
+                                key: everything, message: "the watch ended")
             } catch let error as EtcdError where error.compactRevision != nil {
                 log.info("watch history compacted; listing again", metadata: ["error": "\(error)"])
             } catch {
@@ -252,5 +276,52 @@ public final class EtcdRegistry: Sendable {
         }
         reported = reported.filter { seen.contains($0.key) }
         return .state(result.view, invalidLeases: result.skipped.count)
+    }
+}
+
+// MARK: the network configuration changing under a running node
+
+extension EtcdRegistry {
+    /// Logs, once per distinct value, that `<prefix>/config` no longer says
+    /// what this node runs with, and what differs. The node keeps its network
+    /// (as flanneld does): its subnet, device and peers stay valid only under it.
+    func reportConfigChange(key: String, running: NetworkConfig, value: [UInt8]?, reported: inout [UInt8]??) {
+        if let reported, reported == value { return }
+        reported = .some(value)
+        let keep = "a running node keeps the network it started with (restart to apply)"
+        guard let value else {
+            log.warning("the network configuration was deleted from etcd; \(keep)", metadata: ["key": "\(key)"])
+            return
+        }
+        let parsed: NetworkConfig
+        do {
+            parsed = try NetworkConfig.parse(Data(value), source: "etcd \(key)")
+        } catch {
+            log.warning("the network configuration in etcd changed and is not valid; \(keep)",
+                        metadata: ["key": "\(key)", "error": "\(error)"])
+            return
+        }
+        let changes = Self.differences(running, parsed)
+        guard !changes.isEmpty else { return }
+        log.warning("the network configuration changed in etcd; \(keep)",
+                    metadata: ["key": "\(key)", "changed": "\(changes.joined(separator: ", "))"])
+    }
+
+    /// "Network 10.244.0.0/16 -> 10.245.0.0/16", one per field that differs, in net-conf.json's names.
+    static func differences(_ old: NetworkConfig, _ new: NetworkConfig) -> [String] {
+        var changes: [String] = []
+        func compare<T: Equatable>(_ name: String, _ a: T, _ b: T, _ render: (T) -> String) {
+            if a != b { changes.append("\(name) \(render(a)) -> \(render(b))") }
+        }
+        compare("Network", old.network, new.network) { "\($0)" }
+        compare("SubnetLen", old.subnetLen, new.subnetLen) { "\($0)" }
+        compare("SubnetMin", old.subnetMin, new.subnetMin) { "\($0)" }
+        compare("SubnetMax", old.subnetMax, new.subnetMax) { "\($0)" }
+        compare("Backend.Type", old.backendType, new.backendType) { $0 }
+        compare("Backend.VNI", old.vni, new.vni) { "\($0)" }
+        compare("Backend.Port", old.port, new.port) { "\($0)" }
+        compare("Backend.MTU", old.mtu, new.mtu) { $0.map { "\($0)" } ?? "default" }
+        compare("Backend.DirectRouting", old.directRouting, new.directRouting) { "\($0)" }
+        return changes
     }
 }

@@ -16,6 +16,9 @@ public final class Metrics: Sendable {
         var lastSuccess: Double?
         var lastDuration: Double = 0
         var registryConnected = false
+        /// When the registry stopped answering (nil while it answers), and why.
+        var registryDownSince: Double?
+        var registryError: String?
         var registryReady = false
         var registryErrors = 0
         var firewallErrors = 0
@@ -24,20 +27,48 @@ public final class Metrics: Sendable {
     }
 
     let state = Mutex(State())
+    /// How long the registry may be unreachable before /healthz says 503: a
+    /// failover to another etcd member or a restarted member is not an outage.
+    public let registryGrace: Double
 
-    public init() {}
+    public init(registryGrace: Double = 10) { self.registryGrace = registryGrace }
+
+    /// The registry answered (true) or stopped answering (false, with why) at `now`.
+    func registry(connected: Bool, error: String?, now: Double = Date().timeIntervalSince1970) {
+        update {
+            $0.registryConnected = connected
+            if connected {
+                $0.registryDownSince = nil
+                $0.registryError = nil
+            } else {
+                $0.registryErrors += 1
+                $0.registryDownSince = $0.registryDownSince ?? now
+                $0.registryError = error ?? $0.registryError
+            }
+        }
+    }
 
     func update(_ body: (inout State) -> Void) { state.withLock { body(&$0) } }
     func read<T>(_ body: (State) -> T) -> T { state.withLock { body($0) } }
 
-    /// 200 once a sync succeeded and the last one did; 503 with the reason otherwise.
+    /// 200 once a sync succeeded, the last one did, and the registry answers
+    /// (or has been unreachable for less than `registryGrace` seconds); 503 with
+    /// the reason otherwise.
     public func health(now: Double = Date().timeIntervalSince1970) -> (ok: Bool, text: String) {
         read { s in
-            guard s.registryReady else { return (false, "waiting for the registry: \(s.lastError ?? "no cluster state yet")\n") }
+            guard s.registryReady else {
+                return (false, "waiting for the registry: \(s.registryError ?? s.lastError ?? "no cluster state yet")\n")
+            }
             guard let last = s.lastSuccess else { return (false, "no successful sync yet: \(s.lastError ?? "starting")\n") }
             if let error = s.lastError { return (false, "last sync failed: \(error)\n") }
             var text = "ok: \(s.peers) peers, last sync \(String(format: "%.1f", now - last)) s ago"
-            if !s.registryConnected { text += " (registry disconnected; forwarding state kept)" }
+            if let since = s.registryDownSince {
+                let down = "registry unreachable for \(String(format: "%.0f", max(now - since, 0))) s"
+                if now - since >= registryGrace {
+                    return (false, "\(down) (changes in the cluster are not seen; forwarding state kept): \(s.registryError ?? "")\n")
+                }
+                text += " (\(down); forwarding state kept)"
+            }
             return (true, text + "\n")
         }
     }
@@ -72,7 +103,8 @@ public final class Metrics: Sendable {
             metric("last_successful_sync_timestamp_seconds", "gauge", "When the kernel last matched the desired state.",
                    [("", s.lastSuccess ?? 0)])
             metric("last_reconcile_duration_seconds", "gauge", "How long the last reconcile took.", [("", s.lastDuration)])
-            metric("registry_connected", "gauge", "1 while the registry (etcd) answers.", [("", s.registryConnected ? 1 : 0)])
+            metric("registry_connected", "gauge", "Whether the registry (etcd) answers: 0 from the moment it is found unreachable, 1 again once it answers.",
+                   [("", s.registryConnected ? 1 : 0)])
             metric("registry_errors_total", "counter", "Registry failures (connection, lease, watch).", [("", Double(s.registryErrors))])
             metric("firewall_errors_total", "counter", "Failed nftables updates.", [("", Double(s.firewallErrors))])
             return out

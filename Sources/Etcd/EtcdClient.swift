@@ -19,6 +19,12 @@ public final class EtcdClient: Sendable {
     /// The endpoints, normalised to `scheme://host:port`.
     public let endpoints: [String]
     public let requestTimeout: Duration
+    /// How often an open watch asks etcd for a progress notification.
+    public let watchProgressInterval: Duration
+    /// How long an open watch may hear nothing (no event, no progress answer)
+    /// before its connection counts as dead: the larger of the request
+    /// timeout and three progress intervals.
+    public var watchDeadline: Duration { max(requestTimeout, watchProgressInterval * 3) }
 
     /// Unary calls: the request timeout bounds the wait for the answer's head
     /// and each wait for more of its body.
@@ -38,7 +44,11 @@ public final class EtcdClient: Sendable {
     ///   - tls: trust roots and client certificate for `https` endpoints. Files
     ///     are read now, so a missing or unreadable file is reported here.
     ///   - requestTimeout: how long one endpoint may take to answer one request.
-    public init(endpoints: [String], tls: EtcdTLS? = nil, requestTimeout: Duration = .seconds(5)) throws(EtcdError) {
+    ///   - watchProgressInterval: how often an open watch asks etcd whether it
+    ///     is still there (a progress request on the watch's own connection); a
+    ///     watch that hears nothing for `watchDeadline` fails with `.connectionLost`.
+    public init(endpoints: [String], tls: EtcdTLS? = nil, requestTimeout: Duration = .seconds(5),
+                watchProgressInterval: Duration = .seconds(2)) throws(EtcdError) {
         func invalid(_ message: String) -> EtcdError {
             EtcdError(.invalidArgument, endpoint: endpoints.joined(separator: ","), operation: "configure client", message: message)
         }
@@ -50,7 +60,9 @@ public final class EtcdClient: Sendable {
             return normalised
         }
         guard requestTimeout > .zero else { throw invalid("the request timeout must be positive") }
+        guard watchProgressInterval > .zero else { throw invalid("the watch progress interval must be positive") }
         self.requestTimeout = requestTimeout
+        self.watchProgressInterval = watchProgressInterval
 
         var tlsConfiguration = TLSConfiguration.makeClientConfiguration()
         if let tls {
@@ -92,6 +104,8 @@ public final class EtcdClient: Sendable {
         // Fail at once when an endpoint cannot be reached, so the next can be tried.
         configuration.connectionPool.retryConnectionEstablishment = false
         self.unary = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
+        // No read timeout: a watch may be quiet for hours. Its liveness is
+        // checked with progress requests instead (EtcdWatch.swift).
         configuration.timeout = .init(connect: connectTimeout, read: nil)
         // One connection per watch; the default limit of 8 would queue a ninth watch.
         configuration.connectionPool.concurrentHTTP1ConnectionsPerHostSoftLimit = 256
@@ -296,6 +310,7 @@ extension EtcdClient {
     func exchange<Request: Encodable, Result>(
         _ path: String, _ request: Request, over client: HTTPClient,
         operation: String, key: String?, idempotent: Bool,
+        body makeBody: ([UInt8]) -> HTTPClientRequest.Body = { .bytes($0) }, headers: [(String, String)] = [],
         read: (String, HTTPClientResponse) async throws -> Result
     ) async throws(EtcdError) -> Result {
         let body: [UInt8]
@@ -317,7 +332,8 @@ extension EtcdClient {
                     var http = HTTPClientRequest(url: endpoint + path)
                     http.method = .POST
                     http.headers.add(name: "Content-Type", value: "application/json")
-                    http.body = .bytes(body)
+                    for (name, value) in headers { http.headers.add(name: name, value: value) }
+                    http.body = makeBody(body)
                     let response = try await client.execute(http, timeout: TimeAmount(requestTimeout))
                     if index != first { preferred.store(index, ordering: .relaxed) }
                     return try await read(endpoint, response)
@@ -340,6 +356,14 @@ extension EtcdClient {
             }
         }
         throw Self.allFailed(failures, operation: operation, key: key)
+    }
+
+    /// Moves on from `endpoint` when it is the preferred one: it stopped
+    /// answering on one connection (a dead watch), and a partition takes every
+    /// connection to it, so the next request should not wait for it first.
+    func demote(endpoint: String) {
+        guard endpoints.count > 1, let index = endpoints.firstIndex(of: endpoint) else { return }
+        _ = preferred.compareExchange(expected: index, desired: (index + 1) % endpoints.count, ordering: .relaxed)
     }
 
     /// One error for a request that no endpoint answered.

@@ -221,9 +221,18 @@ extension Gateway {
         var progress_notify: Bool
     }
 
+    /// One message on a watch's request stream: the create request first,
+    /// then progress requests (etcd 3.4+ answers each with a header-only
+    /// response when the watch is in sync).
     struct WatchRequest: Encodable {
-        var create_request: WatchCreateRequest
+        var create_request: WatchCreateRequest?
+        var progress_request: WatchProgressRequest?
+
+        init(create_request: WatchCreateRequest) { self.create_request = create_request }
+        init(progress_request: WatchProgressRequest) { self.progress_request = progress_request }
     }
+
+    struct WatchProgressRequest: Encodable {}
 }
 
 extension Gateway {

@@ -212,6 +212,17 @@ final class EtcdServer: Sendable {
         try check(etcdctl + ["compaction", "--physical", String(revision)])
     }
 
+    /// Freezes etcd (SIGSTOP): its connections stay open, the kernel still
+    /// acknowledges what arrives, and nothing answers, as with a silent partition.
+    func pause() {
+        if let pid = pid.withLock({ $0 }) { Glibc.kill(pid, SIGSTOP) }
+    }
+
+    /// Lets a paused etcd run again (SIGCONT).
+    func resume() {
+        if let pid = pid.withLock({ $0 }) { Glibc.kill(pid, SIGCONT) }
+    }
+
     /// Stops etcd: SIGTERM and wait, or SIGKILL with `force`. Idempotent.
     func kill(force: Bool = true) {
         guard let pid = pid.withLock({ (pid: inout pid_t?) -> pid_t? in defer { pid = nil }; return pid }) else { return }
@@ -275,6 +286,8 @@ final class WatchRecorder: Sendable {
     func stop() { task.cancel() }
 
     var batches: [WatchBatch] { seen.state.withLock { $0.batches } }
+    /// The error that ended the stream, if it failed.
+    var failure: (any Error)? { seen.state.withLock { $0.failure } }
     var events: [WatchEvent] { batches.flatMap(\.events) }
 
     /// Waits until `count` events have arrived; fails after 30 s or when the stream ends first.
