@@ -96,25 +96,19 @@ public enum Flannel {
     }
 
     /// Text from a lease (its key, a value echoed in a reason) made safe for a log
-    /// line or a terminal: control characters escaped (`\x00`), and at most `limit`
+    /// line or a terminal: invisible characters escaped as every message of the
+    /// agent escapes them (`\u0000`, Reconcile's `escaped`), and at most `limit`
     /// characters, the middle of a longer text elided (its end often says what is wrong).
     public static func printable(_ text: String, limit: Int = 256) -> String {
         let scalars = Array(text.unicodeScalars)
-        func escaped(_ part: ArraySlice<Unicode.Scalar>) -> String {
-            var result = ""
-            for scalar in part {
-                let value = scalar.value
-                if value < 0x20 || (value >= 0x7f && value < 0xa0) {
-                    result += "\\x" + (value < 16 ? "0" : "") + String(value, radix: 16)
-                } else {
-                    result.unicodeScalars.append(scalar)
-                }
-            }
-            return result
+        func clean(_ part: ArraySlice<Unicode.Scalar>) -> String {
+            var view = String.UnicodeScalarView()
+            view.append(contentsOf: part)
+            return escaped(String(view), limit: .max, quotes: false)
         }
-        guard scalars.count > limit else { return escaped(scalars[...]) }
+        guard scalars.count > limit else { return clean(scalars[...]) }
         let half = max(limit / 2, 1)
-        return escaped(scalars[..<half]) + "…(\(scalars.count) characters)…" + escaped(scalars[(scalars.count - half)...])
+        return clean(scalars[..<half]) + "…(\(scalars.count) characters)…" + clean(scalars[(scalars.count - half)...])
     }
 
     static func hasControlCharacters(_ text: String) -> Bool {

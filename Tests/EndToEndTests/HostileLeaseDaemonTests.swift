@@ -19,15 +19,19 @@ struct HostileLeaseDaemonTests {
         try #require(answer.contains(#""succeeded":true"#), "\(answer)")
     }
 
-    /// How the agent prints a key: control characters as `\xNN`, the middle of a key
-    /// longer than 256 characters elided.
+    /// How the agent prints a key: control characters as `\n`, `\t`, `\r` or
+    /// `\uNNNN`, the middle of a key longer than 256 characters elided.
     func printable(_ text: String) -> String {
         let scalars = Array(text.unicodeScalars)
         func escaped(_ part: ArraySlice<Unicode.Scalar>) -> String {
             var result = ""
             for scalar in part {
-                if scalar.value < 0x20 || (scalar.value >= 0x7f && scalar.value < 0xa0) {
-                    result += "\\x" + (scalar.value < 16 ? "0" : "") + String(scalar.value, radix: 16)
+                let names: [UInt32: String] = [0x0a: "\\n", 0x0d: "\\r", 0x09: "\\t"]
+                if let name = names[scalar.value] {
+                    result += name
+                } else if scalar.value < 0x20 || (scalar.value >= 0x7f && scalar.value < 0xa0) {
+                    let digits = String(scalar.value, radix: 16)
+                    result += "\\u" + String(repeating: "0", count: 4 - digits.count) + digits
                 } else {
                     result.unicodeScalars.append(scalar)
                 }

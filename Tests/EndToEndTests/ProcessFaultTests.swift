@@ -43,7 +43,7 @@ struct ProcessFaultTests {
     static func daemonConfig(_ host: TestHost, peers: Int, network: String = "10.244.0.0/16") throws -> String {
         var text = inventory(peers: peers, network: network)
         text.removeLast()
-        text += #", "subnetFile": "\#(host.directory)/subnet.env", "ipMasq": false, "metricsAddress": ""}"#
+        text += #", "subnetFile": "\#(host.directory)/subnet.env", "ipMasq": false, "metricsAddress": "", "cniConfFile": ""}"#
         return try host.write("daemon.json", text)
     }
 
