@@ -111,7 +111,8 @@ final class DaemonCluster {
     func startAll(_ hosts: ClosedRange<Int>) throws {
         for host in hosts { try start(host) }
         try waitUntil("h\(hosts.lowerBound)-h\(hosts.upperBound) program each other") {
-            try hosts.allSatisfy { try routes($0).count == hosts.count - 1 }
+            // subnet.env is written in the same pass, just after the routes.
+            try hosts.allSatisfy { try routes($0).count == hosts.count - 1 && FileManager.default.fileExists(atPath: "\(hostDirectory($0))/subnet.env") }
         }
     }
 
