@@ -186,10 +186,13 @@ public final class EtcdRegistry: Sendable {
                 delay = .milliseconds(250)
 
                 var next = revision + 1
-                for try await batch in client.watch(prefix: everything, startRevision: next) {
+                // Batches that arrive while a state is being built are taken together:
+                // a burst of transactions costs one view, not one per transaction.
+                let watch = Conflator(client.watch(prefix: everything, startRevision: next))
+                while let batches = try await watch.next() {
                     var lost = false
                     var changed = false
-                    for event in batch.events {
+                    for event in batches.lazy.flatMap(\.events) {
                         if event.key == configKey {
                             let value: [UInt8]? = if case .put(let kv) = event { kv.value } else { nil }
                             reportConfigChange(key: configKey, running: network, value: value, reported: &reportedConfig)
@@ -208,7 +211,7 @@ public final class EtcdRegistry: Sendable {
                             lost = true
                         }
                     }
-                    next = batch.nextRevision
+                    next = batches.last?.nextRevision ?? next
                     if lost {
                         let key = ownLease?.key ?? ""
                         log.warning("this node's lease was deleted or taken over in etcd; taking a lease again", metadata: ["key": "\(key)"])
