@@ -18,7 +18,9 @@ TARGETS=("$@")
 
 mkdir -p "$OUT/obj" "$OUT/modules" "$OUT/bin"
 SWIFTC="${SWIFTC:-swiftc}"
-CLANG="${CLANG:-clang}"
+# The toolchain's own clang (its sanitizer and libFuzzer runtimes match swiftc's).
+toolchain_clang="$(dirname "$(command -v "$SWIFTC")")/clang"
+CLANG="${CLANG:-$([ -x "$toolchain_clang" ] && echo "$toolchain_clang" || echo clang)}"
 FLAGS=(-swift-version 6 -parse-as-library -sanitize="$SANITIZE" "$OPT" -g
        -I "$OUT/modules" -I Sources/CLibMnl -Xcc "-fmodule-map-file=$OUT/modules/CNetlinkShim.modulemap")
 
