@@ -12,7 +12,7 @@ TEST_PACKAGES  := $(BUILD_PACKAGES) iproute2 iputils-ping containernetworking-pl
                   nftables etcd-server etcd-client openssl strace procps gcc python3 tcpdump
 BENCH_PACKAGES := $(TEST_PACKAGES) iperf3 gcc
 
-.PHONY: all build release test demo bench bench-quick install uninstall clean deps-build deps-test deps-bench
+.PHONY: all build release test demo bench bench-quick install uninstall clean deps-build deps-test deps-bench fuzz fuzz-smoke
 
 all: build
 
@@ -48,6 +48,21 @@ release: deps-build
 test: deps-test
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+	$(MAKE) fuzz-smoke
+
+# libFuzzer targets (Fuzz/): the configuration, lease, etcd gateway JSON and
+# netlink reply parsers, built with swiftc -sanitize=fuzzer,address into
+# .build-fuzz (never into .build). Each runs FUZZ_SECONDS from its seed corpus
+# (Fuzz/corpus/<target>); new inputs and crashes stay in .build-fuzz. Fails
+# when a target crashes, traps or hangs. `make test` runs a short round.
+FUZZ_SECONDS       ?= 60
+FUZZ_SMOKE_SECONDS ?= 15
+
+fuzz: deps-build
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash Fuzz/run.sh $(FUZZ_TARGETS)
+
+fuzz-smoke: deps-build
+	FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS) bash Fuzz/run.sh $(FUZZ_TARGETS)
 
 demo: deps-test build
 	bash Tests/cluster/demo.sh $(BIN)
@@ -67,4 +82,4 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/vxlan-agent $(DESTDIR)/etc/iproute2/rt_protos.d/vxlan-agent.conf
 
 clean:
-	rm -rf .build Benchmarks/bin
+	rm -rf .build .build-fuzz Benchmarks/bin

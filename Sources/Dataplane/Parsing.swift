@@ -89,7 +89,7 @@ public enum Parse {
     /// An `RTM_NEWADDR` message of family AF_INET: (interface index, prefix).
     public static func address(_ message: Message) -> (index: Int32, prefix: IPv4Prefix)? {
         guard message.type == UInt16(RTM_NEWADDR), let header = message.familyHeader(ifaddrmsg.self),
-              header.ifa_family == UInt8(AF_INET) else { return nil }
+              header.ifa_family == UInt8(AF_INET), header.ifa_prefixlen <= 32 else { return nil }
         return message.withAttributes(afterHeader: MemoryLayout<ifaddrmsg>.size, maxType: ifaMax) { a -> (Int32, IPv4Prefix)? in
             guard let local = (a[UInt16(IFA_LOCAL)] ?? a[UInt16(IFA_ADDRESS)])?.ipv4 else { return nil }
             return (Int32(bitPattern: header.ifa_index), IPv4Prefix(IPv4Address(local), header.ifa_prefixlen))
@@ -144,7 +144,7 @@ public enum Parse {
     /// An `RTM_NEWROUTE` message of family AF_INET: (table, route).
     public static func route(_ message: Message) -> (table: UInt32, route: Route)? {
         guard message.type == UInt16(RTM_NEWROUTE), let header = message.familyHeader(rtmsg.self),
-              header.rtm_family == UInt8(AF_INET) else { return nil }
+              header.rtm_family == UInt8(AF_INET), header.rtm_dst_len <= 32 else { return nil }
         return message.withAttributes(afterHeader: MemoryLayout<rtmsg>.size, maxType: rtaMax) { a -> (UInt32, Route) in
             let table = a[UInt16(RTA_TABLE.rawValue)]?.u32 ?? UInt32(header.rtm_table)
             let dst = IPv4Address(a[UInt16(RTA_DST.rawValue)]?.ipv4 ?? 0)

@@ -404,24 +404,6 @@ extension EtcdClient {
                          key: key, message: "\(message) (gRPC code \(grpcCode), HTTP \(status.code)\(hint))")
     }
 
-    /// An error inside a streamed answer.
-    static func streamError(_ error: Gateway.StreamError, endpoint: String, operation: String, key: String?) -> EtcdError {
-        let message = error.message ?? "unknown error"
-        let grpcCode = error.grpc_code ?? 0
-        return EtcdError(errorCode(grpcCode: grpcCode, message: message), endpoint: endpoint, operation: operation,
-                         key: key, message: "\(message) (gRPC code \(grpcCode))")
-    }
-
-    static func errorCode(grpcCode: Int, message: String) -> EtcdError.Code {
-        if grpcCode == 5 && message.contains("lease not found") { return .leaseNotFound }
-        return .server(grpcCode: grpcCode)
-    }
-
-    static func snippet(_ data: Data) -> String {
-        let text = String(decoding: data.prefix(200), as: UTF8.self)
-        return data.count > 200 ? "\"\(text)...\"" : "\"\(text)\""
-    }
-
     /// `host:port` becomes `http://host:port` (`https` with TLS); a trailing slash goes.
     static func normalise(endpoint: String, tls: Bool) -> String? {
         var text = endpoint.trimmingCharacters(in: .whitespaces)

@@ -82,6 +82,10 @@ public struct WatchBatch: Sendable, Hashable {
 
     /// Where a new watch continues after this batch: one past its last event.
     /// (Not `revision + 1`: etcd may split a long catch-up into several batches
-    /// that all carry the current store revision.)
-    public var nextRevision: Int64 { (events.last?.modRevision ?? revision) + 1 }
+    /// that all carry the current store revision.) A revision of Int64.max,
+    /// which only a broken or hostile etcd sends, stays where it is instead of trapping.
+    public var nextRevision: Int64 {
+        let last = events.last?.modRevision ?? revision
+        return last == .max ? last : last + 1
+    }
 }

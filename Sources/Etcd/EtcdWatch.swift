@@ -138,46 +138,6 @@ extension EtcdClient {
         let (seconds, attoseconds) = duration.components
         return String(format: "%.1f s", Double(seconds) + Double(attoseconds) / 1e18)
     }
-
-    /// Decodes one watch message: a batch of events, nothing (created,
-    /// progress), or the error that ends the watch.
-    static func watchBatch(_ line: Data, fail: (EtcdError.Code, String) -> EtcdError) throws(EtcdError) -> WatchBatch? {
-        let message: Gateway.StreamMessage<Gateway.WatchResponse>
-        do {
-            message = try JSONDecoder().decode(Gateway.StreamMessage<Gateway.WatchResponse>.self, from: line)
-        } catch {
-            throw fail(.malformedResponse, "cannot decode \(snippet(line)): \(error)")
-        }
-        if let error = message.error {
-            let base = fail(.server(grpcCode: error.grpc_code ?? 0), "")
-            throw streamError(error, endpoint: base.endpoint, operation: base.operation, key: base.key)
-        }
-        guard let result = message.result else {
-            throw fail(.malformedResponse, "neither result nor error in \(snippet(line))")
-        }
-        if let compacted = result.compact_revision?.value, compacted > 0 {
-            throw fail(.compacted(compactRevision: compacted),
-                       "etcdserver: mvcc: required revision has been compacted (history starts at \(compacted))")
-        }
-        if result.canceled == true {
-            let reason = result.cancel_reason.flatMap { $0.isEmpty ? nil : $0 } ?? "no reason given"
-            throw fail(.watchCanceled, "etcd cancelled the watch: \(reason)")
-        }
-        let events = try (result.events ?? []).map { (event) throws(EtcdError) -> WatchEvent in
-            guard let kv = event.kv else { throw fail(.malformedResponse, "an event without a key in \(snippet(line))") }
-            switch event.type ?? "PUT" {
-            case "PUT":
-                return .put(kv.keyValue)
-            case "DELETE":
-                let deleted = kv.keyValue
-                return .delete(key: deleted.key, modRevision: deleted.modRevision)
-            case let other:
-                throw fail(.malformedResponse, "an event of unknown type \(other)")
-            }
-        }
-        guard !events.isEmpty else { return nil }
-        return WatchBatch(revision: result.header?.rev ?? events.last?.modRevision ?? 0, events: events)
-    }
 }
 
 /// When a watch last heard from etcd (monotonic clock).

@@ -122,8 +122,11 @@ public struct Attribute {
 /// Iterates the netlink messages in a receive buffer.
 func forEachMessage(in buffer: UnsafeRawBufferPointer, _ body: (Message) throws -> Bool) rethrows {
     guard var header = buffer.baseAddress.map({ UnsafePointer<nlmsghdr>(OpaquePointer($0)) }) else { return }
-    var remaining = Int32(buffer.count)
-    while mnl_nlmsg_ok(header, remaining) {
+    var remaining = Int32(clamping: buffer.count)
+    // mnl_nlmsg_ok compares nlmsg_len with the bytes left as a signed int, so a
+    // length of 2^31 or more passes it (and mnl_nlmsg_next then jumps out of the
+    // buffer): check it unsigned too.
+    while mnl_nlmsg_ok(header, remaining) && header.pointee.nlmsg_len <= UInt32(remaining) {
         guard try body(Message(header)) else { return }
         header = UnsafePointer(mnl_nlmsg_next(header, &remaining))
     }

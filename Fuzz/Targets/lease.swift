@@ -1,0 +1,34 @@
+// libFuzzer target: flannel's lease keys and values as they come from etcd.
+// The input is `key NUL value` (no NUL: all key, empty value), parsed as the
+// daemon does with every key under <prefix>/subnets/. What parses must round-trip:
+// flanneld's key for the subnet names the same subnet, and the JSON we write
+// for the attributes parses back to them. subnet.env's parser reads the value too.
+import Foundation
+import Reconcile
+import Registry
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
+    let input = UnsafeRawBufferPointer(start: start, count: count)
+    let split = input.firstIndex(of: 0) ?? input.count
+    let key = String(decoding: input[..<split], as: UTF8.self)
+    let value = split < input.count ? Array(input[(split + 1)...]) : []
+
+    if let subnet = Flannel.subnet(ofLeaseKey: key) {
+        let written = Flannel.leaseKey(prefix: Flannel.defaultPrefix, subnet: subnet)
+        precondition(Flannel.subnet(ofLeaseKey: written) == subnet, "lease key round trip: \(key) -> \(written)")
+    }
+    do {
+        let lease = try Lease.parse(key: key, value: value, etcdLease: 7)
+        _ = lease.record
+        let attributes = lease.attributes
+        let again = try LeaseAttributes.parse(Array(attributes.json.utf8), key: key)
+        precondition(again == attributes, "lease value round trip: \(attributes.json)")
+    } catch {
+        precondition(!error.description.isEmpty)
+    }
+    if let previous = SubnetEnv.previousSubnet(in: String(decoding: value, as: UTF8.self)) {
+        _ = previous.description
+    }
+    return 0
+}
