@@ -185,7 +185,7 @@ public final class EtcdRegistry: Sendable {
                 emit(state(network: network, leases: leases, reported: &reportedInvalid))
                 delay = .milliseconds(250)
 
-                var next = revision + 1
+                var next = revision == .max ? revision : revision + 1
                 // Batches that arrive while a state is being built are taken together:
                 // a burst of transactions costs one view, not one per transaction.
                 let watch = Conflator(client.watch(prefix: everything, startRevision: next))
