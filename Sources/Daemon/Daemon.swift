@@ -8,7 +8,9 @@ import Registry
 /// `vxlan-agent run`: keeps this node in sync continuously. Reconciles on a
 /// registry change, on a kernel change that touches the agent's state (netlink
 /// multicast), and every resync interval as a backstop; each reconcile is the
-/// same diff-and-apply as `sync`, debounced so a burst of events is one pass.
+/// same diff-and-apply as `sync`. The first event of a burst starts a pass at
+/// once; what arrives while a pass runs joins the next one, so a burst is one or
+/// a few passes and a lone lease waits for nothing.
 /// Writes subnet.env and the CNI configuration, keeps the masquerade table,
 /// serves /healthz and /metrics. SIGTERM/SIGINT stop it and leave the forwarding
 /// state in place; SIGHUP reloads the configuration file.
@@ -17,8 +19,9 @@ public final class Daemon: @unchecked Sendable {
         public var configPath: String
         public var node: String?
         public var lockPath: String
-        /// How long events are collected before one reconcile.
-        public var debounce: Duration = .milliseconds(100)
+        /// The first wait before a pass is tried again after changes failed or the
+        /// lock was busy; doubled for each pass that fails again, up to 5 s.
+        public var retryDelay: Duration = .milliseconds(100)
 
         public init(configPath: String, node: String?, lockPath: String) {
             self.configPath = configPath
@@ -35,6 +38,8 @@ public final class Daemon: @unchecked Sendable {
         case reload
         case stop(String)
         case reconcile
+        /// A pass scheduled after a delay (a retry); skipped when a pass ran meanwhile.
+        case reconcileLater
     }
 
     let options: Options
@@ -53,7 +58,12 @@ public final class Daemon: @unchecked Sendable {
     var monitor: KernelMonitor?
     var dataplane: Dataplane?
     var triggers: Set<String> = []
-    var scheduled = false
+    /// A `.reconcile` is in the queue: later events join the pass it starts.
+    var queued = false
+    /// A `.reconcileLater` is on its way.
+    var delayed = false
+    /// The wait before the next retry; reset by a pass without failures.
+    var retryWait: Duration = .zero
     /// (network, subnet) the masquerade table was last written for; nil: write it on the next pass.
     var firewall: (IPv4Prefix, IPv4Prefix)?
     var skippedReported: Set<String> = []
@@ -127,8 +137,11 @@ public final class Daemon: @unchecked Sendable {
                 reason = why
                 break loop
             case .reconcile:
-                scheduled = false
+                queued = false
                 reconcile()
+            case .reconcileLater:
+                delayed = false
+                if !triggers.isEmpty { reconcile() }
             }
         }
         log.info("stopping; the forwarding state stays in place", metadata: ["signal": "\(reason)"])
@@ -139,14 +152,29 @@ public final class Daemon: @unchecked Sendable {
         return 0
     }
 
-    func schedule(_ trigger: String) {
+    /// Asks for a pass: at once (behind the events already queued, which join
+    /// it), or after `delay` for a retry. One pass is queued at most; a trigger
+    /// that arrives meanwhile is served by it.
+    func schedule(_ trigger: String, after delay: Duration = .zero) {
         triggers.insert(trigger)
-        guard !scheduled else { return }
-        scheduled = true
-        Task { [continuation, debounce = options.debounce] in
-            try? await Task.sleep(for: debounce)
+        if delay == .zero {
+            guard !queued else { return }
+            queued = true
             continuation.yield(.reconcile)
+        } else {
+            guard !queued, !delayed else { return }
+            delayed = true
+            Task { [continuation] in
+                try? await Task.sleep(for: delay)
+                continuation.yield(.reconcileLater)
+            }
         }
+    }
+
+    /// Schedules a retry, waiting longer each time a pass fails again.
+    func scheduleRetry(_ trigger: String) {
+        retryWait = retryWait == .zero ? options.retryDelay : min(retryWait * 2, .seconds(5))
+        schedule(trigger, after: retryWait)
     }
 
     // MARK: registry
@@ -239,7 +267,7 @@ public final class Daemon: @unchecked Sendable {
             lock = try SyncLock(path: options.lockPath, timeout: .seconds(5))
         } catch {
             log.warning("another sync holds the lock; trying again", metadata: ["error": "\(error)"])
-            schedule("lock")
+            scheduleRetry("lock")
             return
         }
         defer { withExtendedLifetime(lock) {} }
@@ -321,7 +349,7 @@ public final class Daemon: @unchecked Sendable {
                 $0.lastError = report.failures.first?.message ?? fileError
             }
         }
-        if !report.failures.isEmpty { schedule("retry") }
+        if report.failures.isEmpty { retryWait = .zero } else { scheduleRetry("retry") }
     }
 
     /// "kind action" of a change, for metrics.

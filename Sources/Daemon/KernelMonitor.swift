@@ -8,7 +8,7 @@ import Synchronization
 /// device (by index or name), entries on it, routes and nexthops of its
 /// protocol. Runs on a thread of its own; `report` is called from it.
 ///
-/// The agent's own writes come back as events too; the daemon's debounced,
+/// The agent's own writes come back as events too; the daemon's coalescing,
 /// diff-based reconcile turns them into one pass with zero writes.
 public final class KernelMonitor: Sendable {
     let deviceName: String
