@@ -32,7 +32,8 @@ let package = Package(
         // Where the cluster comes from: the static inventory (etcd leases come with the daemon).
         .target(name: "Registry", dependencies: ["Reconcile"]),
         // etcd v3 over its JSON gateway (HTTP/1.1, TLS with client certificates). Its own
-        // module: `sync` does not link an HTTP stack until the daemon needs one.
+        // module, so the pure modules never see an HTTP stack (the one binary links it:
+        // `sync` and `diff` read etcd too).
         .target(name: "Etcd", dependencies: [
             .product(name: "AsyncHTTPClient", package: "async-http-client"),
             .product(name: "NIOSSL", package: "swift-nio-ssl"),

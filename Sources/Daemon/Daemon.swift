@@ -232,6 +232,12 @@ public final class Daemon: @unchecked Sendable {
         if next.daemon.metricsAddress != config.daemon.metricsAddress {
             log.warning("metricsAddress changes take effect on restart")
         }
+        if next.daemon.resyncInterval != config.daemon.resyncInterval {
+            log.warning("resyncInterval changes take effect on restart")
+        }
+        if options.node == nil, let named = next.node, named != node {
+            log.warning("node changes take effect on restart", metadata: ["node": "\(node)", "in file": "\(named)"])
+        }
         let registryChanged = next.etcd != config.etcd || next.publicIP != config.publicIP || next.daemon.leaseTTL != config.daemon.leaseTTL
         config = next
         firewall = nil
@@ -286,8 +292,11 @@ public final class Daemon: @unchecked Sendable {
         }
         let report = outcome.report ?? ApplyReport()
         monitor?.setDeviceIndex(outcome.deviceIndex)
+        // Changes applied: the plan's, less the ones the kernel refused or that were skipped.
         var counts: [String: Int] = [:]
         for change in outcome.plan.changes { counts[Self.label(change), default: 0] += 1 }
+        for failure in report.failures { counts[Self.label(failure.change), default: 0] -= 1 }
+        counts = counts.filter { $0.value > 0 }
         for failure in report.failures { log.error("change failed", metadata: ["error": "\(failure.message)"]) }
         let skipped = Set(outcome.plan.skipped.map(\.description))
         for line in skipped.subtracting(skippedReported).sorted() { log.warning("peer skipped", metadata: ["reason": "\(line)"]) }

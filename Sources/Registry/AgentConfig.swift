@@ -31,7 +31,7 @@ public struct EtcdSettings: Sendable, Hashable {
 
 /// What the daemon (`vxlan-agent run`) does besides the forwarding state.
 public struct DaemonSettings: Sendable, Hashable {
-    /// flannel's subnet.env; written atomically after each successful sync.
+    /// flannel's subnet.env; written atomically after each pass that reached the kernel.
     public var subnetFile: String = "/run/flannel/subnet.env"
     /// The CNI network configuration list for this node's pods; nil: not written.
     public var cniConfFile: String? = "/etc/cni/net.d/10-vxlan-agent.conflist"
