@@ -25,12 +25,16 @@ let package = Package(
         .target(name: "CNetlinkShim", dependencies: ["CLibMnl"]),
         // Sockets, messages, attributes, batches, dumps. Knows nothing of VXLAN.
         .target(name: "Netlink", dependencies: ["CLibMnl", "CNetlinkShim"]),
-        // Typed kernel objects: VXLAN device, address, neighbor, FDB, nexthop, route.
-        .target(name: "Dataplane", dependencies: ["Netlink", "CLibMnl"]),
-        // Pure: configuration, validation, desired state, diff, plan, rendering.
-        .target(name: "Reconcile", dependencies: ["Dataplane"]),
+        // Pure values shared by the kernel side and the plan side: addresses, kernel
+        // objects (VXLAN device, neighbor, FDB, nexthop, route), `Change`,
+        // `KernelSnapshot`, and `Renderer` (iproute2's words). No libmnl.
+        .target(name: "Model"),
+        // The kernel: requests, replies, snapshot and apply over netlink.
+        .target(name: "Dataplane", dependencies: ["Model", "Netlink", "CLibMnl"]),
+        // Pure: configuration, validation, desired state, diff, plan output.
+        .target(name: "Reconcile", dependencies: ["Model"]),
         // Where the cluster comes from: the static inventory (etcd leases come with the daemon).
-        .target(name: "Registry", dependencies: ["Reconcile"]),
+        .target(name: "Registry", dependencies: ["Model", "Reconcile"]),
         // etcd v3 over its JSON gateway (HTTP/1.1, TLS with client certificates). Its own
         // module, so the pure modules never see an HTTP stack (the one binary links it:
         // `sync` and `diff` read etcd too).
@@ -43,30 +47,30 @@ let package = Package(
         ]),
         // Wiring: one sync, the lock, the daemon.
         .target(name: "Agent", dependencies: [
-            "Dataplane", "Reconcile", "Registry",
+            "Model", "Dataplane", "Reconcile", "Registry",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // `vxlan-agent run`: the etcd registry, kernel events, subnet.env, CNI config,
         // masquerade, /healthz and /metrics around the same reconciler as `sync`.
         .target(name: "Daemon", dependencies: [
-            "Agent", "Dataplane", "Netlink", "CLibMnl", "Reconcile", "Registry", "Etcd",
+            "Agent", "Model", "Dataplane", "Netlink", "CLibMnl", "Reconcile", "Registry", "Etcd",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .executableTarget(name: "vxlan-agent", dependencies: [
-            "Agent", "Daemon", "Reconcile", "Registry", "Dataplane",
+            "Agent", "Daemon", "Model", "Reconcile", "Registry", "Dataplane",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "Dataplane", "CLibMnl", "CNetlinkShim"]),
-        .testTarget(name: "ReconcileTests", dependencies: ["Reconcile", "Registry", "Dataplane", "TestSupport"]),
-        .testTarget(name: "DataplaneTests", dependencies: ["Dataplane", "Netlink", "TestSupport"]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "Model", "Dataplane", "CLibMnl", "CNetlinkShim"]),
+        .testTarget(name: "ReconcileTests", dependencies: ["Model", "Reconcile", "Registry", "Dataplane", "TestSupport"]),
+        .testTarget(name: "DataplaneTests", dependencies: ["Model", "Dataplane", "Netlink", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Reconcile", "Dataplane", "TestSupport"]),
         // A real etcd on loopback, started by the tests.
         .testTarget(name: "EtcdTests", dependencies: [
-            "Etcd", "Daemon", "Registry", "Reconcile", "Dataplane", "TestSupport",
+            "Etcd", "Daemon", "Registry", "Reconcile", "Model", "Dataplane", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Namespaces, commands and gating shared by the kernel tests.

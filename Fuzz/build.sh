@@ -3,8 +3,10 @@
 # .build-fuzz): the project's own sources compiled with plain swiftc and
 # `-sanitize=fuzzer,address`, one object per module, without SwiftPM, so the
 # main `swift build` never sees a sanitizer flag. Only the modules that need no
-# package dependency are compiled: Netlink, Dataplane, Reconcile, Registry, and
-# the Foundation-only files of Etcd (its gateway JSON and the decoding of answers).
+# package dependency are compiled: Model, Netlink, Dataplane, Reconcile,
+# Registry, and the Foundation-only files of Etcd (its gateway JSON and the
+# decoding of answers). config and lease need no Netlink: Reconcile and
+# Registry see only Model.
 #
 # Usage: Fuzz/build.sh [target...]   (default: every target)
 set -euo pipefail
@@ -74,27 +76,30 @@ target() {
 need_netlink=0 need_registry=0
 for t in "${TARGETS[@]}"; do
     case $t in
-        config|lease) need_netlink=1 need_registry=1 ;;
+        config|lease) need_registry=1 ;;
         netlink) need_netlink=1 ;;
         etcd) ;;
         *) echo "fuzz: unknown target $t (config, lease, etcd, netlink)" >&2; exit 2 ;;
     esac
 done
+if [ $need_netlink = 1 ] || [ $need_registry = 1 ]; then
+    module Model -- Sources/Model/*.swift
+fi
 if [ $need_netlink = 1 ]; then
     module Netlink -- Sources/Netlink/*.swift
-    module Dataplane Netlink -- Sources/Dataplane/*.swift
+    module Dataplane Model Netlink -- Sources/Dataplane/*.swift
 fi
 if [ $need_registry = 1 ]; then
-    module Reconcile Dataplane -- Sources/Reconcile/*.swift
-    module Registry Reconcile Dataplane -- Sources/Registry/*.swift
+    module Reconcile Model -- Sources/Reconcile/*.swift
+    module Registry Reconcile Model -- Sources/Registry/*.swift
 fi
 
 for t in "${TARGETS[@]}"; do
     case $t in
         config|lease)
-            target "$t" Registry Reconcile Dataplane Netlink CNetlinkShim -- "Fuzz/Targets/$t.swift" ;;
+            target "$t" Registry Reconcile Model -- "Fuzz/Targets/$t.swift" ;;
         netlink)
-            target netlink Dataplane Netlink CNetlinkShim -- Fuzz/Targets/netlink.swift ;;
+            target netlink Dataplane Model Netlink CNetlinkShim -- Fuzz/Targets/netlink.swift ;;
         etcd)
             # Etcd's Foundation-only files, compiled into the target itself: the
             # rest of the module needs AsyncHTTPClient and NIO. EtcdClientStub

@@ -8,6 +8,7 @@
 import CNetlinkShim
 import CLibMnl
 @testable import Dataplane
+import Model
 @testable import Netlink
 
 @_cdecl("LLVMFuzzerTestOneInput")

@@ -2,6 +2,7 @@ import Agent
 import Dataplane
 import Foundation
 import Logging
+import Model
 import Reconcile
 import Registry
 

@@ -1,7 +1,7 @@
-import Dataplane
 import Etcd
 import Foundation
 import Logging
+import Model
 import Reconcile
 import Registry
 import Synchronization

@@ -1,6 +1,6 @@
-import Dataplane
 import Etcd
 import Foundation
+import Model
 import Reconcile
 import Registry
 

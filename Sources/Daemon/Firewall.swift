@@ -1,5 +1,5 @@
-import Dataplane
 import Foundation
+import Model
 
 /// IP masquerade for pod traffic, in an nftables table of the agent's own
 /// (`ip vxlan-agent`), always replaced whole in one `nft -f` transaction, so the

@@ -1,4 +1,5 @@
 import CLibMnl
+import Model
 import Netlink
 
 #if canImport(Glibc)
@@ -394,16 +395,6 @@ extension NetlinkError {
         default: "change"
         }
         return about("\(verb) \(operation)")
-    }
-}
-
-extension Change {
-    /// The entry an entry change acts on (the new one for replace).
-    public var target: Entry? {
-        switch self {
-        case .add(let entry), .replace(_, let entry), .remove(let entry): entry
-        default: nil
-        }
     }
 }
 

@@ -1,4 +1,5 @@
 import CLibMnl
+import Model
 import Netlink
 
 #if canImport(Glibc)

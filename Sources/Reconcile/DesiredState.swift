@@ -1,4 +1,4 @@
-import Dataplane
+import Model
 
 /// One host of the cluster as a registry describes it.
 public struct NodeRecord: Sendable, Hashable {

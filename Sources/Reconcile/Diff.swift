@@ -1,4 +1,4 @@
-import Dataplane
+import Model
 
 /// The Reconcile module's error: a state the agent must not change by itself.
 public enum ReconcileError: Error, Sendable, Hashable, CustomStringConvertible {

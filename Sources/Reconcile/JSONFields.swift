@@ -1,5 +1,5 @@
-import Dataplane
 import Foundation
+import Model
 
 /// A configuration error that names the file and the field at fault.
 public struct ConfigError: Error, Sendable, Hashable, CustomStringConvertible {

@@ -1,5 +1,5 @@
-import Dataplane
 import Foundation
+import Model
 
 /// flannel's network configuration (`net-conf.json`, or `<prefix>/config` in
 /// etcd), with flannel's keys and defaults.

@@ -1,5 +1,5 @@
-import Dataplane
 import Foundation
+import Model
 
 /// How a plan (and the result of applying it) is shown to a person or a program.
 public struct PlanOutput: Sendable {

@@ -1,5 +1,5 @@
-import Dataplane
 import Foundation
+import Model
 import Reconcile
 
 /// One entry of a static inventory.

@@ -1,5 +1,5 @@
-import Dataplane
 import Foundation
+import Model
 import Reconcile
 
 /// flannel's formats, spoken exactly: a node running flanneld and a node

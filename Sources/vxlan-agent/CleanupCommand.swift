@@ -3,6 +3,7 @@ import ArgumentParser
 import Daemon
 import Dataplane
 import Foundation
+import Model
 import Reconcile
 import Registry
 

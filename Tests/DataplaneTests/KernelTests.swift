@@ -1,5 +1,6 @@
 import Dataplane
 import Foundation
+import Model
 import Netlink
 import Testing
 import TestSupport

@@ -1,5 +1,5 @@
 @testable import Daemon
-import Dataplane
+import Model
 import Reconcile
 import Testing
 

@@ -1,8 +1,8 @@
 import Daemon
-import Dataplane
 import Etcd
 import Foundation
 import Logging
+import Model
 import Reconcile
 import Registry
 import Testing

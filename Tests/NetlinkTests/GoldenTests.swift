@@ -2,6 +2,7 @@ import CLibMnl
 import CNetlinkShim
 import Dataplane
 import Foundation
+import Model
 @testable import Netlink
 import Testing
 

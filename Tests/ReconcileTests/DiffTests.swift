@@ -1,6 +1,6 @@
-import Dataplane
-import Testing
+import Model
 @testable import Reconcile
+import Testing
 
 @Suite("Diff: desired state and snapshot to plan")
 struct DiffTests {

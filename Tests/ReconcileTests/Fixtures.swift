@@ -1,5 +1,5 @@
-import Dataplane
 import Foundation
+import Model
 @testable import Reconcile
 
 enum Fixture {

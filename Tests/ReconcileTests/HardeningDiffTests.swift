@@ -1,6 +1,6 @@
-import Dataplane
-import Testing
+import Model
 @testable import Reconcile
+import Testing
 
 /// Issue 9, at the layer where the bugs lived: the pure diff and peer validation.
 @Suite("Hardening: the diff sees every attribute that changes forwarding")

@@ -1,5 +1,5 @@
-import Dataplane
 import Foundation
+import Model
 import Reconcile
 import Registry
 import Testing

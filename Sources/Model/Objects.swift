@@ -333,6 +333,16 @@ public enum Change: Hashable, Sendable {
     case remove(Entry)
 }
 
+extension Change {
+    /// The entry an entry change acts on (the new one for replace).
+    public var target: Entry? {
+        switch self {
+        case .add(let entry), .replace(_, let entry), .remove(let entry): entry
+        default: nil
+        }
+    }
+}
+
 /// What the kernel holds of what the agent owns: its device, the device's
 /// addresses, FDB and neighbor entries, the nexthops of its protocol, and the
 /// main-table routes of its protocol or on its device.
