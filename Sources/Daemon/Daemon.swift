@@ -298,7 +298,11 @@ public final class Daemon: @unchecked Sendable {
         for change in outcome.plan.changes { counts[Self.label(change), default: 0] += 1 }
         for failure in report.failures { counts[Self.label(failure.change), default: 0] -= 1 }
         counts = counts.filter { $0.value > 0 }
-        for failure in report.failures { log.error("change failed", metadata: ["error": "\(failure.message)"]) }
+        for failure in report.failures {
+            var metadata: Logger.Metadata = ["error": "\(failure.message)"]
+            if let name = failure.codeName { metadata["errno"] = "\(name)" }
+            log.error("change failed", metadata: metadata)
+        }
         let skipped = Set(outcome.plan.skipped.map(\.description))
         for line in skipped.subtracting(skippedReported).sorted() { log.warning("peer skipped", metadata: ["reason": "\(line)"]) }
         skippedReported = skipped
@@ -359,7 +363,14 @@ public final class Daemon: @unchecked Sendable {
                 $0.lastError = report.failures.first?.message ?? fileError
             }
         }
-        if report.failures.isEmpty { retryWait = .zero } else { scheduleRetry("retry") }
+        if report.failures.isEmpty {
+            retryWait = .zero
+        } else {
+            // A busy kernel or a broken exchange is worth another pass soon; a
+            // refusal (EEXIST, EINVAL, ...) repeats until something changes: back off.
+            if report.failures.allSatisfy(\.isTransient) { retryWait = .zero }
+            scheduleRetry("retry")
+        }
     }
 
     /// "kind action" of a change, for metrics.

@@ -26,14 +26,54 @@ public enum DataplaneError: Error, Sendable, Hashable, CustomStringConvertible {
 
 /// One change the kernel refused, or that was skipped because what it depends on failed.
 public struct ChangeFailure: Sendable, Hashable, CustomStringConvertible {
+    /// Why, typed: a caller decides on it (retry at once, back off, report).
+    public enum Cause: Sendable, Hashable {
+        /// The kernel answered this request with an error.
+        case refused(NetlinkError)
+        /// The exchange broke (a send or receive failed): whether it landed is unknown.
+        case exchange(NetlinkError)
+        /// Not sent: the device is missing, or a change it depends on failed.
+        case skipped
+    }
+
     public var change: Change
+    public var cause: Cause
+    /// The change in iproute2's words with the cause, as the commands print it.
     public var message: String
 
     public var description: String { message }
 
-    public init(change: Change, message: String) {
+    public init(change: Change, message: String, cause: Cause = .skipped) {
         self.change = change
         self.message = message
+        self.cause = cause
+    }
+
+    /// The errno, when the kernel or the socket gave one.
+    public var code: Int32? {
+        switch cause {
+        case .refused(let error), .exchange(let error): error.code
+        case .skipped: nil
+        }
+    }
+
+    /// `EEXIST`, `ENOBUFS`, ...: the errno by name, when there is one.
+    public var codeName: String? {
+        switch cause {
+        case .refused(let error), .exchange(let error): error.codeName
+        case .skipped: nil
+        }
+    }
+
+    /// Worth trying again at once: a broken exchange, or the kernel out of buffers
+    /// or busy (ENOBUFS, ENOMEM, EBUSY, EAGAIN, EINTR). Anything else (EEXIST,
+    /// EINVAL, ENETUNREACH, ...) will fail the same way until something changes.
+    public var isTransient: Bool {
+        switch cause {
+        case .exchange: true
+        case .refused(let error): [ENOBUFS, ENOMEM, EBUSY, EAGAIN, EINTR].contains(error.code)
+        case .skipped: false
+        }
     }
 }
 
@@ -253,10 +293,12 @@ public final class Dataplane: KernelDataplane {
             do {
                 let failures = try socket.send(batch, chunkBytes: chunkBytes)
                 if let failure = failures.first {
-                    report.failures.append(ChangeFailure(change: change, message: failure.error.about(renderer().describe(change)).description))
+                    report.failures.append(ChangeFailure(change: change, message: failure.error.about(renderer().describe(change)).description,
+                                                         cause: .refused(failure.error)))
                 }
             } catch {
-                report.failures.append(ChangeFailure(change: change, message: error.about(renderer().describe(change)).description))
+                report.failures.append(ChangeFailure(change: change, message: error.about(renderer().describe(change)).description,
+                                                     cause: .exchange(error)))
             }
         }
         if phases.needsDevice {
@@ -364,12 +406,13 @@ public final class Dataplane: KernelDataplane {
             }
             return failures.map { failure in
                 let change = changes[failure.index]
-                report.failures.append(ChangeFailure(change: change, message: failure.error.about(renderer.describe(change).dropFirst(2).description).withVerb(change).description))
+                report.failures.append(ChangeFailure(change: change, message: failure.error.about(renderer.describe(change).dropFirst(2).description).withVerb(change).description,
+                                                     cause: .refused(failure.error)))
                 return change.target!
             }
         } catch {
             // The exchange broke: which requests landed is unknown; report them all.
-            report.failures += changes.map { ChangeFailure(change: $0, message: error.about(renderer.describe($0)).description) }
+            report.failures += changes.map { ChangeFailure(change: $0, message: error.about(renderer.describe($0)).description, cause: .exchange(error)) }
             return changes.compactMap(\.target)
         }
     }

@@ -229,8 +229,16 @@ struct KernelTests {
             return dataplane.apply([refusal.change(0)], deviceName: "flannel.1")
         }
         #expect(report.failures.count == 1)
-        let message = try #require(report.failures.first?.message)
-        #expect(message.hasPrefix(refusal.expected), "got: \(message)")
+        let failure = try #require(report.failures.first)
+        #expect(failure.message.hasPrefix(refusal.expected), "got: \(failure.message)")
+        // The cause stays typed: the kernel's refusal, its errno, not worth an immediate retry.
+        guard case .refused(let error) = failure.cause else {
+            Issue.record("expected a refusal, got \(failure.cause)")
+            return
+        }
+        #expect(refusal.expected.contains(": \(error.codeName) ("))
+        #expect(failure.codeName == error.codeName)
+        #expect(!failure.isTransient)
     }
 
     @Test("each object kind on a device index that does not exist: ENODEV, mapped back to its own request")
