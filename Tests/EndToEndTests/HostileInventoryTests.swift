@@ -362,20 +362,6 @@ struct HostileInventoryTests {
 
     // MARK: the run
 
-    /// What `ip` and `bridge` show of the whole namespace: every link in detail,
-    /// every address, the routes of every table, nexthops, neighbors, FDB.
-    static func kernelState(_ host: TestHost) throws -> String {
-        try sh("""
-        ip netns exec \(host.namespace) bash -c '
-          echo "## links"; ip -d link show
-          echo "## addresses"; ip addr show
-          echo "## routes"; ip route show table all
-          echo "## nexthops"; ip nexthop show
-          echo "## neighbors"; ip neigh show
-          echo "## fdb"; bridge fdb show'
-        """)
-    }
-
     @Test("at least 80 cases, in every family")
     func tableIsComplete() {
         #expect(Self.all.count >= 80)
@@ -391,7 +377,7 @@ struct HostileInventoryTests {
         let goodPath = try host.write("good.json", Self.good)
         let first = try host.agent("sync --config \(goodPath)")
         try #require(first.status == 0, "the good inventory must sync: \(first.stdout) \(first.stderr)")
-        let before = try Self.kernelState(host)
+        let before = try host.kernelState()
         try #require(before.contains("flannel.1") && before.contains("10.244.4.0/24"))
 
         var counts: [Family: Int] = [:]
@@ -431,7 +417,7 @@ struct HostileInventoryTests {
                     #expect(output.contains("in sync: nothing to do (3 peers, 1 skipped"), "\(testCase) [\(command)]: \(output)")
                 }
             }
-            let after = try Self.kernelState(host)
+            let after = try host.kernelState()
             #expect(after == before, "\(testCase): the kernel changed:\n\(Self.difference(before, after))")
             if after != before {
                 // Put it back for the next case.

@@ -57,7 +57,7 @@ struct ProcessFaultTests {
         defer { _ = daemon.stop() }
         try daemon.waitUntil("4 routes") { try host.json("ip -j route show proto vxlan-agent").count == 4 }
         try daemon.waitUntil("in sync") { try host.agent("diff --config \(config) --lock-timeout 5").status == 0 }
-        let pristine = try TamperingTests.state(host)
+        let pristine = try host.kernelState()
         let mac = TamperingTests.peerMAC
         for command in [
             "bridge fdb replace \(mac) dev flannel.1 dst 198.19.0.2 port 9999 self permanent",
@@ -71,7 +71,7 @@ struct ProcessFaultTests {
             "ip neigh flush dev flannel.1 nud permanent",
         ] {
             try host.exec("bash -ec '\(command)'").requireSuccess()
-            try daemon.waitUntil("repair of `\(command)`") { try TamperingTests.state(host) == pristine }
+            try daemon.waitUntil("repair of `\(command)`") { try host.kernelState() == pristine }
         }
     }
 

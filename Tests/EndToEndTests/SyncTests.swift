@@ -90,7 +90,7 @@ struct SyncTests {
         defer { host.close() }
         let config = try host.write("inv.json", inventory(peers: 5))
         #expect(try host.agent("sync --config \(config)").status == 0)
-        let pristine = try stateOf(host)
+        let pristine = try host.kernelState()
 
         try sh("ip netns exec \(host.namespace) bash -c '\(tamper.command)'")
         let dry = try host.agent("sync --dry-run --config \(config)")
@@ -100,7 +100,7 @@ struct SyncTests {
         let repair = try host.agent("sync --config \(config)")
         #expect(repair.status == 0, "\(repair.stdout) \(repair.stderr)")
         #expect(try host.agent("diff --config \(config)").status == 0)
-        #expect(try stateOf(host) == pristine)
+        #expect(try host.kernelState() == pristine)
     }
 
     @Test("a peer removed from the inventory: its route, nexthop, neighbor and FDB entry are gone")
@@ -127,12 +127,12 @@ struct SyncTests {
         let host = try TestHost()
         defer { host.close() }
         #expect(try host.agent("sync --config \(try host.write("a.json", inventory(peers: 3)))").status == 0)
-        let before = try stateOf(host)
+        let before = try host.kernelState()
         let bad = inventory(peers: 3, extraNodes: #"{"name": "node-9", "publicIP": "198.19.0.9", "subnet": "10.245.9.0/24"}"#)
         let result = try host.agent("sync --config \(try host.write("bad.json", bad))")
         #expect(result.status == 1)
         #expect(result.stderr.contains("nodes[4].subnet: 10.245.9.0/24 is outside the network 10.244.0.0/16"), "\(result.stderr)")
-        #expect(try stateOf(host) == before)
+        #expect(try host.kernelState() == before)
         let missing = try host.agent("sync --config \(host.directory)/absent.json")
         #expect(missing.status == 1)
         #expect(missing.stderr.contains("absent.json: the configuration file does not exist"))
@@ -202,18 +202,5 @@ struct SyncTests {
         #expect(result.status == 0, "\(result.stderr)")
         #expect(try host.agent("diff --config \(config) --route-layout classic").status == 0)
         #expect(try host.json("ip -j route show proto vxlan-agent").count == 5000)
-    }
-
-    /// What `ip` and `bridge` show of the agent's state, for before/after comparisons.
-    func stateOf(_ host: TestHost) throws -> String {
-        try sh("""
-        ip netns exec \(host.namespace) bash -c '
-          ip -d link show flannel.1 | sed -e "s/^[0-9]*: //" -e "s/ numtxqueues.*//"
-          ip addr show dev flannel.1 | grep inet
-          ip route show table main | sort
-          ip nexthop show | sort
-          ip neigh show dev flannel.1 | sort
-          bridge fdb show dev flannel.1 | sort'
-        """)
     }
 }

@@ -133,10 +133,10 @@ struct TamperingTests {
         let config = try host.write("inv.json", inventory(peers: 4))
         let first = try host.agent("sync --config \(config)")
         try #require(first.status == 0, "\(first.stdout) \(first.stderr)")
-        let pristine = try Self.state(host)
+        let pristine = try host.kernelState()
 
         try sh("ip netns exec \(host.namespace) bash -ec '\(tamper.command)'")
-        #expect(try Self.state(host) != pristine, "the tampering command changed nothing: the case tests nothing")
+        #expect(try host.kernelState() != pristine, "the tampering command changed nothing: the case tests nothing")
         let dry = try host.agent("diff --config \(config)")
         #expect(dry.status == 2, "diff must report pending changes: \(dry.stdout) \(dry.stderr)")
         #expect(dry.stdout.contains(tamper.expected), "expected `\(tamper.expected)` in:\n\(dry.stdout)")
@@ -145,7 +145,7 @@ struct TamperingTests {
         #expect(repair.status == 0, "\(repair.stdout) \(repair.stderr)")
         let after = try host.agent("diff --config \(config)")
         #expect(after.status == 0, "one sync must converge: \(after.stdout)")
-        #expect(try Self.state(host) == pristine)
+        #expect(try host.kernelState() == pristine)
     }
 
     @Test("a flannel.1 created by hand with a remote is not adopted: it is recreated without the flood entry")
@@ -212,11 +212,11 @@ struct TamperingTests {
                   ip route add 10.96.0.0/24 via 198.18.0.9 dev eth0 proto static
                   ip route add 10.95.0.0/24 via 198.18.0.9 dev eth0 table 200 proto 152'
         """).requireSuccess()
-        let before = try Self.state(host)
+        let before = try host.kernelState()
         let dry = try host.agent("diff --config \(config)")
         #expect(dry.status == 0, "\(dry.stdout)")
         #expect(try host.agent("sync --config \(config)").status == 0)
-        #expect(try Self.state(host) == before)
+        #expect(try host.kernelState() == before)
     }
 
     /// Item 8: this node's old subnet goes to a peer in the same change.
@@ -245,19 +245,6 @@ struct TamperingTests {
             #expect(try host.agent("sync --config \(back) --route-layout \(layout)").status == 0)
             #expect(try host.agent("diff --config \(back) --route-layout \(layout)").status == 0)
         }
-    }
-
-    /// What `ip` and `bridge` show of every table, for byte-for-byte comparisons.
-    static func state(_ host: TestHost) throws -> String {
-        try sh("""
-        ip netns exec \(host.namespace) bash -c '
-          ip -d link show flannel.1 | sed -e "s/^[0-9]*: //" -e "s/ numtxqueues.*//"
-          ip addr show dev flannel.1 | grep inet
-          ip route show table all | sort
-          ip nexthop show | sort
-          ip neigh show dev flannel.1 | sort
-          bridge fdb show dev flannel.1 | sort'
-        """)
     }
 }
 

@@ -176,6 +176,23 @@ public final class TestHost {
         return path
     }
 
+    /// What `ip` and `bridge` show of the whole namespace, for byte-for-byte
+    /// before/after comparisons: every link in detail, every address, the routes
+    /// of every table, nexthops, neighbors, FDB entries. Interface indexes and the
+    /// per-queue details are left out (a recreated device gets a new index), and
+    /// the tables are sorted (a repaired entry may come back in another order).
+    public func kernelState() throws -> String {
+        try sh("""
+        ip netns exec \(namespace) bash -c '
+          echo "## links"; ip -d link show | sed -e "s/^[0-9]*: //" -e "s/ numtxqueues.*//"
+          echo "## addresses"; ip addr show | sed -e "s/^[0-9]*: //"
+          echo "## routes"; ip route show table all | sort
+          echo "## nexthops"; ip nexthop show | sort
+          echo "## neighbors"; ip neigh show | sort
+          echo "## fdb"; bridge fdb show | sort'
+        """)
+    }
+
     /// `ip -j ...` in the namespace, decoded.
     public func json(_ command: String) throws -> [[String: Any]] {
         let text = try sh("ip netns exec \(namespace) \(command)")
