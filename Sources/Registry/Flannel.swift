@@ -225,11 +225,11 @@ public struct LeaseAttributes: Sendable, Hashable {
     /// case, the last of duplicate keys wins, unknown fields are ignored; a lease
     /// without `"BackendType": "vxlan"` is not a vxlan lease (flanneld ignores it).
     public static func parse(_ value: [UInt8], key: String) throws(ConfigError) -> LeaseAttributes {
-        if let problem = goRefuses(value) { throw ConfigError(source: key, field: "", message: "invalid JSON: \(problem)") }
-        let fields = try JSONFields.parse(Data(value), source: key)
-        let names = try goNames(fields, ["PublicIP", "PublicIPv6", "BackendType", "BackendData", "BackendV6Data"])
-        guard let ip = try fields.ipv4(names["PublicIP"] ?? "PublicIP") else { throw fields.error("PublicIP", "is required") }
-        let ipv6Name = names["PublicIPv6"] ?? "PublicIPv6"
+        // JSONFields reads it as Go's decoder does (`.flanneld`): names in any case,
+        // the last of duplicate keys wins; a byte order mark or a trailing comma is invalid JSON.
+        let fields = try JSONFields.parse(Data(value), source: key, dialect: .flanneld)
+        guard let ip = try fields.ipv4("PublicIP") else { throw fields.error("PublicIP", "is required") }
+        let ipv6Name = "PublicIPv6"
         var ipv6: IPv6Address?
         if let text = try fields.string(ipv6Name) {
             // Go's net.ParseIP: IPv6 text, or IPv4 (kept as ::ffff:a.b.c.d).
@@ -238,98 +238,30 @@ public struct LeaseAttributes: Sendable, Hashable {
             }
             ipv6 = address
         }
-        let typeName = names["BackendType"] ?? "BackendType"
+        let typeName = "BackendType"
         guard let type = try fields.string(typeName) else {
             throw fields.error(typeName, "is missing: flanneld programs only leases with \"BackendType\": \"vxlan\"")
         }
         guard type == "vxlan" else {
             throw fields.error(typeName, "\"\(type)\": only vxlan leases can be reached over VXLAN")
         }
-        let dataName = names["BackendData"] ?? "BackendData"
+        let dataName = "BackendData"
         guard let data = try fields.object(dataName) else { throw fields.error(dataName, "is required (VtepMAC)") }
         let vtep = try parseVTEP(data)
         // BackendV6Data matters only to an IPv6 VTEP, which this agent does not run:
         // like an IPv4-only flanneld, a broken one does not cost the IPv4 peer.
-        let v6Data = try? fields.object(names["BackendV6Data"] ?? "BackendV6Data")
+        let v6Data = try? fields.object("BackendV6Data")
         let v6 = v6Data.flatMap { data in try? parseVTEP(data) }
         return LeaseAttributes(publicIP: ip, backendType: type, vni: vtep.vni, vtepMAC: vtep.vtepMAC,
                                publicIPv6: ipv6, backendV6: v6)
     }
 
     static func parseVTEP(_ data: JSONFields) throws(ConfigError) -> VTEP {
-        let names = try goNames(data, ["VtepMAC", "VNI"])
-        let macName = names["VtepMAC"] ?? "VtepMAC"
+        let macName = "VtepMAC"
         guard let macText = try data.string(macName) else { throw data.error(macName, "is required") }
         guard let mac = MACAddress(macText) else { throw data.error(macName, "\"\(macText)\" is not a MAC address") }
-        let vni = try data.integer(names["VNI"] ?? "VNI", in: 0...16_777_215).map { UInt32($0) }
+        let vni = try data.integer("VNI", in: 0...16_777_215).map { UInt32($0) }
         return VTEP(vni: vni, vtepMAC: mac)
-    }
-
-    /// Which key of an object Go's decoder reads each of `fields` from: the exact
-    /// name, or one that differs only in case. Two spellings of one field are
-    /// refused: Go takes whichever comes last, and the order is not known here.
-    static func goNames(_ object: JSONFields, _ fields: [String]) throws(ConfigError) -> [String: String] {
-        var names: [String: String] = [:]
-        for key in object.keys {
-            guard let field = fields.first(where: { $0 == key }) ?? fields.first(where: { equalFold($0, key) }) else { continue }
-            if let other = names[field] {
-                let both = [other, key].sorted().map { "\"\($0)\"" }.joined(separator: " and ")
-                throw object.error(field, "appears as \(both): flanneld would take whichever comes last")
-            }
-            names[field] = key
-        }
-        return names
-    }
-
-    /// ASCII case-insensitive equality, without allocating.
-    static func equalFold(_ a: String, _ b: String) -> Bool {
-        guard a.utf8.count == b.utf8.count else { return false }
-        for (x, y) in zip(a.utf8, b.utf8) where x != y {
-            let lower = x | 0x20
-            guard lower == y | 0x20, lower >= UInt8(ascii: "a"), lower <= UInt8(ascii: "z") else { return false }
-        }
-        return true
-    }
-
-    /// What Go's decoder refuses and JSONSerialization accepts: a byte order mark,
-    /// a trailing comma.
-    static func goRefuses(_ value: [UInt8]) -> String? {
-        if value.starts(with: [0xEF, 0xBB, 0xBF]) { return "a byte order mark before the value (flanneld refuses it)" }
-        return value.withUnsafeBufferPointer { bytes -> String? in
-            // Cheap first: is there a comma followed (after white space) by a closing
-            // bracket anywhere, inside strings or not? Only then the exact scan.
-            var index = 0, candidate = false, comma = false
-            while index < bytes.count {
-                switch bytes[index] {
-                case 0x2C: comma = true
-                case 0x20, 0x09, 0x0A, 0x0D: break
-                case 0x7D, 0x5D: if comma { candidate = true }; comma = false
-                default: comma = false
-                }
-                if candidate { break }
-                index += 1
-            }
-            guard candidate else { return nil }
-            var inString = false, escaped = false
-            var last: UInt8 = 0
-            index = 0
-            while index < bytes.count {
-                defer { index += 1 }
-                let byte = bytes[index]
-                if inString {
-                    if escaped { escaped = false } else if byte == 0x5C { escaped = true } else if byte == 0x22 { inString = false }
-                    continue
-                }
-                switch byte {
-                case 0x20, 0x09, 0x0A, 0x0D: continue
-                case 0x22: inString = true
-                case 0x7D, 0x5D: if last == 0x2C { return "a trailing comma before byte \(index) (flanneld refuses it)" }
-                default: break
-                }
-                last = byte
-            }
-            return nil
-        }
     }
 }
 
