@@ -23,6 +23,10 @@ public struct SyncOutcome: Sendable {
     public var deviceIndex: Int32?
     /// How long each phase took: (name, seconds), in order.
     public var timings: [(String, Double)] = []
+    /// What the kernel held before the plan, and what the host is: the daemon
+    /// keeps its picture of the kernel from these.
+    public var snapshot = KernelSnapshot()
+    public var host: HostFacts?
 
     /// The host matches the desired state (dry-run: nothing to do; sync: applied without failure).
     public var inSync: Bool { report.map { $0.failures.isEmpty } ?? plan.isEmpty }
@@ -120,6 +124,8 @@ public struct Syncer {
         }
         var outcome = SyncOutcome(plan: plan, desired: desired, output: output, report: report, layout: layout)
         outcome.timings = timings
+        outcome.snapshot = snapshot
+        outcome.host = host
         outcome.deviceIndex = output.renderer.deviceIndex
         return outcome
     }

@@ -6,15 +6,18 @@ import Model
 import Reconcile
 import Registry
 
-/// `vxlan-agent run`: keeps this node in sync continuously. Reconciles on a
-/// registry change, on a kernel change that touches the agent's state (netlink
-/// multicast), and every resync interval as a backstop; each reconcile is the
-/// same diff-and-apply as `sync`. The first event of a burst starts a pass at
-/// once; what arrives while a pass runs joins the next one, so a burst is one or
-/// a few passes and a lone lease waits for nothing.
-/// Writes subnet.env and the CNI configuration, keeps the masquerade table,
-/// serves /healthz and /metrics. SIGTERM/SIGINT stop it and leave the forwarding
-/// state in place; SIGHUP reloads the configuration file.
+/// `vxlan-agent run`: keeps this node in sync continuously.
+///
+/// Three threads of work: the registry (etcd's watch, or the static inventory)
+/// and the signals on the cooperative pool; the kernel monitor on a thread of
+/// its own; and the `Reconciler`, on a thread of its own with its netlink
+/// socket, which applies what the other two report: a lease or a kernel event
+/// as soon as it arrives, touching only its entries, and a full pass (the same
+/// diff as `sync`) at start, after failures, after lost events and every resync
+/// interval. It writes subnet.env and the CNI configuration, keeps the
+/// masquerade table, and /healthz and /metrics are served beside it.
+/// SIGTERM/SIGINT stop it and leave the forwarding state in place; SIGHUP
+/// reloads the configuration file.
 public final class Daemon: @unchecked Sendable {
     public struct Options: Sendable {
         public var configPath: String
@@ -31,16 +34,12 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
+    /// What the async side reacts to.
     enum Event: Sendable {
         /// From the registry started as `generation`; a stopped registry's late events are dropped.
         case registry(RegistryEvent, generation: Int)
-        case kernel(String)
-        case resync
         case reload
         case stop(String)
-        case reconcile
-        /// A pass scheduled after a delay (a retry); skipped when a pass ran meanwhile.
-        case reconcileLater
     }
 
     let options: Options
@@ -51,23 +50,10 @@ public final class Daemon: @unchecked Sendable {
     let events: AsyncStream<Event>
     let continuation: AsyncStream<Event>.Continuation
 
-    var view: ClusterView?
-    var interface: String?
     var registry: EtcdRegistry?
     var registryTask: Task<Void, Never>?
     var registryGeneration = 0
-    var monitor: KernelMonitor?
-    var dataplane: Dataplane?
-    var triggers: Set<String> = []
-    /// A `.reconcile` is in the queue: later events join the pass it starts.
-    var queued = false
-    /// A `.reconcileLater` is on its way.
-    var delayed = false
-    /// The wait before the next retry; reset by a pass without failures.
-    var retryWait: Duration = .zero
-    /// (network, subnet) the masquerade table was last written for; nil: write it on the next pass.
-    var firewall: (IPv4Prefix, IPv4Prefix)?
-    var skippedReported: Set<String> = []
+    var reconciler: Reconciler?
 
     public init(options: Options, log: Logger) throws {
         self.options = options
@@ -91,91 +77,60 @@ public final class Daemon: @unchecked Sendable {
                 return 1
             }
         }
+        let reconciler: Reconciler
         do {
-            dataplane = try Dataplane()
+            reconciler = try Reconciler(options: options, config: config, metrics: metrics, log: log)
         } catch {
             log.error("cannot open netlink", metadata: ["error": "\(error)"])
             return 1
         }
+        self.reconciler = reconciler
+        reconciler.start()
         log.info("starting", metadata: ["node": "\(node)", "config": "\(options.configPath)",
                                          "registry": "\(config.etcd == nil ? "static inventory" : "etcd \(config.etcd!.endpoints.joined(separator: ","))")"])
         startRegistry()
-        let resync = Task { [continuation, interval = config.daemon.resyncInterval] in
-            while !Task.isCancelled {
-                try? await Task.sleep(for: interval)
-                continuation.yield(.resync)
-            }
-        }
 
         var reason = ""
         loop: for await event in events {
             switch event {
             case .registry(_, let generation) where generation != registryGeneration:
                 continue
-            case .registry(.state(let newView, let invalid), _):
-                view = newView
+            case .registry(.state(let view, let invalid), _):
                 metrics.update {
                     $0.registryReady = true
                     $0.leasesInvalid = invalid
-                    $0.subnet = "\(newView.local.subnet)"
+                    $0.subnet = "\(view.local.subnet)"
                 }
-                schedule("registry")
+                reconciler.post { $0.view = view }
+            case .registry(.peers(let upserts, let removals, let invalid), _):
+                metrics.update { $0.leasesInvalid = invalid }
+                reconciler.post { work in
+                    for key in removals {
+                        work.upserts[key] = nil
+                        work.removals.insert(key)
+                    }
+                    for record in upserts {
+                        work.removals.remove(record.origin)
+                        work.upserts[record.origin] = record
+                    }
+                }
             case .registry(.connection(let connected, let why), _):
                 let was = metrics.read(\.registryConnected)
                 metrics.registry(connected: connected, error: why)
                 if connected && !was { log.info("registry connected") }
                 if !connected && was { log.warning("registry unreachable; keeping the forwarding state", metadata: ["error": "\(why ?? "")"]) }
-            case .kernel(let what):
-                metrics.update { $0.kernelEvents += 1 }
-                log.debug("kernel event", metadata: ["event": "\(what)"])
-                schedule("kernel")
-            case .resync:
-                firewall = nil
-                schedule("resync")
             case .reload:
                 reload()
             case .stop(let why):
                 reason = why
                 break loop
-            case .reconcile:
-                queued = false
-                reconcile()
-            case .reconcileLater:
-                delayed = false
-                if !triggers.isEmpty { reconcile() }
             }
         }
         log.info("stopping; the forwarding state stays in place", metadata: ["signal": "\(reason)"])
-        resync.cancel()
-        monitor?.stop()
+        await reconciler.stop()
         await stopRegistry().value
         await server?.stop()
         return 0
-    }
-
-    /// Asks for a pass: at once (behind the events already queued, which join
-    /// it), or after `delay` for a retry. One pass is queued at most; a trigger
-    /// that arrives meanwhile is served by it.
-    func schedule(_ trigger: String, after delay: Duration = .zero) {
-        triggers.insert(trigger)
-        if delay == .zero {
-            guard !queued else { return }
-            queued = true
-            continuation.yield(.reconcile)
-        } else {
-            guard !queued, !delayed else { return }
-            delayed = true
-            Task { [continuation] in
-                try? await Task.sleep(for: delay)
-                continuation.yield(.reconcileLater)
-            }
-        }
-    }
-
-    /// Schedules a retry, waiting longer each time a pass fails again.
-    func scheduleRetry(_ trigger: String) {
-        retryWait = retryWait == .zero ? options.retryDelay : min(retryWait * 2, .seconds(5))
-        schedule(trigger, after: retryWait)
     }
 
     // MARK: registry
@@ -184,7 +139,8 @@ public final class Daemon: @unchecked Sendable {
         registryGeneration += 1
         let generation = registryGeneration
         if let etcd = config.etcd, let publicIP = config.publicIP {
-            interface = config.interface
+            let interface = config.interface
+            reconciler?.post { $0.interface = .some(interface) }
             do {
                 let registry = try EtcdRegistry(settings: etcd, node: node, publicIP: publicIP, ttl: config.daemon.leaseTTL,
                                                 subnetFile: config.daemon.subnetFile, log: log)
@@ -199,7 +155,7 @@ public final class Daemon: @unchecked Sendable {
         } else {
             do {
                 let (staticView, staticInterface) = try config.view(node: node)
-                interface = staticInterface
+                reconciler?.post { $0.interface = .some(staticInterface) }
                 continuation.yield(.registry(.state(staticView, invalidLeases: 0), generation: generation))
                 continuation.yield(.registry(.connection(true, nil), generation: generation))
             } catch {
@@ -241,148 +197,11 @@ public final class Daemon: @unchecked Sendable {
         }
         let registryChanged = next.etcd != config.etcd || next.publicIP != config.publicIP || next.daemon.leaseTTL != config.daemon.leaseTTL
         config = next
-        firewall = nil
+        reconciler?.post { $0.config = next }
         if next.etcd == nil || registryChanged {
             // The last view stays until the new registry reports: nothing is flushed meanwhile.
             _ = stopRegistry()
             startRegistry()
-        }
-        schedule("reload")
-    }
-
-    // MARK: reconcile
-
-    func reconcile() {
-        let started = ContinuousClock.now
-        let reasons = triggers
-        triggers = []
-        guard let view, let dataplane else { return }
-        let deviceName = config.deviceName ?? view.network.deviceName
-        if monitor == nil {
-            let monitor = KernelMonitor(deviceName: deviceName, proto: AgentSettings.defaultProtocol)
-            do {
-                try monitor.start { [continuation] in continuation.yield(.kernel($0)) }
-                self.monitor = monitor
-            } catch {
-                log.error("cannot listen to kernel events; relying on the resync interval", metadata: ["error": "\(error)"])
-            }
-        }
-        metrics.update { for trigger in reasons { $0.reconciles[trigger, default: 0] += 1 } }
-
-        let lock: SyncLock
-        do {
-            lock = try SyncLock(path: options.lockPath, timeout: .seconds(5))
-        } catch {
-            log.warning("another sync holds the lock; trying again", metadata: ["error": "\(error)"])
-            scheduleRetry("lock")
-            return
-        }
-        defer { withExtendedLifetime(lock) {} }
-
-        let syncer = Syncer(view: view, interface: interface, layout: config.routeLayout, deviceName: config.deviceName)
-        let outcome: SyncOutcome
-        do {
-            outcome = try syncer.run(dataplane: dataplane, dryRun: false)
-        } catch {
-            metrics.update {
-                $0.reconcileErrors += 1
-                $0.lastError = "\(error)"
-            }
-            log.error("sync failed; nothing applied", metadata: ["error": "\(error)", "trigger": "\(reasons.sorted().joined(separator: ","))"])
-            return
-        }
-        let report = outcome.report ?? ApplyReport()
-        monitor?.setDeviceIndex(outcome.deviceIndex)
-        // Changes applied: the plan's, less the ones the kernel refused or that were skipped.
-        var counts: [String: Int] = [:]
-        for change in outcome.plan.changes { counts[Self.label(change), default: 0] += 1 }
-        for failure in report.failures { counts[Self.label(failure.change), default: 0] -= 1 }
-        counts = counts.filter { $0.value > 0 }
-        for failure in report.failures {
-            var metadata: Logger.Metadata = ["error": "\(failure.message)"]
-            if let name = failure.codeName { metadata["errno"] = "\(name)" }
-            log.error("change failed", metadata: metadata)
-        }
-        let skipped = Set(outcome.plan.skipped.map(\.description))
-        for line in skipped.subtracting(skippedReported).sorted() { log.warning("peer skipped", metadata: ["reason": "\(line)"]) }
-        skippedReported = skipped
-        if !outcome.plan.isEmpty {
-            log.info("synced", metadata: [
-                "trigger": "\(reasons.sorted().joined(separator: ","))", "peers": "\(outcome.desired.peerCount)",
-                "changes": "\(counts.sorted { $0.key < $1.key }.map { "\($0.key.replacingOccurrences(of: " ", with: "-"))=\($0.value)" }.joined(separator: ","))",
-                "writes": "\(report.writes)", "failures": "\(report.failures.count)",
-            ])
-        }
-
-        var fileError: String?
-        let network = view.network.network, subnet = view.local.subnet
-        let mtu = outcome.desired.device.mtu
-        do {
-            let env = SubnetEnv(network: network, subnet: subnet, mtu: mtu, ipMasq: config.daemon.ipMasq)
-            if try writeAtomically(env.text, to: config.daemon.subnetFile) {
-                log.info("wrote subnet.env", metadata: ["path": "\(config.daemon.subnetFile)", "subnet": "\(subnet)"])
-            }
-            if let path = config.daemon.cniConfFile {
-                let cni = CNIConfig(bridge: config.daemon.cniBridge, network: network, subnet: subnet, mtu: mtu)
-                if try writeAtomically(cni.text, to: path) { log.info("wrote the CNI configuration", metadata: ["path": "\(path)"]) }
-            }
-        } catch {
-            fileError = "\(error)"
-            log.error("cannot write a file", metadata: ["error": "\(error)"])
-        }
-        do {
-            if config.daemon.ipMasq {
-                if firewall.map({ $0 != (network, subnet) }) ?? true {
-                    try Masquerade.apply(network: network, subnet: subnet)
-                    log.debug("masquerade table written", metadata: ["network": "\(network)", "subnet": "\(subnet)"])
-                    firewall = (network, subnet)
-                }
-            } else if firewall != nil || reasons.contains("resync") || reasons.contains("reload") {
-                if try Masquerade.remove() { log.info("masquerade table removed (ipMasq is false)") }
-                firewall = nil
-            }
-        } catch {
-            firewall = nil
-            metrics.update { $0.firewallErrors += 1 }
-            fileError = fileError ?? "\(error)"
-            log.error("masquerade", metadata: ["error": "\(error)"])
-        }
-
-        let elapsed = ContinuousClock.now - started
-        metrics.update {
-            $0.peers = outcome.desired.peerCount
-            $0.peersSkipped = outcome.plan.skipped.count
-            $0.kernelWrites += report.writes
-            $0.changeFailures += report.failures.count
-            for (key, value) in counts { $0.changes[key, default: 0] += value }
-            $0.lastDuration = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
-            if report.failures.isEmpty && fileError == nil {
-                $0.lastSuccess = Date().timeIntervalSince1970
-                $0.lastError = nil
-            } else {
-                $0.lastError = report.failures.first?.message ?? fileError
-            }
-        }
-        if report.failures.isEmpty {
-            retryWait = .zero
-        } else {
-            // A busy kernel or a broken exchange is worth another pass soon; a
-            // refusal (EEXIST, EINVAL, ...) repeats until something changes: back off.
-            if report.failures.allSatisfy(\.isTransient) { retryWait = .zero }
-            scheduleRetry("retry")
-        }
-    }
-
-    /// "kind action" of a change, for metrics.
-    static func label(_ change: Change) -> String {
-        switch change {
-        case .createDevice: "link add"
-        case .recreateDevice: "link recreate"
-        case .updateDevice: "link update"
-        case .deleteDevice: "link remove"
-        case .add(let entry): "\(entry.kind) add"
-        case .replace(_, let entry): "\(entry.kind) update"
-        case .remove(let entry): "\(entry.kind) remove"
         }
     }
 

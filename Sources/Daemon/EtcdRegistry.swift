@@ -10,6 +10,10 @@ import Synchronization
 public enum RegistryEvent: Sendable {
     /// The cluster as it is now: the network, this node (with its subnet) and its peers.
     case state(ClusterView, invalidLeases: Int)
+    /// Leases that changed since the last state or change: peers added or
+    /// changed (`upserts`), and lease keys that hold no peer any more
+    /// (`removals`: deleted, or now invalid). The daemon applies only these.
+    case peers(upserts: [NodeRecord], removals: [String], invalidLeases: Int)
     /// etcd answered (true) or stopped answering (false, with why).
     case connection(Bool, String?)
 }
@@ -191,7 +195,7 @@ public final class EtcdRegistry: Sendable {
                 let watch = Conflator(client.watch(prefix: everything, startRevision: next))
                 while let batches = try await watch.next() {
                     var lost = false
-                    var changed = false
+                    var changed: Set<String> = []
                     for event in batches.lazy.flatMap(\.events) {
                         if event.key == configKey {
                             let value: [UInt8]? = if case .put(let kv) = event { kv.value } else { nil }
@@ -199,7 +203,7 @@ public final class EtcdRegistry: Sendable {
                             continue
                         }
                         guard event.key.hasPrefix(subnets) else { continue }
-                        changed = true
+                        changed.insert(event.key)
                         switch event {
                         case .put(let kv): leases[kv.key] = kv
                         case .delete(let key, _): leases[key] = nil
@@ -218,7 +222,11 @@ public final class EtcdRegistry: Sendable {
                         own.withLock { $0 = nil }
                         try await ensureLease(network: network, leases: &leases)
                     }
-                    if changed { emit(state(network: network, leases: leases, reported: &reportedInvalid)) }
+                    if lost {
+                        emit(state(network: network, leases: leases, reported: &reportedInvalid))
+                    } else if !changed.isEmpty {
+                        emit(delta(network: network, keys: changed, leases: leases, reported: &reportedInvalid))
+                    }
                 }
                 throw EtcdError(.connectionLost, endpoint: settings.endpoints.joined(separator: ","), operation: "watch",
                                 key: everything, message: "the watch ended")
@@ -253,6 +261,44 @@ public final class EtcdRegistry: Sendable {
 
     /// The cluster view from the leases (`Flannel.clusterView`, as `sync` builds
     /// it); skipped ones are logged once per revision of their key.
+    /// The leases at `keys` changed: each is checked again (as `state` would),
+    /// and reported as a peer to add or change, or a key to remove.
+    func delta(network: NetworkConfig, keys: Set<String>, leases: [String: KeyValue], reported: inout [String: Int64]) -> RegistryEvent {
+        let own = ownLease?.key
+        var upserts: [NodeRecord] = []
+        var removals: [String] = []
+        let invalid = checked.withLock { cache -> Int in
+            for key in keys.sorted() where key != own {
+                guard let kv = leases[key] else {
+                    cache[key] = nil
+                    reported[key] = nil
+                    removals.append(key)
+                    continue
+                }
+                let entry = LeaseEntry(key: kv.key, value: kv.value, etcdLease: kv.lease, revision: kv.modRevision)
+                let result: Result<Lease, SkippedLease>
+                if let hit = cache[key], hit.revision == kv.modRevision { result = hit.result } else {
+                    result = Flannel.check(entry, network: network)
+                    cache[key] = (kv.modRevision, result)
+                }
+                switch result {
+                case .success(let lease):
+                    reported[key] = nil
+                    upserts.append(lease.record)
+                case .failure(let skipped):
+                    removals.append(key)
+                    if reported[key] != kv.modRevision {
+                        reported[key] = kv.modRevision
+                        log.warning("lease skipped", metadata: ["key": "\(Flannel.printable(skipped.key))",
+                                                                "error": "\(Flannel.printable(skipped.reason, limit: 512))"])
+                    }
+                }
+            }
+            return cache.values.count { if case .failure = $0.result { true } else { false } }
+        }
+        return .peers(upserts: upserts, removals: removals, invalidLeases: invalid)
+    }
+
     func state(network: NetworkConfig, leases: [String: KeyValue], reported: inout [String: Int64]) -> RegistryEvent {
         guard let mine = ownLease else { fatalError("state without a lease") }
         let entries = leases.values.map { LeaseEntry(key: $0.key, value: $0.value, etcdLease: $0.lease, revision: $0.modRevision) }

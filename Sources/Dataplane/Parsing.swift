@@ -89,7 +89,7 @@ public enum Parse {
 
     /// An `RTM_NEWADDR` message of family AF_INET: (interface index, prefix).
     public static func address(_ message: Message) -> (index: Int32, prefix: IPv4Prefix)? {
-        guard message.type == UInt16(RTM_NEWADDR), let header = message.familyHeader(ifaddrmsg.self),
+        guard message.type == UInt16(RTM_NEWADDR) || message.type == UInt16(RTM_DELADDR), let header = message.familyHeader(ifaddrmsg.self),
               header.ifa_family == UInt8(AF_INET), header.ifa_prefixlen <= 32 else { return nil }
         return message.withAttributes(afterHeader: MemoryLayout<ifaddrmsg>.size, maxType: ifaMax) { a -> (Int32, IPv4Prefix)? in
             guard let local = (a[UInt16(IFA_LOCAL)] ?? a[UInt16(IFA_ADDRESS)])?.ipv4 else { return nil }
@@ -99,7 +99,7 @@ public enum Parse {
 
     /// An `RTM_NEWNEIGH` message of family AF_INET: (interface index, neighbor).
     public static func neighbor(_ message: Message) -> (index: Int32, neighbor: Neighbor)? {
-        guard message.type == UInt16(RTM_NEWNEIGH), let header = message.familyHeader(ndmsg.self),
+        guard message.type == UInt16(RTM_NEWNEIGH) || message.type == UInt16(RTM_DELNEIGH), let header = message.familyHeader(ndmsg.self),
               header.ndm_family == UInt8(AF_INET) else { return nil }
         return message.withAttributes(afterHeader: MemoryLayout<ndmsg>.size, maxType: ndaMax) { a -> (Int32, Neighbor)? in
             guard let ip = a[UInt16(NDA_DST)]?.ipv4 else { return nil }
@@ -112,7 +112,7 @@ public enum Parse {
     /// An `RTM_NEWNEIGH` message of family AF_BRIDGE: (interface index, FDB entry).
     /// An entry without an IPv4 destination gets 0.0.0.0.
     public static func fdb(_ message: Message) -> (index: Int32, entry: FDBEntry)? {
-        guard message.type == UInt16(RTM_NEWNEIGH), let header = message.familyHeader(ndmsg.self),
+        guard message.type == UInt16(RTM_NEWNEIGH) || message.type == UInt16(RTM_DELNEIGH), let header = message.familyHeader(ndmsg.self),
               header.ndm_family == UInt8(AF_BRIDGE) else { return nil }
         return message.withAttributes(afterHeader: MemoryLayout<ndmsg>.size, maxType: ndaMax) { a -> (Int32, FDBEntry)? in
             guard let mac = a[UInt16(NDA_LLADDR)]?.mac.flatMap({ MACAddress(bytes: $0) }) else { return nil }
@@ -126,7 +126,7 @@ public enum Parse {
 
     /// An `RTM_NEWNEXTHOP` message.
     public static func nexthop(_ message: Message) -> Nexthop? {
-        guard message.type == UInt16(RTM_NEWNEXTHOP), let header = message.familyHeader(nhmsg.self) else { return nil }
+        guard message.type == UInt16(RTM_NEWNEXTHOP) || message.type == UInt16(RTM_DELNEXTHOP), let header = message.familyHeader(nhmsg.self) else { return nil }
         return message.withAttributes(afterHeader: MemoryLayout<nhmsg>.size, maxType: nhaMax) { a -> Nexthop? in
             guard let id = a[UInt16(NHA_ID)]?.u32 else { return nil }
             // NHA_GROUP: struct nexthop_grp { u32 id; u8 weight; u8 resvd1; u16 resvd2 } per member.
@@ -144,7 +144,7 @@ public enum Parse {
 
     /// An `RTM_NEWROUTE` message of family AF_INET: (table, route).
     public static func route(_ message: Message) -> (table: UInt32, route: Route)? {
-        guard message.type == UInt16(RTM_NEWROUTE), let header = message.familyHeader(rtmsg.self),
+        guard message.type == UInt16(RTM_NEWROUTE) || message.type == UInt16(RTM_DELROUTE), let header = message.familyHeader(rtmsg.self),
               header.rtm_family == UInt8(AF_INET), header.rtm_dst_len <= 32 else { return nil }
         return message.withAttributes(afterHeader: MemoryLayout<rtmsg>.size, maxType: rtaMax) { a -> (UInt32, Route) in
             let table = a[UInt16(RTA_TABLE.rawValue)]?.u32 ?? UInt32(header.rtm_table)

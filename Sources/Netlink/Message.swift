@@ -49,6 +49,8 @@ public struct Message {
     public var type: UInt16 { header.pointee.nlmsg_type }
     public var flags: UInt16 { header.pointee.nlmsg_flags }
     public var sequence: UInt32 { header.pointee.nlmsg_seq }
+    /// `nlmsg_pid`: in a notification, the port id of the socket whose request caused it (0: the kernel's own).
+    public var portID: UInt32 { header.pointee.nlmsg_pid }
     public var length: Int { Int(header.pointee.nlmsg_len) }
 
     /// The family header, if the message is long enough to hold one.

@@ -98,6 +98,8 @@ public struct DesiredState: Sendable, Hashable {
     /// The name of each peer, in the order of `fdb` and `neighbors` (the maps
     /// from MAC and VTEP address are built only when output asks for them).
     public var peerNames: [String] = []
+    /// The origin of each peer (its lease key, its inventory entry), in the same order.
+    public var peerOrigins: [String] = []
     public var skipped: [SkippedPeer] = []
 
     public var peerCount: Int { fdb.count }
@@ -125,61 +127,23 @@ public struct DesiredState: Sendable, Hashable {
     }
 
     /// Builds the desired state; peers that are wrong on their own are skipped
-    /// with a reason, the rest are kept.
+    /// with a reason, the rest are kept. Of peers that claim the same subnet,
+    /// MAC, public IP or name, the first in (subnet, name) order is kept.
     public init(view: ClusterView, host: HostFacts, settings: AgentSettings) {
-        let network = view.network
-        let underlayMTU = host.underlay.mtu
-        device = VXLANDevice(name: settings.deviceName ?? network.deviceName, vni: network.vni,
-                             localIP: view.local.publicIP, underlayIndex: host.underlay.index,
-                             underlayName: host.underlay.name, port: network.port, learning: false,
-                             mtu: network.mtu ?? (underlayMTU > 50 ? underlayMTU - 50 : underlayMTU),
-                             mac: view.local.mac(vni: network.vni))
+        let checks = PeerChecks(view: view, host: host, settings: settings)
+        device = checks.device
         address = IPv4Prefix(view.local.vtepAddress, 32)
         self.settings = settings
 
-        let connected = host.foreignRoutes.filter { $0.scope == 253 && $0.type == 1 }
-        let exact = Dictionary(host.foreignRoutes.filter { $0.priority == 0 }.map { ($0.dst, $0) }, uniquingKeysWith: { a, _ in a })
         var seenSubnets: [IPv4Prefix: String] = [:]
-        var seenMACs: [MACAddress: String] = [view.local.mac(vni: network.vni): view.local.name]
+        var seenMACs: [MACAddress: String] = [checks.localMAC: view.local.name]
         var seenIPs: [IPv4Address: String] = [view.local.publicIP: view.local.name]
         var seenNames: Set<String> = [view.local.name]
 
         for peer in view.peers.sorted(by: { ($0.subnet, $0.name) < ($1.subnet, $1.name) }) {
-            let mac = peer.mac(vni: network.vni)
             func skip(_ reason: String) { skipped.append(SkippedPeer(name: peer.name, origin: peer.origin, reason: reason)) }
-            let ip = peer.publicIP
-            if ip.isLoopback || ip.isMulticast || ip.isUnspecified || ip.isReserved || ip.isBroadcast {
-                skip("publicIP \(ip) is \(ip.isLoopback ? "loopback" : ip.isMulticast ? "multicast" : "not a unicast address")")
-                continue
-            }
-            if host.addresses.contains(ip) { skip("publicIP \(ip) is an address of this host"); continue }
-            if network.network.contains(ip) {
-                skip("publicIP \(ip) is inside the pod network \(network.network): its VXLAN packets would be routed back into the overlay")
-                continue
-            }
-            if let lan = host.underlayPrefixes.first(where: { $0.length < 31 && $0.contains(ip) && ($0.last == ip || $0.network == ip) }) {
-                skip("publicIP \(ip) is the \(lan.last == ip ? "broadcast" : "network") address of the underlay's subnet "
-                     + "\(lan.network)/\(lan.length), not a host")
-                continue
-            }
-            guard peer.subnet.isCanonical, peer.subnet.length == network.subnetLen, network.network.contains(peer.subnet) else {
-                skip("subnet \(peer.subnet) is not a /\(network.subnetLen) inside the network \(network.network)")
-                continue
-            }
-            if peer.subnet.overlaps(view.local.subnet) {
-                skip("subnet \(peer.subnet) overlaps this host's subnet \(view.local.subnet)")
-                continue
-            }
-            if let route = connected.first(where: { $0.dst.overlaps(peer.subnet) && $0.deviceIndex != nil }) {
-                skip("subnet \(peer.subnet) overlaps \(route.dst), a network this host is connected to")
-                continue
-            }
-            if let route = exact[peer.subnet] {
-                skip("route \(peer.subnet) already exists with protocol \(Renderer.protocolName(route.proto)); "
-                     + "it is not the agent's to replace")
-                continue
-            }
-            if !mac.isValidUnicast { skip("vtepMAC \(mac) is not a unicast MAC"); continue }
+            if let reason = checks.reason(peer) { skip(reason); continue }
+            let mac = checks.mac(peer), ip = peer.publicIP
             if let other = seenSubnets[peer.subnet] { skip("subnet \(peer.subnet) is also claimed by \(other)"); continue }
             if let other = seenMACs[mac] { skip("vtepMAC \(mac) is also used by \(other)"); continue }
             if let other = seenIPs[ip] { skip("publicIP \(ip) is also used by \(other)"); continue }
@@ -189,19 +153,107 @@ public struct DesiredState: Sendable, Hashable {
             seenIPs[ip] = peer.name
             seenNames.insert(peer.name)
 
-            let gateway = peer.vtepAddress
+            let entries = checks.entries(peer)
             peerNames.append(peer.name)
-            fdb.append(FDBEntry(mac: mac, dst: ip))
-            neighbors.append(Neighbor(ip: gateway, mac: mac))
-            switch settings.layout {
-            case .nexthop:
-                let index = (peer.subnet.network.value &- network.network.network.value) >> (32 - UInt32(network.subnetLen))
-                let id = AgentSettings.nexthopIDBase &+ index
-                nexthops.append(Nexthop(id: id, gateway: gateway, onlink: true, proto: settings.proto))
-                routes.append(Route(dst: peer.subnet, gateway: gateway, nexthopID: id, onlink: true, proto: settings.proto))
-            case .classic:
-                routes.append(Route(dst: peer.subnet, gateway: gateway, nexthopID: nil, onlink: true, proto: settings.proto))
-            }
+            peerOrigins.append(peer.origin)
+            fdb.append(entries.fdb)
+            neighbors.append(entries.neighbor)
+            if let nexthop = entries.nexthop { nexthops.append(nexthop) }
+            routes.append(entries.route)
+        }
+    }
+}
+
+/// What the agent keeps in the kernel for one peer.
+public struct PeerEntries: Sendable, Hashable {
+    public var fdb: FDBEntry
+    public var neighbor: Neighbor
+    /// nil in the classic layout.
+    public var nexthop: Nexthop?
+    public var route: Route
+
+    /// Every entry, in dependency order (FDB, neighbor, nexthop, route).
+    public var all: [Entry] {
+        [.fdb(fdb), .neighbor(neighbor)] + (nexthop.map { [Entry.nexthop($0)] } ?? []) + [.route(route)]
+    }
+}
+
+/// The checks a peer must pass on its own (not against other peers), and the
+/// entries a peer that passes gets. One place for both, so the full desired
+/// state and the daemon's per-lease update cannot disagree.
+public struct PeerChecks: Sendable {
+    public let network: NetworkConfig
+    public let local: NodeRecord
+    public let host: HostFacts
+    public let settings: AgentSettings
+    public let device: VXLANDevice
+    public let localMAC: MACAddress
+    let connected: [Route]
+    let exact: [IPv4Prefix: Route]
+
+    public init(view: ClusterView, host: HostFacts, settings: AgentSettings) {
+        network = view.network
+        local = view.local
+        self.host = host
+        self.settings = settings
+        let underlayMTU = host.underlay.mtu
+        localMAC = view.local.mac(vni: network.vni)
+        device = VXLANDevice(name: settings.deviceName ?? network.deviceName, vni: network.vni,
+                             localIP: view.local.publicIP, underlayIndex: host.underlay.index,
+                             underlayName: host.underlay.name, port: network.port, learning: false,
+                             mtu: network.mtu ?? (underlayMTU > 50 ? underlayMTU - 50 : underlayMTU),
+                             mac: localMAC)
+        connected = host.foreignRoutes.filter { $0.scope == 253 && $0.type == 1 }
+        exact = Dictionary(host.foreignRoutes.filter { $0.priority == 0 }.map { ($0.dst, $0) }, uniquingKeysWith: { a, _ in a })
+    }
+
+    public func mac(_ peer: NodeRecord) -> MACAddress { peer.mac(vni: network.vni) }
+
+    /// Why the peer cannot be programmed, whatever the other peers are; nil if it can.
+    public func reason(_ peer: NodeRecord) -> String? {
+        let ip = peer.publicIP
+        if ip.isLoopback || ip.isMulticast || ip.isUnspecified || ip.isReserved || ip.isBroadcast {
+            return "publicIP \(ip) is \(ip.isLoopback ? "loopback" : ip.isMulticast ? "multicast" : "not a unicast address")"
+        }
+        if host.addresses.contains(ip) { return "publicIP \(ip) is an address of this host" }
+        if network.network.contains(ip) {
+            return "publicIP \(ip) is inside the pod network \(network.network): its VXLAN packets would be routed back into the overlay"
+        }
+        if let lan = host.underlayPrefixes.first(where: { $0.length < 31 && $0.contains(ip) && ($0.last == ip || $0.network == ip) }) {
+            return "publicIP \(ip) is the \(lan.last == ip ? "broadcast" : "network") address of the underlay's subnet "
+                + "\(lan.network)/\(lan.length), not a host"
+        }
+        guard peer.subnet.isCanonical, peer.subnet.length == network.subnetLen, network.network.contains(peer.subnet) else {
+            return "subnet \(peer.subnet) is not a /\(network.subnetLen) inside the network \(network.network)"
+        }
+        if peer.subnet.overlaps(local.subnet) { return "subnet \(peer.subnet) overlaps this host's subnet \(local.subnet)" }
+        if let route = connected.first(where: { $0.dst.overlaps(peer.subnet) && $0.deviceIndex != nil }) {
+            return "subnet \(peer.subnet) overlaps \(route.dst), a network this host is connected to"
+        }
+        if let route = exact[peer.subnet] {
+            return "route \(peer.subnet) already exists with protocol \(Renderer.protocolName(route.proto)); "
+                + "it is not the agent's to replace"
+        }
+        let mac = mac(peer)
+        if !mac.isValidUnicast { return "vtepMAC \(mac) is not a unicast MAC" }
+        return nil
+    }
+
+    /// The entries of a peer that passed `reason` (and the checks against the others).
+    public func entries(_ peer: NodeRecord) -> PeerEntries {
+        let gateway = peer.vtepAddress
+        let mac = mac(peer)
+        let fdb = FDBEntry(mac: mac, dst: peer.publicIP)
+        let neighbor = Neighbor(ip: gateway, mac: mac)
+        switch settings.layout {
+        case .nexthop:
+            let index = (peer.subnet.network.value &- network.network.network.value) >> (32 - UInt32(network.subnetLen))
+            let id = AgentSettings.nexthopIDBase &+ index
+            return PeerEntries(fdb: fdb, neighbor: neighbor, nexthop: Nexthop(id: id, gateway: gateway, onlink: true, proto: settings.proto),
+                               route: Route(dst: peer.subnet, gateway: gateway, nexthopID: id, onlink: true, proto: settings.proto))
+        case .classic:
+            return PeerEntries(fdb: fdb, neighbor: neighbor, nexthop: nil,
+                               route: Route(dst: peer.subnet, gateway: gateway, nexthopID: nil, onlink: true, proto: settings.proto))
         }
     }
 }

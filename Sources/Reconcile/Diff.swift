@@ -100,14 +100,7 @@ public enum Differ {
         for want in desired.fdb {
             var have = fdbByMAC.removeValue(forKey: want.mac).map { [$0] } ?? []
             if let extra = extraRemotes.removeValue(forKey: want.mac) { have += extra }
-            if have.contains(want) {
-                changes += have.filter { $0 != want }.map { .remove(.fdb($0)) }
-            } else if let first = have.first {
-                changes.append(.replace(from: .fdb(first), to: .fdb(want)))
-                changes += have.dropFirst().map { .remove(.fdb($0)) }
-            } else {
-                changes.append(.add(.fdb(want)))
-            }
+            changes += fdbChanges(want: want, have: have)
         }
         let strayFDB = Array(fdbByMAC.values) + extraRemotes.values.joined()
         for entry in strayFDB.sorted(by: { ($0.mac, $0.dst) < ($1.mac, $1.dst) }) {
@@ -117,11 +110,7 @@ public enum Differ {
         // Neighbors: permanent, the right MAC.
         var neighbors = Dictionary(current.neighbors.map { ($0.ip, $0) }, uniquingKeysWith: { a, _ in a })
         for want in desired.neighbors {
-            if let have = neighbors.removeValue(forKey: want.ip) {
-                if have != want { changes.append(.replace(from: .neighbor(have), to: .neighbor(want))) }
-            } else {
-                changes.append(.add(.neighbor(want)))
-            }
+            if let change = neighborChange(want: want, have: neighbors.removeValue(forKey: want.ip)) { changes.append(change) }
         }
         for entry in neighbors.values.sorted(by: { $0.ip < $1.ip }) { changes.append(.remove(.neighbor(entry))) }
 
@@ -129,12 +118,8 @@ public enum Differ {
         // replacing one makes the kernel walk every route that uses it.
         var nexthops = Dictionary(current.nexthops.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
         for want in desired.nexthops {
-            if let have = nexthops.removeValue(forKey: want.id) {
-                let same = have.gateway == want.gateway && have.onlink == want.onlink && have.proto == want.proto
-                    && (deviceIndex == nil || have.deviceIndex == deviceIndex)
-                if !same { changes.append(.replace(from: .nexthop(have), to: .nexthop(want))) }
-            } else {
-                changes.append(.add(.nexthop(want)))
+            if let change = nexthopChange(want: want, have: nexthops.removeValue(forKey: want.id), deviceIndex: deviceIndex) {
+                changes.append(change)
             }
         }
 
@@ -142,12 +127,8 @@ public enum Differ {
         var routes = Dictionary(current.routes.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
         var removedRoutes: [Route] = []
         for want in desired.routes {
-            if let have = routes.removeValue(forKey: want.key) {
-                if !matches(have, want, deviceIndex: deviceIndex, proto: proto) {
-                    changes.append(.replace(from: .route(have), to: .route(want)))
-                }
-            } else {
-                changes.append(.add(.route(want)))
+            if let change = routeChange(want: want, have: routes.removeValue(forKey: want.key), deviceIndex: deviceIndex, proto: proto) {
+                changes.append(change)
             }
         }
         removedRoutes = routes.values.sorted(by: { $0.key < $1.key })
@@ -163,14 +144,52 @@ public enum Differ {
         let renderer = Renderer(deviceName: desired.device.name, proto: proto, deviceIndex: deviceIndex)
         for nexthop in nexthops.values.sorted(by: { $0.id < $1.id }) {
             if let user = current.nexthopUsers[nexthop.id] {
-                kept.append("\(renderer.describe(.nexthop(nexthop))): kept, \(user) uses it; "
-                            + "the agent removes it once nothing else does")
+                kept.append(keptLine(nexthop, user: user, renderer: renderer))
             } else {
                 changes.append(.remove(.nexthop(nexthop)))
             }
         }
 
         return Plan(changes: changes, skipped: desired.skipped, peerCount: desired.peerCount, kept: kept)
+    }
+
+    // MARK: One key: the same rules for the full diff and the daemon's per-entry diff
+
+    /// The remotes of one MAC against the one wanted (nil: none wanted).
+    public static func fdbChanges(want: FDBEntry?, have: [FDBEntry]) -> [Change] {
+        guard let want else { return have.map { .remove(.fdb($0)) } }
+        if have.contains(want) { return have.filter { $0 != want }.map { .remove(.fdb($0)) } }
+        if let first = have.first { return [.replace(from: .fdb(first), to: .fdb(want))] + have.dropFirst().map { .remove(.fdb($0)) } }
+        return [.add(.fdb(want))]
+    }
+
+    /// A neighbor: permanent, the right MAC.
+    public static func neighborChange(want: Neighbor?, have: Neighbor?) -> Change? {
+        switch (want, have) {
+        case (let want?, let have?): have == want ? nil : .replace(from: .neighbor(have), to: .neighbor(want))
+        case (let want?, nil): .add(.neighbor(want))
+        case (nil, let have?): .remove(.neighbor(have))
+        case (nil, nil): nil
+        }
+    }
+
+    /// A nexthop wanted. An unchanged nexthop is never rewritten: replacing one
+    /// makes the kernel walk every route that uses it.
+    public static func nexthopChange(want: Nexthop, have: Nexthop?, deviceIndex: Int32?) -> Change? {
+        guard let have else { return .add(.nexthop(want)) }
+        let same = have.gateway == want.gateway && have.onlink == want.onlink && have.proto == want.proto
+            && (deviceIndex == nil || have.deviceIndex == deviceIndex)
+        return same ? nil : .replace(from: .nexthop(have), to: .nexthop(want))
+    }
+
+    /// A route wanted, against the one the kernel has at its key.
+    public static func routeChange(want: Route, have: Route?, deviceIndex: Int32?, proto: UInt8) -> Change? {
+        guard let have else { return .add(.route(want)) }
+        return matches(have, want, deviceIndex: deviceIndex, proto: proto) ? nil : .replace(from: .route(have), to: .route(want))
+    }
+
+    static func keptLine(_ nexthop: Nexthop, user: String, renderer: Renderer) -> String {
+        "\(renderer.describe(.nexthop(nexthop))): kept, \(user) uses it; the agent removes it once nothing else does"
     }
 
     static func matches(_ have: Route, _ want: Route, deviceIndex: Int32?, proto: UInt8) -> Bool {

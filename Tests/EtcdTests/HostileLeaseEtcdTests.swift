@@ -78,6 +78,7 @@ struct HostileLeaseEtcdTests {
             switch event {
             case .connection(true, _): continue
             case .connection(false, let reason): throw HarnessError("registry: \(reason ?? "")")
+            case .peers: continue
             case .state(let view, let invalid):
                 task.cancel()
                 await task.value
@@ -135,10 +136,21 @@ struct HostileLeaseEtcdTests {
                 let watchdog = Task { try? await Task.sleep(for: .seconds(60)); events.continuation.finish() }
                 defer { watchdog.cancel() }
                 var iterator = events.stream.makeAsyncIterator()
-                /// The next state that satisfies `condition` (each write brings at least one).
+                /// The cluster as the events so far say (a state, then the changes since).
+                var current: (view: ClusterView, invalid: Int)?
+                /// The next state that satisfies `condition` (each write brings at least one event).
                 func state(_ what: String, _ condition: (ClusterView, Int) -> Bool) async throws {
                     while let event = await iterator.next() {
-                        if case .state(let view, let invalid) = event, condition(view, invalid) { return }
+                        switch event {
+                        case .state(let view, let invalid): current = (view, invalid)
+                        case .peers(let upserts, let removals, let invalid):
+                            guard var view = current?.view else { continue }
+                            let gone = Set(removals).union(upserts.map(\.origin))
+                            view.peers = view.peers.filter { !gone.contains($0.origin) } + upserts
+                            current = (view, invalid)
+                        case .connection: continue
+                        }
+                        if let current, condition(current.view, current.invalid) { return }
                     }
                     throw HarnessError("no state within 60 s: \(what)")
                 }

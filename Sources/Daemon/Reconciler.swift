@@ -1,0 +1,355 @@
+import Agent
+import Dataplane
+import Foundation
+import Logging
+import Model
+import Reconcile
+import Registry
+
+/// The daemon's reconciler, on a thread of its own: it owns the netlink socket
+/// it writes with, takes the lock, and does the blocking work (dumps, writes,
+/// files, `nft`) away from the cooperative pool.
+///
+/// Everything reaches it through `post`: registry views and lease changes,
+/// kernel events (from the monitor's thread), configuration reloads, a stop.
+/// It takes all that is waiting at once and makes one pass of it; what arrives
+/// during the pass waits for the next. There is no sleep before a pass: a lone
+/// lease is applied as soon as it arrives, a burst in a few batches.
+///
+/// A pass is incremental (only the keys the changes touch, see `LiveSync`) when
+/// it can be, full (the same diff as `sync`) when it must: at start, after a
+/// failure, after lost kernel events, when the device or the registry's whole
+/// view changed, and every resync interval.
+final class Reconciler: @unchecked Sendable {
+    /// What is waiting for the next pass.
+    struct Work {
+        /// Reasons for a full pass (metrics' trigger names).
+        var full: Set<String> = []
+        var view: ClusterView?
+        var interface: String??
+        var config: AgentConfig?
+        /// Lease changes since the last pass, by lease key (the last one of a key wins).
+        var upserts: [String: NodeRecord] = [:]
+        var removals: Set<String> = []
+        var events: [KernelEvent] = []
+        var stop = false
+
+        var isEmpty: Bool {
+            full.isEmpty && view == nil && interface == nil && config == nil && upserts.isEmpty && removals.isEmpty
+                && events.isEmpty && !stop
+        }
+    }
+
+    let condition = NSCondition()
+    /// Guarded by `condition`.
+    private var inbox = Work()
+    private var exited: (@Sendable () -> Void)?
+    private var hasExited = false
+
+    // Owned by the reconciler's thread from `start` on.
+    let options: Daemon.Options
+    let log: Logger
+    let metrics: Metrics
+    var config: AgentConfig
+    var network: NetworkConfig?
+    var local: NodeRecord?
+    var peers: [String: NodeRecord] = [:]
+    var interface: String?
+    let live: LiveSync
+    var monitor: KernelMonitor?
+    /// The wait before the next retry; reset by a pass without failures.
+    var retryWait: Duration = .zero
+    var retryAt: ContinuousClock.Instant?
+    var resyncAt: ContinuousClock.Instant
+    /// (network, subnet) the masquerade table was last written for; nil: write it on the next full pass.
+    var firewall: (IPv4Prefix, IPv4Prefix)?
+    var skippedReported: Set<String> = []
+    /// The MTU the last full pass wanted, for subnet.env.
+    var mtu: UInt32 = 0
+
+    init(options: Daemon.Options, config: AgentConfig, metrics: Metrics, log: Logger) throws {
+        self.options = options
+        self.config = config
+        self.metrics = metrics
+        self.log = log
+        live = LiveSync(dataplane: try Dataplane())
+        resyncAt = .now + config.daemon.resyncInterval
+    }
+
+    /// Hands work to the thread.
+    func post(_ body: (inout Work) -> Void) {
+        condition.lock()
+        body(&inbox)
+        condition.signal()
+        condition.unlock()
+    }
+
+    func start() {
+        let thread = Thread { [self] in
+            self.loop()
+            condition.lock()
+            hasExited = true
+            let done = exited
+            condition.unlock()
+            done?()
+        }
+        thread.name = "reconciler"
+        thread.start()
+    }
+
+    /// Asks the thread to stop after its current pass, and waits for it.
+    func stop() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            condition.lock()
+            if hasExited {
+                condition.unlock()
+                continuation.resume()
+                return
+            }
+            exited = { continuation.resume() }
+            inbox.stop = true
+            condition.signal()
+            condition.unlock()
+        }
+        monitor?.stop()
+    }
+
+    /// Waits for work, or for the next retry or resync.
+    private func take() -> Work {
+        condition.lock()
+        defer { condition.unlock() }
+        while inbox.isEmpty {
+            let now = ContinuousClock.now
+            let next = min(resyncAt, retryAt ?? resyncAt)
+            if next <= now { break }
+            let wait = now.duration(to: next)
+            _ = condition.wait(until: Date(timeIntervalSinceNow: Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18))
+        }
+        let work = inbox
+        inbox = Work()
+        return work
+    }
+
+    private func loop() {
+        while true {
+            let work = take()
+            if work.stop { return }
+            var full = work.full
+            if let next = work.config {
+                config = next
+                firewall = nil
+                full.insert("reload")
+            }
+            if let next = work.interface { interface = next }
+            if let view = work.view {
+                network = view.network
+                local = view.local
+                peers = Dictionary(view.peers.map { ($0.origin, $0) }, uniquingKeysWith: { _, b in b })
+                full.insert("registry")
+            }
+            for key in work.removals { peers[key] = nil }
+            for (key, record) in work.upserts { peers[key] = record }
+            let now = ContinuousClock.now
+            if now >= resyncAt {
+                full.insert("resync")
+                firewall = nil
+                resyncAt = now + config.daemon.resyncInterval
+            }
+            if let at = retryAt, now >= at {
+                full.insert("retry")
+                retryAt = nil
+            }
+            guard let network, let local else { continue }
+            let view = ClusterView(network: network, local: local, peers: [])
+            if full.isEmpty {
+                let leases = !work.upserts.isEmpty || !work.removals.isEmpty
+                guard leases || !work.events.isEmpty else { continue }
+                incremental(view: view, trigger: leases ? "registry" : "kernel", work: work)
+            } else {
+                fullPass(view: view, triggers: full)
+            }
+        }
+    }
+
+    private func lock() -> SyncLock? {
+        do {
+            return try SyncLock(path: options.lockPath, timeout: .seconds(5))
+        } catch {
+            log.warning("another sync holds the lock; trying again", metadata: ["error": "\(error)"])
+            scheduleRetry()
+            return nil
+        }
+    }
+
+    /// Schedules a full pass after a wait that grows each time a pass fails again.
+    private func scheduleRetry() {
+        retryWait = retryWait == .zero ? options.retryDelay : min(retryWait * 2, .seconds(5))
+        retryAt = .now + retryWait
+    }
+
+    // MARK: passes
+
+    private func incremental(view: ClusterView, trigger: String, work: Work) {
+        let started = ContinuousClock.now
+        guard let lock = lock() else { return }
+        defer { withExtendedLifetime(lock) {} }
+        switch live.incremental(upserts: Array(work.upserts.values), removals: Array(work.removals), events: work.events) {
+        case .needsFullPass(let why):
+            log.debug("full pass", metadata: ["why": "\(why)"])
+            fullPass(view: view, triggers: [trigger], locked: true)
+        case .applied(let changes, let report, _):
+            guard !changes.isEmpty else {
+                metrics.update { $0.kernelEvents += work.events.count }
+                return
+            }
+            metrics.update {
+                $0.reconciles[trigger, default: 0] += 1
+                $0.kernelEvents += work.events.count
+            }
+            finish(changes: changes, report: report, trigger: [trigger], peers: live.desired?.peerCount ?? 0,
+                   skipped: nil, started: started, fileError: nil)
+        }
+    }
+
+    private func fullPass(view: ClusterView, triggers: Set<String>, locked: Bool = false) {
+        let started = ContinuousClock.now
+        var view = view
+        view.peers = peers.values.sorted { $0.origin < $1.origin }
+        let deviceName = config.deviceName ?? view.network.deviceName
+        if monitor == nil {
+            let monitor = KernelMonitor(deviceName: deviceName, proto: live.proto, ownPort: live.dataplane.socket.portID)
+            do {
+                try monitor.start(events: { [weak self] events in self?.post { $0.events += events } },
+                                  lost: { [weak self] why in
+                                      self?.log.warning("kernel events lost; a full pass follows", metadata: ["why": "\(why)"])
+                                      self?.post { $0.full.insert("kernel") }
+                                  })
+                self.monitor = monitor
+            } catch {
+                log.error("cannot listen to kernel events; relying on the resync interval", metadata: ["error": "\(error)"])
+            }
+        }
+        let lock: SyncLock?
+        if locked { lock = nil } else {
+            guard let taken = self.lock() else { return }
+            lock = taken
+        }
+        defer { withExtendedLifetime(lock) {} }
+        metrics.update { for trigger in triggers { $0.reconciles[trigger, default: 0] += 1 } }
+
+        let syncer = Syncer(view: view, interface: interface, layout: config.routeLayout, deviceName: config.deviceName)
+        let outcome: SyncOutcome
+        do {
+            outcome = try live.full(syncer)
+        } catch {
+            metrics.update {
+                $0.reconcileErrors += 1
+                $0.lastError = "\(error)"
+            }
+            log.error("sync failed; nothing applied", metadata: ["error": "\(error)", "trigger": "\(triggers.sorted().joined(separator: ","))"])
+            return
+        }
+        monitor?.setDeviceIndex(outcome.deviceIndex)
+        let skipped = Set(outcome.plan.skipped.map(\.description))
+        for line in skipped.subtracting(skippedReported).sorted() { log.warning("peer skipped", metadata: ["reason": "\(line)"]) }
+        skippedReported = skipped
+        mtu = outcome.desired.device.mtu
+        let fileError = writeFiles(network: view.network.network, subnet: view.local.subnet, triggers: triggers)
+        finish(changes: outcome.plan.changes, report: outcome.report ?? ApplyReport(), trigger: triggers,
+               peers: outcome.desired.peerCount, skipped: outcome.plan.skipped.count, started: started, fileError: fileError)
+    }
+
+    /// subnet.env, the CNI configuration and the masquerade table: after each full pass.
+    private func writeFiles(network: IPv4Prefix, subnet: IPv4Prefix, triggers: Set<String>) -> String? {
+        var fileError: String?
+        do {
+            let env = SubnetEnv(network: network, subnet: subnet, mtu: mtu, ipMasq: config.daemon.ipMasq)
+            if try writeAtomically(env.text, to: config.daemon.subnetFile) {
+                log.info("wrote subnet.env", metadata: ["path": "\(config.daemon.subnetFile)", "subnet": "\(subnet)"])
+            }
+            if let path = config.daemon.cniConfFile {
+                let cni = CNIConfig(bridge: config.daemon.cniBridge, network: network, subnet: subnet, mtu: mtu)
+                if try writeAtomically(cni.text, to: path) { log.info("wrote the CNI configuration", metadata: ["path": "\(path)"]) }
+            }
+        } catch {
+            fileError = "\(error)"
+            log.error("cannot write a file", metadata: ["error": "\(error)"])
+        }
+        do {
+            if config.daemon.ipMasq {
+                if firewall.map({ $0 != (network, subnet) }) ?? true {
+                    try Masquerade.apply(network: network, subnet: subnet)
+                    log.debug("masquerade table written", metadata: ["network": "\(network)", "subnet": "\(subnet)"])
+                    firewall = (network, subnet)
+                }
+            } else if firewall != nil || triggers.contains("resync") || triggers.contains("reload") {
+                if try Masquerade.remove() { log.info("masquerade table removed (ipMasq is false)") }
+                firewall = nil
+            }
+        } catch {
+            firewall = nil
+            metrics.update { $0.firewallErrors += 1 }
+            fileError = fileError ?? "\(error)"
+            log.error("masquerade", metadata: ["error": "\(error)"])
+        }
+        return fileError
+    }
+
+    /// Logs and counts a pass, and schedules a retry after failures.
+    private func finish(changes: [Change], report: ApplyReport, trigger: Set<String>, peers: Int, skipped: Int?,
+                        started: ContinuousClock.Instant, fileError: String?) {
+        // Changes applied: the plan's, less the ones the kernel refused or that were skipped.
+        var counts: [String: Int] = [:]
+        for change in changes { counts[Self.label(change), default: 0] += 1 }
+        for failure in report.failures { counts[Self.label(failure.change), default: 0] -= 1 }
+        counts = counts.filter { $0.value > 0 }
+        for failure in report.failures {
+            var metadata: Logger.Metadata = ["error": "\(failure.message)"]
+            if let name = failure.codeName { metadata["errno"] = "\(name)" }
+            log.error("change failed", metadata: metadata)
+        }
+        if !changes.isEmpty {
+            log.info("synced", metadata: [
+                "trigger": "\(trigger.sorted().joined(separator: ","))", "peers": "\(peers)",
+                "changes": "\(counts.sorted { $0.key < $1.key }.map { "\($0.key.replacingOccurrences(of: " ", with: "-"))=\($0.value)" }.joined(separator: ","))",
+                "writes": "\(report.writes)", "failures": "\(report.failures.count)",
+            ])
+        }
+        let elapsed = ContinuousClock.now - started
+        metrics.update {
+            $0.peers = peers
+            if let skipped { $0.peersSkipped = skipped }
+            $0.kernelWrites += report.writes
+            $0.changeFailures += report.failures.count
+            for (key, value) in counts { $0.changes[key, default: 0] += value }
+            $0.lastDuration = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            if report.failures.isEmpty && fileError == nil {
+                $0.lastSuccess = Date().timeIntervalSince1970
+                $0.lastError = nil
+            } else {
+                $0.lastError = report.failures.first?.message ?? fileError
+            }
+        }
+        if report.failures.isEmpty {
+            retryWait = .zero
+        } else {
+            // A busy kernel or a broken exchange is worth another pass soon; a
+            // refusal (EEXIST, EINVAL, ...) repeats until something changes: back off.
+            if report.failures.allSatisfy(\.isTransient) { retryWait = .zero }
+            scheduleRetry()
+        }
+    }
+
+    /// "kind action" of a change, for metrics.
+    static func label(_ change: Change) -> String {
+        switch change {
+        case .createDevice: "link add"
+        case .recreateDevice: "link recreate"
+        case .updateDevice: "link update"
+        case .deleteDevice: "link remove"
+        case .add(let entry): "\(entry.kind) add"
+        case .replace(_, let entry): "\(entry.kind) update"
+        case .remove(let entry): "\(entry.kind) remove"
+        }
+    }
+}

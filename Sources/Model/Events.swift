@@ -1,0 +1,54 @@
+/// One change the kernel announced (netlink multicast) that touches what the
+/// agent owns, already typed. The daemon keeps its picture of the kernel
+/// current with these and diffs only the entry an event names.
+public struct KernelEvent: Sendable, Hashable {
+    public enum Subject: Sendable, Hashable {
+        /// An FDB entry or neighbor on the agent's device, a nexthop of its
+        /// protocol, a main-table route of its protocol or on its device.
+        case entry(Entry)
+        /// The device itself or its addresses changed: only a full pass (a dump
+        /// of everything) can say what that did to the entries on it. The text
+        /// says what happened, for logs.
+        case device(String)
+    }
+
+    public var subject: Subject
+    /// `RTM_DEL*`: the entry is gone.
+    public var deleted: Bool
+    /// Sent in answer to the agent's own request (the message's port id is the
+    /// agent's socket's). The kernel stamps FDB notifications with port 0, so
+    /// the agent's FDB writes come back as not its own.
+    public var own: Bool
+    /// `NLM_F_REPLACE`: the entry replaced one with the same key.
+    public var replace: Bool
+
+    public init(_ subject: Subject, deleted: Bool = false, own: Bool = false, replace: Bool = false) {
+        self.subject = subject
+        self.deleted = deleted
+        self.own = own
+        self.replace = replace
+    }
+}
+
+/// What the kernel identifies an entry by, as the agent's diff keys it: one FDB
+/// entry per MAC, one neighbor per address, one nexthop per id, one route per
+/// (destination, metric) in the main table.
+public enum EntryKey: Hashable, Sendable {
+    case fdb(MACAddress)
+    case neighbor(IPv4Address)
+    case nexthop(UInt32)
+    case route(RouteKey)
+}
+
+extension Entry {
+    /// The key of an FDB entry, neighbor, nexthop or route; nil for an address.
+    public var key: EntryKey? {
+        switch self {
+        case .fdb(let e): .fdb(e.mac)
+        case .neighbor(let n): .neighbor(n.ip)
+        case .nexthop(let n): .nexthop(n.id)
+        case .route(let r): .route(r.key)
+        case .address: nil
+        }
+    }
+}

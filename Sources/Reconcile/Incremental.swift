@@ -1,0 +1,332 @@
+import Model
+
+// The daemon's incremental reconcile: a picture of what the kernel holds (filled
+// by a full pass's dump, kept current by the agent's own writes and by netlink
+// events), the desired state indexed by key (filled by a full pass, kept current
+// lease by lease), and a diff of the keys an event touched. The rules per key are
+// the full diff's own (`Differ.fdbChanges`, ...): the two cannot disagree.
+// Whatever the incremental path cannot decide alone (the device, addresses, a
+// peer that collides with another, an ambiguous event) it hands to a full pass.
+
+/// What the kernel holds of what the agent owns, by key.
+public struct KernelPicture: Sendable {
+    public var device: LinkState?
+    public var addresses: [IPv4Prefix]
+    /// The first remote of each MAC; the other remotes (only `bridge fdb append`
+    /// makes them) in `extraFDB`.
+    public var fdb: [MACAddress: FDBEntry] = [:]
+    public var extraFDB: [MACAddress: [FDBEntry]] = [:]
+    public var neighbors: [IPv4Address: Neighbor] = [:]
+    public var nexthops: [UInt32: Nexthop] = [:]
+    public var routes: [RouteKey: Route] = [:]
+    /// Routes with a key another route has too (kept apart, like extra remotes).
+    public var extraRoutes: [RouteKey: [Route]] = [:]
+    public var nexthopUsers: [UInt32: String]
+
+    public init(_ snapshot: KernelSnapshot) {
+        device = snapshot.device
+        addresses = snapshot.addresses
+        nexthopUsers = snapshot.nexthopUsers
+        fdb.reserveCapacity(snapshot.fdb.count)
+        for entry in snapshot.fdb {
+            if fdb[entry.mac] == nil { fdb[entry.mac] = entry } else { extraFDB[entry.mac, default: []].append(entry) }
+        }
+        neighbors = Dictionary(snapshot.neighbors.map { ($0.ip, $0) }, uniquingKeysWith: { a, _ in a })
+        nexthops = Dictionary(snapshot.nexthops.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        routes.reserveCapacity(snapshot.routes.count)
+        for route in snapshot.routes {
+            if routes[route.key] == nil { routes[route.key] = route } else { extraRoutes[route.key, default: []].append(route) }
+        }
+    }
+
+    public var deviceIndex: Int32? { device?.index }
+
+    func fdbRemotes(_ mac: MACAddress) -> [FDBEntry] { (fdb[mac].map { [$0] } ?? []) + (extraFDB[mac] ?? []) }
+    func routesAt(_ key: RouteKey) -> [Route] { (routes[key].map { [$0] } ?? []) + (extraRoutes[key] ?? []) }
+
+    // MARK: the agent's own writes
+
+    /// Takes in a change the kernel accepted. Entries only: a device change is
+    /// followed by a full pass.
+    public mutating func record(_ change: Change) {
+        switch change {
+        case .add(let entry): put(entry, replacing: nil)
+        case .replace(let old, let new): put(new, replacing: old)
+        case .remove(let entry): drop(entry)
+        default: break
+        }
+    }
+
+    mutating func put(_ entry: Entry, replacing old: Entry?) {
+        let index = deviceIndex
+        switch entry {
+        case .fdb(let e):
+            // A replace rewrites the MAC's first remote, as the kernel does.
+            if case .fdb(let was)? = old, fdb[e.mac] != was, var extra = extraFDB[e.mac], let at = extra.firstIndex(of: was) {
+                extra[at] = e
+                extraFDB[e.mac] = extra
+            } else {
+                fdb[e.mac] = e
+            }
+        case .neighbor(let n): neighbors[n.ip] = n
+        case .nexthop(var n):
+            n.deviceIndex = n.deviceIndex ?? index
+            nexthops[n.id] = n
+        case .route(var r):
+            r.deviceIndex = r.deviceIndex ?? index
+            routes[r.key] = r
+        case .address(let a):
+            if !addresses.contains(a) { addresses.append(a) }
+        }
+    }
+
+    mutating func drop(_ entry: Entry) {
+        switch entry {
+        case .fdb(let e):
+            if fdb[e.mac] == e {
+                if var extra = extraFDB[e.mac], !extra.isEmpty {
+                    fdb[e.mac] = extra.removeFirst()
+                    extraFDB[e.mac] = extra.isEmpty ? nil : extra
+                } else {
+                    fdb[e.mac] = nil
+                }
+            } else if var extra = extraFDB[e.mac], let at = extra.firstIndex(of: e) {
+                extra.remove(at: at)
+                extraFDB[e.mac] = extra.isEmpty ? nil : extra
+            }
+        case .neighbor(let n): neighbors[n.ip] = nil
+        case .nexthop(let n):
+            nexthops[n.id] = nil
+            // The kernel deletes the routes that use a nexthop with it, and says nothing.
+            for (key, route) in routes where route.nexthopID == n.id { dropRoute(route, at: key) }
+            for (key, extra) in extraRoutes { for route in extra where route.nexthopID == n.id { dropRoute(route, at: key) } }
+        case .route(let r):
+            let key = r.key
+            if let same = routesAt(key).first(where: { Self.sameRoute($0, r) }) { dropRoute(same, at: key) } else if let first = routes[key] { dropRoute(first, at: key) }
+        case .address(let a): addresses.removeAll { $0 == a }
+        }
+    }
+
+    mutating func dropRoute(_ route: Route, at key: RouteKey) {
+        if routes[key] == route {
+            if var extra = extraRoutes[key], !extra.isEmpty {
+                routes[key] = extra.removeFirst()
+                extraRoutes[key] = extra.isEmpty ? nil : extra
+            } else {
+                routes[key] = nil
+            }
+        } else if var extra = extraRoutes[key], let at = extra.firstIndex(of: route) {
+            extra.remove(at: at)
+            extraRoutes[key] = extra.isEmpty ? nil : extra
+        }
+    }
+
+    /// The same route as far as a delete is concerned (the kernel fills in fields a request leaves out).
+    static func sameRoute(_ a: Route, _ b: Route) -> Bool {
+        a.key == b.key && a.nexthopID == b.nexthopID && a.gateway == b.gateway && a.proto == b.proto && a.type == b.type
+    }
+
+    // MARK: events
+
+    /// What an event did to the picture.
+    public enum Noted: Sendable, Hashable {
+        /// The entries at these keys changed: diff them.
+        case touched([EntryKey])
+        /// Nothing to do: the agent's own write came back (the picture holds
+        /// it already), or a change that does not concern the agent.
+        case ignored
+        /// Only a full pass can tell: the device or its addresses changed, a
+        /// route of someone else's appeared where a peer's goes, or an event
+        /// does not say whether it replaced an entry or added one beside it.
+        case fullPass(String)
+    }
+
+    /// Takes in a kernel event. `proto` is the agent's route protocol,
+    /// `network` the cluster network (a foreign route inside it changes which
+    /// peers may be programmed).
+    public mutating func note(_ event: KernelEvent, proto: UInt8, network: IPv4Prefix) -> Noted {
+        let entry: Entry
+        switch event.subject {
+        case .device(let what): return event.own ? .ignored : .fullPass(what)
+        case .entry(let e): entry = e
+        }
+        if case .route(let r) = entry, r.proto != proto, deviceIndex == nil || r.deviceIndex != deviceIndex {
+            // Someone else's route: it matters if it took the key of one of ours,
+            // or overlaps the network (a peer's subnet may collide with it now, or no longer).
+            if routes[r.key] != nil && !event.deleted { return .fullPass("a route of protocol \(Renderer.protocolName(r.proto)) to \(r.dst)") }
+            let overlaps = r.dst.overlaps(network) && (r.scope == 253 || r.dst.length >= network.length)
+            return overlaps ? .fullPass("route \(r.dst) of protocol \(Renderer.protocolName(r.proto)) \(event.deleted ? "deleted" : "changed")") : .ignored
+        }
+        guard let key = entry.key else { return event.own ? .ignored : .fullPass("address of the device changed") }
+        if event.deleted {
+            var keys = [key]
+            if case .nexthop(let n) = entry {
+                // The kernel deletes the routes that use a nexthop with it, and says nothing.
+                keys += routes.values.filter { $0.nexthopID == n.id }.map { .route($0.key) }
+            }
+            drop(entry)
+            return event.own ? .ignored : .touched(keys)
+        }
+        switch entry {
+        case .fdb(let e):
+            // A new remote for a MAC that has another: a replace or an append
+            // (`bridge fdb append`)? The kernel's message does not say.
+            let remotes = fdbRemotes(e.mac)
+            if remotes.contains(e) { return .touched([key]) }
+            if !remotes.isEmpty && !event.replace && !event.own {
+                return .fullPass("a second remote for \(e.mac) (replaced or appended?)")
+            }
+            put(entry, replacing: remotes.first.map { .fdb($0) })
+        case .route(let r):
+            if let have = routes[r.key], !Self.sameRoute(have, r), !event.replace, !event.own {
+                return .fullPass("a second route to \(r.dst) (replaced or appended?)")
+            }
+            routes[r.key] = r
+        default:
+            put(entry, replacing: nil)
+        }
+        return event.own ? .ignored : .touched([key])
+    }
+}
+
+/// The desired state by key, with what the daemon needs to update it one peer
+/// at a time: the accepted peers' entries, and how many peers (accepted or not)
+/// claim each subnet, MAC, public IP and name.
+public struct DesiredIndex: Sendable {
+    public let checks: PeerChecks
+    public var device: VXLANDevice { checks.device }
+    public var fdb: [MACAddress: FDBEntry] = [:]
+    public var neighbors: [IPv4Address: Neighbor] = [:]
+    public var nexthops: [UInt32: Nexthop] = [:]
+    public var routes: [RouteKey: Route] = [:]
+    /// The accepted peers by origin, with their entries.
+    public private(set) var accepted: [String: (record: NodeRecord, entries: PeerEntries)] = [:]
+    /// Every peer of the view (accepted or skipped), by origin.
+    public private(set) var records: [String: NodeRecord] = [:]
+    public private(set) var skipped: [SkippedPeer]
+    var subnetClaims: [IPv4Prefix: Int] = [:]
+    var macClaims: [MACAddress: Int] = [:]
+    var ipClaims: [IPv4Address: Int] = [:]
+    var nameClaims: [String: Int] = [:]
+
+    public var peerCount: Int { accepted.count }
+
+    /// Indexes a desired state computed in full from `view`.
+    public init(desired: DesiredState, view: ClusterView, host: HostFacts) {
+        checks = PeerChecks(view: view, host: host, settings: desired.settings)
+        skipped = desired.skipped
+        records.reserveCapacity(view.peers.count)
+        for peer in view.peers {
+            records[peer.origin] = peer
+            claim(peer, 1)
+        }
+        for (i, origin) in desired.peerOrigins.enumerated() {
+            guard let record = records[origin] else { continue }
+            let entries = PeerEntries(fdb: desired.fdb[i], neighbor: desired.neighbors[i],
+                                      nexthop: desired.settings.layout == .nexthop ? desired.nexthops[i] : nil,
+                                      route: desired.routes[i])
+            add(entries, of: record)
+        }
+    }
+
+    mutating func claim(_ peer: NodeRecord, _ delta: Int) {
+        func bump<K: Hashable>(_ map: inout [K: Int], _ key: K) {
+            let count = map[key, default: 0] + delta
+            map[key] = count == 0 ? nil : count
+        }
+        bump(&subnetClaims, peer.subnet)
+        bump(&macClaims, checks.mac(peer))
+        bump(&ipClaims, peer.publicIP)
+        bump(&nameClaims, peer.name)
+    }
+
+    mutating func add(_ entries: PeerEntries, of record: NodeRecord) {
+        accepted[record.origin] = (record, entries)
+        fdb[entries.fdb.mac] = entries.fdb
+        neighbors[entries.neighbor.ip] = entries.neighbor
+        if let nexthop = entries.nexthop { nexthops[nexthop.id] = nexthop }
+        routes[entries.route.key] = entries.route
+    }
+
+    /// Whether a peer claims nothing another peer or this node claims.
+    func alone(_ peer: NodeRecord) -> Bool {
+        let mac = checks.mac(peer)
+        return subnetClaims[peer.subnet, default: 0] == 1 && macClaims[mac, default: 0] == 1
+            && ipClaims[peer.publicIP, default: 0] == 1 && nameClaims[peer.name, default: 0] == 1
+            && mac != checks.localMAC && peer.publicIP != checks.local.publicIP && peer.name != checks.local.name
+    }
+
+    /// Applies leases that changed (`upserts`, by origin) and leases that went
+    /// (`removals`). Returns the keys whose desired entries changed, or nil when
+    /// a full computation must decide: a peer that shares a subnet, MAC, public
+    /// IP or name with another (which one wins depends on the others), a peer
+    /// skipped before or now (its reason is kept in order with the others'). The
+    /// index is unusable after nil.
+    public mutating func update(upserts: [NodeRecord], removals: [String]) -> Set<EntryKey>? {
+        var touched = Set<EntryKey>()
+        func remove(_ origin: String) -> Bool {
+            guard let old = records[origin] else { return true }
+            guard alone(old), let (_, entries) = accepted.removeValue(forKey: origin) else { return false }
+            claim(old, -1)
+            records[origin] = nil
+            fdb[entries.fdb.mac] = nil
+            neighbors[entries.neighbor.ip] = nil
+            if let nexthop = entries.nexthop { nexthops[nexthop.id] = nil }
+            routes[entries.route.key] = nil
+            for entry in entries.all { if let key = entry.key { touched.insert(key) } }
+            return true
+        }
+        for origin in removals { guard remove(origin) else { return nil } }
+        for record in upserts {
+            if records[record.origin] == record { continue }
+            guard remove(record.origin) else { return nil }
+            records[record.origin] = record
+            claim(record, 1)
+            guard alone(record), checks.reason(record) == nil else { return nil }
+            let entries = checks.entries(record)
+            add(entries, of: record)
+            for entry in entries.all { if let key = entry.key { touched.insert(key) } }
+        }
+        return touched
+    }
+}
+
+extension Differ {
+    /// The changes for the entries at `keys` only: the picture's against the
+    /// desired index's, by the full diff's rules. The device and its address
+    /// are the full diff's. `kept` lists nexthops left because something else uses them.
+    public static func plan(keys: Set<EntryKey>, desired: DesiredIndex, picture: KernelPicture) -> (changes: [Change], kept: [String]) {
+        var changes: [Change] = []
+        var kept: [String] = []
+        let deviceIndex = picture.deviceIndex
+        let proto = desired.checks.settings.proto
+        let renderer = Renderer(deviceName: desired.device.name, proto: proto, deviceIndex: deviceIndex)
+        for key in keys {
+            switch key {
+            case .fdb(let mac):
+                changes += fdbChanges(want: desired.fdb[mac], have: picture.fdbRemotes(mac))
+            case .neighbor(let ip):
+                if let change = neighborChange(want: desired.neighbors[ip], have: picture.neighbors[ip]) { changes.append(change) }
+            case .nexthop(let id):
+                if let want = desired.nexthops[id] {
+                    if let change = nexthopChange(want: want, have: picture.nexthops[id], deviceIndex: deviceIndex) { changes.append(change) }
+                } else if let have = picture.nexthops[id] {
+                    if let user = picture.nexthopUsers[id] {
+                        kept.append(keptLine(have, user: user, renderer: renderer))
+                    } else {
+                        changes.append(.remove(.nexthop(have)))
+                    }
+                }
+            case .route(let routeKey):
+                let have = picture.routesAt(routeKey)
+                if let want = desired.routes[routeKey] {
+                    if let change = routeChange(want: want, have: have.first, deviceIndex: deviceIndex, proto: proto) { changes.append(change) }
+                    changes += have.dropFirst().map { .remove(.route($0)) }
+                } else {
+                    changes += have.map { .remove(.route($0)) }
+                }
+            }
+        }
+        return (changes, kept)
+    }
+}
