@@ -191,89 +191,88 @@ public struct KernelPicture: Sendable {
 
 /// The desired state by key, with what the daemon needs to update it one peer
 /// at a time: the accepted peers' entries, and how many peers (accepted or not)
-/// claim each subnet, MAC, public IP and name.
+/// make each claim (subnet, public IP, name, VTEP MAC).
 public struct DesiredIndex: Sendable {
     public let checks: PeerChecks
-    public var device: VXLANDevice { checks.device }
+    public var device: VXLANDevice { checks.backend.device }
     public var fdb: [MACAddress: FDBEntry] = [:]
     public var neighbors: [IPv4Address: Neighbor] = [:]
     public var nexthops: [UInt32: Nexthop] = [:]
     public var routes: [RouteKey: Route] = [:]
-    /// The accepted peers by origin, with their entries.
-    public private(set) var accepted: [String: (record: NodeRecord, entries: PeerEntries)] = [:]
+    /// The accepted peers' entries, by origin.
+    public private(set) var accepted: [String: [Entry]] = [:]
     /// Every peer of the view (accepted or skipped), by origin.
     public private(set) var records: [String: NodeRecord] = [:]
     public private(set) var skipped: [SkippedPeer]
-    var subnetClaims: [IPv4Prefix: Int] = [:]
-    var macClaims: [MACAddress: Int] = [:]
-    var ipClaims: [IPv4Address: Int] = [:]
-    var nameClaims: [String: Int] = [:]
+    var claims: [PeerClaim: Int] = [:]
+    let localClaims: Set<PeerClaim>
 
     public var peerCount: Int { accepted.count }
 
     /// Indexes a desired state computed in full from `view`.
     public init(desired: DesiredState, view: ClusterView, host: HostFacts) {
         checks = PeerChecks(view: view, host: host, settings: desired.settings)
+        localClaims = Set(checks.localClaims)
         skipped = desired.skipped
         records.reserveCapacity(view.peers.count)
         for peer in view.peers {
             records[peer.origin] = peer
             claim(peer, 1)
         }
-        for (i, origin) in desired.peerOrigins.enumerated() {
+        accepted.reserveCapacity(desired.peerOrigins.count)
+        for origin in desired.peerOrigins {
             guard let record = records[origin] else { continue }
-            let entries = PeerEntries(fdb: desired.fdb[i], neighbor: desired.neighbors[i],
-                                      nexthop: desired.settings.layout == .nexthop ? desired.nexthops[i] : nil,
-                                      route: desired.routes[i])
-            add(entries, of: record)
+            add(checks.backend.entries(record), of: record)
         }
     }
 
     mutating func claim(_ peer: NodeRecord, _ delta: Int) {
-        func bump<K: Hashable>(_ map: inout [K: Int], _ key: K) {
-            let count = map[key, default: 0] + delta
-            map[key] = count == 0 ? nil : count
+        for claim in checks.claims(peer) {
+            let count = claims[claim, default: 0] + delta
+            claims[claim] = count == 0 ? nil : count
         }
-        bump(&subnetClaims, peer.subnet)
-        bump(&macClaims, checks.mac(peer))
-        bump(&ipClaims, peer.publicIP)
-        bump(&nameClaims, peer.name)
     }
 
-    mutating func add(_ entries: PeerEntries, of record: NodeRecord) {
-        accepted[record.origin] = (record, entries)
-        fdb[entries.fdb.mac] = entries.fdb
-        neighbors[entries.neighbor.ip] = entries.neighbor
-        if let nexthop = entries.nexthop { nexthops[nexthop.id] = nexthop }
-        routes[entries.route.key] = entries.route
+    mutating func add(_ entries: [Entry], of record: NodeRecord) {
+        accepted[record.origin] = entries
+        for entry in entries {
+            switch entry {
+            case .fdb(let e): fdb[e.mac] = e
+            case .neighbor(let n): neighbors[n.ip] = n
+            case .nexthop(let n): nexthops[n.id] = n
+            case .route(let r): routes[r.key] = r
+            case .address: break
+            }
+        }
     }
 
     /// Whether a peer claims nothing another peer or this node claims.
     func alone(_ peer: NodeRecord) -> Bool {
-        let mac = checks.mac(peer)
-        return subnetClaims[peer.subnet, default: 0] == 1 && macClaims[mac, default: 0] == 1
-            && ipClaims[peer.publicIP, default: 0] == 1 && nameClaims[peer.name, default: 0] == 1
-            && mac != checks.localMAC && peer.publicIP != checks.local.publicIP && peer.name != checks.local.name
+        checks.claims(peer).allSatisfy { claims[$0, default: 0] == 1 && !localClaims.contains($0) }
     }
 
     /// Applies leases that changed (`upserts`, by origin) and leases that went
     /// (`removals`). Returns the keys whose desired entries changed, or nil when
-    /// a full computation must decide: a peer that shares a subnet, MAC, public
-    /// IP or name with another (which one wins depends on the others), a peer
-    /// skipped before or now (its reason is kept in order with the others'). The
-    /// index is unusable after nil.
+    /// a full computation must decide: a peer that shares a claim with another
+    /// (which one wins depends on the others), a peer skipped before or now
+    /// (its reason is kept in order with the others'). The index is unusable after nil.
     public mutating func update(upserts: [NodeRecord], removals: [String]) -> Set<EntryKey>? {
         var touched = Set<EntryKey>()
         func remove(_ origin: String) -> Bool {
             guard let old = records[origin] else { return true }
-            guard alone(old), let (_, entries) = accepted.removeValue(forKey: origin) else { return false }
+            guard alone(old), let entries = accepted.removeValue(forKey: origin) else { return false }
             claim(old, -1)
             records[origin] = nil
-            fdb[entries.fdb.mac] = nil
-            neighbors[entries.neighbor.ip] = nil
-            if let nexthop = entries.nexthop { nexthops[nexthop.id] = nil }
-            routes[entries.route.key] = nil
-            for entry in entries.all { if let key = entry.key { touched.insert(key) } }
+            for entry in entries {
+                switch entry {
+                case .fdb(let e): fdb[e.mac] = nil
+                case .neighbor(let n): neighbors[n.ip] = nil
+                case .nexthop(let n): nexthops[n.id] = nil
+                case .route(let r): routes[r.key] = nil
+                case .address: break
+                }
+                if let key = entry.key { touched.insert(key) }
+            }
             return true
         }
         for origin in removals { guard remove(origin) else { return nil } }
@@ -283,9 +282,9 @@ public struct DesiredIndex: Sendable {
             records[record.origin] = record
             claim(record, 1)
             guard alone(record), checks.reason(record) == nil else { return nil }
-            let entries = checks.entries(record)
+            let entries = checks.backend.entries(record)
             add(entries, of: record)
-            for entry in entries.all { if let key = entry.key { touched.insert(key) } }
+            for entry in entries { if let key = entry.key { touched.insert(key) } }
         }
         return touched
     }
