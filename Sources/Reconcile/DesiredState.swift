@@ -136,18 +136,25 @@ public struct DesiredState: Sendable, Hashable {
 
         var seen: [PeerClaim: String] = [:]
         for claim in checks.localClaims { seen[claim] = view.local.name }
-        peers: for peer in view.peers.sorted(by: { ($0.subnet, $0.name) < ($1.subnet, $1.name) }) {
+        for peer in view.peers.sorted(by: { ($0.subnet, $0.name) < ($1.subnet, $1.name) }) {
             func skip(_ reason: String) { skipped.append(SkippedPeer(name: peer.name, origin: peer.origin, reason: reason)) }
             if let reason = checks.reason(peer) { skip(reason); continue }
-            let claims = checks.claims(peer)
-            for claim in claims {
-                if let other = seen[claim] { skip(claim.conflict(with: other)); continue peers }
+            // In the order conflicts are reported: subnet, the backend's (VTEP MAC), public IP, name.
+            let own = checks.backend.claim(peer)
+            func taken(_ claim: PeerClaim?) -> Bool {
+                guard let claim, let other = seen[claim] else { return false }
+                skip(claim.conflict(with: other))
+                return true
             }
-            for claim in claims { seen[claim] = peer.name }
+            if taken(.subnet(peer.subnet)) || taken(own) || taken(.publicIP(peer.publicIP)) || taken(.name(peer.name)) { continue }
+            seen[.subnet(peer.subnet)] = peer.name
+            if let own { seen[own] = peer.name }
+            seen[.publicIP(peer.publicIP)] = peer.name
+            seen[.name(peer.name)] = peer.name
 
             peerNames.append(peer.name)
             peerOrigins.append(peer.origin)
-            for entry in checks.backend.entries(peer) {
+            checks.backend.forEachEntry(peer) { entry in
                 switch entry {
                 case .fdb(let e): fdb.append(e)
                 case .neighbor(let n): neighbors.append(n)
@@ -196,10 +203,19 @@ public protocol Backend: Sendable {
     var localClaims: [PeerClaim] { get }
     /// Why this backend cannot reach the peer, whatever the others are; nil if it can.
     func reason(_ peer: NodeRecord) -> String?
-    /// What the peer claims beyond its subnet, public IP and name.
-    func claims(_ peer: NodeRecord) -> [PeerClaim]
+    /// What the peer claims beyond its subnet, public IP and name (VXLAN: its VTEP MAC).
+    func claim(_ peer: NodeRecord) -> PeerClaim?
     /// The kernel entries of a peer that passed every check, in dependency order.
-    func entries(_ peer: NodeRecord) -> [Entry]
+    func forEachEntry(_ peer: NodeRecord, _ body: (Entry) -> Void)
+}
+
+extension Backend {
+    /// The kernel entries of a peer, in dependency order.
+    public func entries(_ peer: NodeRecord) -> [Entry] {
+        var entries: [Entry] = []
+        forEachEntry(peer) { entries.append($0) }
+        return entries
+    }
 }
 
 /// flannel's vxlan backend: the device `flannel.<VNI>`, and per peer a permanent
@@ -231,21 +247,21 @@ public struct VXLANBackend: Backend {
         return mac.isValidUnicast ? nil : "vtepMAC \(mac) is not a unicast MAC"
     }
 
-    public func claims(_ peer: NodeRecord) -> [PeerClaim] { [.vtepMAC(mac(peer))] }
+    public func claim(_ peer: NodeRecord) -> PeerClaim? { .vtepMAC(mac(peer)) }
 
-    public func entries(_ peer: NodeRecord) -> [Entry] {
+    public func forEachEntry(_ peer: NodeRecord, _ body: (Entry) -> Void) {
         let gateway = peer.vtepAddress
         let mac = mac(peer)
-        let fdb = Entry.fdb(FDBEntry(mac: mac, dst: peer.publicIP))
-        let neighbor = Entry.neighbor(Neighbor(ip: gateway, mac: mac))
+        body(.fdb(FDBEntry(mac: mac, dst: peer.publicIP)))
+        body(.neighbor(Neighbor(ip: gateway, mac: mac)))
         switch settings.layout {
         case .nexthop:
             let index = (peer.subnet.network.value &- network.network.network.value) >> (32 - UInt32(network.subnetLen))
             let id = AgentSettings.nexthopIDBase &+ index
-            return [fdb, neighbor, .nexthop(Nexthop(id: id, gateway: gateway, onlink: true, proto: settings.proto)),
-                    .route(Route(dst: peer.subnet, gateway: gateway, nexthopID: id, onlink: true, proto: settings.proto))]
+            body(.nexthop(Nexthop(id: id, gateway: gateway, onlink: true, proto: settings.proto)))
+            body(.route(Route(dst: peer.subnet, gateway: gateway, nexthopID: id, onlink: true, proto: settings.proto)))
         case .classic:
-            return [fdb, neighbor, .route(Route(dst: peer.subnet, gateway: gateway, nexthopID: nil, onlink: true, proto: settings.proto))]
+            body(.route(Route(dst: peer.subnet, gateway: gateway, nexthopID: nil, onlink: true, proto: settings.proto)))
         }
     }
 }
@@ -284,7 +300,7 @@ public struct PeerChecks: Sendable {
 
     /// What a peer claims, in the order conflicts are reported.
     public func claims(_ peer: NodeRecord) -> [PeerClaim] {
-        [.subnet(peer.subnet)] + backend.claims(peer) + [.publicIP(peer.publicIP), .name(peer.name)]
+        [.subnet(peer.subnet)] + (backend.claim(peer).map { [$0] } ?? []) + [.publicIP(peer.publicIP), .name(peer.name)]
     }
 
     /// Why the peer cannot be programmed, whatever the other peers are; nil if it can.
