@@ -300,7 +300,16 @@ public struct PeerChecks: Sendable {
 
     /// What a peer claims, in the order conflicts are reported.
     public func claims(_ peer: NodeRecord) -> [PeerClaim] {
-        [.subnet(peer.subnet)] + (backend.claim(peer).map { [$0] } ?? []) + [.publicIP(peer.publicIP), .name(peer.name)]
+        var claims: [PeerClaim] = []
+        forEachClaim(peer) { claims.append($0) }
+        return claims
+    }
+
+    public func forEachClaim(_ peer: NodeRecord, _ body: (PeerClaim) -> Void) {
+        body(.subnet(peer.subnet))
+        if let own = backend.claim(peer) { body(own) }
+        body(.publicIP(peer.publicIP))
+        body(.name(peer.name))
     }
 
     /// Why the peer cannot be programmed, whatever the other peers are; nil if it can.
