@@ -219,6 +219,8 @@ final class Reconciler: @unchecked Sendable {
             log.debug("full pass", metadata: ["why": "\(why)"])
             fullPass(view: view, triggers: [trigger], locked: true)
         case .applied(let changes, let report, _):
+            log.trace("incremental pass", metadata: ["trigger": "\(trigger)", "events": "\(work.events.count)",
+                                                     "leases": "\(work.upserts.count + work.removals.count)", "changes": "\(changes.count)"])
             guard !changes.isEmpty else {
                 metrics.update { $0.kernelEvents += work.events.count }
                 return
@@ -240,7 +242,10 @@ final class Reconciler: @unchecked Sendable {
         if monitor == nil {
             let monitor = KernelMonitor(deviceName: deviceName, proto: live.proto, ownPort: live.dataplane.socket.portID)
             do {
-                try monitor.start(events: { [weak self] events in self?.post { $0.take(events) } },
+                try monitor.start(events: { [weak self] events in
+                                      self?.log.trace("kernel events", metadata: ["count": "\(events.count)", "first": "\(events.first.map { "\($0)" } ?? "")"])
+                                      self?.post { $0.take(events) }
+                                  },
                                   lost: { [weak self] why in
                                       self?.log.warning("kernel events lost; a full pass follows", metadata: ["why": "\(why)"])
                                       self?.post { $0.full.insert("kernel") }
@@ -258,6 +263,7 @@ final class Reconciler: @unchecked Sendable {
         defer { withExtendedLifetime(lock) {} }
         metrics.update { for trigger in triggers { $0.reconciles[trigger, default: 0] += 1 } }
 
+        log.debug("full pass starts", metadata: ["trigger": "\(triggers.sorted().joined(separator: ","))", "peers": "\(view.peers.count)"])
         let syncer = Syncer(view: view, interface: interface, layout: config.routeLayout, deviceName: config.deviceName)
         let outcome: SyncOutcome
         do {
@@ -340,6 +346,8 @@ final class Reconciler: @unchecked Sendable {
             ])
         }
         let elapsed = ContinuousClock.now - started
+        log.debug("pass done", metadata: ["trigger": "\(trigger.sorted().joined(separator: ","))", "changes": "\(changes.count)",
+                                          "seconds": "\(elapsed)"])
         metrics.update {
             $0.peers = peers
             if let skipped { $0.peersSkipped = skipped }
