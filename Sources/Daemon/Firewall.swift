@@ -77,7 +77,7 @@ public enum Masquerade {
         // nft's standard input is a pipe filled and closed before it starts, not
         // Subprocess' `.string` input: swift-subprocess 1.0.2 traps ("FileDescriptor
         // was not closed") when a child exits without reading its input and the
-        // write fails, as nft does when it refuses to run.
+        // write fails, as nft does when it refuses to run (swift-subprocess issue #367).
         let stdin = try filledPipe(input ?? "")
         defer { try? stdin.close() }
         let result: ExecutionResult<Void, StringOutput<UTF8>, StringOutput<UTF8>>
