@@ -5,6 +5,7 @@ import Logging
 import Model
 import Reconcile
 import Registry
+import Synchronization
 
 /// The daemon's reconciler, on a thread of its own: it owns the netlink socket
 /// it writes with, takes the lock, and does the blocking work (dumps, writes,
@@ -308,12 +309,12 @@ final class Reconciler: @unchecked Sendable {
         do {
             if config.daemon.ipMasq {
                 if firewall.map({ $0 != (network, subnet) }) ?? true {
-                    try Masquerade.apply(network: network, subnet: subnet)
+                    try waitFor { try await Masquerade.apply(network: network, subnet: subnet) }
                     log.debug("masquerade table written", metadata: ["network": "\(network)", "subnet": "\(subnet)"])
                     firewall = (network, subnet)
                 }
             } else if firewall != nil || triggers.contains("resync") || triggers.contains("reload") {
-                if try Masquerade.remove() { log.info("masquerade table removed (ipMasq is false)") }
+                if try waitFor({ try await Masquerade.remove() }) { log.info("masquerade table removed (ipMasq is false)") }
                 firewall = nil
             }
         } catch {
@@ -390,3 +391,19 @@ final class Reconciler: @unchecked Sendable {
 /// returns freed heap memory to the system.
 @_silgen_name("malloc_trim")
 func malloc_trim(_ pad: Int) -> Int32
+
+/// Waits on the reconciler's thread for async work (nft through swift-subprocess):
+/// the work runs on the pool, which holds no thread while the child runs; only
+/// the reconciler's own thread waits.
+func waitFor<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let done = DispatchSemaphore(value: 0)
+    let result = Mutex<Result<T, any Error>?>(nil)
+    Task {
+        let outcome: Result<T, any Error>
+        do { outcome = .success(try await body()) } catch { outcome = .failure(error) }
+        result.withLock { $0 = outcome }
+        done.signal()
+    }
+    done.wait()
+    return try result.withLock { $0! }.get()
+}
