@@ -101,8 +101,17 @@ public final class Dataplane: KernelDataplane {
     /// Requests per sendmsg, in bytes.
     public var chunkBytes = NetlinkSocket.defaultChunkBytes
 
-    public init() throws(DataplaneError) {
+    /// A dataplane over a socket of its own.
+    public convenience init() throws(DataplaneError) {
+        let socket: NetlinkSocket
         do { socket = try NetlinkSocket() } catch { throw .netlink(error) }
+        self.init(socket: socket)
+    }
+
+    /// A dataplane over `socket`, which may carry an interposer (tests inject
+    /// failures there, under everything this type does).
+    public init(socket: NetlinkSocket) {
+        self.socket = socket
     }
 
     private func wrap<T>(_ body: () throws(NetlinkError) -> T) throws(DataplaneError) -> T {
@@ -345,7 +354,11 @@ public final class Dataplane: KernelDataplane {
         for case .fdb(let e) in failed { failedMACs.insert(e.mac) }
 
         let neighbors = skipping(phases.upserts(\.neighbor), report: &report, renderer: renderer()) { entry in
-            if case .neighbor(let n) = entry, failedMACs.contains(n.mac) { return "its fdb entry for \(n.mac) failed" }
+            if case .neighbor(let n) = entry, failedMACs.contains(n.mac) {
+                // Skipped is as good as failed for what goes via it.
+                failedGateways.insert(n.ip)
+                return "its fdb entry for \(n.mac) failed"
+            }
             return nil
         }
         failed = send(neighbors, device: index, renderer: renderer(), report: &report)
@@ -353,6 +366,7 @@ public final class Dataplane: KernelDataplane {
 
         let nexthops = skipping(phases.upserts(\.nexthop), report: &report, renderer: renderer()) { entry in
             if case .nexthop(let n) = entry, let gateway = n.gateway, failedGateways.contains(gateway) {
+                failedNexthops.insert(n.id)
                 return "its neighbor \(gateway) failed"
             }
             return nil
@@ -362,8 +376,9 @@ public final class Dataplane: KernelDataplane {
 
         let routes = skipping(phases.upserts(\.route), report: &report, renderer: renderer()) { entry in
             guard case .route(let r) = entry else { return nil }
-            if let id = r.nexthopID, failedNexthops.contains(id) { return "its nexthop \(id) failed" }
+            // The neighbor first: when it failed, its nexthop was skipped too, and the neighbor is the cause.
             if let gateway = r.gateway, failedGateways.contains(gateway) { return "its neighbor \(gateway) failed" }
+            if let id = r.nexthopID, failedNexthops.contains(id) { return "its nexthop \(id) failed" }
             return nil
         }
         send(routes, device: index, renderer: renderer(), report: &report)
