@@ -172,17 +172,28 @@ public final class Dataplane: KernelDataplane {
         return link
     }
 
-    /// Whether the kernel has nexthop objects (Linux 5.3+).
-    public lazy var supportsNexthops: Bool = {
+    /// Whether the kernel has nexthop objects (Linux 5.3+). Only a definite
+    /// answer is kept: the probe dump goes through, or the kernel does not know
+    /// the message (EOPNOTSUPP). Any other failure (a busy kernel, a broken
+    /// exchange, a dump interrupted at every attempt) says nothing about the
+    /// kernel: it answers true, is not kept, and the snapshot's own nexthop dump
+    /// then meets the failure and fails the pass, instead of a daemon that keeps
+    /// its dataplane choosing the classic layout for the rest of its life.
+    public var supportsNexthops: Bool {
+        if let nexthopSupport { return nexthopSupport }
         do {
             _ = try socket.dump("dump nexthops", type: UInt16(RTM_GETNEXTHOP), build: { m in
                 m.familyHeader(nhmsg.self) { $0.nh_family = UInt8(AF_UNSPEC) }
             }, parse: { _ in nil as Int? })
-            return true
+            nexthopSupport = true
+        } catch where error.code == EOPNOTSUPP {
+            nexthopSupport = false
         } catch {
-            return false
+            return true
         }
-    }()
+        return nexthopSupport!
+    }
+    private var nexthopSupport: Bool?
 
     // MARK: Snapshot
 

@@ -22,7 +22,7 @@ import Glibc
 @Suite("Sync over a faulty netlink transport", kernelTests)
 struct FaultInjectionTests {
     /// node-1 of `inventory(peers:skip:)`, with its route layout.
-    static func syncer(peers: Int, skip: Set<Int> = [], layout: RouteLayout = .nexthop) throws -> Syncer {
+    static func syncer(peers: Int, skip: Set<Int> = [], layout: RouteLayout? = .nexthop) throws -> Syncer {
         // Past 254 peers the subnets leave 10.244.0.0/16.
         let network = peers > 250 ? "10.0.0.0/8" : "10.244.0.0/16"
         let config = try AgentConfig.parse(Data(inventory(peers: peers, skip: skip, network: network).utf8), source: "inventory.json")
@@ -30,12 +30,15 @@ struct FaultInjectionTests {
         return Syncer(view: view, interface: interface, layout: layout, deviceName: config.deviceName)
     }
 
-    /// One pass, as `vxlan-agent sync` makes it, over a new socket with `faults` in front of the kernel.
-    static func pass(_ host: TestHost, _ syncer: Syncer, faults: FaultInjector? = nil, dryRun: Bool = false) throws -> SyncOutcome {
+    /// One pass with `faults` in front of the kernel: over a new socket, as
+    /// `vxlan-agent sync` makes it, or over `dataplane`, which the daemon keeps.
+    static func pass(_ host: TestHost, _ syncer: Syncer, faults: FaultInjector? = nil, dryRun: Bool = false,
+                     on dataplane: Dataplane? = nil) throws -> SyncOutcome {
         try host.inNamespace {
-            let socket = try NetlinkSocket()
-            socket.interposer = faults
-            return try syncer.run(dataplane: Dataplane(socket: socket), dryRun: dryRun)
+            let dataplane = try dataplane ?? Dataplane(socket: NetlinkSocket())
+            dataplane.socket.interposer = faults
+            defer { dataplane.socket.interposer = nil }
+            return try syncer.run(dataplane: dataplane, dryRun: dryRun)
         }
     }
 
@@ -249,13 +252,34 @@ struct FaultInjectionTests {
         #expect(routes == peers)
     }
 
+    @Test("a failed nexthop probe is not remembered; a kernel that does not know nexthops is",
+          arguments: zip([ENOBUFS, EBUSY, EOPNOTSUPP], [RouteLayout.nexthop, .nexthop, .classic]))
+    func nexthopProbe(code: Int32, layout: RouteLayout) throws {
+        try requireKernel()
+        let host = try TestHost()
+        defer { host.close() }
+        let syncer = try Self.syncer(peers: 5, layout: nil)  // auto: the probe decides
+        let dataplane = try host.inNamespace { try Dataplane() }
+        let faults = FaultInjector.nth(1, where: Self.isDump(of: RTM_GETNEXTHOP), .refuse(code))
+        let first = try Self.pass(host, syncer, faults: faults, on: dataplane)
+        #expect(faults.injections.count == 1)
+        #expect(first.layout == layout)
+        #expect(first.report?.failures.isEmpty == true)
+        // The daemon's next pass, on the same dataplane, without faults.
+        let second = try Self.pass(host, syncer, on: dataplane)
+        #expect(second.layout == layout)
+        #expect(second.plan.changes.isEmpty)
+        #expect(try host.json("ip -j nexthop show").count == (layout == .nexthop ? 5 : 0))
+    }
+
     // MARK: Randomized
 
     /// Failure patterns drawn at random for a few passes, then none: within three
     /// clean passes the namespace is what a clean sync makes of it, and a further
     /// pass plans nothing. `VXA_FAULT_SEED` and `VXA_FAULT_ROUNDS` replay or widen it.
-    @Test("any failure pattern converges within 3 clean passes; then a pass plans nothing")
-    func randomFailuresConverge() throws {
+    @Test("any failure pattern converges within 3 clean passes; then a pass plans nothing",
+          arguments: [false, true])
+    func randomFailuresConverge(oneSocket: Bool) throws {
         try requireKernel()
         let environment = ProcessInfo.processInfo.environment
         let seed = environment["VXA_FAULT_SEED"].flatMap { UInt64($0) } ?? 20_261_130
@@ -266,12 +290,16 @@ struct FaultInjectionTests {
 
         for round in 0..<rounds {
             let random = RandomSource(seed: seed &+ UInt64(round))
-            let peers = random.int(in: 3...40)
+            // Now and then enough peers that a dump takes several datagrams.
+            let peers = random.chance(0.2) ? random.int(in: 260...400) : random.int(in: 3...40)
             let skip = Set((2..<(peers + 2)).filter { _ in random.chance(0.2) })
             let layout: RouteLayout = random.chance(0.3) ? .classic : .nexthop
             let syncer = try Self.syncer(peers: peers, skip: skip, layout: layout)
             var story = ["seed \(seed) round \(round) (replay: VXA_FAULT_SEED=\(seed) VXA_FAULT_ROUNDS=\(round + 1)): "
-                         + "\(peers) peers, \(skip.count) left out, \(layout) layout"]
+                         + "\(peers) peers, \(skip.count) left out, \(layout) layout, "
+                         + (oneSocket ? "one socket for all passes (the daemon's)" : "a socket per pass (sync's)")]
+            // The daemon keeps one dataplane, and its socket, for its life.
+            let shared = oneSocket ? try host.inNamespace { try Dataplane() } : nil
             let where_ = { () -> String in story.joined(separator: "\n") }
 
             for faulty in 0..<random.int(in: 1...4) {
@@ -286,7 +314,7 @@ struct FaultInjectionTests {
                     return nil
                 }
                 do {
-                    let outcome = try Self.pass(host, syncer, faults: faults)
+                    let outcome = try Self.pass(host, syncer, faults: faults, on: shared)
                     let failures = outcome.report?.failures ?? []
                     story.append("faulty pass \(faulty): \(faults.injections.count) injected, \(outcome.plan.changes.count) planned, "
                                  + "\(failures.count) failed")
@@ -305,20 +333,24 @@ struct FaultInjectionTests {
 
             var converged = false
             for clean in 0..<3 {
-                let outcome = try Self.pass(host, syncer)
-                let failures = outcome.report?.failures ?? []
-                story.append("clean pass \(clean): \(outcome.plan.changes.count) planned, \(failures.count) failed "
-                             + failures.prefix(3).map(\.message).joined(separator: "; "))
-                if failures.isEmpty { converged = true; break }
+                do {
+                    let outcome = try Self.pass(host, syncer, on: shared)
+                    let failures = outcome.report?.failures ?? []
+                    story.append("clean pass \(clean): \(outcome.plan.changes.count) planned, \(failures.count) failed "
+                                 + failures.prefix(3).map(\.message).joined(separator: "; "))
+                    if failures.isEmpty { converged = true; break }
+                } catch {
+                    story.append("clean pass \(clean) failed: \(error)")
+                }
             }
             #expect(converged, "\(where_())")
             let state = try host.kernelState()
-            let again = try Self.pass(host, syncer, dryRun: true)
+            let again = try Self.pass(host, syncer, dryRun: true, on: shared)
             #expect(again.plan.changes.isEmpty, "\(again.plan.changes.prefix(5))\n\(where_())")
 
             // A clean sync from nothing of ours: the witness.
             try host.exec("ip link del flannel.1")
-            let fresh = try Self.pass(host, syncer)
+            let fresh = try Self.pass(host, syncer, on: shared)
             #expect(fresh.report?.failures.isEmpty == true, "\(where_())")
             let reference = try host.kernelState()
             #expect(state == reference, "\(where_())")
