@@ -128,9 +128,15 @@ public final class NetlinkSocket {
     }
 
     /// Reads out the rest of an abandoned dump, if there is one (its replies are
-    /// stale: every reader skips other sequence numbers).
+    /// stale: every reader skips other sequence numbers). Gives up when nothing
+    /// comes for a second (its end was lost with an overflow, or the kernel never
+    /// started it): then the next dump meets EBUSY and says so, as before.
     private func finishAbandonedDump() throws(NetlinkError) {
-        while abandonedDump != nil { _ = try receive(blocking: true) }
+        while abandonedDump != nil {
+            if try receive(blocking: false) != nil { continue }
+            var descriptor = pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0)
+            if try retryingEINTR("poll netlink socket", { poll(&descriptor, 1, 1000) }) == 0 { abandonedDump = nil }
+        }
     }
 
     /// One datagram from the kernel into `buffer`.
