@@ -300,7 +300,7 @@ struct FaultInjectionTests {
                          + (oneSocket ? "one socket for all passes (the daemon's)" : "a socket per pass (sync's)")]
             // The daemon keeps one dataplane, and its socket, for its life.
             let shared = oneSocket ? try host.inNamespace { try Dataplane() } : nil
-            let where_ = { () -> String in story.joined(separator: "\n") }
+            let history = { () -> String in story.joined(separator: "\n") }
 
             for faulty in 0..<random.int(in: 1...4) {
                 let refuse = random.double() * 0.15, breakAt = random.double() * 0.03, interrupt = random.double() * 0.5
@@ -321,12 +321,12 @@ struct FaultInjectionTests {
                     // Every failure names its change and says why.
                     for failure in failures {
                         #expect(failure.message.count > 10 && (failure.cause != .skipped || failure.message.contains("skipped")),
-                                "\(failure.message)\n\(where_())")
+                                "\(failure.message)\n\(history())")
                     }
                 } catch {
                     // A refused or broken lookup or dump fails the whole pass, before any write.
                     story.append("faulty pass \(faulty): \(faults.injections.count) injected, failed: \(error)")
-                    #expect(!"\(error)".isEmpty, "\(where_())")
+                    #expect(!"\(error)".isEmpty, "\(history())")
                 }
                 story.append("  " + faults.injections.map(\.description).joined(separator: "; "))
             }
@@ -343,17 +343,17 @@ struct FaultInjectionTests {
                     story.append("clean pass \(clean) failed: \(error)")
                 }
             }
-            #expect(converged, "\(where_())")
+            #expect(converged, "\(history())")
             let state = try host.kernelState()
             let again = try Self.pass(host, syncer, dryRun: true, on: shared)
-            #expect(again.plan.changes.isEmpty, "\(again.plan.changes.prefix(5))\n\(where_())")
+            #expect(again.plan.changes.isEmpty, "\(again.plan.changes.prefix(5))\n\(history())")
 
             // A clean sync from nothing of ours: the witness.
             try host.exec("ip link del flannel.1")
             let fresh = try Self.pass(host, syncer, on: shared)
-            #expect(fresh.report?.failures.isEmpty == true, "\(where_())")
+            #expect(fresh.report?.failures.isEmpty == true, "\(history())")
             let reference = try host.kernelState()
-            #expect(state == reference, "\(where_())")
+            #expect(state == reference, "\(history())")
             if !converged || state != reference || !again.plan.changes.isEmpty { return }
         }
     }
