@@ -78,7 +78,7 @@ let package = Package(
         ]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "Model", "Dataplane", "CLibMnl", "CNetlinkShim"]),
         .testTarget(name: "ReconcileTests", dependencies: ["Model", "Reconcile", "Registry", "Dataplane", "TestSupport"]),
-        .testTarget(name: "DataplaneTests", dependencies: ["Model", "Dataplane", "Netlink", "TestSupport"]),
+        .testTarget(name: "DataplaneTests", dependencies: ["Model", "Dataplane", "Netlink", "CLibMnl", "Agent", "Reconcile", "Registry", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Reconcile", "Dataplane", "TestSupport"]),
         // A real etcd on loopback, started by the tests.
         .testTarget(name: "EtcdTests", dependencies: [

@@ -101,8 +101,17 @@ public final class Dataplane: KernelDataplane {
     /// Requests per sendmsg, in bytes.
     public var chunkBytes = NetlinkSocket.defaultChunkBytes
 
-    public init() throws(DataplaneError) {
+    /// A dataplane over a socket of its own.
+    public convenience init() throws(DataplaneError) {
+        let socket: NetlinkSocket
         do { socket = try NetlinkSocket() } catch { throw .netlink(error) }
+        self.init(socket: socket)
+    }
+
+    /// A dataplane over `socket`, which may carry an interposer (tests inject
+    /// failures there, under everything this type does).
+    public init(socket: NetlinkSocket) {
+        self.socket = socket
     }
 
     private func wrap<T>(_ body: () throws(NetlinkError) -> T) throws(DataplaneError) -> T {
@@ -163,17 +172,28 @@ public final class Dataplane: KernelDataplane {
         return link
     }
 
-    /// Whether the kernel has nexthop objects (Linux 5.3+).
-    public lazy var supportsNexthops: Bool = {
+    /// Whether the kernel has nexthop objects (Linux 5.3+). Only a definite
+    /// answer is kept: the probe dump goes through, or the kernel does not know
+    /// the message (EOPNOTSUPP). Any other failure (a busy kernel, a broken
+    /// exchange, a dump interrupted at every attempt) says nothing about the
+    /// kernel: it answers true, is not kept, and the snapshot's own nexthop dump
+    /// then meets the failure and fails the pass, instead of a daemon that keeps
+    /// its dataplane choosing the classic layout for the rest of its life.
+    public var supportsNexthops: Bool {
+        if let nexthopSupport { return nexthopSupport }
         do {
             _ = try socket.dump("dump nexthops", type: UInt16(RTM_GETNEXTHOP), build: { m in
                 m.familyHeader(nhmsg.self) { $0.nh_family = UInt8(AF_UNSPEC) }
             }, parse: { _ in nil as Int? })
-            return true
+            nexthopSupport = true
+        } catch where error.code == EOPNOTSUPP {
+            nexthopSupport = false
         } catch {
-            return false
+            return true
         }
-    }()
+        return nexthopSupport!
+    }
+    private var nexthopSupport: Bool?
 
     // MARK: Snapshot
 
@@ -345,7 +365,11 @@ public final class Dataplane: KernelDataplane {
         for case .fdb(let e) in failed { failedMACs.insert(e.mac) }
 
         let neighbors = skipping(phases.upserts(\.neighbor), report: &report, renderer: renderer()) { entry in
-            if case .neighbor(let n) = entry, failedMACs.contains(n.mac) { return "its fdb entry for \(n.mac) failed" }
+            if case .neighbor(let n) = entry, failedMACs.contains(n.mac) {
+                // Skipped is as good as failed for what goes via it.
+                failedGateways.insert(n.ip)
+                return "its fdb entry for \(n.mac) failed"
+            }
             return nil
         }
         failed = send(neighbors, device: index, renderer: renderer(), report: &report)
@@ -353,6 +377,7 @@ public final class Dataplane: KernelDataplane {
 
         let nexthops = skipping(phases.upserts(\.nexthop), report: &report, renderer: renderer()) { entry in
             if case .nexthop(let n) = entry, let gateway = n.gateway, failedGateways.contains(gateway) {
+                failedNexthops.insert(n.id)
                 return "its neighbor \(gateway) failed"
             }
             return nil
@@ -362,8 +387,9 @@ public final class Dataplane: KernelDataplane {
 
         let routes = skipping(phases.upserts(\.route), report: &report, renderer: renderer()) { entry in
             guard case .route(let r) = entry else { return nil }
-            if let id = r.nexthopID, failedNexthops.contains(id) { return "its nexthop \(id) failed" }
+            // The neighbor first: when it failed, its nexthop was skipped too, and the neighbor is the cause.
             if let gateway = r.gateway, failedGateways.contains(gateway) { return "its neighbor \(gateway) failed" }
+            if let id = r.nexthopID, failedNexthops.contains(id) { return "its nexthop \(id) failed" }
             return nil
         }
         send(routes, device: index, renderer: renderer(), report: &report)
