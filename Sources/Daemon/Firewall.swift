@@ -121,5 +121,4 @@ public enum Masquerade {
         }
         return binary
     }
-
 }
