@@ -42,13 +42,15 @@ public final class KernelMonitor: Sendable {
     func loop(_ socket: NetlinkSocket, events: @Sendable ([KernelEvent]) -> Void, lost: @Sendable (String) -> Void) {
         var batch: [KernelEvent] = []
         while !stopped.load(ordering: .acquiring) {
-            let parser = self.parser.withLock { $0 }
             do {
                 // One receive reads what one datagram holds; take every datagram
                 // already queued before handing the batch over.
                 var timeout: Int32 = 250
                 while try socket.receiveEvents(timeoutMilliseconds: timeout, { message in
-                    if let event = parser.parse(message) { batch.append(event) }
+                    // The parser is read for each message: the device index it filters
+                    // by changes when the reconciler creates the device, maybe while
+                    // this thread waits for the next event.
+                    if let event = self.parser.withLock({ $0.parse(message) }) { batch.append(event) }
                 }) {
                     timeout = 0
                     if batch.count >= 4_096 { break }

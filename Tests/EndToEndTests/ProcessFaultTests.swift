@@ -35,7 +35,12 @@ struct ProcessFaultTests {
                 if (try? probe()) == true { return }
                 Thread.sleep(forTimeInterval: 0.05)
             }
-            throw CommandFailure(command: "wait until \(what)", status: 1, output: "not within \(Int(seconds)) s\n\(output.suffix(4000))")
+            // A daemon that died says so (and how), not "not within 20 s".
+            var status: Int32 = 0
+            let gone = waitpid(pid, &status, WNOHANG) == pid
+            let how = !gone ? "" : (status & 0x7f) == 0 ? "; the daemon exited with status \((status >> 8) & 0xff)"
+                : "; the daemon was killed by signal \(status & 0x7f)"
+            throw CommandFailure(command: "wait until \(what)", status: 1, output: "not within \(Int(seconds)) s\(how)\n\(output.suffix(4000))")
         }
     }
 
