@@ -163,33 +163,52 @@ public final class Dataplane: KernelDataplane {
         return link
     }
 
-    /// Whether the kernel has nexthop objects (Linux 5.3+).
-    public lazy var supportsNexthops: Bool = {
+    /// Whether the kernel has nexthop objects (Linux 5.3+): known once a nexthop
+    /// dump was tried (`snapshot` does one), else probed with one.
+    public var supportsNexthops: Bool {
+        if let nexthopSupport { return nexthopSupport }
         do {
             _ = try socket.dump("dump nexthops", type: UInt16(RTM_GETNEXTHOP), build: { m in
                 m.familyHeader(nhmsg.self) { $0.nh_family = UInt8(AF_UNSPEC) }
             }, parse: { _ in nil as Int? })
-            return true
+            nexthopSupport = true
         } catch {
-            return false
+            nexthopSupport = false
         }
-    }()
+        return nexthopSupport!
+    }
+
+    /// nil until a nexthop dump was tried.
+    private var nexthopSupport: Bool?
 
     // MARK: Snapshot
 
     public func snapshot(deviceName: String, proto: UInt8) throws(DataplaneError) -> KernelSnapshot {
+        try snapshot(deviceName: deviceName, proto: proto, hostAddresses: nil)
+    }
+
+    /// The snapshot, one dump per table. `hostAddresses`: the host's addresses when
+    /// the caller has dumped them already (the device's are taken from there).
+    /// The nexthop dump doubles as the probe of `supportsNexthops`: a kernel
+    /// without nexthop objects refuses it, and the snapshot then has none.
+    public func snapshot(deviceName: String, proto: UInt8,
+                         hostAddresses: [(index: Int32, prefix: IPv4Prefix)]?) throws(DataplaneError) -> KernelSnapshot {
         var snapshot = KernelSnapshot()
         let device = try link(named: deviceName)
         snapshot.device = device
         let index = device?.index
         try wrap { () throws(NetlinkError) in
             if let index {
-                snapshot.addresses = try socket.dump("dump addresses of \(deviceName)", type: UInt16(RTM_GETADDR), build: { m in
-                    m.familyHeader(ifaddrmsg.self) {
-                        $0.ifa_family = UInt8(AF_INET)
-                        $0.ifa_index = UInt32(bitPattern: index)
-                    }
-                }, parse: { Parse.address($0).flatMap { $0.index == index ? $0.prefix : nil } })
+                if let hostAddresses {
+                    snapshot.addresses = hostAddresses.compactMap { $0.index == index ? $0.prefix : nil }
+                } else {
+                    snapshot.addresses = try socket.dump("dump addresses of \(deviceName)", type: UInt16(RTM_GETADDR), build: { m in
+                        m.familyHeader(ifaddrmsg.self) {
+                            $0.ifa_family = UInt8(AF_INET)
+                            $0.ifa_index = UInt32(bitPattern: index)
+                        }
+                    }, parse: { Parse.address($0).flatMap { $0.index == index ? $0.prefix : nil } })
+                }
                 snapshot.neighbors = try socket.dump("dump neighbors of \(deviceName)", type: UInt16(RTM_GETNEIGH), build: { m in
                     m.familyHeader(ndmsg.self) { $0.ndm_family = UInt8(AF_INET) }
                     m.put(UInt16(NDA_IFINDEX), u32: UInt32(bitPattern: index))
@@ -199,15 +218,31 @@ public final class Dataplane: KernelDataplane {
                 }, parse: { Parse.fdb($0).flatMap { $0.index == index ? $0.entry : nil } })
             }
             var groups: [Nexthop] = []
-            if supportsNexthops {
-                snapshot.nexthops = try socket.dump("dump nexthops", type: UInt16(RTM_GETNEXTHOP), build: { m in
-                    m.familyHeader(nhmsg.self) { $0.nh_family = UInt8(AF_UNSPEC) }
-                }, parse: { message -> Nexthop? in
-                    guard let nexthop = Parse.nexthop(message) else { return nil }
-                    if nexthop.proto == proto && nexthop.group == nil { return nexthop }
-                    if nexthop.group != nil { groups.append(nexthop) }
-                    return nil
-                })
+            if nexthopSupport != false {
+                func dumpNexthops() throws(NetlinkError) -> [Nexthop] {
+                    try socket.dump("dump nexthops", type: UInt16(RTM_GETNEXTHOP), build: { m in
+                        m.familyHeader(nhmsg.self) { $0.nh_family = UInt8(AF_UNSPEC) }
+                    }, parse: { message -> Nexthop? in
+                        guard let nexthop = Parse.nexthop(message) else { return nil }
+                        if nexthop.proto == proto && nexthop.group == nil { return nexthop }
+                        if nexthop.group != nil { groups.append(nexthop) }
+                        return nil
+                    })
+                }
+                if nexthopSupport == true {
+                    snapshot.nexthops = try dumpNexthops()
+                } else {
+                    // The first nexthop dump is the probe: a kernel without nexthop
+                    // objects has no handler for it (EOPNOTSUPP). Any other failure
+                    // fails the snapshot, as it does for the other tables.
+                    do throws(NetlinkError) {
+                        snapshot.nexthops = try dumpNexthops()
+                        nexthopSupport = true
+                    } catch where error.code == EOPNOTSUPP {
+                        groups = []
+                        nexthopSupport = false
+                    }
+                }
             }
             let main = UInt32(RT_TABLE_MAIN.rawValue)
             var otherTables: [(UInt32, Route)] = []
