@@ -306,6 +306,10 @@ public struct JSONParser {
             opened.removeLast()
             return .object(object)
         }
+        // An inventory's node has three to five keys: one allocation each, not
+        // one per doubling.
+        object.keys.reserveCapacity(4)
+        object.values.reserveCapacity(4)
         while true {
             skipSpace()
             guard position < bytes.count else { throw endOfDocument("a key") }

@@ -205,14 +205,22 @@ public struct AgentConfig: Sendable, Hashable {
         ips.reserveCapacity(entries.count)
         macs.reserveCapacity(entries.count)
         func label(_ index: Int) -> String { "node \(quoted(nodes[index].record.name)) (nodes[\(index)])" }
-        for (index, entry) in entries.enumerated() {
+        for index in entries.indices {
+            let entry = entries[index]
             func fail(_ key: String, _ message: String) -> ConfigError { entry.error(key, message) }
-            try entry.rejectUnknownKeys(nodeKeys)
-            guard let name = try entry.string("name") else { throw fail("name", "is required") }
+            // One pass over the members when they are all known keys with string
+            // (or null) values, as in every good file; otherwise field by field,
+            // in the order that names the first problem.
+            let fast = Self.nodeStrings(entry.object)
+            func string(_ key: String, _ fastValue: String?) throws(ConfigError) -> String? {
+                fast != nil ? fastValue : try entry.string(key)
+            }
+            if fast == nil { try entry.rejectUnknownKeys(nodeKeys) }
+            guard let name = try string("name", fast?.name) else { throw fail("name", "is required") }
             if let problem = nodeNameProblem(name) { throw fail("name", problem) }
-            guard let ipText = try entry.string("publicIP") else { throw fail("publicIP", "is required") }
+            guard let ipText = try string("publicIP", fast?.publicIP) else { throw fail("publicIP", "is required") }
             guard let ip = IPv4Address(ipText) else { throw fail("publicIP", "\(quoted(ipText)) is not an IPv4 address") }
-            guard let subnetText = try entry.string("subnet") else { throw fail("subnet", "is required") }
+            guard let subnetText = try string("subnet", fast?.subnet) else { throw fail("subnet", "is required") }
             guard let subnet = IPv4Prefix(subnetText) else {
                 throw fail("subnet", "\(quoted(subnetText)) is not an IPv4 prefix (a.b.c.d/len)")
             }
@@ -229,12 +237,12 @@ public struct AgentConfig: Sendable, Hashable {
                 throw fail("subnet", "\(subnet) is outside SubnetMin...SubnetMax (\(network.subnetMin)...\(network.subnetMax))")
             }
             var mac: MACAddress?
-            if let text = try entry.string("vtepMAC") {
+            if let text = try string("vtepMAC", fast?.vtepMAC) {
                 guard let parsed = MACAddress(text) else { throw fail("vtepMAC", "\(quoted(text)) is not a MAC address (xx:xx:xx:xx:xx:xx)") }
                 guard parsed.isValidUnicast else { throw fail("vtepMAC", "\(parsed) is not a unicast MAC (multicast bit set or all zeros)") }
                 mac = parsed
             }
-            let nodeInterface = try entry.string("interface")
+            let nodeInterface = try string("interface", fast?.interface)
             if let nodeInterface, let problem = interfaceNameProblem(nodeInterface) { throw fail("interface", problem) }
             if let other = names[name] { throw fail("name", "\(quoted(name)) is already used by \(label(other))") }
             // Every subnet is a canonical /SubnetLen (checked above), so two overlap
@@ -252,6 +260,35 @@ public struct AgentConfig: Sendable, Hashable {
         }
         return AgentConfig(source: source, node: node, network: network, nodes: nodes, etcd: nil, publicIP: publicIP,
                            interface: interface, routeLayout: routeLayout, deviceName: deviceName, daemon: daemon)
+    }
+
+    /// A node's string fields, read in one pass.
+    struct NodeStrings {
+        var name, publicIP, subnet, vtepMAC, interface: String?
+    }
+
+    /// The node's fields when every member is one of `nodeKeys` with a string or
+    /// null value (null reads as absent, as `JSONFields` reads it); nil otherwise.
+    /// The strict dialect has refused duplicate keys already.
+    static func nodeStrings(_ object: JSONObject) -> NodeStrings? {
+        var fields = NodeStrings()
+        for (key, value) in zip(object.keys, object.values) {
+            let text: String?
+            switch value {
+            case .string(let string): text = string
+            case .null: text = nil
+            default: return nil
+            }
+            switch key {
+            case "name": fields.name = text
+            case "publicIP": fields.publicIP = text
+            case "subnet": fields.subnet = text
+            case "vtepMAC": fields.vtepMAC = text
+            case "interface": fields.interface = text
+            default: return nil
+            }
+        }
+        return fields
     }
 
     /// Why `name` cannot be a node name, or nil: names are echoed in messages,
