@@ -181,6 +181,10 @@ public final class Dataplane: KernelDataplane {
     /// nil until a nexthop dump was tried.
     private var nexthopSupport: Bool?
 
+    /// `snapshot` dumps routes on a second thread and socket while it dumps the
+    /// other tables on this one.
+    public var parallelDumps = true
+
     // MARK: Snapshot
 
     public func snapshot(deviceName: String, proto: UInt8) throws(DataplaneError) -> KernelSnapshot {
@@ -197,6 +201,12 @@ public final class Dataplane: KernelDataplane {
         let device = try link(named: deviceName)
         snapshot.device = device
         let index = device?.index
+        // The route dump (the largest: every route of every table) runs on a
+        // thread of its own with its own socket while this one dumps the rest:
+        // the kernel fills dump replies in the receiving thread, so on two cores
+        // the snapshot takes the longer half, not the sum.
+        let routeDump = parallelDumps ? RouteDump.start() : nil
+        defer { routeDump?.join() }
         try wrap { () throws(NetlinkError) in
             if let index {
                 if let hostAddresses {
@@ -244,18 +254,12 @@ public final class Dataplane: KernelDataplane {
                     }
                 }
             }
-            let main = UInt32(RT_TABLE_MAIN.rawValue)
-            var otherTables: [(UInt32, Route)] = []
-            let routes = try socket.dump("dump routes", type: UInt16(RTM_GETROUTE), build: { m in
-                m.familyHeader(rtmsg.self) { $0.rtm_family = UInt8(AF_INET) }
-            }, parse: { message -> Route? in
-                guard let (table, route) = Parse.route(message) else { return nil }
-                guard table == main else {
-                    if route.nexthopID != nil { otherTables.append((table, route)) }
-                    return nil
-                }
-                return route
-            })
+            let routes: [Route], otherTables: [(UInt32, Route)]
+            if let routeDump {
+                (routes, otherTables) = try routeDump.result()
+            } else {
+                (routes, otherTables) = try RouteDump.routes(socket)
+            }
             for route in routes {
                 if route.proto == proto || (index != nil && route.deviceIndex == index) {
                     snapshot.routes.append(route)
@@ -532,4 +536,59 @@ extension Entry {
     var nexthop: Bool { if case .nexthop = self { true } else { false } }
     var route: Bool { if case .route = self { true } else { false } }
     var address: Bool { if case .address = self { true } else { false } }
+}
+
+/// The route dump of a snapshot, on a thread of its own with a socket of its
+/// own (a netlink socket serves one dump at a time). The thread writes the
+/// result fields once; `join` (pthread_join) orders that before any read.
+final class RouteDump: @unchecked Sendable {
+    private var thread = pthread_t()
+    private var outcome: Result<([Route], [(UInt32, Route)]), NetlinkError> =
+        .failure(NetlinkError(operation: "dump routes", code: ECANCELED))
+    private var joined = false
+
+    /// Starts the dump; nil if no thread could be started (the caller dumps inline).
+    static func start() -> RouteDump? {
+        let dump = RouteDump()
+        let context = Unmanaged.passRetained(dump).toOpaque()
+        let status = pthread_create(&dump.thread, nil, { raw in
+            let dump = Unmanaged<RouteDump>.fromOpaque(raw!).takeRetainedValue()
+            dump.outcome = Result { () throws(NetlinkError) in try RouteDump.routes(try NetlinkSocket()) }
+            return nil
+        }, context)
+        guard status == 0 else {
+            Unmanaged<RouteDump>.fromOpaque(context).release()
+            return nil
+        }
+        return dump
+    }
+
+    func join() {
+        guard !joined else { return }
+        joined = true
+        pthread_join(thread, nil)
+    }
+
+    /// Waits for the dump: the main table's routes, and those of other tables that use a nexthop.
+    func result() throws(NetlinkError) -> ([Route], [(UInt32, Route)]) {
+        join()
+        return try outcome.get()
+    }
+
+    /// Dumps the IPv4 routes on `socket`.
+    static func routes(_ socket: NetlinkSocket) throws(NetlinkError) -> ([Route], [(UInt32, Route)]) {
+        let main = UInt32(RT_TABLE_MAIN.rawValue)
+        var otherTables: [(UInt32, Route)] = []
+        let routes = try socket.dump("dump routes", type: UInt16(RTM_GETROUTE), build: { m in
+            m.familyHeader(rtmsg.self) { $0.rtm_family = UInt8(AF_INET) }
+        }, parse: { message -> Route? in
+            guard let (table, route) = Parse.route(message) else { return nil }
+            guard table == main else {
+                if route.nexthopID != nil { otherTables.append((table, route)) }
+                return nil
+            }
+            return route
+        })
+        return (routes, otherTables)
+    }
 }
