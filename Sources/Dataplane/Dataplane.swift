@@ -205,7 +205,7 @@ public final class Dataplane: KernelDataplane {
         // thread of its own with its own socket while this one dumps the rest:
         // the kernel fills dump replies in the receiving thread, so on two cores
         // the snapshot takes the longer half, not the sum.
-        let routeDump = parallelDumps ? RouteDump.start() : nil
+        let routeDump = parallelDumps ? RouteDump.start(sameNamespaceAs: socket.fileDescriptor) : nil
         defer { routeDump?.join() }
         try wrap { () throws(NetlinkError) in
             if let index {
@@ -256,7 +256,7 @@ public final class Dataplane: KernelDataplane {
             }
             let routes: [Route], otherTables: [(UInt32, Route)]
             if let routeDump {
-                (routes, otherTables) = try routeDump.result()
+                (routes, otherTables) = try routeDump.result(orDumpOn: socket)
             } else {
                 (routes, otherTables) = try RouteDump.routes(socket)
             }
@@ -539,25 +539,34 @@ extension Entry {
 }
 
 /// The route dump of a snapshot, on a thread of its own with a socket of its
-/// own (a netlink socket serves one dump at a time). The thread writes the
-/// result fields once; `join` (pthread_join) orders that before any read.
+/// own (a netlink socket serves one dump at a time), opened in the network
+/// namespace of the dataplane's socket (a namespace is per thread). The thread
+/// writes `outcome` once; `join` (pthread_join) orders that before any read.
 final class RouteDump: @unchecked Sendable {
     private var thread = pthread_t()
-    private var outcome: Result<([Route], [(UInt32, Route)]), NetlinkError> =
-        .failure(NetlinkError(operation: "dump routes", code: ECANCELED))
+    /// nil: the thread could not enter the namespace; the caller dumps inline.
+    private var outcome: Result<([Route], [(UInt32, Route)]), NetlinkError>?
+    private let namespace: Int32
     private var joined = false
 
-    /// Starts the dump; nil if no thread could be started (the caller dumps inline).
-    static func start() -> RouteDump? {
-        let dump = RouteDump()
+    private init(namespace: Int32) { self.namespace = namespace }
+
+    /// Starts the dump; nil if the namespace or a thread is not to be had (the
+    /// caller dumps inline).
+    static func start(sameNamespaceAs socket: Int32) -> RouteDump? {
+        let namespace = ioctl(socket, 0x894C /* SIOCGSKNS */)
+        guard namespace >= 0 else { return nil }
+        let dump = RouteDump(namespace: namespace)
         let context = Unmanaged.passRetained(dump).toOpaque()
         let status = pthread_create(&dump.thread, nil, { raw in
             let dump = Unmanaged<RouteDump>.fromOpaque(raw!).takeRetainedValue()
+            guard enterNetworkNamespace(dump.namespace) else { return nil }
             dump.outcome = Result { () throws(NetlinkError) in try RouteDump.routes(try NetlinkSocket()) }
             return nil
         }, context)
         guard status == 0 else {
             Unmanaged<RouteDump>.fromOpaque(context).release()
+            close(namespace)
             return nil
         }
         return dump
@@ -567,11 +576,14 @@ final class RouteDump: @unchecked Sendable {
         guard !joined else { return }
         joined = true
         pthread_join(thread, nil)
+        close(namespace)
     }
 
-    /// Waits for the dump: the main table's routes, and those of other tables that use a nexthop.
-    func result() throws(NetlinkError) -> ([Route], [(UInt32, Route)]) {
+    /// Waits for the dump: the main table's routes, and those of other tables
+    /// that use a nexthop (dumped on `socket` if the thread could not).
+    func result(orDumpOn socket: NetlinkSocket) throws(NetlinkError) -> ([Route], [(UInt32, Route)]) {
         join()
+        guard let outcome else { return try Self.routes(socket) }
         return try outcome.get()
     }
 
@@ -591,4 +603,12 @@ final class RouteDump: @unchecked Sendable {
         })
         return (routes, otherTables)
     }
+}
+
+/// setns(fd, CLONE_NEWNET) for the calling thread. Glibc declares setns only
+/// under _GNU_SOURCE, which Swift's Glibc module does not define: look it up.
+private func enterNetworkNamespace(_ fd: Int32) -> Bool {
+    typealias SetNS = @convention(c) (Int32, Int32) -> Int32
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "setns") else { return false }
+    return unsafeBitCast(symbol, to: SetNS.self)(fd, 0x4000_0000 /* CLONE_NEWNET */) == 0
 }
