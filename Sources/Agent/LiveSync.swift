@@ -62,7 +62,9 @@ public final class LiveSync {
     }
 
     /// Applies leases that changed and kernel events, touching only their keys.
-    public func incremental(upserts: [NodeRecord], removals: [String], events: [KernelEvent]) -> Outcome {
+    /// `previous` holds the record each changed lease had before (none: it is new).
+    public func incremental(upserts: [NodeRecord], removals: [String], previous: [String: NodeRecord],
+                            events: [KernelEvent]) -> Outcome {
         guard var picture, var desired else { return .needsFullPass("no picture of the kernel yet") }
         // The picture is left nil until this pass ends well: a return from the
         // middle leaves it half-updated, and the next pass is then a full one.
@@ -76,7 +78,7 @@ public final class LiveSync {
             }
         }
         if !upserts.isEmpty || !removals.isEmpty {
-            guard let touched = desired.update(upserts: upserts, removals: removals) else {
+            guard let touched = desired.update(upserts: upserts, removals: removals, previous: previous) else {
                 return .needsFullPass("a changed lease collides with another peer, or was skipped")
             }
             keys.formUnion(touched)

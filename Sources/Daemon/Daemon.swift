@@ -5,6 +5,8 @@ import Logging
 import Model
 import Reconcile
 import Registry
+import ServiceLifecycle
+import UnixSignals
 
 /// `vxlan-agent run`: keeps this node in sync continuously.
 ///
@@ -34,12 +36,12 @@ public final class Daemon: @unchecked Sendable {
         }
     }
 
-    /// What the async side reacts to.
+    /// What the coordinating service reacts to.
     enum Event: Sendable {
         /// From the registry started as `generation`; a stopped registry's late events are dropped.
         case registry(RegistryEvent, generation: Int)
         case reload
-        case stop(String)
+        case stop
     }
 
     let options: Options
@@ -64,14 +66,19 @@ public final class Daemon: @unchecked Sendable {
     }
 
     /// Runs until SIGTERM or SIGINT; returns the exit status.
+    ///
+    /// The daemon is a `ServiceGroup` of three services: the reconciler (its
+    /// thread), the status server, and the coordinator (the registry, SIGHUP,
+    /// and the hand-over of what the registry reports). SIGTERM and SIGINT shut
+    /// the group down gracefully, in reverse order: the registry stops first,
+    /// the reconciler finishes its pass last. The forwarding state stays.
     public func run() async -> Int32 {
-        let signals = installSignalHandlers()
-        defer { for source in signals { source.cancel() } }
-        var server: StatusServer?
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let address = config.daemon.metricsAddress {
             do {
-                server = try await StatusServer.start(host: address.host, port: address.port, metrics: metrics)
+                let server = try await StatusServer.start(host: address.host, port: address.port, metrics: metrics)
                 log.info("serving /healthz and /metrics", metadata: ["address": "\(address)"])
+                services.append(.init(service: StatusService(server: server)))
             } catch {
                 log.error("\(error)")
                 return 1
@@ -85,52 +92,70 @@ public final class Daemon: @unchecked Sendable {
             return 1
         }
         self.reconciler = reconciler
-        reconciler.start()
+        services.insert(.init(service: ReconcilerService(reconciler: reconciler)), at: 0)
+        services.append(.init(service: Coordinator(daemon: self), successTerminationBehavior: .gracefullyShutdownGroup))
+        var configuration = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: log)
+        configuration.logging.keys.signalKey = "signal"
+        let group = ServiceGroup(configuration: configuration)
+        do {
+            try await group.run()
+        } catch {
+            log.error("stopped", metadata: ["error": "\(error)"])
+            return 1
+        }
+        return 0
+    }
+
+    /// The coordinator's work: start the registry, hand what it reports to the
+    /// reconciler, reload on SIGHUP, until the group shuts down.
+    func coordinate() async {
         log.info("starting", metadata: ["node": "\(node)", "config": "\(options.configPath)",
                                          "registry": "\(config.etcd == nil ? "static inventory" : "etcd \(config.etcd!.endpoints.joined(separator: ","))")"])
         startRegistry()
-
-        var reason = ""
-        loop: for await event in events {
-            switch event {
-            case .registry(_, let generation) where generation != registryGeneration:
-                continue
-            case .registry(.state(let view, let invalid), _):
-                metrics.update {
-                    $0.registryReady = true
-                    $0.leasesInvalid = invalid
-                    $0.subnet = "\(view.local.subnet)"
-                }
-                reconciler.post { $0.view = view }
-            case .registry(.peers(let upserts, let removals, let invalid), _):
-                metrics.update { $0.leasesInvalid = invalid }
-                reconciler.post { work in
-                    for key in removals {
-                        work.upserts[key] = nil
-                        work.removals.insert(key)
-                    }
-                    for record in upserts {
-                        work.removals.remove(record.origin)
-                        work.upserts[record.origin] = record
-                    }
-                }
-            case .registry(.connection(let connected, let why), _):
-                let was = metrics.read(\.registryConnected)
-                metrics.registry(connected: connected, error: why)
-                if connected && !was { log.info("registry connected") }
-                if !connected && was { log.warning("registry unreachable; keeping the forwarding state", metadata: ["error": "\(why ?? "")"]) }
-            case .reload:
-                reload()
-            case .stop(let why):
-                reason = why
-                break loop
-            }
+        let hangups = Task { [continuation] in
+            for await _ in await UnixSignalsSequence(trapping: .sighup) { continuation.yield(.reload) }
         }
-        log.info("stopping; the forwarding state stays in place", metadata: ["signal": "\(reason)"])
-        await reconciler.stop()
+        await withGracefulShutdownHandler {
+            loop: for await event in events {
+                switch event {
+                case .registry(_, let generation) where generation != registryGeneration:
+                    continue
+                case .registry(.state(let view, let invalid), _):
+                    metrics.update {
+                        $0.registryReady = true
+                        $0.leasesInvalid = invalid
+                        $0.subnet = "\(view.local.subnet)"
+                    }
+                    reconciler?.post { $0.view = view }
+                case .registry(.peers(let upserts, let removals, let invalid), _):
+                    metrics.update { $0.leasesInvalid = invalid }
+                    reconciler?.post { work in
+                        for key in removals {
+                            work.upserts[key] = nil
+                            work.removals.insert(key)
+                        }
+                        for record in upserts {
+                            work.removals.remove(record.origin)
+                            work.upserts[record.origin] = record
+                        }
+                    }
+                case .registry(.connection(let connected, let why), _):
+                    let was = metrics.read(\.registryConnected)
+                    metrics.registry(connected: connected, error: why)
+                    if connected && !was { log.info("registry connected") }
+                    if !connected && was { log.warning("registry unreachable; keeping the forwarding state", metadata: ["error": "\(why ?? "")"]) }
+                case .reload:
+                    reload()
+                case .stop:
+                    break loop
+                }
+            }
+        } onGracefulShutdown: { [continuation] in
+            continuation.yield(.stop)
+        }
+        hangups.cancel()
+        log.info("stopping; the forwarding state stays in place")
         await stopRegistry().value
-        await server?.stop()
-        return 0
     }
 
     // MARK: registry
@@ -178,7 +203,7 @@ public final class Daemon: @unchecked Sendable {
     }
 
     func reload() {
-        let next: AgentConfig
+        var next: AgentConfig
         do {
             next = try AgentConfig.load(path: options.configPath)
         } catch {
@@ -190,10 +215,15 @@ public final class Daemon: @unchecked Sendable {
             log.warning("metricsAddress changes take effect on restart")
         }
         if next.daemon.resyncInterval != config.daemon.resyncInterval {
-            log.warning("resyncInterval changes take effect on restart")
+            log.info("resyncInterval changed; it takes effect after the next resync")
         }
         if options.node == nil, let named = next.node, named != node {
             log.warning("node changes take effect on restart", metadata: ["node": "\(node)", "in file": "\(named)"])
+        }
+        if next.deviceName != config.deviceName {
+            // The monitor and the picture follow the running device; a rename would leave the old one behind.
+            log.warning("device changes take effect on restart", metadata: ["device": "\(config.deviceName ?? "default")"])
+            next.deviceName = config.deviceName
         }
         let registryChanged = next.etcd != config.etcd || next.publicIP != config.publicIP || next.daemon.leaseTTL != config.daemon.leaseTTL
         config = next
@@ -204,18 +234,32 @@ public final class Daemon: @unchecked Sendable {
             startRegistry()
         }
     }
+}
 
-    // MARK: signals
+/// The reconciler's thread, as a service: started with the group, stopped last.
+struct ReconcilerService: Service {
+    let reconciler: Reconciler
 
-    func installSignalHandlers() -> [any DispatchSourceSignal] {
-        [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT"), (SIGHUP, "SIGHUP")].map { number, name in
-            signal(number, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-            source.setEventHandler { [continuation] in
-                continuation.yield(number == SIGHUP ? .reload : .stop(name))
-            }
-            source.resume()
-            return source
-        }
+    func run() async throws {
+        reconciler.start()
+        try? await gracefulShutdown()
+        await reconciler.stop()
     }
+}
+
+/// /healthz and /metrics, as a service.
+struct StatusService: Service {
+    let server: StatusServer
+
+    func run() async throws {
+        try? await gracefulShutdown()
+        await server.stop()
+    }
+}
+
+/// The registry, SIGHUP and the hand-over to the reconciler, as a service.
+struct Coordinator: Service {
+    let daemon: Daemon
+
+    func run() async throws { await daemon.coordinate() }
 }

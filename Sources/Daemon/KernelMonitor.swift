@@ -51,7 +51,7 @@ public final class KernelMonitor: Sendable {
                     if let event = parser.parse(message) { batch.append(event) }
                 }) {
                     timeout = 0
-                    if batch.count >= 65_536 { break }
+                    if batch.count >= 4_096 { break }
                 }
             } catch where error.code == ENOBUFS {
                 batch = []

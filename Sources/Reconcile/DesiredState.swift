@@ -102,8 +102,6 @@ public struct DesiredState: Sendable, Hashable {
     public var peerOrigins: [String] = []
     public var skipped: [SkippedPeer] = []
 
-    public var peerCount: Int { fdb.count }
-
     /// Names the peer behind each entry of the desired state.
     public struct PeerIndex: Sendable {
         let byMAC: [MACAddress: String]
@@ -128,66 +126,155 @@ public struct DesiredState: Sendable, Hashable {
 
     /// Builds the desired state; peers that are wrong on their own are skipped
     /// with a reason, the rest are kept. Of peers that claim the same subnet,
-    /// MAC, public IP or name, the first in (subnet, name) order is kept.
+    /// public IP, name (or what the backend needs unique: the VTEP MAC), the
+    /// first in (subnet, name) order is kept.
     public init(view: ClusterView, host: HostFacts, settings: AgentSettings) {
         let checks = PeerChecks(view: view, host: host, settings: settings)
-        device = checks.device
+        device = checks.backend.device
         address = IPv4Prefix(view.local.vtepAddress, 32)
         self.settings = settings
 
-        var seenSubnets: [IPv4Prefix: String] = [:]
-        var seenMACs: [MACAddress: String] = [checks.localMAC: view.local.name]
-        var seenIPs: [IPv4Address: String] = [view.local.publicIP: view.local.name]
-        var seenNames: Set<String> = [view.local.name]
-
+        var seen: [PeerClaim: String] = [:]
+        for claim in checks.localClaims { seen[claim] = view.local.name }
         for peer in view.peers.sorted(by: { ($0.subnet, $0.name) < ($1.subnet, $1.name) }) {
             func skip(_ reason: String) { skipped.append(SkippedPeer(name: peer.name, origin: peer.origin, reason: reason)) }
             if let reason = checks.reason(peer) { skip(reason); continue }
-            let mac = checks.mac(peer), ip = peer.publicIP
-            if let other = seenSubnets[peer.subnet] { skip("subnet \(peer.subnet) is also claimed by \(other)"); continue }
-            if let other = seenMACs[mac] { skip("vtepMAC \(mac) is also used by \(other)"); continue }
-            if let other = seenIPs[ip] { skip("publicIP \(ip) is also used by \(other)"); continue }
-            if seenNames.contains(peer.name) { skip("name \(peer.name) appears twice"); continue }
-            seenSubnets[peer.subnet] = peer.name
-            seenMACs[mac] = peer.name
-            seenIPs[ip] = peer.name
-            seenNames.insert(peer.name)
+            // In the order conflicts are reported: subnet, the backend's (VTEP MAC), public IP, name.
+            let own = checks.backend.claim(peer)
+            func taken(_ claim: PeerClaim?) -> Bool {
+                guard let claim, let other = seen[claim] else { return false }
+                skip(claim.conflict(with: other))
+                return true
+            }
+            if taken(.subnet(peer.subnet)) || taken(own) || taken(.publicIP(peer.publicIP)) || taken(.name(peer.name)) { continue }
+            seen[.subnet(peer.subnet)] = peer.name
+            if let own { seen[own] = peer.name }
+            seen[.publicIP(peer.publicIP)] = peer.name
+            seen[.name(peer.name)] = peer.name
 
-            let entries = checks.entries(peer)
             peerNames.append(peer.name)
             peerOrigins.append(peer.origin)
-            fdb.append(entries.fdb)
-            neighbors.append(entries.neighbor)
-            if let nexthop = entries.nexthop { nexthops.append(nexthop) }
-            routes.append(entries.route)
+            checks.backend.forEachEntry(peer) { entry in
+                switch entry {
+                case .fdb(let e): fdb.append(e)
+                case .neighbor(let n): neighbors.append(n)
+                case .nexthop(let n): nexthops.append(n)
+                case .route(let r): routes.append(r)
+                case .address: break
+                }
+            }
+        }
+    }
+
+    public var peerCount: Int { peerNames.count }
+}
+
+/// What no two peers (nor a peer and this node) may share. Of peers that claim
+/// the same, the first in (subnet, name) order is kept.
+public enum PeerClaim: Hashable, Sendable {
+    case subnet(IPv4Prefix)
+    case vtepMAC(MACAddress)
+    case publicIP(IPv4Address)
+    case name(String)
+
+    /// Why a peer that claims this too is skipped.
+    public func conflict(with other: String) -> String {
+        switch self {
+        case .subnet(let subnet): "subnet \(subnet) is also claimed by \(other)"
+        case .vtepMAC(let mac): "vtepMAC \(mac) is also used by \(other)"
+        case .publicIP(let ip): "publicIP \(ip) is also used by \(other)"
+        case .name(let name): "name \(name) appears twice"
         }
     }
 }
 
-/// What the agent keeps in the kernel for one peer.
-public struct PeerEntries: Sendable, Hashable {
-    public var fdb: FDBEntry
-    public var neighbor: Neighbor
-    /// nil in the classic layout.
-    public var nexthop: Nexthop?
-    public var route: Route
+/// How packets reach the peers: flannel's `Backend.Type`. A backend says what
+/// it needs of a peer and what the kernel must hold for each; validation, the
+/// diff (full and per key), apply, the kernel picture and the daemon are the
+/// same for every backend. A new backend is a new type here and a case in
+/// `PeerChecks.backend(for:)`.
+///
+/// Today's seam has one shape of device, the VXLAN device (`device`); a
+/// backend without one (host-gw) or with another (udp's TUN) makes it optional.
+public protocol Backend: Sendable {
+    /// The device the backend keeps for this node.
+    var device: VXLANDevice { get }
+    /// What this node claims (no peer may claim it too), beyond its public IP and name.
+    var localClaims: [PeerClaim] { get }
+    /// Why this backend cannot reach the peer, whatever the others are; nil if it can.
+    func reason(_ peer: NodeRecord) -> String?
+    /// What the peer claims beyond its subnet, public IP and name (VXLAN: its VTEP MAC).
+    func claim(_ peer: NodeRecord) -> PeerClaim?
+    /// The kernel entries of a peer that passed every check, in dependency order.
+    func forEachEntry(_ peer: NodeRecord, _ body: (Entry) -> Void)
+}
 
-    /// Every entry, in dependency order (FDB, neighbor, nexthop, route).
-    public var all: [Entry] {
-        [.fdb(fdb), .neighbor(neighbor)] + (nexthop.map { [Entry.nexthop($0)] } ?? []) + [.route(route)]
+extension Backend {
+    /// The kernel entries of a peer, in dependency order.
+    public func entries(_ peer: NodeRecord) -> [Entry] {
+        var entries: [Entry] = []
+        forEachEntry(peer) { entries.append($0) }
+        return entries
     }
 }
 
-/// The checks a peer must pass on its own (not against other peers), and the
-/// entries a peer that passes gets. One place for both, so the full desired
-/// state and the daemon's per-lease update cannot disagree.
+/// flannel's vxlan backend: the device `flannel.<VNI>`, and per peer a permanent
+/// FDB entry (VTEP MAC -> public IP), a permanent neighbor (VTEP address -> VTEP
+/// MAC) and a route to the peer's subnet via its VTEP address (through a nexthop
+/// object in the nexthop layout).
+public struct VXLANBackend: Backend {
+    public let network: NetworkConfig
+    public let settings: AgentSettings
+    public let device: VXLANDevice
+
+    public init(view: ClusterView, host: HostFacts, settings: AgentSettings) {
+        network = view.network
+        self.settings = settings
+        let underlayMTU = host.underlay.mtu
+        device = VXLANDevice(name: settings.deviceName ?? network.deviceName, vni: network.vni,
+                             localIP: view.local.publicIP, underlayIndex: host.underlay.index,
+                             underlayName: host.underlay.name, port: network.port, learning: false,
+                             mtu: network.mtu ?? (underlayMTU > 50 ? underlayMTU - 50 : underlayMTU),
+                             mac: view.local.mac(vni: network.vni))
+    }
+
+    public var localClaims: [PeerClaim] { [.vtepMAC(device.mac)] }
+
+    public func mac(_ peer: NodeRecord) -> MACAddress { peer.mac(vni: network.vni) }
+
+    public func reason(_ peer: NodeRecord) -> String? {
+        let mac = mac(peer)
+        return mac.isValidUnicast ? nil : "vtepMAC \(mac) is not a unicast MAC"
+    }
+
+    public func claim(_ peer: NodeRecord) -> PeerClaim? { .vtepMAC(mac(peer)) }
+
+    public func forEachEntry(_ peer: NodeRecord, _ body: (Entry) -> Void) {
+        let gateway = peer.vtepAddress
+        let mac = mac(peer)
+        body(.fdb(FDBEntry(mac: mac, dst: peer.publicIP)))
+        body(.neighbor(Neighbor(ip: gateway, mac: mac)))
+        switch settings.layout {
+        case .nexthop:
+            let index = (peer.subnet.network.value &- network.network.network.value) >> (32 - UInt32(network.subnetLen))
+            let id = AgentSettings.nexthopIDBase &+ index
+            body(.nexthop(Nexthop(id: id, gateway: gateway, onlink: true, proto: settings.proto)))
+            body(.route(Route(dst: peer.subnet, gateway: gateway, nexthopID: id, onlink: true, proto: settings.proto)))
+        case .classic:
+            body(.route(Route(dst: peer.subnet, gateway: gateway, nexthopID: nil, onlink: true, proto: settings.proto)))
+        }
+    }
+}
+
+/// The checks every peer must pass on its own (not against other peers),
+/// whatever the backend, then the backend's. One place for both, so the full
+/// desired state and the daemon's per-lease update cannot disagree.
 public struct PeerChecks: Sendable {
     public let network: NetworkConfig
     public let local: NodeRecord
     public let host: HostFacts
     public let settings: AgentSettings
-    public let device: VXLANDevice
-    public let localMAC: MACAddress
+    public let backend: any Backend
     let connected: [Route]
     let exact: [IPv4Prefix: Route]
 
@@ -196,18 +283,34 @@ public struct PeerChecks: Sendable {
         local = view.local
         self.host = host
         self.settings = settings
-        let underlayMTU = host.underlay.mtu
-        localMAC = view.local.mac(vni: network.vni)
-        device = VXLANDevice(name: settings.deviceName ?? network.deviceName, vni: network.vni,
-                             localIP: view.local.publicIP, underlayIndex: host.underlay.index,
-                             underlayName: host.underlay.name, port: network.port, learning: false,
-                             mtu: network.mtu ?? (underlayMTU > 50 ? underlayMTU - 50 : underlayMTU),
-                             mac: localMAC)
+        backend = Self.backend(for: view, host: host, settings: settings)
         connected = host.foreignRoutes.filter { $0.scope == 253 && $0.type == 1 }
         exact = Dictionary(host.foreignRoutes.filter { $0.priority == 0 }.map { ($0.dst, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
-    public func mac(_ peer: NodeRecord) -> MACAddress { peer.mac(vni: network.vni) }
+    /// The backend `Backend.Type` names (the configuration parser admits only those that exist).
+    static func backend(for view: ClusterView, host: HostFacts, settings: AgentSettings) -> any Backend {
+        switch view.network.backendType {
+        default: VXLANBackend(view: view, host: host, settings: settings)
+        }
+    }
+
+    /// What this node claims: no peer may claim it too.
+    public var localClaims: [PeerClaim] { backend.localClaims + [.publicIP(local.publicIP), .name(local.name)] }
+
+    /// What a peer claims, in the order conflicts are reported.
+    public func claims(_ peer: NodeRecord) -> [PeerClaim] {
+        var claims: [PeerClaim] = []
+        forEachClaim(peer) { claims.append($0) }
+        return claims
+    }
+
+    public func forEachClaim(_ peer: NodeRecord, _ body: (PeerClaim) -> Void) {
+        body(.subnet(peer.subnet))
+        if let own = backend.claim(peer) { body(own) }
+        body(.publicIP(peer.publicIP))
+        body(.name(peer.name))
+    }
 
     /// Why the peer cannot be programmed, whatever the other peers are; nil if it can.
     public func reason(_ peer: NodeRecord) -> String? {
@@ -234,26 +337,6 @@ public struct PeerChecks: Sendable {
             return "route \(peer.subnet) already exists with protocol \(Renderer.protocolName(route.proto)); "
                 + "it is not the agent's to replace"
         }
-        let mac = mac(peer)
-        if !mac.isValidUnicast { return "vtepMAC \(mac) is not a unicast MAC" }
-        return nil
-    }
-
-    /// The entries of a peer that passed `reason` (and the checks against the others).
-    public func entries(_ peer: NodeRecord) -> PeerEntries {
-        let gateway = peer.vtepAddress
-        let mac = mac(peer)
-        let fdb = FDBEntry(mac: mac, dst: peer.publicIP)
-        let neighbor = Neighbor(ip: gateway, mac: mac)
-        switch settings.layout {
-        case .nexthop:
-            let index = (peer.subnet.network.value &- network.network.network.value) >> (32 - UInt32(network.subnetLen))
-            let id = AgentSettings.nexthopIDBase &+ index
-            return PeerEntries(fdb: fdb, neighbor: neighbor, nexthop: Nexthop(id: id, gateway: gateway, onlink: true, proto: settings.proto),
-                               route: Route(dst: peer.subnet, gateway: gateway, nexthopID: id, onlink: true, proto: settings.proto))
-        case .classic:
-            return PeerEntries(fdb: fdb, neighbor: neighbor, nexthop: nil,
-                               route: Route(dst: peer.subnet, gateway: gateway, nexthopID: nil, onlink: true, proto: settings.proto))
-        }
+        return backend.reason(peer)
     }
 }

@@ -190,102 +190,120 @@ public struct KernelPicture: Sendable {
 }
 
 /// The desired state by key, with what the daemon needs to update it one peer
-/// at a time: the accepted peers' entries, and how many peers (accepted or not)
-/// claim each subnet, MAC, public IP and name.
+/// at a time: which peers are programmed, and which claims (subnet, public IP,
+/// name, VTEP MAC) more than one peer makes.
+///
+/// Sized for 50,000 peers: the peers themselves are the caller's (it passes the
+/// previous record of a changed lease), a programmed peer's entries are the
+/// backend's for it (computed again on removal, not stored), and claims are kept
+/// as hashes. Two claims with the same hash look like a collision, which only
+/// sends that lease to a full pass.
 public struct DesiredIndex: Sendable {
     public let checks: PeerChecks
-    public var device: VXLANDevice { checks.device }
+    public var device: VXLANDevice { checks.backend.device }
     public var fdb: [MACAddress: FDBEntry] = [:]
     public var neighbors: [IPv4Address: Neighbor] = [:]
     public var nexthops: [UInt32: Nexthop] = [:]
     public var routes: [RouteKey: Route] = [:]
-    /// The accepted peers by origin, with their entries.
-    public private(set) var accepted: [String: (record: NodeRecord, entries: PeerEntries)] = [:]
-    /// Every peer of the view (accepted or skipped), by origin.
-    public private(set) var records: [String: NodeRecord] = [:]
+    /// The origins (lease keys) of the programmed peers.
+    public private(set) var accepted: Set<String> = []
     public private(set) var skipped: [SkippedPeer]
-    var subnetClaims: [IPv4Prefix: Int] = [:]
-    var macClaims: [MACAddress: Int] = [:]
-    var ipClaims: [IPv4Address: Int] = [:]
-    var nameClaims: [String: Int] = [:]
+    /// The hash of every claim of every peer of the view, programmed or not;
+    /// those made more than once, with their count.
+    var claimed: Set<Int> = []
+    var claimedAgain: [Int: Int] = [:]
+    let localClaims: Set<Int>
 
     public var peerCount: Int { accepted.count }
 
     /// Indexes a desired state computed in full from `view`.
     public init(desired: DesiredState, view: ClusterView, host: HostFacts) {
         checks = PeerChecks(view: view, host: host, settings: desired.settings)
+        localClaims = Set(checks.localClaims.map(\.hashValue))
         skipped = desired.skipped
-        records.reserveCapacity(view.peers.count)
-        for peer in view.peers {
-            records[peer.origin] = peer
-            claim(peer, 1)
-        }
-        for (i, origin) in desired.peerOrigins.enumerated() {
-            guard let record = records[origin] else { continue }
-            let entries = PeerEntries(fdb: desired.fdb[i], neighbor: desired.neighbors[i],
-                                      nexthop: desired.settings.layout == .nexthop ? desired.nexthops[i] : nil,
-                                      route: desired.routes[i])
-            add(entries, of: record)
-        }
+        claimed.reserveCapacity(view.peers.count * 4)
+        for peer in view.peers { claim(peer, 1) }
+        let programmed = Set(desired.peerOrigins)
+        accepted.reserveCapacity(programmed.count)
+        for peer in view.peers where programmed.contains(peer.origin) { _ = add(peer) }
     }
 
     mutating func claim(_ peer: NodeRecord, _ delta: Int) {
-        func bump<K: Hashable>(_ map: inout [K: Int], _ key: K) {
-            let count = map[key, default: 0] + delta
-            map[key] = count == 0 ? nil : count
+        checks.forEachClaim(peer) { claim in
+            let hash = claim.hashValue
+            if delta > 0 {
+                if !claimed.insert(hash).inserted { claimedAgain[hash, default: 1] += 1 }
+            } else if let count = claimedAgain[hash] {
+                claimedAgain[hash] = count > 2 ? count - 1 : nil
+            } else {
+                claimed.remove(hash)
+            }
         }
-        bump(&subnetClaims, peer.subnet)
-        bump(&macClaims, checks.mac(peer))
-        bump(&ipClaims, peer.publicIP)
-        bump(&nameClaims, peer.name)
     }
 
-    mutating func add(_ entries: PeerEntries, of record: NodeRecord) {
-        accepted[record.origin] = (record, entries)
-        fdb[entries.fdb.mac] = entries.fdb
-        neighbors[entries.neighbor.ip] = entries.neighbor
-        if let nexthop = entries.nexthop { nexthops[nexthop.id] = nexthop }
-        routes[entries.route.key] = entries.route
+    /// Programs a peer: its entries into the index; returns their keys.
+    mutating func add(_ record: NodeRecord) -> [EntryKey] {
+        accepted.insert(record.origin)
+        var keys: [EntryKey] = []
+        checks.backend.forEachEntry(record) { entry in
+            switch entry {
+            case .fdb(let e): fdb[e.mac] = e
+            case .neighbor(let n): neighbors[n.ip] = n
+            case .nexthop(let n): nexthops[n.id] = n
+            case .route(let r): routes[r.key] = r
+            case .address: break
+            }
+            if let key = entry.key { keys.append(key) }
+        }
+        return keys
     }
 
     /// Whether a peer claims nothing another peer or this node claims.
     func alone(_ peer: NodeRecord) -> Bool {
-        let mac = checks.mac(peer)
-        return subnetClaims[peer.subnet, default: 0] == 1 && macClaims[mac, default: 0] == 1
-            && ipClaims[peer.publicIP, default: 0] == 1 && nameClaims[peer.name, default: 0] == 1
-            && mac != checks.localMAC && peer.publicIP != checks.local.publicIP && peer.name != checks.local.name
+        var alone = true
+        checks.forEachClaim(peer) { claim in
+            let hash = claim.hashValue
+            if claimedAgain[hash] != nil || localClaims.contains(hash) { alone = false }
+        }
+        return alone
     }
 
-    /// Applies leases that changed (`upserts`, by origin) and leases that went
-    /// (`removals`). Returns the keys whose desired entries changed, or nil when
-    /// a full computation must decide: a peer that shares a subnet, MAC, public
-    /// IP or name with another (which one wins depends on the others), a peer
-    /// skipped before or now (its reason is kept in order with the others'). The
-    /// index is unusable after nil.
-    public mutating func update(upserts: [NodeRecord], removals: [String]) -> Set<EntryKey>? {
+    /// Applies leases that changed (`upserts`) and leases that went (`removals`,
+    /// by origin); `previous` holds the record each changed origin had before
+    /// (none: it is new). Returns the keys whose desired entries changed, or nil
+    /// when a full computation must decide: a peer that shares a claim with
+    /// another (which one wins depends on the others), a peer skipped before or
+    /// now (its reason is kept in order with the others'). The index is
+    /// unusable after nil.
+    public mutating func update(upserts: [NodeRecord], removals: [String], previous: [String: NodeRecord]) -> Set<EntryKey>? {
         var touched = Set<EntryKey>()
+        var gone = Set<String>()
         func remove(_ origin: String) -> Bool {
-            guard let old = records[origin] else { return true }
-            guard alone(old), let (_, entries) = accepted.removeValue(forKey: origin) else { return false }
+            guard !gone.contains(origin), let old = previous[origin] else { return !accepted.contains(origin) }
+            guard accepted.contains(origin), alone(old) else { return false }
+            gone.insert(origin)
             claim(old, -1)
-            records[origin] = nil
-            fdb[entries.fdb.mac] = nil
-            neighbors[entries.neighbor.ip] = nil
-            if let nexthop = entries.nexthop { nexthops[nexthop.id] = nil }
-            routes[entries.route.key] = nil
-            for entry in entries.all { if let key = entry.key { touched.insert(key) } }
+            accepted.remove(origin)
+            checks.backend.forEachEntry(old) { entry in
+                switch entry {
+                case .fdb(let e): fdb[e.mac] = nil
+                case .neighbor(let n): neighbors[n.ip] = nil
+                case .nexthop(let n): nexthops[n.id] = nil
+                case .route(let r): routes[r.key] = nil
+                case .address: break
+                }
+                if let key = entry.key { touched.insert(key) }
+            }
             return true
         }
         for origin in removals { guard remove(origin) else { return nil } }
         for record in upserts {
-            if records[record.origin] == record { continue }
+            // The same record as before: the same outcome (programmed, or skipped for the same reason).
+            if previous[record.origin] == record { continue }
             guard remove(record.origin) else { return nil }
-            records[record.origin] = record
             claim(record, 1)
             guard alone(record), checks.reason(record) == nil else { return nil }
-            let entries = checks.entries(record)
-            add(entries, of: record)
-            for entry in entries.all { if let key = entry.key { touched.insert(key) } }
+            touched.formUnion(add(record))
         }
         return touched
     }

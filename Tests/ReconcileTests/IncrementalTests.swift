@@ -112,8 +112,9 @@ struct IncrementalTests {
         @discardableResult
         mutating func pass(_ kernel: inout Kernel, upserts: [NodeRecord] = [], removals: [String] = [],
                            events: [KernelEvent] = []) -> [Change]? {
-            for key in removals { peers[key] = nil }
-            for record in upserts { peers[record.origin] = record }
+            var previous: [String: NodeRecord] = [:]
+            for key in removals { previous[key] = peers.removeValue(forKey: key) }
+            for record in upserts { previous[record.origin] = peers.updateValue(record, forKey: record.origin) }
             var keys = Set<EntryKey>()
             for event in events {
                 switch picture.note(event, proto: IncrementalTests.proto, network: Fixture.network.network) {
@@ -122,7 +123,7 @@ struct IncrementalTests {
                 case .fullPass: full(&kernel); return nil
                 }
             }
-            guard let touched = desired.update(upserts: upserts, removals: removals) else { full(&kernel); return nil }
+            guard let touched = desired.update(upserts: upserts, removals: removals, previous: previous) else { full(&kernel); return nil }
             keys.formUnion(touched)
             let changes = Differ.plan(keys: keys, desired: desired, picture: picture).changes
             var echoes: [KernelEvent] = []
