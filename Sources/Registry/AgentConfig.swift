@@ -279,12 +279,15 @@ public struct AgentConfig: Sendable, Hashable {
             case .null: text = nil
             default: return nil
             }
-            switch key {
-            case "name": fields.name = text
-            case "publicIP": fields.publicIP = text
-            case "subnet": fields.subnet = text
-            case "vtepMAC": fields.vtepMAC = text
-            case "interface": fields.interface = text
+            // The length first: a mismatched short string compares slowly. A key
+            // of another length that equals one of these as a String (Unicode
+            // equivalence) falls back to field-by-field reading, which decides.
+            switch key.utf8.count {
+            case 4 where key == "name": fields.name = text
+            case 8 where key == "publicIP": fields.publicIP = text
+            case 6 where key == "subnet": fields.subnet = text
+            case 7 where key == "vtepMAC": fields.vtepMAC = text
+            case 9 where key == "interface": fields.interface = text
             default: return nil
             }
         }
@@ -387,13 +390,23 @@ public struct AgentConfig: Sendable, Hashable {
         guard let network else {
             throw ConfigError(source: source, field: "etcd", message: "the etcd registry has no static view (internal error)")
         }
-        guard let local = nodes.first(where: { $0.record.name == nodeName }) else {
+        // One pass: this node (names are unique), and every other as a peer.
+        var found: InventoryNode?
+        var peers: [NodeRecord] = []
+        peers.reserveCapacity(max(0, nodes.count - 1))
+        for node in nodes {
+            if node.record.name == nodeName {
+                if found == nil { found = node }
+            } else {
+                peers.append(node.record)
+            }
+        }
+        guard let local = found else {
             let known = nodes.prefix(5).map { escaped($0.record.name) }.joined(separator: ", ")
             throw ConfigError(source: source, field: "nodes",
                               message: "this node \(quoted(nodeName)) is not listed (nodes: \(known)\(nodes.count > 5 ? ", ..." : "")); "
                                 + "set \"node\" in the file or pass --node")
         }
-        let peers = nodes.filter { $0.record.name != nodeName }.map(\.record)
         return (ClusterView(network: network, local: local.record, peers: peers), local.interface ?? interface)
     }
 }
