@@ -14,6 +14,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swiftlang/swift-subprocess", from: "1.0.2"),
+        // FilePath, for Subprocess' executable paths (already in the graph through swift-subprocess).
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
     ],
     targets: [
         // libmnl from the system (Debian: libmnl-dev).
@@ -61,6 +66,10 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "CoreMetrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "Subprocess", package: "swift-subprocess"),
+            .product(name: "SystemPackage", package: "swift-system"),
         ]),
         .executableTarget(name: "vxlan-agent", dependencies: [
             "Agent", "Daemon", "Model", "Reconcile", "Registry", "Dataplane",
@@ -69,7 +78,7 @@ let package = Package(
         ]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "Model", "Dataplane", "CLibMnl", "CNetlinkShim"]),
         .testTarget(name: "ReconcileTests", dependencies: ["Model", "Reconcile", "Registry", "Dataplane", "TestSupport"]),
-        .testTarget(name: "DataplaneTests", dependencies: ["Model", "Dataplane", "Netlink", "TestSupport"]),
+        .testTarget(name: "DataplaneTests", dependencies: ["Model", "Dataplane", "Netlink", "CLibMnl", "Agent", "Reconcile", "Registry", "TestSupport"]),
         .testTarget(name: "EndToEndTests", dependencies: ["Reconcile", "Dataplane", "TestSupport"]),
         // A real etcd on loopback, started by the tests.
         .testTarget(name: "EtcdTests", dependencies: [

@@ -1,5 +1,7 @@
 import Foundation
 import Model
+import Subprocess
+import SystemPackage
 
 /// IP masquerade for pod traffic, in an nftables table of the agent's own
 /// (`ip vxlan-agent`), always replaced whole in one `nft -f` transaction, so the
@@ -46,45 +48,77 @@ public enum Masquerade {
     }
 
     /// Installs (or replaces) the table.
-    public static func apply(network: IPv4Prefix, subnet: IPv4Prefix) throws {
-        try nft(["-f", "-"], input: transaction(network: network, subnet: subnet))
+    public static func apply(network: IPv4Prefix, subnet: IPv4Prefix) async throws {
+        try await nft(["-f", "-"], input: transaction(network: network, subnet: subnet))
     }
 
     /// Removes the table; true if there was one.
     @discardableResult
-    public static func remove() throws -> Bool {
-        guard try exists() else { return false }
-        try nft(["delete", "table", "ip", table])
+    public static func remove() async throws -> Bool {
+        guard await exists() else { return false }
+        try await nft(["delete", "table", "ip", table])
         return true
     }
 
-    public static func exists() throws -> Bool {
-        (try? nft(["list", "table", "ip", table])) != nil
+    /// Whether the table is there (false also when nft cannot be run).
+    public static func exists() async -> Bool {
+        (try? await nft(["list", "table", "ip", table])) != nil
     }
 
-    /// Runs nft; an error carries its message.
+    /// What runs nft: empty for nft itself; tests put `ip netns exec NS` in front,
+    /// so the table is written in their namespace and never in the root one.
+    @TaskLocal static var launcher: [String] = []
+
+    /// Runs nft through swift-subprocess: the task waits for it, no thread of
+    /// the pool is held while nft runs. An error carries nft's message.
     @discardableResult
-    static func nft(_ arguments: [String], input: String? = nil) throws -> String {
+    static func nft(_ arguments: [String], input: String? = nil) async throws -> String {
+        let argv = launcher + [try binary()] + arguments
+        // nft's standard input is a pipe filled and closed before it starts, not
+        // Subprocess' `.string` input: swift-subprocess 1.0.2 traps ("FileDescriptor
+        // was not closed") when a child exits without reading its input and the
+        // write fails, as nft does when it refuses to run (swift-subprocess issue #367).
+        let stdin = try filledPipe(input ?? "")
+        defer { try? stdin.close() }
+        let result: ExecutionResult<Void, StringOutput<UTF8>, StringOutput<UTF8>>
+        do {
+            result = try await run(.path(FilePath(argv[0])), arguments: Arguments(Array(argv.dropFirst())),
+                                   input: .fileDescriptor(stdin, closeAfterSpawningProcess: false),
+                                   output: .string(limit: 1 << 20), error: .string(limit: 1 << 16))
+        } catch {
+            throw DaemonError("nft \(arguments.joined(separator: " ")): cannot run \(argv[0]): \(error)")
+        }
+        guard result.terminationStatus.isSuccess else {
+            let text = result.standardError.trimmingCharacters(in: .whitespacesAndNewlines)
+            throw DaemonError("nft \(arguments.joined(separator: " ")) failed (\(result.terminationStatus)): \(text)")
+        }
+        return result.standardOutput
+    }
+
+    /// The read end of a pipe (close-on-exec) that holds `text` and is closed for
+    /// writing: a reader gets `text`, then end of file. `text` must fit in the
+    /// pipe's buffer (a page at least; the ruleset is under 1.5 KiB).
+    static func filledPipe(_ text: String) throws -> FileDescriptor {
+        let bytes = Array(text.utf8)
+        guard bytes.count <= 4096 else { throw DaemonError("nft: \(bytes.count) bytes of input is more than a pipe holds") }
+        do {
+            let (readEnd, writeEnd) = try FileDescriptor.pipe(options: .closeOnExec)
+            do {
+                try writeEnd.closeAfter { _ = try writeEnd.writeAll(bytes) }
+            } catch {
+                try? readEnd.close()
+                throw error
+            }
+            return readEnd
+        } catch {
+            throw DaemonError("nft: a pipe for its input: \(error)")
+        }
+    }
+
+    static func binary() throws -> String {
         guard let binary = ["/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft"].first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
             throw DaemonError("nft not found: install nftables (apt-get install nftables) or set \"ipMasq\": false")
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = arguments
-        let stdin = Pipe(), stdout = Pipe(), stderr = Pipe()
-        process.standardInput = stdin
-        process.standardOutput = stdout
-        process.standardError = stderr
-        try process.run()
-        if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
-        try stdin.fileHandleForWriting.close()
-        let output = stdout.fileHandleForReading.readDataToEndOfFile()
-        let errors = stderr.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            let text = String(decoding: errors, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            throw DaemonError("nft \(arguments.joined(separator: " ")) failed: \(text)")
-        }
-        return String(decoding: output, as: UTF8.self)
+        return binary
     }
 }

@@ -1,7 +1,13 @@
+import CoreMetrics
 import Foundation
+import Prometheus
 import Synchronization
 
-/// The daemon's counters and gauges, rendered in Prometheus' text format.
+/// The daemon's counters and gauges. The daemon changes `State` under a lock
+/// (`update`); each change is recorded through swift-metrics into this
+/// instance's own `PrometheusCollectorRegistry` (not the process-wide
+/// `MetricsSystem` bootstrap: several daemons in one test process each keep
+/// theirs), whose text exposition is what /metrics serves.
 public final class Metrics: Sendable {
     struct State {
         var peers = 0
@@ -9,6 +15,7 @@ public final class Metrics: Sendable {
         var leasesInvalid = 0
         var reconciles: [String: Int] = [:]
         var reconcileErrors = 0
+        /// Changes the kernel accepted, by "kind action" (`Daemon.label`).
         var changes: [String: Int] = [:]
         var kernelWrites = 0
         var changeFailures = 0
@@ -26,12 +33,19 @@ public final class Metrics: Sendable {
         var subnet: String?
     }
 
-    let state = Mutex(State())
+    /// What /metrics shows: every series of this daemon and nothing else.
+    public let registry: PrometheusCollectorRegistry
+    let recorded: Mutex<Recorded>
     /// How long the registry may be unreachable before /healthz says 503: a
     /// failover to another etcd member or a restarted member is not an outage.
     public let registryGrace: Double
 
-    public init(registryGrace: Double = 10) { self.registryGrace = registryGrace }
+    public init(registryGrace: Double = 10) {
+        self.registryGrace = registryGrace
+        let registry = PrometheusCollectorRegistry()
+        self.registry = registry
+        recorded = Mutex(Recorded(factory: DescribedMetricsFactory(registry: registry, help: Self.help)))
+    }
 
     /// The registry answered (true) or stopped answering (false, with why) at `now`.
     func registry(connected: Bool, error: String?, now: Double = Date().timeIntervalSince1970) {
@@ -48,8 +62,17 @@ public final class Metrics: Sendable {
         }
     }
 
-    func update(_ body: (inout State) -> Void) { state.withLock { body(&$0) } }
-    func read<T>(_ body: (State) -> T) -> T { state.withLock { body($0) } }
+    /// Changes the state and records the change: counters grow by what their
+    /// field grew, gauges take their field's value.
+    func update(_ body: (inout State) -> Void) {
+        recorded.withLock { recorded in
+            let before = recorded.state
+            body(&recorded.state)
+            recorded.record(since: before)
+        }
+    }
+
+    func read<T>(_ body: (State) -> T) -> T { recorded.withLock { body($0.state) } }
 
     /// 200 once a sync succeeded, the last one did, and the registry answers
     /// (or has been unreachable for less than `registryGrace` seconds); 503 with
@@ -73,41 +96,131 @@ public final class Metrics: Sendable {
         }
     }
 
-    public func render() -> String {
-        read { s in
-            var out = ""
-            func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, Double)]) {
-                out += "# HELP vxlan_agent_\(name) \(help)\n# TYPE vxlan_agent_\(name) \(type)\n"
-                for (labels, value) in samples {
-                    let number = value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(format: "%.3f", value)
-                    out += "vxlan_agent_\(name)\(labels) \(number)\n"
-                }
+    /// The Prometheus text exposition (format 0.0.4) of this daemon's registry.
+    public func render() -> String { registry.emitToString() }
+
+    // MARK: recording
+
+    static let prefix = "vxlan_agent_"
+
+    /// Each metric's `# HELP` text, by name (without the prefix).
+    static let help: [String: String] = [
+        "peers": "Peers programmed (route, neighbor and FDB entry each).",
+        "peers_skipped": "Peers left out because their record is wrong from this host's view.",
+        "leases_invalid": "Lease records in the registry that could not be parsed or validated.",
+        "reconciles_total": "Reconcile passes, by what triggered them.",
+        "reconcile_errors_total": "Reconcile passes that failed before applying.",
+        "changes_applied_total": "Kernel changes the kernel accepted, by kind and action (refused and skipped ones are not counted).",
+        "change_failures_total": "Kernel changes refused by the kernel or skipped because one they depend on failed.",
+        "kernel_writes_total": "Netlink requests written.",
+        "kernel_events_total": "Kernel events about the agent's state (including its own writes).",
+        "last_successful_sync_timestamp_seconds": "When the kernel last matched the desired state (0: not yet).",
+        "last_reconcile_duration_seconds": "How long the last reconcile took.",
+        "registry_connected": "Whether the registry (etcd) answers: 0 from the moment it is found unreachable, 1 again once it answers.",
+        "registry_errors_total": "Registry failures (connection, lease, watch).",
+        "firewall_errors_total": "Failed nftables updates.",
+    ]
+
+    /// The state, and the swift-metrics instruments it is recorded into.
+    struct Recorded {
+        var state = State()
+        let factory: DescribedMetricsFactory
+        let gauges: [(Meter, (State) -> Double)]
+        let counters: [(CoreMetrics.Counter, (State) -> Int)]
+        var reconciles: [String: CoreMetrics.Counter] = [:]
+        var changes: [String: CoreMetrics.Counter] = [:]
+
+        init(factory: DescribedMetricsFactory) {
+            self.factory = factory
+            func gauge(_ name: String, _ value: @escaping (State) -> Double) -> (Meter, (State) -> Double) {
+                (Meter(label: Metrics.prefix + name, factory: factory), value)
             }
-            metric("peers", "gauge", "Peers programmed (route, neighbor and FDB entry each).", [("", Double(s.peers))])
-            metric("peers_skipped", "gauge", "Peers left out because their record is wrong from this host's view.",
-                   [("", Double(s.peersSkipped))])
-            metric("leases_invalid", "gauge", "Lease records in the registry that could not be parsed or validated.",
-                   [("", Double(s.leasesInvalid))])
-            metric("reconciles_total", "counter", "Reconcile passes, by what triggered them.",
-                   s.reconciles.sorted { $0.key < $1.key }.map { ("{trigger=\"\($0.key)\"}", Double($0.value)) })
-            metric("reconcile_errors_total", "counter", "Reconcile passes that failed before applying.", [("", Double(s.reconcileErrors))])
-            metric("changes_applied_total", "counter", "Kernel changes applied, by kind and action.",
-                   s.changes.sorted { $0.key < $1.key }.map { key, value in
-                       let parts = key.split(separator: " ")
-                       return ("{kind=\"\(parts[0])\",action=\"\(parts[1])\"}", Double(value))
-                   })
-            metric("change_failures_total", "counter", "Kernel changes the kernel refused.", [("", Double(s.changeFailures))])
-            metric("kernel_writes_total", "counter", "Netlink requests written.", [("", Double(s.kernelWrites))])
-            metric("kernel_events_total", "counter", "Kernel events about the agent's state (including its own writes).",
-                   [("", Double(s.kernelEvents))])
-            metric("last_successful_sync_timestamp_seconds", "gauge", "When the kernel last matched the desired state.",
-                   [("", s.lastSuccess ?? 0)])
-            metric("last_reconcile_duration_seconds", "gauge", "How long the last reconcile took.", [("", s.lastDuration)])
-            metric("registry_connected", "gauge", "Whether the registry (etcd) answers: 0 from the moment it is found unreachable, 1 again once it answers.",
-                   [("", s.registryConnected ? 1 : 0)])
-            metric("registry_errors_total", "counter", "Registry failures (connection, lease, watch).", [("", Double(s.registryErrors))])
-            metric("firewall_errors_total", "counter", "Failed nftables updates.", [("", Double(s.firewallErrors))])
-            return out
+            func counter(_ name: String, _ value: @escaping (State) -> Int) -> (CoreMetrics.Counter, (State) -> Int) {
+                (CoreMetrics.Counter(label: Metrics.prefix + name, factory: factory), value)
+            }
+            gauges = [
+                gauge("peers") { Double($0.peers) },
+                gauge("peers_skipped") { Double($0.peersSkipped) },
+                gauge("leases_invalid") { Double($0.leasesInvalid) },
+                gauge("last_successful_sync_timestamp_seconds") { $0.lastSuccess ?? 0 },
+                gauge("last_reconcile_duration_seconds") { $0.lastDuration },
+                gauge("registry_connected") { $0.registryConnected ? 1 : 0 },
+            ]
+            counters = [
+                counter("reconcile_errors_total") { $0.reconcileErrors },
+                counter("change_failures_total") { $0.changeFailures },
+                counter("kernel_writes_total") { $0.kernelWrites },
+                counter("kernel_events_total") { $0.kernelEvents },
+                counter("registry_errors_total") { $0.registryErrors },
+                counter("firewall_errors_total") { $0.firewallErrors },
+            ]
+            for (meter, value) in gauges { meter.set(value(state)) }
+        }
+
+        /// Records what changed since `before`. A counter only grows: a field
+        /// that went down (nothing does) records nothing.
+        mutating func record(since before: State) {
+            for (meter, value) in gauges where value(state) != value(before) { meter.set(value(state)) }
+            for (counter, value) in counters where value(state) > value(before) {
+                counter.increment(by: value(state) - value(before))
+            }
+            for (trigger, count) in state.reconciles where count > before.reconciles[trigger, default: 0] {
+                let counter = reconciles[trigger] ?? CoreMetrics.Counter(
+                    label: Metrics.prefix + "reconciles_total", dimensions: [("trigger", trigger)], factory: factory)
+                reconciles[trigger] = counter
+                counter.increment(by: count - before.reconciles[trigger, default: 0])
+            }
+            for (key, count) in state.changes where count > before.changes[key, default: 0] {
+                let counter = changes[key] ?? {
+                    let parts = key.split(separator: " ", maxSplits: 1).map(String.init)
+                    return CoreMetrics.Counter(label: Metrics.prefix + "changes_applied_total",
+                                               dimensions: [("kind", parts[0]), ("action", parts.count > 1 ? parts[1] : "")],
+                                               factory: factory)
+                }()
+                changes[key] = counter
+                counter.increment(by: count - before.changes[key, default: 0])
+            }
         }
     }
+}
+
+/// swift-prometheus' `PrometheusMetricsFactory`, with a `# HELP` line for each
+/// metric named in `help` (the stock factory writes none).
+struct DescribedMetricsFactory: MetricsFactory {
+    let registry: PrometheusCollectorRegistry
+    let help: [String: String]
+    let stock: PrometheusMetricsFactory
+
+    init(registry: PrometheusCollectorRegistry, help: [String: String]) {
+        self.registry = registry
+        self.help = help
+        stock = PrometheusMetricsFactory(registry: registry)
+    }
+
+    func text(_ label: String) -> String? {
+        label.hasPrefix(Metrics.prefix) ? help[String(label.dropFirst(Metrics.prefix.count))] : nil
+    }
+
+    func makeCounter(label: String, dimensions: [(String, String)]) -> any CounterHandler {
+        guard let text = text(label) else { return stock.makeCounter(label: label, dimensions: dimensions) }
+        return registry.makeCounter(descriptor: MetricNameDescriptor(metricName: label, unitName: "", helpText: text), labels: dimensions)
+    }
+
+    func makeMeter(label: String, dimensions: [(String, String)]) -> any MeterHandler {
+        guard let text = text(label) else { return stock.makeMeter(label: label, dimensions: dimensions) }
+        return registry.makeGauge(descriptor: MetricNameDescriptor(metricName: label, unitName: "", helpText: text), labels: dimensions)
+    }
+
+    func makeRecorder(label: String, dimensions: [(String, String)], aggregate: Bool) -> any RecorderHandler {
+        stock.makeRecorder(label: label, dimensions: dimensions, aggregate: aggregate)
+    }
+
+    func makeTimer(label: String, dimensions: [(String, String)]) -> any TimerHandler {
+        stock.makeTimer(label: label, dimensions: dimensions)
+    }
+
+    func destroyCounter(_ handler: any CounterHandler) { stock.destroyCounter(handler) }
+    func destroyMeter(_ handler: any MeterHandler) { stock.destroyMeter(handler) }
+    func destroyRecorder(_ handler: any RecorderHandler) { stock.destroyRecorder(handler) }
+    func destroyTimer(_ handler: any TimerHandler) { stock.destroyTimer(handler) }
 }

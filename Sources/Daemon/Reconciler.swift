@@ -5,6 +5,7 @@ import Logging
 import Model
 import Reconcile
 import Registry
+import Synchronization
 
 /// The daemon's reconciler, on a thread of its own: it owns the netlink socket
 /// it writes with, takes the lock, and does the blocking work (dumps, writes,
@@ -219,6 +220,8 @@ final class Reconciler: @unchecked Sendable {
             log.debug("full pass", metadata: ["why": "\(why)"])
             fullPass(view: view, triggers: [trigger], locked: true)
         case .applied(let changes, let report, _):
+            log.trace("incremental pass", metadata: ["trigger": "\(trigger)", "events": "\(work.events.count)",
+                                                     "leases": "\(work.upserts.count + work.removals.count)", "changes": "\(changes.count)"])
             guard !changes.isEmpty else {
                 metrics.update { $0.kernelEvents += work.events.count }
                 return
@@ -240,7 +243,10 @@ final class Reconciler: @unchecked Sendable {
         if monitor == nil {
             let monitor = KernelMonitor(deviceName: deviceName, proto: live.proto, ownPort: live.dataplane.socket.portID)
             do {
-                try monitor.start(events: { [weak self] events in self?.post { $0.take(events) } },
+                try monitor.start(events: { [weak self] events in
+                                      self?.log.trace("kernel events", metadata: ["count": "\(events.count)", "first": "\(events.first.map { "\($0)" } ?? "")"])
+                                      self?.post { $0.take(events) }
+                                  },
                                   lost: { [weak self] why in
                                       self?.log.warning("kernel events lost; a full pass follows", metadata: ["why": "\(why)"])
                                       self?.post { $0.full.insert("kernel") }
@@ -258,6 +264,7 @@ final class Reconciler: @unchecked Sendable {
         defer { withExtendedLifetime(lock) {} }
         metrics.update { for trigger in triggers { $0.reconciles[trigger, default: 0] += 1 } }
 
+        log.debug("full pass starts", metadata: ["trigger": "\(triggers.sorted().joined(separator: ","))", "peers": "\(view.peers.count)"])
         let syncer = Syncer(view: view, interface: interface, layout: config.routeLayout, deviceName: config.deviceName)
         let outcome: SyncOutcome
         do {
@@ -302,12 +309,12 @@ final class Reconciler: @unchecked Sendable {
         do {
             if config.daemon.ipMasq {
                 if firewall.map({ $0 != (network, subnet) }) ?? true {
-                    try Masquerade.apply(network: network, subnet: subnet)
+                    try waitFor { try await Masquerade.apply(network: network, subnet: subnet) }
                     log.debug("masquerade table written", metadata: ["network": "\(network)", "subnet": "\(subnet)"])
                     firewall = (network, subnet)
                 }
             } else if firewall != nil || triggers.contains("resync") || triggers.contains("reload") {
-                if try Masquerade.remove() { log.info("masquerade table removed (ipMasq is false)") }
+                if try waitFor({ try await Masquerade.remove() }) { log.info("masquerade table removed (ipMasq is false)") }
                 firewall = nil
             }
         } catch {
@@ -340,6 +347,8 @@ final class Reconciler: @unchecked Sendable {
             ])
         }
         let elapsed = ContinuousClock.now - started
+        log.debug("pass done", metadata: ["trigger": "\(trigger.sorted().joined(separator: ","))", "changes": "\(changes.count)",
+                                          "seconds": "\(elapsed)"])
         metrics.update {
             $0.peers = peers
             if let skipped { $0.peersSkipped = skipped }
@@ -382,3 +391,19 @@ final class Reconciler: @unchecked Sendable {
 /// returns freed heap memory to the system.
 @_silgen_name("malloc_trim")
 func malloc_trim(_ pad: Int) -> Int32
+
+/// Waits on the reconciler's thread for async work (nft through swift-subprocess):
+/// the work runs on the pool, which holds no thread while the child runs; only
+/// the reconciler's own thread waits.
+func waitFor<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let done = DispatchSemaphore(value: 0)
+    let result = Mutex<Result<T, any Error>?>(nil)
+    Task {
+        let outcome: Result<T, any Error>
+        do { outcome = .success(try await body()) } catch { outcome = .failure(error) }
+        result.withLock { $0 = outcome }
+        done.signal()
+    }
+    done.wait()
+    return try result.withLock { $0! }.get()
+}

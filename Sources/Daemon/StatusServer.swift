@@ -3,7 +3,8 @@ import NIOHTTP1
 import NIOPosix
 
 /// Serves GET /healthz and GET /metrics over HTTP/1.1; one response per
-/// connection. Nothing else: it listens on loopback by default.
+/// connection. Nothing else: it listens on loopback by default. /metrics is
+/// the exposition of the daemon's `PrometheusCollectorRegistry` (`Metrics.registry`).
 public final class StatusServer: Sendable {
     let channel: any Channel
 
@@ -53,30 +54,31 @@ final class StatusHandler: ChannelInboundHandler {
     func respond(context: ChannelHandlerContext, request: HTTPRequestHead) {
         let path = request.uri.split(separator: "?").first.map(String.init) ?? request.uri
         var status = HTTPResponseStatus.ok
-        var body: String
+        var body: ByteBuffer
         var type = "text/plain; charset=utf-8"
         switch (request.method, path) {
         case (.GET, "/healthz"), (.HEAD, "/healthz"):
             let health = metrics.health()
             status = health.ok ? .ok : .serviceUnavailable
-            body = health.text
+            body = ByteBuffer(string: health.text)
         case (.GET, "/metrics"), (.HEAD, "/metrics"):
-            body = metrics.render()
+            // The registry's own exposition, as swift-prometheus writes it.
+            body = ByteBuffer(bytes: metrics.registry.emitToBuffer())
             type = "text/plain; version=0.0.4; charset=utf-8"
         case (_, "/healthz"), (_, "/metrics"):
             status = .methodNotAllowed
-            body = "GET only\n"
+            body = ByteBuffer(string: "GET only\n")
         default:
             status = .notFound
-            body = "not found: try /healthz or /metrics\n"
+            body = ByteBuffer(string: "not found: try /healthz or /metrics\n")
         }
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: type)
-        headers.add(name: "Content-Length", value: String(body.utf8.count))
+        headers.add(name: "Content-Length", value: String(body.readableBytes))
         headers.add(name: "Connection", value: "close")
         context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
         if request.method != .HEAD {
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
         }
         let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in bound.value.close(promise: nil) }

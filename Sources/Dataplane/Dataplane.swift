@@ -101,8 +101,17 @@ public final class Dataplane: KernelDataplane {
     /// Requests per sendmsg, in bytes.
     public var chunkBytes = NetlinkSocket.defaultChunkBytes
 
-    public init() throws(DataplaneError) {
+    /// A dataplane over a socket of its own.
+    public convenience init() throws(DataplaneError) {
+        let socket: NetlinkSocket
         do { socket = try NetlinkSocket() } catch { throw .netlink(error) }
+        self.init(socket: socket)
+    }
+
+    /// A dataplane over `socket`, which may carry an interposer (tests inject
+    /// failures there, under everything this type does).
+    public init(socket: NetlinkSocket) {
+        self.socket = socket
     }
 
     private func wrap<T>(_ body: () throws(NetlinkError) -> T) throws(DataplaneError) -> T {
@@ -163,8 +172,14 @@ public final class Dataplane: KernelDataplane {
         return link
     }
 
-    /// Whether the kernel has nexthop objects (Linux 5.3+): known once a nexthop
-    /// dump was tried (`snapshot` does one), else probed with one.
+    /// Whether the kernel has nexthop objects (Linux 5.3+). Only a definite
+    /// answer is kept: a nexthop dump goes through (`snapshot`'s own dump is the
+    /// probe, so a sync dumps the table once), or the kernel does not know the
+    /// message (EOPNOTSUPP). Any other failure (a busy kernel, a broken
+    /// exchange, a dump interrupted at every attempt) says nothing about the
+    /// kernel: it answers true, is not kept, and the snapshot's own nexthop dump
+    /// then meets the failure and fails the pass, instead of a daemon that keeps
+    /// its dataplane choosing the classic layout for the rest of its life.
     public var supportsNexthops: Bool {
         if let nexthopSupport { return nexthopSupport }
         do {
@@ -172,17 +187,20 @@ public final class Dataplane: KernelDataplane {
                 m.familyHeader(nhmsg.self) { $0.nh_family = UInt8(AF_UNSPEC) }
             }, parse: { _ in nil as Int? })
             nexthopSupport = true
-        } catch {
+        } catch where error.code == EOPNOTSUPP {
             nexthopSupport = false
+        } catch {
+            return true
         }
         return nexthopSupport!
     }
 
-    /// nil until a nexthop dump was tried.
+    /// nil until a nexthop dump gave a definite answer.
     private var nexthopSupport: Bool?
 
     /// `snapshot` dumps routes on a second thread and socket while it dumps the
-    /// other tables on this one.
+    /// other tables on this one (never when the socket has an interposer: the
+    /// second socket would go around it).
     public var parallelDumps = true
 
     // MARK: Snapshot
@@ -205,7 +223,7 @@ public final class Dataplane: KernelDataplane {
         // thread of its own with its own socket while this one dumps the rest:
         // the kernel fills dump replies in the receiving thread, so on two cores
         // the snapshot takes the longer half, not the sum.
-        let routeDump = parallelDumps ? RouteDump.start(sameNamespaceAs: socket.fileDescriptor) : nil
+        let routeDump = parallelDumps && socket.interposer == nil ? RouteDump.start(sameNamespaceAs: socket.fileDescriptor) : nil
         defer { routeDump?.join() }
         try wrap { () throws(NetlinkError) in
             if let index {
@@ -384,7 +402,11 @@ public final class Dataplane: KernelDataplane {
         for case .fdb(let e) in failed { failedMACs.insert(e.mac) }
 
         let neighbors = skipping(phases.upserts(\.neighbor), report: &report, renderer: renderer()) { entry in
-            if case .neighbor(let n) = entry, failedMACs.contains(n.mac) { return "its fdb entry for \(n.mac) failed" }
+            if case .neighbor(let n) = entry, failedMACs.contains(n.mac) {
+                // Skipped is as good as failed for what goes via it.
+                failedGateways.insert(n.ip)
+                return "its fdb entry for \(n.mac) failed"
+            }
             return nil
         }
         failed = send(neighbors, device: index, renderer: renderer(), report: &report)
@@ -392,6 +414,7 @@ public final class Dataplane: KernelDataplane {
 
         let nexthops = skipping(phases.upserts(\.nexthop), report: &report, renderer: renderer()) { entry in
             if case .nexthop(let n) = entry, let gateway = n.gateway, failedGateways.contains(gateway) {
+                failedNexthops.insert(n.id)
                 return "its neighbor \(gateway) failed"
             }
             return nil
@@ -401,8 +424,9 @@ public final class Dataplane: KernelDataplane {
 
         let routes = skipping(phases.upserts(\.route), report: &report, renderer: renderer()) { entry in
             guard case .route(let r) = entry else { return nil }
-            if let id = r.nexthopID, failedNexthops.contains(id) { return "its nexthop \(id) failed" }
+            // The neighbor first: when it failed, its nexthop was skipped too, and the neighbor is the cause.
             if let gateway = r.gateway, failedGateways.contains(gateway) { return "its neighbor \(gateway) failed" }
+            if let id = r.nexthopID, failedNexthops.contains(id) { return "its nexthop \(id) failed" }
             return nil
         }
         send(routes, device: index, renderer: renderer(), report: &report)

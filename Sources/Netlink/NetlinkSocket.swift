@@ -15,6 +15,13 @@ public final class NetlinkSocket {
     public let portID: UInt32
     /// Bytes the kernel will hold for us before it answers ENOBUFS.
     public private(set) var receiveBufferBytes: Int = 0
+    /// When set, every datagram this socket sends or receives goes through it
+    /// (tests: `FaultInjector`). Nil in production: one branch per datagram.
+    public var interposer: (any NetlinkInterposer)?
+    /// The sequence number of a dump we stopped reading (a receive failed): the
+    /// kernel keeps it running, and answers EBUSY to any other dump on this
+    /// socket until its end has been read.
+    private var abandonedDump: UInt32?
 
     /// Default largest sendmsg: DESIGN.md measured 8-16 KiB as the best batch size.
     public static let defaultChunkBytes = 16 * 1024
@@ -101,11 +108,44 @@ public final class NetlinkSocket {
 
     /// One datagram into the receive buffer; nil when non-blocking and none is queued.
     private func receive(blocking: Bool) throws(NetlinkError) -> Int? {
+        let length: Int?
+        if let interposer {
+            length = try interposer.receive(into: receiveBuffer, blocking: blocking, wire: NetlinkWire(socket: self))
+        } else {
+            length = try receiveRaw(into: receiveBuffer, blocking: blocking)
+        }
+        if let abandoned = abandonedDump, let length {
+            // Whoever reads it, the end of the abandoned dump frees the socket for dumps.
+            forEachMessage(in: UnsafeRawBufferPointer(rebasing: receiveBuffer[..<length])) { message in
+                if message.sequence == abandoned && (Int32(message.type) == NLMSG_DONE || Int32(message.type) == NLMSG_ERROR) {
+                    abandonedDump = nil
+                    return false
+                }
+                return true
+            }
+        }
+        return length
+    }
+
+    /// Reads out the rest of an abandoned dump, if there is one (its replies are
+    /// stale: every reader skips other sequence numbers). Gives up when nothing
+    /// comes for a second (its end was lost with an overflow, or the kernel never
+    /// started it): then the next dump meets EBUSY and says so, as before.
+    private func finishAbandonedDump() throws(NetlinkError) {
+        while abandonedDump != nil {
+            if try receive(blocking: false) != nil { continue }
+            var descriptor = pollfd(fd: fileDescriptor, events: Int16(POLLIN), revents: 0)
+            if try retryingEINTR("poll netlink socket", { poll(&descriptor, 1, 1000) }) == 0 { abandonedDump = nil }
+        }
+    }
+
+    /// One datagram from the kernel into `buffer`.
+    func receiveRaw(into buffer: UnsafeMutableRawBufferPointer, blocking: Bool) throws(NetlinkError) -> Int? {
         while true {
             let flags = Int32(MSG_TRUNC) | (blocking ? 0 : Int32(MSG_DONTWAIT))
-            let length = recv(fileDescriptor, receiveBuffer.baseAddress, receiveBuffer.count, flags)
+            let length = recv(fileDescriptor, buffer.baseAddress, buffer.count, flags)
             if length >= 0 {
-                if length > receiveBuffer.count {
+                if length > buffer.count {
                     throw NetlinkError(operation: "receive netlink message of \(length) bytes", code: EMSGSIZE)
                 }
                 return length
@@ -122,6 +162,19 @@ public final class NetlinkSocket {
     }
 
     private func sendAll(_ pointer: UnsafeRawPointer, _ length: Int, _ operation: @autoclosure () -> String) throws(NetlinkError) {
+        if let interposer {
+            do {
+                try interposer.send(UnsafeRawBufferPointer(start: pointer, count: length), wire: NetlinkWire(socket: self))
+            } catch {
+                throw error.about(operation())
+            }
+            return
+        }
+        try sendRaw(pointer, length, operation())
+    }
+
+    /// One datagram to the kernel.
+    func sendRaw(_ pointer: UnsafeRawPointer, _ length: Int, _ operation: @autoclosure () -> String) throws(NetlinkError) {
         let sent = try retryingEINTR(operation()) { mnl_socket_sendto(socket, pointer, length) }
         if sent != length { throw NetlinkError(operation: operation(), code: EMSGSIZE) }
     }
@@ -226,6 +279,7 @@ public final class NetlinkSocket {
     public func dumpEach(_ operation: @autoclosure () -> String, type: UInt16,
                          build: (MessageWriter) -> Void, restart: () -> Void,
                          each: (Message) -> Void) throws(NetlinkError) {
+        try finishAbandonedDump()
         for attempt in 0..<5 {
             if attempt > 0 { restart() }
             let batch = Batch(expectedMessages: 1)
@@ -237,7 +291,12 @@ public final class NetlinkSocket {
             var done = false
             var failure: NetlinkError?
             while !done {
-                guard let length = try receive(blocking: true) else { continue }
+                let received: Int?
+                do { received = try receive(blocking: true) } catch {
+                    abandonedDump = seq
+                    throw error
+                }
+                guard let length = received else { continue }
                 forEachMessage(in: UnsafeRawBufferPointer(rebasing: receiveBuffer[..<length])) { message in
                     guard message.sequence == seq else { return true }
                     if message.flags & UInt16(NLM_F_DUMP_INTR) != 0 { interrupted = true }

@@ -39,7 +39,7 @@ struct Cleanup: AsyncParsableCommand {
             var files = [config.daemon.subnetFile]
             if let cni = config.daemon.cniConfFile { files.append(cni) }
             files = files.filter { FileManager.default.fileExists(atPath: $0) }
-            let table = (try? Masquerade.exists()) ?? false
+            let table = await Masquerade.exists()
             if dryRun {
                 for line in out.lines(plan) { print(line) }
                 if table { print("- nft table ip \(Masquerade.table)") }
@@ -56,7 +56,7 @@ struct Cleanup: AsyncParsableCommand {
                 print("removed \(plan.changes.count - report.failures.count) of \(plan.changes.count) kernel entries (\(report.writes) kernel writes)")
             }
             do {
-                if try Masquerade.remove() { print("removed nft table ip \(Masquerade.table)") }
+                if try await Masquerade.remove() { print("removed nft table ip \(Masquerade.table)") }
             } catch {
                 warn("error: \(error)")
                 failed = true

@@ -150,6 +150,9 @@ final class DaemonCluster {
         """)
     }
 
+    /// /metrics of the daemon on `host`, as a scraper reads it.
+    func metrics(_ host: Int) throws -> Exposition { try Exposition(httpBody(http(host, "/metrics"))) }
+
     /// Waits until `probe` holds, polling; a failure names what was awaited and shows the logs.
     func waitUntil(_ what: String, seconds: Double = 20, _ probe: () throws -> Bool) throws {
         let deadline = Date().addingTimeInterval(seconds)
@@ -235,14 +238,17 @@ struct DaemonTests {
 
         // /healthz and /metrics.
         #expect(try cluster.http(1, "/healthz").contains("200 OK"))
-        let metrics = try cluster.http(1, "/metrics")
-        #expect(metrics.contains("\nvxlan_agent_peers 2\n"), "\(metrics)")
-        #expect(metrics.contains("vxlan_agent_registry_connected 1"))
-        #expect(metrics.contains(#"vxlan_agent_changes_applied_total{kind="route",action="add"} 2"#))
+        let metrics = try cluster.metrics(1)
+        #expect(metrics["vxlan_agent_peers"] == 2, "\(metrics)")
+        #expect(metrics["vxlan_agent_registry_connected"] == 1, "\(metrics)")
+        #expect(metrics["vxlan_agent_changes_applied_total", ["kind": "route", "action": "add"]] == 2, "\(metrics)")
 
         // A fourth node joins: the others program it.
         try cluster.start(4)
-        try cluster.waitUntil("h1-h3 program h4") { try (1...3).allSatisfy { try cluster.routes($0).count == 3 } }
+        // h4's own pass may end after the others have programmed its lease: wait for its subnet.env too.
+        try cluster.waitUntil("h1-h3 program h4") {
+            try (1...3).allSatisfy { try cluster.routes($0).count == 3 } && FileManager.default.fileExists(atPath: "\(cluster.hostDirectory(4))/subnet.env")
+        }
         let subnet4 = try cluster.subnet(4)
         #expect(try cluster.routes(1).contains(subnet4))
 
@@ -293,7 +299,7 @@ struct DaemonTests {
         #expect(cluster.log(1).contains("lease skipped"))
         #expect(try cluster.routes(1) == [peer])
         #expect(try cluster.http(1, "/healthz").contains("200 OK"))
-        #expect(try cluster.http(1, "/metrics").contains("vxlan_agent_leases_invalid 2"))
+        #expect(try cluster.metrics(1)["vxlan_agent_leases_invalid"] == 2)
 
         // h1's own lease deleted while it runs: it takes one again (its previous subnet, from subnet.env).
         let own = try cluster.subnet(1)
@@ -318,14 +324,14 @@ struct DaemonTests {
         #expect(try cluster.routes(1) == [peer], "the registry going away must not flush anything")
         try sh("ip -n \(cluster.ns(1)) route del \(peer)")
         try cluster.waitUntil("repaired without etcd", seconds: 10) { try cluster.routes(1).contains(peer) }
-        #expect(try cluster.http(1, "/metrics").contains("vxlan_agent_registry_connected 0"))
+        #expect(try cluster.metrics(1)["vxlan_agent_registry_connected"] == 0)
 
         try cluster.startEtcd()
         // A node that joined while h1 and h2 were cut off (written before they reconnect).
         try cluster.etcdctl("put /coreos.com/network/subnets/10.244.201.0-24 '\(flannelLease("198.18.0.98", mac: "22:33:44:55:66:98"))'")
         try cluster.waitUntil("the new lease arrives") { try (1...2).allSatisfy { try cluster.routes($0).contains("10.244.201.0/24") } }
         #expect(try cluster.routes(1).contains(peer))
-        try cluster.waitUntil("reconnected") { try cluster.http(1, "/metrics").contains("vxlan_agent_registry_connected 1") }
+        try cluster.waitUntil("reconnected") { try cluster.metrics(1)["vxlan_agent_registry_connected"] == 1 }
     }
 
     @Test("ipMasq: pod to outside is masqueraded, pod to pod is not; cleanup removes device, table and files")
@@ -361,10 +367,13 @@ struct DaemonTests {
         try cluster.waitUntil("still repairing after a bad reload") { try cluster.routes(1).count == 1 }
         try cluster.writeConfig(1)
 
-        // cleanup after the daemon stopped: nothing of the agent's is left.
+        // cleanup after the daemon stopped: nothing of the agent's is left. (ipMasq
+        // was turned off above: put a table back, so cleanup's nft has one to remove.)
         #expect(cluster.stop(1) == 0)
+        try sh("ip netns exec \(cluster.ns(1)) nft add table ip vxlan-agent")
         let cleanup = try run("ip netns exec \(cluster.ns(1)) \(agentBinary) cleanup --config \(cluster.configPath(1)) --lock-file \(cluster.hostDirectory(1))/sync.lock")
         #expect(cleanup.status == 0, "\(cleanup.stderr)")
+        #expect(cleanup.stdout.contains("removed nft table ip vxlan-agent"), "\(cleanup.stdout)")
         #expect(try run("ip -n \(cluster.ns(1)) link show flannel.1").status != 0)
         #expect(try run("ip netns exec \(cluster.ns(1)) nft list table ip vxlan-agent").status != 0)
         #expect(try cluster.routes(1).isEmpty)

@@ -122,7 +122,7 @@ final class EtcdTrio {
         """)
     }
 
-    func connected() throws -> Bool { try http("/metrics").contains("\nvxlan_agent_registry_connected 1\n") }
+    func connected() throws -> Bool { try Exposition(httpBody(http("/metrics")))["vxlan_agent_registry_connected"] == 1 }
     func healthy() throws -> Bool { try http("/healthz").contains("200 OK") }
 
     /// The members the agent holds connections to, most connections first.

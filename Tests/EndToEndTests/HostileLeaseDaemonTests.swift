@@ -122,7 +122,7 @@ struct HostileLeaseDaemonTests {
                 let records = skipRecords(log())
                 return try cluster.routes(1) == Set(programmed.map { $0.subnet })
                     && skipped.allSatisfy { skip in records.contains { names($0, key: skip.key, fragment: skip.fragment) } }
-                    && cluster.http(1, "/metrics").contains("\nvxlan_agent_peers \(programmed.count)\n")
+                    && cluster.metrics(1)["vxlan_agent_peers"] == Double(programmed.count)
             }
             let records = skipRecords(log())
             for skip in skipped {
@@ -136,11 +136,11 @@ struct HostileLeaseDaemonTests {
             let macs = Set(fdb.split(separator: "\n").filter { $0.contains(" dst ") }.map { String($0.split(separator: " ")[0]) })
             #expect(macs == Set(programmed.map { $0.mac }), "no FDB entry for a skipped lease")
             #expect(try cluster.http(1, "/healthz").contains("200 OK"))
-            let metrics = try cluster.http(1, "/metrics")
+            let metrics = try cluster.metrics(1)
             let leaseSkips = Set(records.filter { $0["msg"] == "lease skipped" }.compactMap { $0["key"] }).count
-            #expect(metrics.contains("\nvxlan_agent_leases_invalid \(leaseSkips)\n"), "\(metrics)")
-            #expect(metrics.contains("\nvxlan_agent_peers_skipped \(skipped.count - leaseSkips)\n"), "\(metrics)")
-            #expect(metrics.contains("\nvxlan_agent_peers \(programmed.count)\n"), "\(metrics)")
+            #expect(metrics["vxlan_agent_leases_invalid"] == Double(leaseSkips), "\(metrics)")
+            #expect(metrics["vxlan_agent_peers_skipped"] == Double(skipped.count - leaseSkips), "\(metrics)")
+            #expect(metrics["vxlan_agent_peers"] == Double(programmed.count), "\(metrics)")
         }
         try check("watched")
 

@@ -18,7 +18,7 @@ struct ProcessFaultTests {
             self.host = host
             log = "\(host.directory)/daemon.log"
             pid = try spawn(["ip", "netns", "exec", host.namespace, agentBinary, "run", "--config", config,
-                             "--lock-file", "\(host.directory)/sync.lock", "--log-level", "debug"], stdout: log)
+                             "--lock-file", "\(host.directory)/sync.lock", "--log-level", "trace"], stdout: log)
         }
 
         var output: String { (try? String(contentsOfFile: log, encoding: .utf8)) ?? "" }

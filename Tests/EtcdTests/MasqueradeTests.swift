@@ -1,0 +1,63 @@
+@testable import Daemon
+import Foundation
+import Model
+import Testing
+import TestSupport
+
+// The async masquerade API, nft run through swift-subprocess, in a namespace of
+// the test's own (`ip netns exec NS` in front of nft: the root namespace's
+// firewall is never touched).
+
+@Suite("Masquerade: nft through swift-subprocess", kernelTests)
+struct MasqueradeTests {
+    static let network = IPv4Prefix("10.244.0.0/16")!
+
+    /// Whether the root namespace has the table (read only), to show the test left it as it was.
+    static func rootHasTable() throws -> Bool { try run("nft list table ip \(Masquerade.table) 2>/dev/null").status == 0 }
+
+    @Test("apply writes the table, a second apply replaces it whole, remove deletes it, a second remove finds none")
+    func lifecycle() async throws {
+        try requireKernel()
+        let root = try Self.rootHasTable()
+        let host = try TestHost()
+        defer { host.close() }
+        let ip = try sh("command -v ip").trimmingCharacters(in: .whitespacesAndNewlines)
+        try await Masquerade.$launcher.withValue([ip, "netns", "exec", host.namespace]) {
+            #expect(await !Masquerade.exists())
+            try await Masquerade.apply(network: Self.network, subnet: IPv4Prefix("10.244.1.0/24")!)
+            #expect(await Masquerade.exists())
+            let first = try host.exec("nft list table ip vxlan-agent").stdout
+            #expect(first.contains("ip saddr 10.244.0.0/16 ip daddr 10.244.0.0/16 return"), "\(first)")
+            #expect(first.contains("ip saddr != 10.244.0.0/16 ip daddr 10.244.1.0/24 return"), "\(first)")
+            #expect(first.contains("masquerade fully-random"), "\(first)")
+
+            try await Masquerade.apply(network: Self.network, subnet: IPv4Prefix("10.244.2.0/24")!)
+            let second = try host.exec("nft list table ip vxlan-agent").stdout
+            #expect(second.contains("ip daddr 10.244.2.0/24 return"), "\(second)")
+            #expect(!second.contains("10.244.1.0/24"), "the old subnet's rule is gone: \(second)")
+            #expect(second.components(separatedBy: "chain postrouting").count == 2, "one table, not two: \(second)")
+
+            #expect(try await Masquerade.remove())
+            #expect(await !Masquerade.exists())
+            #expect(try host.exec("nft list table ip vxlan-agent").status != 0)
+            #expect(try await !Masquerade.remove())
+        }
+        #expect(try Self.rootHasTable() == root, "the root namespace's nftables are as they were")
+    }
+
+    @Test("nft's own message is in the error, with the command that failed")
+    func failure() async throws {
+        try requireKernel()
+        let ip = try sh("command -v ip").trimmingCharacters(in: .whitespacesAndNewlines)
+        let missing = "vxa-e2e-\(getpid())-missing"
+        await Masquerade.$launcher.withValue([ip, "netns", "exec", missing]) {
+            await #expect {
+                try await Masquerade.apply(network: Self.network, subnet: IPv4Prefix("10.244.1.0/24")!)
+            } throws: { error in
+                let text = "\(error)"
+                return text.hasPrefix("nft -f - failed") && text.contains(missing)
+            }
+            #expect(await !Masquerade.exists())
+        }
+    }
+}
