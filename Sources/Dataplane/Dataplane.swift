@@ -262,13 +262,19 @@ public final class Dataplane: KernelDataplane {
                 } else {
                     // The first nexthop dump is the probe: a kernel without nexthop
                     // objects has no handler for it (EOPNOTSUPP). Any other failure
-                    // fails the snapshot, as it does for the other tables.
+                    // says nothing about the kernel: the dump is tried once more (as
+                    // a probe of its own and the snapshot's dump used to be), and a
+                    // second failure fails the snapshot, as it does for other tables.
                     do throws(NetlinkError) {
                         snapshot.nexthops = try dumpNexthops()
                         nexthopSupport = true
                     } catch where error.code == EOPNOTSUPP {
                         groups = []
                         nexthopSupport = false
+                    } catch {
+                        groups = []
+                        snapshot.nexthops = try dumpNexthops()
+                        nexthopSupport = true
                     }
                 }
             }
