@@ -87,27 +87,36 @@ public struct Syncer {
             throw SyncError("publicIP \(local.publicIP) of this node \(local.name) (\(local.origin)) is inside the pod network "
                             + "\(view.network.network): VXLAN packets to it would be routed back into the overlay")
         }
-        // One address dump serves both the underlay lookup and peer validation.
+        // One address dump serves the underlay lookup, peer validation and the
+        // snapshot (the device's addresses).
         let hostAddresses = try dataplane.addresses()
         let underlay = try underlay(dataplane, addresses: hostAddresses)
-        let layout = self.layout ?? (dataplane.supportsNexthops ? .nexthop : .classic)
-        if layout == .nexthop && !dataplane.supportsNexthops {
-            throw SyncError("routeLayout nexthop: this kernel has no nexthop objects (Linux 5.3+); use \"classic\" or \"auto\"")
-        }
         // The kernel refuses a VXLAN MTU above what the underlay carries with the
         // 50 bytes of headers (EINVAL on every sync, forever): say so up front.
         if let mtu = view.network.mtu, underlay.mtu > 50, mtu > underlay.mtu - 50 {
             throw SyncError("Backend.MTU \(mtu) is more than the underlay \(underlay.name) carries: its MTU \(underlay.mtu) "
                             + "minus 50 bytes of VXLAN headers is \(underlay.mtu - 50); lower it, or leave it out to take that")
         }
-        let settings = AgentSettings(proto: proto, layout: layout, deviceName: deviceName)
         let name = deviceName ?? view.network.deviceName
         lap("underlay")
-        let snapshot = try dataplane.snapshot(deviceName: name, proto: proto)
+        // The snapshot's nexthop dump tells whether the kernel has nexthop objects
+        // (no second dump to probe); nothing is written before the layout is checked.
+        let snapshot = try dataplane.snapshot(deviceName: name, proto: proto, hostAddresses: hostAddresses)
         lap("snapshot")
-        let addresses = Set(hostAddresses.filter { $0.index != snapshot.device?.index }.map(\.prefix.address))
+        let layout = self.layout ?? (dataplane.supportsNexthops ? .nexthop : .classic)
+        if layout == .nexthop && !dataplane.supportsNexthops {
+            throw SyncError("routeLayout nexthop: this kernel has no nexthop objects (Linux 5.3+); use \"classic\" or \"auto\"")
+        }
+        let settings = AgentSettings(proto: proto, layout: layout, deviceName: deviceName)
+        let deviceIndex = snapshot.device?.index
+        var addresses = Set<IPv4Address>(minimumCapacity: hostAddresses.count)
+        var underlayPrefixes: [IPv4Prefix] = []
+        for (index, prefix) in hostAddresses {
+            if index != deviceIndex { addresses.insert(prefix.address) }
+            if index == underlay.index { underlayPrefixes.append(prefix) }
+        }
         let host = HostFacts(underlay: underlay, addresses: addresses, foreignRoutes: snapshot.foreignRoutes,
-                             underlayPrefixes: hostAddresses.filter { $0.index == underlay.index }.map(\.prefix))
+                             underlayPrefixes: underlayPrefixes)
         let desired = DesiredState(view: view, host: host, settings: settings)
         lap("desired")
         let plan = try Differ.plan(desired: desired, snapshot: snapshot)

@@ -173,8 +173,9 @@ public final class Dataplane: KernelDataplane {
     }
 
     /// Whether the kernel has nexthop objects (Linux 5.3+). Only a definite
-    /// answer is kept: the probe dump goes through, or the kernel does not know
-    /// the message (EOPNOTSUPP). Any other failure (a busy kernel, a broken
+    /// answer is kept: a nexthop dump goes through (`snapshot`'s own dump is the
+    /// probe, so a sync dumps the table once), or the kernel does not know the
+    /// message (EOPNOTSUPP). Any other failure (a busy kernel, a broken
     /// exchange, a dump interrupted at every attempt) says nothing about the
     /// kernel: it answers true, is not kept, and the snapshot's own nexthop dump
     /// then meets the failure and fails the pass, instead of a daemon that keeps
@@ -193,23 +194,49 @@ public final class Dataplane: KernelDataplane {
         }
         return nexthopSupport!
     }
+
+    /// nil until a nexthop dump gave a definite answer.
     private var nexthopSupport: Bool?
+
+    /// `snapshot` dumps routes on a second thread and socket while it dumps the
+    /// other tables on this one (never when the socket has an interposer: the
+    /// second socket would go around it).
+    public var parallelDumps = true
 
     // MARK: Snapshot
 
     public func snapshot(deviceName: String, proto: UInt8) throws(DataplaneError) -> KernelSnapshot {
+        try snapshot(deviceName: deviceName, proto: proto, hostAddresses: nil)
+    }
+
+    /// The snapshot, one dump per table. `hostAddresses`: the host's addresses when
+    /// the caller has dumped them already (the device's are taken from there).
+    /// The nexthop dump doubles as the probe of `supportsNexthops`: a kernel
+    /// without nexthop objects refuses it, and the snapshot then has none.
+    public func snapshot(deviceName: String, proto: UInt8,
+                         hostAddresses: [(index: Int32, prefix: IPv4Prefix)]?) throws(DataplaneError) -> KernelSnapshot {
         var snapshot = KernelSnapshot()
         let device = try link(named: deviceName)
         snapshot.device = device
         let index = device?.index
+        // The route dump (the largest: every route of every table) runs on a
+        // thread of its own with its own socket while this one dumps the rest:
+        // the kernel fills dump replies in the receiving thread, so on two cores
+        // the snapshot takes the longer half, not the sum.
+        let routeDump = parallelDumps && socket.interposer == nil ? RouteDump.start(sameNamespaceAs: socket.fileDescriptor) : nil
+        defer { routeDump?.join() }
         try wrap { () throws(NetlinkError) in
             if let index {
-                snapshot.addresses = try socket.dump("dump addresses of \(deviceName)", type: UInt16(RTM_GETADDR), build: { m in
-                    m.familyHeader(ifaddrmsg.self) {
-                        $0.ifa_family = UInt8(AF_INET)
-                        $0.ifa_index = UInt32(bitPattern: index)
-                    }
-                }, parse: { Parse.address($0).flatMap { $0.index == index ? $0.prefix : nil } })
+                if let hostAddresses {
+                    snapshot.addresses = hostAddresses.compactMap { $0.index == index ? $0.prefix : nil }
+                } else {
+                    snapshot.addresses = try socket.dump("dump addresses of \(deviceName)", type: UInt16(RTM_GETADDR), build: { m in
+                        m.familyHeader(ifaddrmsg.self) {
+                            $0.ifa_family = UInt8(AF_INET)
+                            $0.ifa_index = UInt32(bitPattern: index)
+                        }
+                    }, parse: { Parse.address($0).flatMap { $0.index == index ? $0.prefix : nil } })
+                }
                 snapshot.neighbors = try socket.dump("dump neighbors of \(deviceName)", type: UInt16(RTM_GETNEIGH), build: { m in
                     m.familyHeader(ndmsg.self) { $0.ndm_family = UInt8(AF_INET) }
                     m.put(UInt16(NDA_IFINDEX), u32: UInt32(bitPattern: index))
@@ -219,28 +246,44 @@ public final class Dataplane: KernelDataplane {
                 }, parse: { Parse.fdb($0).flatMap { $0.index == index ? $0.entry : nil } })
             }
             var groups: [Nexthop] = []
-            if supportsNexthops {
-                snapshot.nexthops = try socket.dump("dump nexthops", type: UInt16(RTM_GETNEXTHOP), build: { m in
-                    m.familyHeader(nhmsg.self) { $0.nh_family = UInt8(AF_UNSPEC) }
-                }, parse: { message -> Nexthop? in
-                    guard let nexthop = Parse.nexthop(message) else { return nil }
-                    if nexthop.proto == proto && nexthop.group == nil { return nexthop }
-                    if nexthop.group != nil { groups.append(nexthop) }
-                    return nil
-                })
-            }
-            let main = UInt32(RT_TABLE_MAIN.rawValue)
-            var otherTables: [(UInt32, Route)] = []
-            let routes = try socket.dump("dump routes", type: UInt16(RTM_GETROUTE), build: { m in
-                m.familyHeader(rtmsg.self) { $0.rtm_family = UInt8(AF_INET) }
-            }, parse: { message -> Route? in
-                guard let (table, route) = Parse.route(message) else { return nil }
-                guard table == main else {
-                    if route.nexthopID != nil { otherTables.append((table, route)) }
-                    return nil
+            if nexthopSupport != false {
+                func dumpNexthops() throws(NetlinkError) -> [Nexthop] {
+                    try socket.dump("dump nexthops", type: UInt16(RTM_GETNEXTHOP), build: { m in
+                        m.familyHeader(nhmsg.self) { $0.nh_family = UInt8(AF_UNSPEC) }
+                    }, parse: { message -> Nexthop? in
+                        guard let nexthop = Parse.nexthop(message) else { return nil }
+                        if nexthop.proto == proto && nexthop.group == nil { return nexthop }
+                        if nexthop.group != nil { groups.append(nexthop) }
+                        return nil
+                    })
                 }
-                return route
-            })
+                if nexthopSupport == true {
+                    snapshot.nexthops = try dumpNexthops()
+                } else {
+                    // The first nexthop dump is the probe: a kernel without nexthop
+                    // objects has no handler for it (EOPNOTSUPP). Any other failure
+                    // says nothing about the kernel: the dump is tried once more (as
+                    // a probe of its own and the snapshot's dump used to be), and a
+                    // second failure fails the snapshot, as it does for other tables.
+                    do throws(NetlinkError) {
+                        snapshot.nexthops = try dumpNexthops()
+                        nexthopSupport = true
+                    } catch where error.code == EOPNOTSUPP {
+                        groups = []
+                        nexthopSupport = false
+                    } catch {
+                        groups = []
+                        snapshot.nexthops = try dumpNexthops()
+                        nexthopSupport = true
+                    }
+                }
+            }
+            let routes: [Route], otherTables: [(UInt32, Route)]
+            if let routeDump {
+                (routes, otherTables) = try routeDump.result(orDumpOn: socket)
+            } else {
+                (routes, otherTables) = try RouteDump.routes(socket)
+            }
             for route in routes {
                 if route.proto == proto || (index != nil && route.deviceIndex == index) {
                     snapshot.routes.append(route)
@@ -523,4 +566,79 @@ extension Entry {
     var nexthop: Bool { if case .nexthop = self { true } else { false } }
     var route: Bool { if case .route = self { true } else { false } }
     var address: Bool { if case .address = self { true } else { false } }
+}
+
+/// The route dump of a snapshot, on a thread of its own with a socket of its
+/// own (a netlink socket serves one dump at a time), opened in the network
+/// namespace of the dataplane's socket (a namespace is per thread). The thread
+/// writes `outcome` once; `join` (pthread_join) orders that before any read.
+final class RouteDump: @unchecked Sendable {
+    private var thread = pthread_t()
+    /// nil: the thread could not enter the namespace; the caller dumps inline.
+    private var outcome: Result<([Route], [(UInt32, Route)]), NetlinkError>?
+    private let namespace: Int32
+    private var joined = false
+
+    private init(namespace: Int32) { self.namespace = namespace }
+
+    /// Starts the dump; nil if the namespace or a thread is not to be had (the
+    /// caller dumps inline).
+    static func start(sameNamespaceAs socket: Int32) -> RouteDump? {
+        let namespace = ioctl(socket, 0x894C /* SIOCGSKNS */)
+        guard namespace >= 0 else { return nil }
+        let dump = RouteDump(namespace: namespace)
+        let context = Unmanaged.passRetained(dump).toOpaque()
+        let status = pthread_create(&dump.thread, nil, { raw in
+            let dump = Unmanaged<RouteDump>.fromOpaque(raw!).takeRetainedValue()
+            guard enterNetworkNamespace(dump.namespace) else { return nil }
+            dump.outcome = Result { () throws(NetlinkError) in try RouteDump.routes(try NetlinkSocket()) }
+            return nil
+        }, context)
+        guard status == 0 else {
+            Unmanaged<RouteDump>.fromOpaque(context).release()
+            close(namespace)
+            return nil
+        }
+        return dump
+    }
+
+    func join() {
+        guard !joined else { return }
+        joined = true
+        pthread_join(thread, nil)
+        close(namespace)
+    }
+
+    /// Waits for the dump: the main table's routes, and those of other tables
+    /// that use a nexthop (dumped on `socket` if the thread could not).
+    func result(orDumpOn socket: NetlinkSocket) throws(NetlinkError) -> ([Route], [(UInt32, Route)]) {
+        join()
+        guard let outcome else { return try Self.routes(socket) }
+        return try outcome.get()
+    }
+
+    /// Dumps the IPv4 routes on `socket`.
+    static func routes(_ socket: NetlinkSocket) throws(NetlinkError) -> ([Route], [(UInt32, Route)]) {
+        let main = UInt32(RT_TABLE_MAIN.rawValue)
+        var otherTables: [(UInt32, Route)] = []
+        let routes = try socket.dump("dump routes", type: UInt16(RTM_GETROUTE), build: { m in
+            m.familyHeader(rtmsg.self) { $0.rtm_family = UInt8(AF_INET) }
+        }, parse: { message -> Route? in
+            guard let (table, route) = Parse.route(message) else { return nil }
+            guard table == main else {
+                if route.nexthopID != nil { otherTables.append((table, route)) }
+                return nil
+            }
+            return route
+        })
+        return (routes, otherTables)
+    }
+}
+
+/// setns(fd, CLONE_NEWNET) for the calling thread. Glibc declares setns only
+/// under _GNU_SOURCE, which Swift's Glibc module does not define: look it up.
+private func enterNetworkNamespace(_ fd: Int32) -> Bool {
+    typealias SetNS = @convention(c) (Int32, Int32) -> Int32
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "setns") else { return false }
+    return unsafeBitCast(symbol, to: SetNS.self)(fd, 0x4000_0000 /* CLONE_NEWNET */) == 0
 }

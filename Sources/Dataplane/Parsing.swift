@@ -99,66 +99,167 @@ public enum Parse {
 
     /// An `RTM_NEWNEIGH` message of family AF_INET: (interface index, neighbor).
     public static func neighbor(_ message: Message) -> (index: Int32, neighbor: Neighbor)? {
-        guard message.type == UInt16(RTM_NEWNEIGH) || message.type == UInt16(RTM_DELNEIGH), let header = message.familyHeader(ndmsg.self),
-              header.ndm_family == UInt8(AF_INET) else { return nil }
-        return message.withAttributes(afterHeader: MemoryLayout<ndmsg>.size, maxType: ndaMax) { a -> (Int32, Neighbor)? in
-            guard let ip = a[UInt16(NDA_DST)]?.ipv4 else { return nil }
-            let mac = a[UInt16(NDA_LLADDR)]?.mac.flatMap { MACAddress(bytes: $0) } ?? MACAddress(value: 0)
-            return (header.ndm_ifindex,
-                    Neighbor(ip: IPv4Address(ip), mac: mac, permanent: header.ndm_state & UInt16(NUD_PERMANENT) != 0))
-        } ?? nil
+        guard message.type == UInt16(RTM_NEWNEIGH) || message.type == UInt16(RTM_DELNEIGH),
+              let header = RawMessage.header(message, ndmsg.self), header.ndm_family == UInt8(AF_INET) else { return nil }
+        var dst: RawAttribute?, lladdr: RawAttribute?
+        guard RawMessage.forEachAttribute(message, afterHeader: MemoryLayout<ndmsg>.size, { type, attribute in
+            switch type {
+            case nda.dst: dst = attribute
+            case nda.lladdr: lladdr = attribute
+            default: break
+            }
+        }), let ip = dst?.ipv4 else { return nil }
+        return (header.ndm_ifindex,
+                Neighbor(ip: IPv4Address(ip), mac: lladdr?.mac ?? MACAddress(value: 0),
+                         permanent: header.ndm_state & UInt16(NUD_PERMANENT) != 0))
     }
 
     /// An `RTM_NEWNEIGH` message of family AF_BRIDGE: (interface index, FDB entry).
     /// An entry without an IPv4 destination gets 0.0.0.0.
     public static func fdb(_ message: Message) -> (index: Int32, entry: FDBEntry)? {
-        guard message.type == UInt16(RTM_NEWNEIGH) || message.type == UInt16(RTM_DELNEIGH), let header = message.familyHeader(ndmsg.self),
-              header.ndm_family == UInt8(AF_BRIDGE) else { return nil }
-        return message.withAttributes(afterHeader: MemoryLayout<ndmsg>.size, maxType: ndaMax) { a -> (Int32, FDBEntry)? in
-            guard let mac = a[UInt16(NDA_LLADDR)]?.mac.flatMap({ MACAddress(bytes: $0) }) else { return nil }
-            let dst = a[UInt16(NDA_DST)]?.ipv4 ?? 0
-            return (header.ndm_ifindex,
-                    FDBEntry(mac: mac, dst: IPv4Address(dst), permanent: header.ndm_state & UInt16(NUD_PERMANENT) != 0,
-                             port: a[UInt16(NDA_PORT)]?.be16, vni: a[UInt16(NDA_VNI)]?.u32,
-                             via: a[UInt16(NDA_IFINDEX)]?.u32.map { Int32(bitPattern: $0) }))
-        } ?? nil
+        guard message.type == UInt16(RTM_NEWNEIGH) || message.type == UInt16(RTM_DELNEIGH),
+              let header = RawMessage.header(message, ndmsg.self), header.ndm_family == UInt8(AF_BRIDGE) else { return nil }
+        var dst: RawAttribute?, lladdr: RawAttribute?, port: RawAttribute?, vni: RawAttribute?, via: RawAttribute?
+        guard RawMessage.forEachAttribute(message, afterHeader: MemoryLayout<ndmsg>.size, { type, attribute in
+            switch type {
+            case nda.dst: dst = attribute
+            case nda.lladdr: lladdr = attribute
+            case nda.port: port = attribute
+            case nda.vni: vni = attribute
+            case nda.ifindex: via = attribute
+            default: break
+            }
+        }), let mac = lladdr?.mac else { return nil }
+        return (header.ndm_ifindex,
+                FDBEntry(mac: mac, dst: IPv4Address(dst?.ipv4 ?? 0), permanent: header.ndm_state & UInt16(NUD_PERMANENT) != 0,
+                         port: port?.be16, vni: vni?.u32, via: via?.u32.map { Int32(bitPattern: $0) }))
     }
 
     /// An `RTM_NEWNEXTHOP` message.
     public static func nexthop(_ message: Message) -> Nexthop? {
-        guard message.type == UInt16(RTM_NEWNEXTHOP) || message.type == UInt16(RTM_DELNEXTHOP), let header = message.familyHeader(nhmsg.self) else { return nil }
-        return message.withAttributes(afterHeader: MemoryLayout<nhmsg>.size, maxType: nhaMax) { a -> Nexthop? in
-            guard let id = a[UInt16(NHA_ID)]?.u32 else { return nil }
-            // NHA_GROUP: struct nexthop_grp { u32 id; u8 weight; u8 resvd1; u16 resvd2 } per member.
-            let group = a[UInt16(NHA_GROUP)].map { attribute -> [UInt32] in
-                let bytes = attribute.bytes
-                return stride(from: 0, to: bytes.count - bytes.count % 8, by: 8).map { offset in
-                    bytes[offset..<offset + 4].withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) }
-                }
+        guard message.type == UInt16(RTM_NEWNEXTHOP) || message.type == UInt16(RTM_DELNEXTHOP),
+              let header = RawMessage.header(message, nhmsg.self) else { return nil }
+        var id: RawAttribute?, groupAttribute: RawAttribute?, gateway: RawAttribute?, oif: RawAttribute?
+        guard RawMessage.forEachAttribute(message, afterHeader: MemoryLayout<nhmsg>.size, { type, attribute in
+            switch type {
+            case nha.id: id = attribute
+            case nha.group: groupAttribute = attribute
+            case nha.gateway: gateway = attribute
+            case nha.oif: oif = attribute
+            default: break
             }
-            return Nexthop(id: id, gateway: a[UInt16(NHA_GATEWAY)]?.ipv4.map(IPv4Address.init),
-                           onlink: header.nh_flags & UInt32(RTNH_F_ONLINK) != 0, proto: header.nh_protocol,
-                           deviceIndex: a[UInt16(NHA_OIF)]?.u32.map { Int32(bitPattern: $0) }, group: group)
-        } ?? nil
+        }), let id = id?.u32 else { return nil }
+        // NHA_GROUP: struct nexthop_grp { u32 id; u8 weight; u8 resvd1; u16 resvd2 } per member.
+        let group = groupAttribute.map { attribute -> [UInt32] in
+            let count = attribute.payloadLength
+            return stride(from: 0, to: count - count % 8, by: 8).map { attribute.payload.loadUnaligned(fromByteOffset: $0, as: UInt32.self) }
+        }
+        return Nexthop(id: id, gateway: gateway?.ipv4.map(IPv4Address.init),
+                       onlink: header.nh_flags & UInt32(RTNH_F_ONLINK) != 0, proto: header.nh_protocol,
+                       deviceIndex: oif?.u32.map { Int32(bitPattern: $0) }, group: group)
     }
 
     /// An `RTM_NEWROUTE` message of family AF_INET: (table, route).
     public static func route(_ message: Message) -> (table: UInt32, route: Route)? {
-        guard message.type == UInt16(RTM_NEWROUTE) || message.type == UInt16(RTM_DELROUTE), let header = message.familyHeader(rtmsg.self),
+        guard message.type == UInt16(RTM_NEWROUTE) || message.type == UInt16(RTM_DELROUTE),
+              let header = RawMessage.header(message, rtmsg.self),
               header.rtm_family == UInt8(AF_INET), header.rtm_dst_len <= 32 else { return nil }
-        return message.withAttributes(afterHeader: MemoryLayout<rtmsg>.size, maxType: rtaMax) { a -> (UInt32, Route) in
-            let table = a[UInt16(RTA_TABLE.rawValue)]?.u32 ?? UInt32(header.rtm_table)
-            let dst = IPv4Address(a[UInt16(RTA_DST.rawValue)]?.ipv4 ?? 0)
-            let route = Route(dst: IPv4Prefix(dst, header.rtm_dst_len),
-                              gateway: a[UInt16(RTA_GATEWAY.rawValue)]?.ipv4.map(IPv4Address.init),
-                              nexthopID: a[UInt16(RTA_NH_ID.rawValue)]?.u32,
-                              onlink: header.rtm_flags & UInt32(RTNH_F_ONLINK) != 0,
-                              proto: header.rtm_protocol,
-                              priority: a[UInt16(RTA_PRIORITY.rawValue)]?.u32 ?? 0,
-                              deviceIndex: a[UInt16(RTA_OIF.rawValue)]?.u32.map { Int32(bitPattern: $0) },
-                              type: header.rtm_type,
-                              scope: header.rtm_scope)
-            return (table, route)
-        } ?? nil
+        var table: RawAttribute?, dst: RawAttribute?, gateway: RawAttribute?, nexthopID: RawAttribute?
+        var priority: RawAttribute?, oif: RawAttribute?
+        guard RawMessage.forEachAttribute(message, afterHeader: MemoryLayout<rtmsg>.size, { type, attribute in
+            switch type {
+            case rta.table: table = attribute
+            case rta.dst: dst = attribute
+            case rta.gateway: gateway = attribute
+            case rta.nexthopID: nexthopID = attribute
+            case rta.priority: priority = attribute
+            case rta.oif: oif = attribute
+            default: break
+            }
+        }) else { return nil }
+        let route = Route(dst: IPv4Prefix(IPv4Address(dst?.ipv4 ?? 0), header.rtm_dst_len),
+                          gateway: gateway?.ipv4.map(IPv4Address.init),
+                          nexthopID: nexthopID?.u32,
+                          onlink: header.rtm_flags & UInt32(RTNH_F_ONLINK) != 0,
+                          proto: header.rtm_protocol,
+                          priority: priority?.u32 ?? 0,
+                          deviceIndex: oif?.u32.map { Int32(bitPattern: $0) },
+                          type: header.rtm_type,
+                          scope: header.rtm_scope)
+        return (table?.u32 ?? UInt32(header.rtm_table), route)
+    }
+
+    // The attribute types the dump parsers read.
+    enum nda {
+        static let dst = UInt16(NDA_DST), lladdr = UInt16(NDA_LLADDR), port = UInt16(NDA_PORT)
+        static let vni = UInt16(NDA_VNI), ifindex = UInt16(NDA_IFINDEX)
+    }
+    enum nha {
+        static let id = UInt16(NHA_ID), group = UInt16(NHA_GROUP), gateway = UInt16(NHA_GATEWAY), oif = UInt16(NHA_OIF)
+    }
+    enum rta {
+        static let table = UInt16(RTA_TABLE.rawValue), dst = UInt16(RTA_DST.rawValue), gateway = UInt16(RTA_GATEWAY.rawValue)
+        static let nexthopID = UInt16(RTA_NH_ID.rawValue), priority = UInt16(RTA_PRIORITY.rawValue), oif = UInt16(RTA_OIF.rawValue)
+    }
+}
+
+/// The dump parsers' view of a message: the family header and the attributes
+/// read in place, in Swift. A dump of 10,000 routes, neighbors, FDB entries and
+/// nexthops parses 40,000 messages; going through libmnl's callback table and an
+/// unspecialised generic per message was a quarter of the snapshot (`perf`).
+/// The walk is libmnl's (`mnl_attr_parse`): attributes from the aligned end of
+/// the family header to the aligned end of the message, each at least 4 bytes and
+/// inside the message; the type without the nested/byte-order flags; the last of
+/// a type wins. Only the attributes a parser asks for are looked at.
+enum RawMessage {
+    static let headerLength = 16 // MNL_NLMSG_HDRLEN
+
+    @inline(__always)
+    static func align(_ length: Int) -> Int { (length + 3) & ~3 }
+
+    /// The family header, if the message is long enough to hold one.
+    @inline(__always)
+    static func header<T>(_ message: Message, _ type: T.Type) -> T? {
+        guard message.length >= headerLength + MemoryLayout<T>.size else { return nil }
+        return (UnsafeRawPointer(message.header) + headerLength).loadUnaligned(as: T.self)
+    }
+
+    /// Calls `body` with each attribute's type and the attribute; false if the
+    /// message is too short for the family header (no attributes were read).
+    @inline(__always)
+    static func forEachAttribute(_ message: Message, afterHeader headerSize: Int,
+                                 _ body: (UInt16, RawAttribute) -> Void) -> Bool {
+        let start = UnsafeRawPointer(message.header)
+        let length = message.length
+        guard length >= headerLength + headerSize else { return false }
+        let tail = start + align(length)
+        var attribute = start + headerLength + align(headerSize)
+        while tail - attribute >= 4 {
+            let attributeLength = Int(attribute.loadUnaligned(as: UInt16.self))
+            guard attributeLength >= 4, attributeLength <= tail - attribute else { break }
+            body(attribute.loadUnaligned(fromByteOffset: 2, as: UInt16.self) & 0x3fff, RawAttribute(pointer: attribute))
+            attribute += align(attributeLength)
+        }
+        return true
+    }
+}
+
+/// One attribute, read in place; the accessors check the payload length as
+/// `Netlink.Attribute`'s do.
+struct RawAttribute {
+    let pointer: UnsafeRawPointer
+
+    var payloadLength: Int { Int(pointer.loadUnaligned(as: UInt16.self)) - 4 }
+    var payload: UnsafeRawPointer { pointer + 4 }
+    var u32: UInt32? { payloadLength >= 4 ? payload.loadUnaligned(as: UInt32.self) : nil }
+    var be16: UInt16? { payloadLength >= 2 ? UInt16(bigEndian: payload.loadUnaligned(as: UInt16.self)) : nil }
+    /// The big-endian IPv4 address in the payload, as a host-order integer.
+    var ipv4: UInt32? { payloadLength == 4 ? UInt32(bigEndian: payload.loadUnaligned(as: UInt32.self)) : nil }
+    /// The 6-byte hardware address in the payload.
+    var mac: MACAddress? {
+        guard payloadLength == 6 else { return nil }
+        let high = UInt64(UInt16(bigEndian: payload.loadUnaligned(as: UInt16.self)))
+        let low = UInt64(UInt32(bigEndian: payload.loadUnaligned(fromByteOffset: 2, as: UInt32.self)))
+        return MACAddress(value: high << 32 | low)
     }
 }

@@ -294,6 +294,12 @@ public struct RouteKey: Hashable, Sendable, Comparable {
     public var priority: UInt32
 
     public static func < (a: RouteKey, b: RouteKey) -> Bool { (a.dst, a.priority) < (b.dst, b.priority) }
+
+    /// See `mixedHash`: the diff keys every route by this.
+    @inlinable
+    public func _rawHashValue(seed: Int) -> Int {
+        mixedHash((UInt64(dst.address.value) << 8 | UInt64(dst.length)) ^ UInt64(priority) &* 0x9e37_79b9_7f4a_7c15, seed: seed)
+    }
 }
 
 /// One entry the agent keeps on (or for) its device.

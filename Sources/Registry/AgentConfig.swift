@@ -205,14 +205,22 @@ public struct AgentConfig: Sendable, Hashable {
         ips.reserveCapacity(entries.count)
         macs.reserveCapacity(entries.count)
         func label(_ index: Int) -> String { "node \(quoted(nodes[index].record.name)) (nodes[\(index)])" }
-        for (index, entry) in entries.enumerated() {
+        for index in entries.indices {
+            let entry = entries[index]
             func fail(_ key: String, _ message: String) -> ConfigError { entry.error(key, message) }
-            try entry.rejectUnknownKeys(nodeKeys)
-            guard let name = try entry.string("name") else { throw fail("name", "is required") }
+            // One pass over the members when they are all known keys with string
+            // (or null) values, as in every good file; otherwise field by field,
+            // in the order that names the first problem.
+            let fast = Self.nodeStrings(entry.object)
+            func string(_ key: String, _ fastValue: String?) throws(ConfigError) -> String? {
+                fast != nil ? fastValue : try entry.string(key)
+            }
+            if fast == nil { try entry.rejectUnknownKeys(nodeKeys) }
+            guard let name = try string("name", fast?.name) else { throw fail("name", "is required") }
             if let problem = nodeNameProblem(name) { throw fail("name", problem) }
-            guard let ipText = try entry.string("publicIP") else { throw fail("publicIP", "is required") }
+            guard let ipText = try string("publicIP", fast?.publicIP) else { throw fail("publicIP", "is required") }
             guard let ip = IPv4Address(ipText) else { throw fail("publicIP", "\(quoted(ipText)) is not an IPv4 address") }
-            guard let subnetText = try entry.string("subnet") else { throw fail("subnet", "is required") }
+            guard let subnetText = try string("subnet", fast?.subnet) else { throw fail("subnet", "is required") }
             guard let subnet = IPv4Prefix(subnetText) else {
                 throw fail("subnet", "\(quoted(subnetText)) is not an IPv4 prefix (a.b.c.d/len)")
             }
@@ -229,12 +237,12 @@ public struct AgentConfig: Sendable, Hashable {
                 throw fail("subnet", "\(subnet) is outside SubnetMin...SubnetMax (\(network.subnetMin)...\(network.subnetMax))")
             }
             var mac: MACAddress?
-            if let text = try entry.string("vtepMAC") {
+            if let text = try string("vtepMAC", fast?.vtepMAC) {
                 guard let parsed = MACAddress(text) else { throw fail("vtepMAC", "\(quoted(text)) is not a MAC address (xx:xx:xx:xx:xx:xx)") }
                 guard parsed.isValidUnicast else { throw fail("vtepMAC", "\(parsed) is not a unicast MAC (multicast bit set or all zeros)") }
                 mac = parsed
             }
-            let nodeInterface = try entry.string("interface")
+            let nodeInterface = try string("interface", fast?.interface)
             if let nodeInterface, let problem = interfaceNameProblem(nodeInterface) { throw fail("interface", problem) }
             if let other = names[name] { throw fail("name", "\(quoted(name)) is already used by \(label(other))") }
             // Every subnet is a canonical /SubnetLen (checked above), so two overlap
@@ -252,6 +260,38 @@ public struct AgentConfig: Sendable, Hashable {
         }
         return AgentConfig(source: source, node: node, network: network, nodes: nodes, etcd: nil, publicIP: publicIP,
                            interface: interface, routeLayout: routeLayout, deviceName: deviceName, daemon: daemon)
+    }
+
+    /// A node's string fields, read in one pass.
+    struct NodeStrings {
+        var name, publicIP, subnet, vtepMAC, interface: String?
+    }
+
+    /// The node's fields when every member is one of `nodeKeys` with a string or
+    /// null value (null reads as absent, as `JSONFields` reads it); nil otherwise.
+    /// The strict dialect has refused duplicate keys already.
+    static func nodeStrings(_ object: JSONObject) -> NodeStrings? {
+        var fields = NodeStrings()
+        for (key, value) in zip(object.keys, object.values) {
+            let text: String?
+            switch value {
+            case .string(let string): text = string
+            case .null: text = nil
+            default: return nil
+            }
+            // The length first: a mismatched short string compares slowly. A key
+            // of another length that equals one of these as a String (Unicode
+            // equivalence) falls back to field-by-field reading, which decides.
+            switch key.utf8.count {
+            case 4 where key == "name": fields.name = text
+            case 8 where key == "publicIP": fields.publicIP = text
+            case 6 where key == "subnet": fields.subnet = text
+            case 7 where key == "vtepMAC": fields.vtepMAC = text
+            case 9 where key == "interface": fields.interface = text
+            default: return nil
+            }
+        }
+        return fields
     }
 
     /// Why `name` cannot be a node name, or nil: names are echoed in messages,
@@ -350,13 +390,23 @@ public struct AgentConfig: Sendable, Hashable {
         guard let network else {
             throw ConfigError(source: source, field: "etcd", message: "the etcd registry has no static view (internal error)")
         }
-        guard let local = nodes.first(where: { $0.record.name == nodeName }) else {
+        // One pass: this node (names are unique), and every other as a peer.
+        var found: InventoryNode?
+        var peers: [NodeRecord] = []
+        peers.reserveCapacity(max(0, nodes.count - 1))
+        for node in nodes {
+            if node.record.name == nodeName {
+                if found == nil { found = node }
+            } else {
+                peers.append(node.record)
+            }
+        }
+        guard let local = found else {
             let known = nodes.prefix(5).map { escaped($0.record.name) }.joined(separator: ", ")
             throw ConfigError(source: source, field: "nodes",
                               message: "this node \(quoted(nodeName)) is not listed (nodes: \(known)\(nodes.count > 5 ? ", ..." : "")); "
                                 + "set \"node\" in the file or pass --node")
         }
-        let peers = nodes.filter { $0.record.name != nodeName }.map(\.record)
         return (ClusterView(network: network, local: local.record, peers: peers), local.interface ?? interface)
     }
 }

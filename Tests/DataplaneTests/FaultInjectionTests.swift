@@ -194,7 +194,7 @@ struct FaultInjectionTests {
         try Self.expectRepaired(host, syncer)
         // The 1st, 3rd, ... dump of this type is cut short after its first reply,
         // which says so (NLM_F_DUMP_INTR): each dump the pass makes of this table
-        // (the nexthop probe and the snapshot's; the neighbors and the FDB) is
+        // (one per table; RTM_GETNEIGH twice: the neighbors and the FDB) is
         // interrupted once, and its retry goes through.
         var dumps = 0
         let faults = FaultInjector { request in
@@ -203,7 +203,7 @@ struct FaultInjectionTests {
             return dumps % 2 == 1 ? .interruptDump : nil
         }
         let outcome = try Self.pass(host, syncer, faults: faults, dryRun: true)
-        #expect(faults.injections.count == (type == RTM_GETROUTE ? 1 : 2))
+        #expect(faults.injections.count == (type == RTM_GETNEIGH ? 2 : 1))
         #expect(outcome.plan.changes.isEmpty, "\(outcome.plan.changes.count) changes planned from an interrupted dump")
     }
 
