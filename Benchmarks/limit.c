@@ -13,8 +13,9 @@
  * 50,000 routes loses nothing), prints "ready", then the wall-clock time
  * (seconds since the epoch) at which the kernel has announced routes of
  * protocol 152 to N distinct /24s of 10.0.0.0/8 (a deletion takes one away),
- * and exits; 3 if events were lost. In C, so that the time is the kernel's
- * last event and not a slow reader catching up with 10,000 of them.
+ * and exits; 3 if events were lost or none came for 10 minutes. In C, so
+ * that the time is the kernel's last event and not a slow reader catching up
+ * with 10,000 of them.
  *
  * Works in the current network namespace (the harness makes a fresh one).
  * Peers are the same as Benchmarks/gen.py's inventory: peer k (1..N) has
@@ -287,6 +288,9 @@ static int routes(long want) {
     if (fd < 0) die("socket");
     int size = 64 << 20;
     if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, sizeof(size)) < 0) die("SO_RCVBUFFORCE");
+    /* Never outlive a harness that died without killing us (10 minutes without an event). */
+    struct timeval quiet = { .tv_sec = 600 };
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &quiet, sizeof(quiet)) < 0) die("SO_RCVTIMEO");
     struct sockaddr_nl sa = { .nl_family = AF_NETLINK, .nl_groups = RTMGRP_IPV4_ROUTE };
     if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) die("bind");
     static unsigned char seen[1 << 16];
