@@ -121,10 +121,11 @@ def stats(values):
 
 
 class Bench:
-    def __init__(self, agent, runs, work):
+    def __init__(self, agent, runs, work, logs=None):
         self.agent = os.path.abspath(agent)
         self.runs = runs
         self.work = work
+        self.logs = logs  # where the daemons' and etcd's logs are kept (they explain an outlier)
         self.limit = os.path.join(HERE, "bin", "limit")
         self.results = {}
         self.floors = {}
@@ -779,6 +780,11 @@ class EtcdCluster:
         if self.etcd:
             self.etcd.terminate()
             self.etcd.wait()
+        if self.bench.logs:
+            os.makedirs(self.bench.logs, exist_ok=True)
+            for name in os.listdir(self.bench.work):
+                if name.startswith(f"{self.tag}-") and name.endswith(".log"):
+                    shutil.copy(os.path.join(self.bench.work, name), self.bench.logs)
         for i in range(1, self.hosts + 1):  # a device with 50,000 nexthops is slow to delete with them
             self.flush(i)
         sh(f"bash {self.script} down {self.prefix}", check=False)
@@ -935,7 +941,7 @@ def main(argv):
     sh(f"cc -O2 -Wall -o {HERE}/bin/limit {HERE}/limit.c $(pkg-config --cflags --libs libmnl)")
     sizes = {"smoke": [100], "quick": [1000, 10000], "full": [1000, 10000, 50000], "daemon": []}[mode]
     work = tempfile.mkdtemp(prefix="vxa-bench-")
-    bench = Bench(argv[1], runs, work)
+    bench = Bench(argv[1], runs, work, logs=os.path.join(out_dir, f"{mode}-logs"))
     started, load = time.time(), os.getloadavg()
     try:
         for n in sizes:
