@@ -134,23 +134,45 @@ public struct DesiredState: Sendable, Hashable {
         address = IPv4Prefix(view.local.vtepAddress, 32)
         self.settings = settings
 
-        var seen: [PeerClaim: String] = [:]
-        for claim in checks.localClaims { seen[claim] = view.local.name }
+        // Who made each claim first, one table per kind of claim (their keys hash
+        // cheaply; a table keyed by the enum would hash every claim with SipHash).
+        let count = view.peers.count + 1
+        var subnets = [IPv4Prefix: String](minimumCapacity: count)
+        var macs = [MACAddress: String](minimumCapacity: count)
+        var ips = [IPv4Address: String](minimumCapacity: count)
+        var names = Set<String>(minimumCapacity: count)
+        func owner(_ claim: PeerClaim) -> String? {
+            switch claim {
+            case .subnet(let subnet): subnets[subnet]
+            case .vtepMAC(let mac): macs[mac]
+            case .publicIP(let ip): ips[ip]
+            case .name(let name): names.contains(name) ? name : nil
+            }
+        }
+        func record(_ claim: PeerClaim, by name: String) {
+            switch claim {
+            case .subnet(let subnet): subnets[subnet] = name
+            case .vtepMAC(let mac): macs[mac] = name
+            case .publicIP(let ip): ips[ip] = name
+            case .name(let name): names.insert(name)
+            }
+        }
+        for claim in checks.localClaims { record(claim, by: view.local.name) }
         for peer in view.peers.sorted(by: { ($0.subnet, $0.name) < ($1.subnet, $1.name) }) {
             func skip(_ reason: String) { skipped.append(SkippedPeer(name: peer.name, origin: peer.origin, reason: reason)) }
             if let reason = checks.reason(peer) { skip(reason); continue }
             // In the order conflicts are reported: subnet, the backend's (VTEP MAC), public IP, name.
             let own = checks.backend.claim(peer)
             func taken(_ claim: PeerClaim?) -> Bool {
-                guard let claim, let other = seen[claim] else { return false }
+                guard let claim, let other = owner(claim) else { return false }
                 skip(claim.conflict(with: other))
                 return true
             }
             if taken(.subnet(peer.subnet)) || taken(own) || taken(.publicIP(peer.publicIP)) || taken(.name(peer.name)) { continue }
-            seen[.subnet(peer.subnet)] = peer.name
-            if let own { seen[own] = peer.name }
-            seen[.publicIP(peer.publicIP)] = peer.name
-            seen[.name(peer.name)] = peer.name
+            record(.subnet(peer.subnet), by: peer.name)
+            if let own { record(own, by: peer.name) }
+            record(.publicIP(peer.publicIP), by: peer.name)
+            record(.name(peer.name), by: peer.name)
 
             peerNames.append(peer.name)
             peerOrigins.append(peer.origin)
