@@ -412,11 +412,12 @@ class Bench:
             dst = subnet(i)
             line = sh(f"ip -n {ns} route show exact {dst} proto 152").stdout
             nhid = re.search(r"nhid (\d+)", line)
-            add = (f"route add {dst} nhid {nhid[1]} proto 152" if nhid else
-                   f"route add {dst} via {dst.split('/')[0]} dev flannel.1 onlink proto 152")
+            # `replace`, `-force`: the daemon may have written the route again between the two lines.
+            add = (f"route replace {dst} nhid {nhid[1]} proto 152" if nhid else
+                   f"route replace {dst} via {dst.split('/')[0]} dev flannel.1 onlink proto 152")
             settle(pid)
             start = mon.mark()
-            subprocess.run(["ip", "-n", ns, "-batch", "-"], input=f"route del {dst}\n{add}\n", text=True, check=True)
+            subprocess.run(["ip", "-n", ns, "-force", "-batch", "-"], input=f"route del {dst}\n{add}\n", text=True, check=True)
             i1, gone = mon.wait(start, lambda e: e.key == dst and e.deleted, what=f"deletion of {dst}")
             _, back = mon.wait(i1 + 1, lambda e: e.key == dst and not e.deleted, what=f"route {dst}")
             floor.append(back.stamp - gone.stamp)
@@ -804,7 +805,7 @@ class EtcdCluster:
                        "subnetFile": f"{self.bench.work}/{self.tag}-h{i}-subnet.env", "cniConfFile": "",
                        "ipMasq": False, "metricsAddress": ""}, f)
         # `ip netns exec` execs the agent: the Popen's pid is the agent's.
-        agent = subprocess.Popen(["ip", "netns", "exec", self.ns(i), self.bench.agent, "run", "--config", config,
+        agent = subprocess.Popen(["ip", "netns", "exec", self.ns(i), self.bench.agent, "run", "--config", config, *(["--log-level", os.environ["VXA_LOG"]] if os.environ.get("VXA_LOG") else []),
                                   "--lock-file", f"{self.bench.work}/{self.tag}-h{i}.lock"],
                                  stdout=subprocess.DEVNULL,
                                  stderr=open(f"{self.bench.work}/{self.tag}-h{i}.log", "a"))

@@ -285,6 +285,9 @@ final class Reconciler: @unchecked Sendable {
         for line in skipped.subtracting(skippedReported).sorted() { log.warning("peer skipped", metadata: ["reason": "\(line)"]) }
         skippedReported = skipped
         mtu = outcome.desired.device.mtu
+        log.debug("full pass phases", metadata: Logger.Metadata(uniqueKeysWithValues: outcome.timings.map {
+            ($0.0, .string(String(format: "%.1fms", $0.1 * 1000)))
+        }))
         let fileError = writeFiles(network: view.network.network, subnet: view.local.subnet, triggers: triggers)
         finish(changes: outcome.plan.changes, report: outcome.report ?? ApplyReport(), trigger: triggers,
                peers: outcome.desired.peerCount, skipped: outcome.plan.skipped.count, started: started, fileError: fileError)
