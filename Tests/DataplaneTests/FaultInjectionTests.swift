@@ -376,3 +376,103 @@ final class RandomSource {
     func chance(_ p: Double) -> Bool { double() < p }
     func int(in range: ClosedRange<Int>) -> Int { range.lowerBound + Int(next() % UInt64(range.count)) }
 }
+
+/// The daemon's engine (`LiveSync`: per-lease passes on one socket, full passes
+/// when it must) over the same faulty transport: leases come and go while the
+/// kernel refuses requests and exchanges break; once the failures stop, the
+/// daemon's own passes converge, and the kernel is what a clean sync leaves.
+@Suite("The daemon's passes over a faulty netlink transport", kernelTests)
+struct LiveSyncFaultTests {
+    @Test("random lease changes under random failures converge within 3 clean passes")
+    func leasesUnderFailures() throws {
+        try requireKernel()
+        let environment = ProcessInfo.processInfo.environment
+        let seed = environment["VXA_FAULT_SEED"].flatMap { UInt64($0) } ?? 20_261_201
+        let rounds = environment["VXA_FAULT_ROUNDS"].flatMap { Int($0) } ?? 20
+        let host = try TestHost()
+        defer { host.close() }
+        let all = try FaultInjectionTests.syncer(peers: 60)
+        let pool = all.view.peers
+        let errnos = [ENOBUFS, EEXIST, ENODEV, EBUSY]
+
+        for round in 0..<rounds {
+            let random = RandomSource(seed: seed &+ UInt64(round))
+            let live = try host.inNamespace { LiveSync(dataplane: try Dataplane()) }
+            var peers = Dictionary(uniqueKeysWithValues: pool.filter { _ in random.chance(0.5) }.map { ($0.origin, $0) })
+            var story = ["seed \(seed) round \(round) (replay: VXA_FAULT_SEED=\(seed) VXA_FAULT_ROUNDS=\(round + 1))"]
+            let history = { () -> String in story.joined(separator: "\n") }
+            func syncer() -> Syncer {
+                var syncer = all
+                syncer.view.peers = peers.values.sorted { $0.origin < $1.origin }
+                return syncer
+            }
+            /// One daemon pass: per lease when it can, full when it must; returns whether it ended without failure.
+            func pass(upserts: [NodeRecord], removals: [String], previous: [String: NodeRecord], faults: FaultInjector?) -> Bool {
+                live.dataplane.socket.interposer = faults
+                defer { live.dataplane.socket.interposer = nil }
+                return (try? host.inNamespace { () -> Bool in
+                    switch live.incremental(upserts: upserts, removals: removals, previous: previous, events: []) {
+                    case .applied(let changes, let report, _):
+                        story.append("  per lease: \(changes.count) changes, \(report.failures.count) failed")
+                        return report.failures.isEmpty
+                    case .needsFullPass(let why):
+                        do {
+                            let outcome = try live.full(syncer())
+                            story.append("  full (\(why)): \(outcome.plan.changes.count) changes, \(outcome.report?.failures.count ?? 0) failed")
+                            return outcome.report?.failures.isEmpty ?? false
+                        } catch {
+                            story.append("  full (\(why)) failed: \(error)")
+                            return false
+                        }
+                    }
+                }) ?? false
+            }
+            /// Some leases come, some go.
+            func churn() -> (upserts: [NodeRecord], removals: [String], previous: [String: NodeRecord]) {
+                var upserts: [NodeRecord] = [], removals: [String] = [], previous: [String: NodeRecord] = [:]
+                for record in pool where random.chance(0.1) {
+                    if let old = peers.removeValue(forKey: record.origin) {
+                        removals.append(record.origin)
+                        previous[record.origin] = old
+                    } else {
+                        peers[record.origin] = record
+                        upserts.append(record)
+                    }
+                }
+                return (upserts, removals, previous)
+            }
+
+            _ = pass(upserts: [], removals: [], previous: [:], faults: nil)
+            for step in 0..<random.int(in: 2...6) {
+                let refuse = random.double() * 0.2, breakAt = random.double() * 0.05
+                let faults = FaultInjector { request in
+                    if request.isDump { return nil }
+                    if random.chance(breakAt) { return random.chance(0.5) ? .breakSend(ENOBUFS) : .breakReceive(ENOBUFS) }
+                    if random.chance(refuse) { return .refuse(errnos[random.int(in: 0...(errnos.count - 1))]) }
+                    return nil
+                }
+                let (upserts, removals, previous) = churn()
+                story.append("faulty step \(step): +\(upserts.count) -\(removals.count) leases")
+                _ = pass(upserts: upserts, removals: removals, previous: previous, faults: faults)
+                story.append("  " + faults.injections.map(\.description).joined(separator: "; "))
+            }
+            // The failures stop; leases still change on the first clean pass.
+            let (upserts, removals, previous) = churn()
+            story.append("clean: +\(upserts.count) -\(removals.count) leases")
+            var converged = pass(upserts: upserts, removals: removals, previous: previous, faults: nil)
+            for _ in 0..<2 where !converged { converged = pass(upserts: [], removals: [], previous: [:], faults: nil) }
+            #expect(converged, "\(history())")
+            let state = try host.kernelState()
+            let again = try FaultInjectionTests.pass(host, syncer(), dryRun: true)
+            #expect(again.plan.changes.isEmpty, "\(again.plan.changes.prefix(5))\n\(history())")
+
+            // A clean sync from nothing of ours: the witness.
+            try host.exec("ip link del flannel.1")
+            let fresh = try FaultInjectionTests.pass(host, syncer())
+            #expect(fresh.report?.failures.isEmpty == true, "\(history())")
+            #expect(try host.kernelState() == state, "\(history())")
+            if !converged || !again.plan.changes.isEmpty { return }
+            try host.exec("ip link del flannel.1")
+        }
+    }
+}
