@@ -110,8 +110,7 @@ public struct JSONObject: Sendable, Hashable {
             return values[index]
         case .flanneld:
             // Go sets the field once per matching key, in order: the last match wins.
-            let folded = JSONDialect.fold(key)
-            guard let index = keys.lastIndex(where: { $0 == key || JSONDialect.fold($0) == folded }) else { return nil }
+            guard let index = keys.lastIndex(where: { JSONDialect.equalFold($0, key) }) else { return nil }
             return values[index]
         }
     }
@@ -129,6 +128,29 @@ public enum JSONDialect: Sendable, Hashable {
     /// ASCII case folding (Go folds Unicode too; no flannel key has non-ASCII letters).
     static func fold(_ key: String) -> String {
         key.utf8.contains { $0 >= 0x41 && $0 <= 0x5a } ? key.lowercased() : key
+    }
+
+    /// `fold(a) == fold(b)`, without building either string when both are ASCII
+    /// (every flannel field name, and every key of a lease flanneld writes): a
+    /// lease is a handful of lookups, each comparing every key.
+    static func equalFold(_ a: String, _ b: String) -> Bool {
+        if a == b { return true }
+        var x = a.utf8.makeIterator(), y = b.utf8.makeIterator()
+        while true {
+            switch (x.next(), y.next()) {
+            case (nil, nil): return true
+            case (let p?, let q?):
+                if p >= 0x80 || q >= 0x80 { return fold(a) == fold(b) }
+                if p != q {
+                    // The same letter in the other case, or not equal.
+                    let lower = p | 0x20
+                    guard lower == q | 0x20, lower >= 0x61, lower <= 0x7a else { return false }
+                }
+            default:
+                // Different lengths: still the slow rule if either has non-ASCII bytes ahead.
+                return a.utf8.contains { $0 >= 0x80 } || b.utf8.contains { $0 >= 0x80 } ? fold(a) == fold(b) : false
+            }
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 import Foundation
 import Model
-import Reconcile
+@testable import Reconcile
 import Registry
 import Testing
 
@@ -261,5 +261,19 @@ struct ConfigTests {
         do { _ = try AgentConfig.load(path: "/nonexistent/inv.json"); Issue.record("loaded") } catch {
             #expect(error.description == "/nonexistent/inv.json: the configuration file does not exist")
         }
+    }
+}
+
+@Suite("flanneld's case-insensitive keys")
+struct EqualFoldTests {
+    @Test("ASCII keys fold as before, without building strings; non-ASCII keys take the old rule",
+          arguments: [("PublicIP", "publicip", true), ("PublicIP", "PUBLICIP", true), ("PublicIP", "PublicIp", true),
+                      ("PublicIP", "PublicIPv6", false), ("VNI", "vni", true), ("VNI", "vn1", false),
+                      ("a@", "A`", false), ("[", "{", false), ("", "", true), ("Backend", "Backen", false),
+                      ("K", "\u{212A}", true), ("PublicÍP", "publicíp", true), ("VtepMAC", "vtepmac", true)])
+    func equalFold(a: String, b: String, same: Bool) {
+        #expect(JSONDialect.equalFold(a, b) == same)
+        // The rule it replaces: Swift's == (canonical equivalence: the Kelvin sign is K, as Go folds it) or ASCII folding.
+        #expect(JSONDialect.equalFold(a, b) == (a == b || JSONDialect.fold(a) == JSONDialect.fold(b)))
     }
 }
