@@ -52,7 +52,7 @@ public final class Daemon: @unchecked Sendable {
     let events: AsyncStream<Event>
     let continuation: AsyncStream<Event>.Continuation
 
-    var registry: EtcdRegistry?
+    var source: (any ClusterSource)?
     var registryTask: Task<Void, Never>?
     var registryGeneration = 0
     var reconciler: Reconciler?
@@ -163,42 +163,30 @@ public final class Daemon: @unchecked Sendable {
     func startRegistry() {
         registryGeneration += 1
         let generation = registryGeneration
-        if let etcd = config.etcd, let publicIP = config.publicIP {
-            let interface = config.interface
+        do {
+            var source = try clusterSource(config: config, node: node, log: log)
+            if let etcd = source as? EtcdSource { source = try etcd.started() }
+            let interface = source.interface
             reconciler?.post { $0.interface = .some(interface) }
-            do {
-                let registry = try EtcdRegistry(settings: etcd, node: node, publicIP: publicIP, ttl: config.daemon.leaseTTL,
-                                                subnetFile: config.daemon.subnetFile, log: log)
-                self.registry = registry
-                registryTask = Task { [continuation] in
-                    await registry.run { continuation.yield(.registry($0, generation: generation)) }
-                }
-            } catch {
-                log.error("etcd client", metadata: ["error": "\(error)"])
-                metrics.update { $0.lastError = "\(error)" }
+            self.source = source
+            registryTask = Task { [continuation] in
+                await source.run { continuation.yield(.registry($0, generation: generation)) }
             }
-        } else {
-            do {
-                let (staticView, staticInterface) = try config.view(node: node)
-                reconciler?.post { $0.interface = .some(staticInterface) }
-                continuation.yield(.registry(.state(staticView, invalidLeases: 0), generation: generation))
-                continuation.yield(.registry(.connection(true, nil), generation: generation))
-            } catch {
-                log.error("\(error)")
-                metrics.update { $0.lastError = "\(error)" }
-            }
+        } catch {
+            log.error("\(error)")
+            metrics.update { $0.lastError = "\(error)" }
         }
     }
 
     /// Stops the running registry; its shutdown finishes in the background.
     func stopRegistry() -> Task<Void, Never> {
-        let task = registryTask, registry = self.registry
+        let task = registryTask, source = self.source
         registryTask = nil
-        self.registry = nil
+        self.source = nil
         task?.cancel()
         return Task {
             await task?.value
-            await registry?.shutdown()
+            await source?.shutdown()
         }
     }
 

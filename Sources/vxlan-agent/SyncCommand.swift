@@ -3,6 +3,7 @@ import ArgumentParser
 import Daemon
 import Dataplane
 import Foundation
+import Logging
 import Model
 import Reconcile
 import Registry
@@ -75,14 +76,10 @@ func runSync(options: ConfigOptions, dryRun: Bool, output: OutputFormat, verbose
     // Validation first: a bad configuration never reaches the kernel.
     let (config, nodeName) = try options.load()
     let loaded = ContinuousClock.now
-    let view: ClusterView, interface: String?
-    if config.etcd != nil {
-        let read = try await readEtcdView(config: config, node: nodeName)
-        (view, interface) = (read.view, config.interface)
-        for warning in read.warnings { warn("warning: \(warning)") }
-    } else {
-        (view, interface) = try config.view(node: nodeName)
-    }
+    let source = try clusterSource(config: config, node: nodeName, log: Logger(label: "vxlan-agent"))
+    let (view, warnings) = try await source.read()
+    let interface = source.interface
+    for warning in warnings { warn("warning: \(warning)") }
     var layout = config.routeLayout
     if let layoutOverride { layout = layoutOverride == "auto" ? nil : RouteLayout(rawValue: layoutOverride) }
     let lock = dryRun ? nil : try options.lock()

@@ -107,7 +107,7 @@ struct HostileLeaseEtcdTests {
                     {"node": "h1", "publicIP": "\(HostileLeases.publicIP)", "etcd": {"endpoints": ["\(etcd.endpoint)"]},
                      "subnetFile": "/nonexistent/subnet.env"}
                     """.utf8), source: "c.json")
-                let (sync, warnings) = try await readEtcdView(config: config, node: "h1")
+                let (sync, warnings) = try await clusterSource(config: config, node: "h1", log: Logger(label: "test")).read()
                 #expect(daemon == sync)
                 #expect(daemon.local.subnet == IPv4Prefix(HostileLeases.ownSubnet), "the lease was kept")
                 #expect(invalid == warnings.count)
@@ -185,7 +185,7 @@ struct HostileLeaseEtcdTests {
                      "subnetFile": "\(directory)/subnet.env"}
                     """.utf8), source: "c.json")
                 do {
-                    _ = try await readEtcdView(config: config, node: "h1")
+                    _ = try await clusterSource(config: config, node: "h1", log: Logger(label: "test")).read()
                     Issue.record("two leases claim this node's IP and nothing says which is its own")
                 } catch {
                     #expect("\(error)" == "several leases in etcd have PublicIP 198.18.0.1 (\(Self.prefix)/subnets/10.244.13.0-24, "
@@ -194,7 +194,7 @@ struct HostileLeaseEtcdTests {
                 }
                 try SubnetEnv(network: IPv4Prefix("10.244.0.0/16")!, subnet: IPv4Prefix("10.244.14.0/24")!, mtu: 1450, ipMasq: true)
                     .text.write(toFile: "\(directory)/subnet.env", atomically: true, encoding: .utf8)
-                let (view, _) = try await readEtcdView(config: config, node: "h1")
+                let (view, _) = try await clusterSource(config: config, node: "h1", log: Logger(label: "test")).read()
                 #expect(view.local.subnet == IPv4Prefix("10.244.14.0/24"))
                 #expect(view.peers.map(\.origin) == ["\(Self.prefix)/subnets/10.244.13.0-24"], "a peer, which the reconciler skips (this host's IP)")
 
@@ -203,7 +203,7 @@ struct HostileLeaseEtcdTests {
                 _ = try await client.delete("\(Self.prefix)/subnets/10.244.13.0-24")
                 _ = try await client.put("\(Self.prefix)/subnets/10.244.60.0-24", value: mine)
                 do {
-                    _ = try await readEtcdView(config: config, node: "h1")
+                    _ = try await clusterSource(config: config, node: "h1", log: Logger(label: "test")).read()
                     Issue.record("a lease outside SubnetMin..SubnetMax is not this node's")
                 } catch {
                     #expect("\(error)".hasPrefix("no lease in etcd under \(Self.prefix)/subnets/ has PublicIP 198.18.0.1 and a /24 between "
