@@ -9,7 +9,7 @@ struct Run: AsyncParsableCommand {
         abstract: "Keep this node in sync continuously (the daemon).",
         discussion: """
         Reconciles when the registry changes (etcd watch), when the kernel loses or gains something of the agent's \
-        (netlink events: a deleted route, neighbor, FDB entry or device is restored within a second), and every \
+        (netlink events: a deleted route, neighbor or FDB entry is written again within a millisecond, a device at once), and every \
         resyncInterval. Writes subnet.env and the CNI configuration, keeps the masquerade table, serves /healthz \
         and /metrics. SIGTERM/SIGINT stop it and leave the forwarding state in place; SIGHUP reloads the file. \
         Logs go to standard error, one logfmt line per event.
