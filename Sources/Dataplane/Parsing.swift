@@ -208,7 +208,7 @@ public enum Parse {
 /// nexthops parses 40,000 messages; going through libmnl's callback table and an
 /// unspecialised generic per message was a quarter of the snapshot (`perf`).
 /// The walk is libmnl's (`mnl_attr_parse`): attributes from the aligned end of
-/// the family header to the aligned end of the message, each at least 4 bytes and
+/// the family header to the end of the message (libmnl: its aligned end), each at least 4 bytes and
 /// inside the message; the type without the nested/byte-order flags; the last of
 /// a type wins. Only the attributes a parser asks for are looked at.
 enum RawMessage {
@@ -232,7 +232,10 @@ enum RawMessage {
         let start = UnsafeRawPointer(message.header)
         let length = message.length
         guard length >= headerLength + headerSize else { return false }
-        let tail = start + align(length)
+        // Up to nlmsg_len, not its aligned end as libmnl walks: the last message of
+        // a buffer may end there unpadded (a crafted reply did, and the walk read
+        // up to 3 bytes past the buffer; libmnl's reads are not instrumented, ours are).
+        let tail = start + length
         var attribute = start + headerLength + align(headerSize)
         while tail - attribute >= 4 {
             let attributeLength = Int(attribute.loadUnaligned(as: UInt16.self))

@@ -85,9 +85,6 @@ struct ReplyParsingTests {
         Case(description: "an attribute shorter than its header stops the walk", bytes: message(UInt16(RTM_NEWROUTE), rtmsg(), [
             attr(rtaDst, ip("10.1.2.0")), attr(rtaOif, [], length: 2), attr(rtaPriority, le32(3)),
         ])),
-        Case(description: "the message ends inside the last attribute", bytes: message(UInt16(RTM_NEWROUTE), rtmsg(), [
-            attr(rtaDst, ip("10.1.2.0")), attr(rtaPriority, le32(3)),
-        ], cut: 2)),
         Case(description: "shorter than its family header", bytes: message(UInt16(RTM_NEWROUTE), Array(rtmsg().prefix(6)), [])),
         Case(description: "a prefix longer than 32", bytes: message(UInt16(RTM_NEWROUTE), rtmsg(dstLength: 33), [attr(rtaDst, ip("10.1.2.0"))])),
         Case(description: "another message type", bytes: message(UInt16(RTM_NEWNEIGH), rtmsg(), [attr(rtaDst, ip("10.1.2.0"))])),
@@ -141,6 +138,23 @@ struct ReplyParsingTests {
         return storage.withUnsafeBytes { raw in
             parse(Message(raw.baseAddress!.assumingMemoryBound(to: nlmsghdr.self)))
         }
+    }
+
+    /// The one place the walk parts from libmnl on purpose: libmnl reads attributes
+    /// up to the aligned end of the message, past nlmsg_len, where the buffer may
+    /// end (the last message of a receive). The fuzzer found that read under
+    /// AddressSanitizer. An attribute that runs past nlmsg_len is not read.
+    @Test("the message ends inside the last attribute: that attribute is not read, and nothing past the buffer is")
+    func endsInsideLastAttribute() throws {
+        let bytes = Self.message(UInt16(RTM_NEWROUTE), Self.rtmsg(), [Self.attr(Self.rtaDst, Self.ip("10.1.2.0")), Self.attr(Self.rtaPriority, Self.le32(3))], cut: 2)
+        // Exactly nlmsg_len bytes: nothing after the message to read by mistake.
+        let length = Int(bytes.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
+        let parsed = Array(bytes.prefix(length)).withUnsafeBytes { raw in
+            Parse.route(Message(raw.baseAddress!.assumingMemoryBound(to: nlmsghdr.self)))
+        }
+        let route = try #require(parsed?.route)
+        #expect(route.dst == IPv4Prefix("10.1.2.0/24")!)
+        #expect(route.priority == 0)
     }
 
     @Test("routes", arguments: routes)
