@@ -21,6 +21,12 @@ public final class LiveSync {
     public private(set) var desired: DesiredIndex?
     var network = IPv4Prefix(IPv4Address(0), 0)
     var deviceName = ""
+    var deviceIndex: Int32?
+
+    /// How this engine's passes are shown: the device, its index, the agent's protocol.
+    public var output: PlanOutput {
+        PlanOutput(renderer: Renderer(deviceName: deviceName, proto: proto, deviceIndex: picture?.deviceIndex ?? deviceIndex))
+    }
 
     public init(dataplane: Dataplane, proto: UInt8 = AgentSettings.defaultProtocol) {
         self.dataplane = dataplane
@@ -42,6 +48,7 @@ public final class LiveSync {
         guard let host = outcome.host, let report = outcome.report else { return outcome }
         network = syncer.view.network.network
         deviceName = syncer.deviceName ?? syncer.view.network.deviceName
+        deviceIndex = outcome.deviceIndex
         desired = DesiredIndex(desired: outcome.desired, view: syncer.view, host: host)
         let deviceChanged = outcome.plan.changes.contains { $0.target == nil }
         if report.failures.isEmpty && !deviceChanged {

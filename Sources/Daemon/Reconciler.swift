@@ -231,7 +231,7 @@ final class Reconciler: @unchecked Sendable {
                 $0.kernelEvents += work.events.count
             }
             finish(changes: changes, report: report, trigger: [trigger], peers: live.desired?.peerCount ?? 0,
-                   skipped: nil, started: started, fileError: nil)
+                   skipped: nil, started: started, fileError: nil, output: live.output)
         }
     }
 
@@ -290,7 +290,8 @@ final class Reconciler: @unchecked Sendable {
         }))
         let fileError = writeFiles(network: view.network.network, subnet: view.local.subnet, triggers: triggers)
         finish(changes: outcome.plan.changes, report: outcome.report ?? ApplyReport(), trigger: triggers,
-               peers: outcome.desired.peerCount, skipped: outcome.plan.skipped.count, started: started, fileError: fileError)
+               peers: outcome.desired.peerCount, skipped: outcome.plan.skipped.count, started: started, fileError: fileError,
+               output: outcome.output)
     }
 
     /// subnet.env, the CNI configuration and the masquerade table: after each full pass.
@@ -331,14 +332,14 @@ final class Reconciler: @unchecked Sendable {
 
     /// Logs and counts a pass, and schedules a retry after failures.
     private func finish(changes: [Change], report: ApplyReport, trigger: Set<String>, peers: Int, skipped: Int?,
-                        started: ContinuousClock.Instant, fileError: String?) {
+                        started: ContinuousClock.Instant, fileError: String?, output: PlanOutput) {
         // Changes applied: the plan's, less the ones the kernel refused or that were skipped.
         var counts: [String: Int] = [:]
         for change in changes { counts[Self.label(change), default: 0] += 1 }
         for failure in report.failures { counts[Self.label(failure.change), default: 0] -= 1 }
         counts = counts.filter { $0.value > 0 }
         for failure in report.failures {
-            var metadata: Logger.Metadata = ["error": "\(failure.message)"]
+            var metadata: Logger.Metadata = ["error": "\(output.describe(failure))"]
             if let name = failure.codeName { metadata["errno"] = "\(name)" }
             log.error("change failed", metadata: metadata)
         }
@@ -363,7 +364,7 @@ final class Reconciler: @unchecked Sendable {
                 $0.lastSuccess = Date().timeIntervalSince1970
                 $0.lastError = nil
             } else {
-                $0.lastError = report.failures.first?.message ?? fileError
+                $0.lastError = report.failures.first.map(output.describe) ?? fileError
             }
         }
         if report.failures.isEmpty {

@@ -25,6 +25,8 @@ public enum DataplaneError: Error, Sendable, Hashable, CustomStringConvertible {
 }
 
 /// One change the kernel refused, or that was skipped because what it depends on failed.
+/// It carries no text: whoever shows the plan renders it with the plan's words
+/// (`PlanOutput.describe(_:)` in Agent), so a failure reads like the plan line it failed.
 public struct ChangeFailure: Sendable, Hashable, CustomStringConvertible {
     /// Why, typed: a caller decides on it (retry at once, back off, report).
     public enum Cause: Sendable, Hashable {
@@ -38,15 +40,16 @@ public struct ChangeFailure: Sendable, Hashable, CustomStringConvertible {
 
     public var change: Change
     public var cause: Cause
-    /// The change in iproute2's words with the cause, as the commands print it.
-    public var message: String
+    /// Why a skipped change was not sent (`its fdb entry for 0e:... failed`); nil otherwise.
+    public var reason: String?
 
-    public var description: String { message }
+    /// For debugging; people see `PlanOutput.describe(_:)`.
+    public var description: String { "\(change): \(cause)\(reason.map { ", \($0)" } ?? "")" }
 
-    public init(change: Change, message: String, cause: Cause = .skipped) {
+    public init(change: Change, cause: Cause, reason: String? = nil) {
         self.change = change
-        self.message = message
         self.cause = cause
+        self.reason = reason
     }
 
     /// The errno, when the kernel or the socket gave one.
@@ -329,11 +332,9 @@ public final class Dataplane: KernelDataplane {
         let phases = Phases(changes)
 
         var deviceIndex: Int32? = phases.knownDeviceIndex
-        let renderer = { Renderer(deviceName: deviceName, proto: 0, deviceIndex: deviceIndex) }
-
         // 1. Removed routes and nexthops.
         send(phases.removedRoutes.map { .remove(.route($0)) } + phases.removedNexthops.map { .remove(.nexthop($0)) },
-             device: deviceIndex ?? 0, renderer: renderer(), report: &report)
+             device: deviceIndex ?? 0, report: &report)
 
         // 2. The device.
         for change in phases.device {
@@ -356,19 +357,17 @@ public final class Dataplane: KernelDataplane {
             do {
                 let failures = try socket.send(batch, chunkBytes: chunkBytes)
                 if let failure = failures.first {
-                    report.failures.append(ChangeFailure(change: change, message: failure.error.about(renderer().describe(change)).description,
-                                                         cause: .refused(failure.error)))
+                    report.failures.append(ChangeFailure(change: change, cause: .refused(failure.error)))
                 }
             } catch {
-                report.failures.append(ChangeFailure(change: change, message: error.about(renderer().describe(change)).description,
-                                                     cause: .exchange(error)))
+                report.failures.append(ChangeFailure(change: change, cause: .exchange(error)))
             }
         }
         if phases.needsDevice {
             do {
                 guard let link = try link(named: deviceName) else {
                     report.failures += phases.entryChanges.map {
-                        ChangeFailure(change: $0, message: "\(renderer().describe($0)): skipped, device \(deviceName) does not exist")
+                        ChangeFailure(change: $0, cause: .skipped, reason: "device \(deviceName) does not exist")
                     }
                     return report
                 }
@@ -381,14 +380,14 @@ public final class Dataplane: KernelDataplane {
                         if let failure = try socket.send(batch).first { throw failure.error }
                     } catch {
                         report.failures += phases.entryChanges.map {
-                            ChangeFailure(change: $0, message: "\(renderer().describe($0)): skipped, "
-                                          + ((error as? NetlinkError)?.about("set link \(deviceName) up").description ?? "\(error)"))
+                            ChangeFailure(change: $0, cause: .skipped,
+                                          reason: (error as? NetlinkError)?.about("set link \(deviceName) up").description ?? "\(error)")
                         }
                         return report
                     }
                 }
             } catch {
-                report.failures += phases.entryChanges.map { ChangeFailure(change: $0, message: "\(renderer().describe($0)): skipped: \(error)") }
+                report.failures += phases.entryChanges.map { ChangeFailure(change: $0, cause: .skipped, reason: "\(error)") }
                 return report
             }
         }
@@ -403,11 +402,11 @@ public final class Dataplane: KernelDataplane {
         // invalid gateway"). The new one goes first: removing a device's last IPv4
         // address makes the kernel flush its neighbors, permanent ones included.
         send(phases.addedAddresses.map { .add(.address($0)) } + phases.removed(\.address).map { .remove($0) },
-             device: index, renderer: renderer(), report: &report)
-        var failed = send(phases.upserts(\.fdb), device: index, renderer: renderer(), report: &report)
+             device: index, report: &report)
+        var failed = send(phases.upserts(\.fdb), device: index, report: &report)
         for case .fdb(let e) in failed { failedMACs.insert(e.mac) }
 
-        let neighbors = skipping(phases.upserts(\.neighbor), report: &report, renderer: renderer()) { entry in
+        let neighbors = skipping(phases.upserts(\.neighbor), report: &report) { entry in
             if case .neighbor(let n) = entry, failedMACs.contains(n.mac) {
                 // Skipped is as good as failed for what goes via it.
                 failedGateways.insert(n.ip)
@@ -415,46 +414,45 @@ public final class Dataplane: KernelDataplane {
             }
             return nil
         }
-        failed = send(neighbors, device: index, renderer: renderer(), report: &report)
+        failed = send(neighbors, device: index, report: &report)
         for case .neighbor(let n) in failed { failedGateways.insert(n.ip) }
 
-        let nexthops = skipping(phases.upserts(\.nexthop), report: &report, renderer: renderer()) { entry in
+        let nexthops = skipping(phases.upserts(\.nexthop), report: &report) { entry in
             if case .nexthop(let n) = entry, let gateway = n.gateway, failedGateways.contains(gateway) {
                 failedNexthops.insert(n.id)
                 return "its neighbor \(gateway) failed"
             }
             return nil
         }
-        failed = send(nexthops, device: index, renderer: renderer(), report: &report)
+        failed = send(nexthops, device: index, report: &report)
         for case .nexthop(let n) in failed { failedNexthops.insert(n.id) }
 
-        let routes = skipping(phases.upserts(\.route), report: &report, renderer: renderer()) { entry in
+        let routes = skipping(phases.upserts(\.route), report: &report) { entry in
             guard case .route(let r) = entry else { return nil }
             // The neighbor first: when it failed, its nexthop was skipped too, and the neighbor is the cause.
             if let gateway = r.gateway, failedGateways.contains(gateway) { return "its neighbor \(gateway) failed" }
             if let id = r.nexthopID, failedNexthops.contains(id) { return "its nexthop \(id) failed" }
             return nil
         }
-        send(routes, device: index, renderer: renderer(), report: &report)
+        send(routes, device: index, report: &report)
 
         // 4. Removed neighbors and FDB entries.
         send(phases.removed(\.neighbor).map { .remove($0) } + phases.removed(\.fdb).map { .remove($0) },
-             device: index, renderer: renderer(), report: &report)
+             device: index, report: &report)
         return report
     }
 
-    private func skipping(_ changes: [Change], report: inout ApplyReport, renderer: Renderer,
-                          reason: (Entry) -> String?) -> [Change] {
+    private func skipping(_ changes: [Change], report: inout ApplyReport, reason: (Entry) -> String?) -> [Change] {
         changes.filter { change in
             guard let entry = change.target, let why = reason(entry) else { return true }
-            report.failures.append(ChangeFailure(change: change, message: "\(renderer.describe(change)): skipped, \(why)"))
+            report.failures.append(ChangeFailure(change: change, cause: .skipped, reason: why))
             return false
         }
     }
 
     /// Sends entry changes as one batch; returns the entries that failed.
     @discardableResult
-    private func send(_ changes: [Change], device: Int32, renderer: Renderer, report: inout ApplyReport) -> [Entry] {
+    private func send(_ changes: [Change], device: Int32, report: inout ApplyReport) -> [Entry] {
         guard !changes.isEmpty else { return [] }
         let batch = Batch(expectedMessages: changes.count)
         for change in changes {
@@ -475,13 +473,12 @@ public final class Dataplane: KernelDataplane {
             }
             return failures.map { failure in
                 let change = changes[failure.index]
-                report.failures.append(ChangeFailure(change: change, message: failure.error.about(renderer.describe(change).dropFirst(2).description).withVerb(change).description,
-                                                     cause: .refused(failure.error)))
+                report.failures.append(ChangeFailure(change: change, cause: .refused(failure.error)))
                 return change.target!
             }
         } catch {
             // The exchange broke: which requests landed is unknown; report them all.
-            report.failures += changes.map { ChangeFailure(change: $0, message: error.about(renderer.describe($0)).description, cause: .exchange(error)) }
+            report.failures += changes.map { ChangeFailure(change: $0, cause: .exchange(error)) }
             return changes.compactMap(\.target)
         }
     }
@@ -494,19 +491,6 @@ public final class Dataplane: KernelDataplane {
         case .nexthop(let nexthop): Requests.nexthop(nexthop, device: device, operation, into: batch)
         case .route(let route): Requests.route(route, device: device, operation, into: batch)
         }
-    }
-}
-
-extension NetlinkError {
-    /// `add route ...`, `replace fdb ...`, `remove neigh ...`.
-    func withVerb(_ change: Change) -> NetlinkError {
-        let verb = switch change {
-        case .add: "add"
-        case .replace: "replace"
-        case .remove: "remove"
-        default: "change"
-        }
-        return about("\(verb) \(operation)")
     }
 }
 

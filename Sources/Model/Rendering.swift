@@ -117,6 +117,20 @@ public struct Renderer: Sendable {
         }
     }
 
+    /// A change in words a person types (`add route ...`, `replace fdb ...`,
+    /// `remove neigh ...`, `add link ...`): what a failure message names.
+    public func words(_ change: Change) -> String {
+        switch change {
+        case .createDevice(let device): "add " + describe(device)
+        case .recreateDevice(_, let device): "recreate " + describe(device)
+        case .updateDevice(_, let device): "change link \(device.name)"
+        case .deleteDevice(let link): "remove link \(link.name)"
+        case .add(let entry): "add " + describe(entry)
+        case .replace(_, let entry): "replace " + describe(entry)
+        case .remove(let entry): "remove " + describe(entry)
+        }
+    }
+
     func describeDifference(_ old: Entry, _ new: Entry) -> String {
         switch (old, new) {
         case (.fdb(let a), .fdb(let b)) where a.mac == b.mac && a.permanent == b.permanent:

@@ -51,7 +51,7 @@ struct Cleanup: AsyncParsableCommand {
             var failed = false
             if !plan.isEmpty {
                 let report = dataplane.apply(plan.changes, deviceName: deviceName)
-                for failure in report.failures { warn("error: \(failure.message)") }
+                for failure in report.failures { warn("error: \(out.describe(failure))") }
                 failed = !report.failures.isEmpty
                 print("removed \(plan.changes.count - report.failures.count) of \(plan.changes.count) kernel entries (\(report.writes) kernel writes)")
             }

@@ -110,7 +110,7 @@ func runSync(options: ConfigOptions, dryRun: Bool, output: OutputFormat, verbose
     }
 
     let report = outcome.report!
-    let failures = report.failures.map(\.message)
+    let failures = report.failures.map(out.describe)
     if output == .json {
         print(out.json(plan, applied: true, writes: report.writes, failures: failures))
     } else {

@@ -91,8 +91,8 @@ struct FaultInjectionTests {
         #expect(failure.code == code)
         #expect(failure.isTransient == transient)
         let name = NetlinkError(operation: "", code: code).codeName
-        #expect(failure.message.hasPrefix("add fdb \(entry.mac) dev flannel.1 dst \(entry.dst): \(name)"), "\(failure.message)")
-        #expect(failure.message.contains("kernel: \(FaultInjector.kernelMessage)"), "\(failure.message)")
+        #expect(outcome.output.describe(failure).hasPrefix("add fdb \(entry.mac) dev flannel.1 dst \(entry.dst): \(name)"), "\(outcome.output.describe(failure))")
+        #expect(outcome.output.describe(failure).contains("kernel: \(FaultInjector.kernelMessage)"), "\(outcome.output.describe(failure))")
 
         // Its dependents are skipped, each saying why; nothing else failed.
         let skipped = Self.skipped(report)
@@ -106,7 +106,7 @@ struct FaultInjectionTests {
         for skip in skipped {
             let reason = if case .add(.neighbor) = skip.change { "skipped, its fdb entry for \(entry.mac) failed" }
                          else { "skipped, its neighbor \(gateway) failed" }
-            #expect(skip.message.hasSuffix(reason), "\(skip.message)")
+            #expect(outcome.output.describe(skip).hasSuffix(reason), "\(outcome.output.describe(skip))")
             #expect(skip.code == nil && !skip.isTransient)
         }
 
@@ -139,7 +139,7 @@ struct FaultInjectionTests {
             Issue.record("the refused change is \(refused[0].change), not a neighbor add")
             return
         }
-        #expect(refused[0].message.hasPrefix("add neigh \(neighbor.ip) lladdr \(neighbor.mac) dev flannel.1"), "\(refused[0].message)")
+        #expect(outcome.output.describe(refused[0]).hasPrefix("add neigh \(neighbor.ip) lladdr \(neighbor.mac) dev flannel.1"), "\(outcome.output.describe(refused[0]))")
         #expect(!refused[0].isTransient)
         var dependents: Set<Change> = [.add(.route(try #require(outcome.desired.routes.first { $0.gateway == neighbor.ip })))]
         if layout == .nexthop {
@@ -147,7 +147,7 @@ struct FaultInjectionTests {
         }
         let skipped = Self.skipped(report)
         #expect(Set(skipped.map(\.change)) == dependents, "\(skipped)")
-        #expect(skipped.allSatisfy { $0.message.hasSuffix("skipped, its neighbor \(neighbor.ip) failed") }, "\(skipped)")
+        #expect(skipped.allSatisfy { outcome.output.describe($0).hasSuffix("skipped, its neighbor \(neighbor.ip) failed") }, "\(skipped)")
         #expect(report.failures.count == 1 + dependents.count)
 
         #expect(try host.json("bridge -j fdb show dev flannel.1").contains { $0["mac"] as? String == neighbor.mac.description })
@@ -172,7 +172,7 @@ struct FaultInjectionTests {
         #expect(Set(broken.map(\.change)) == Set(outcome.desired.fdb.map { Change.add(.fdb($0)) }), "\(broken.prefix(3))")
         #expect(broken.allSatisfy { $0.isTransient && $0.code == (fault == .breakSend(EPIPE) ? EPIPE : ENOBUFS) })
         let name = NetlinkError(operation: "", code: broken.first?.code ?? 0).codeName
-        #expect(broken.allSatisfy { $0.message.contains("fdb ") && $0.message.contains(": \(name)") }, "\(broken.prefix(2).map(\.message))")
+        #expect(broken.allSatisfy { outcome.output.describe($0).contains("fdb ") && outcome.output.describe($0).contains(": \(name)") }, "\(broken.prefix(2).map(outcome.output.describe))")
         #expect(Self.refused(report).isEmpty)
         // Nothing that needs an FDB entry was sent.
         #expect(Self.skipped(report).count == 3 * peers)
@@ -320,8 +320,8 @@ struct FaultInjectionTests {
                                  + "\(failures.count) failed")
                     // Every failure names its change and says why.
                     for failure in failures {
-                        #expect(failure.message.count > 10 && (failure.cause != .skipped || failure.message.contains("skipped")),
-                                "\(failure.message)\n\(history())")
+                        #expect(outcome.output.describe(failure).count > 10 && (failure.cause != .skipped || outcome.output.describe(failure).contains("skipped")),
+                                "\(outcome.output.describe(failure))\n\(history())")
                     }
                 } catch {
                     // A refused or broken lookup or dump fails the whole pass, before any write.
@@ -337,7 +337,7 @@ struct FaultInjectionTests {
                     let outcome = try Self.pass(host, syncer, on: shared)
                     let failures = outcome.report?.failures ?? []
                     story.append("clean pass \(clean): \(outcome.plan.changes.count) planned, \(failures.count) failed "
-                                 + failures.prefix(3).map(\.message).joined(separator: "; "))
+                                 + failures.prefix(3).map(outcome.output.describe).joined(separator: "; "))
                     if failures.isEmpty { converged = true; break }
                 } catch {
                     story.append("clean pass \(clean) failed: \(error)")

@@ -1,7 +1,9 @@
+import Agent
 import Dataplane
 import Foundation
 import Model
 import Netlink
+import Reconcile
 import Testing
 import TestSupport
 
@@ -11,6 +13,8 @@ import TestSupport
 @Suite("Dataplane on a real kernel", kernelTests)
 struct KernelTests {
     static let proto: UInt8 = 152
+    /// Failures in the plan's words, as `sync` prints them.
+    static let out = PlanOutput(renderer: Renderer(deviceName: "flannel.1", proto: proto))
 
     /// The device and N peers' entries, as the reconciler would ask for them.
     struct Layout {
@@ -209,10 +213,10 @@ struct KernelTests {
     static let refusals: [Refusal] = [
         Refusal(description: "a route via a nexthop id that does not exist",
                 change: { _ in .add(.route(Route(dst: IPv4Prefix("10.9.0.0/24")!, gateway: nil, nexthopID: 424242, proto: 152))) },
-                expected: "add route 10.9.0.0/24 nhid 424242 dev flannel.1 onlink proto vxlan-agent: EINVAL (Invalid argument); kernel: Nexthop id does not exist"),
+                expected: "add route 10.9.0.0/24 nhid 424242 dev flannel.1 onlink: EINVAL (Invalid argument); kernel: Nexthop id does not exist"),
         Refusal(description: "a nexthop whose gateway is not reachable without onlink",
                 change: { _ in .add(.nexthop(Nexthop(id: 7, gateway: IPv4Address("10.9.9.9")!, onlink: false, proto: 152))) },
-                expected: "add nexthop id 7 via 10.9.9.9 dev flannel.1 proto vxlan-agent: ENETUNREACH (Network is unreachable); kernel: Nexthop has invalid gateway"),
+                expected: "add nexthop id 7 via 10.9.9.9 dev flannel.1: ENETUNREACH (Network is unreachable); kernel: Nexthop has invalid gateway"),
     ]
 
     @Test("each kind of kernel refusal comes back as a typed error with the errno name and the kernel's text",
@@ -230,7 +234,7 @@ struct KernelTests {
         }
         #expect(report.failures.count == 1)
         let failure = try #require(report.failures.first)
-        #expect(failure.message.hasPrefix(refusal.expected), "got: \(failure.message)")
+        #expect(Self.out.describe(failure).hasPrefix(refusal.expected), "got: \(Self.out.describe(failure))")
         // The cause stays typed: the kernel's refusal, its errno, not worth an immediate retry.
         guard case .refused(let error) = failure.cause else {
             Issue.record("expected a refusal, got \(failure.cause)")
@@ -274,7 +278,7 @@ struct KernelTests {
             try Dataplane().apply([.add(.neighbor(Neighbor(ip: IPv4Address("10.0.2.0")!, mac: MACAddress("0e:00:00:00:00:02")!)))],
                                   deviceName: "flannel.1")
         }
-        #expect(report.failures.map(\.message) == ["+ neigh 10.0.2.0 lladdr 0e:00:00:00:00:02 dev flannel.1: skipped, device flannel.1 does not exist"])
+        #expect(report.failures.map(Self.out.describe) == ["add neigh 10.0.2.0 lladdr 0e:00:00:00:00:02 dev flannel.1: skipped, device flannel.1 does not exist"])
     }
 
     @Test("a batch where one request fails: the others are applied, the failure maps to its own object")
@@ -292,7 +296,7 @@ struct KernelTests {
             return (report, try dataplane.snapshot(deviceName: "flannel.1", proto: Self.proto))
         }
         #expect(report.failures.count == 1)
-        #expect(report.failures.first?.message.contains("route 10.0.152.0/24 nhid 999") == true)
+        #expect(report.failures.first.map(Self.out.describe)?.contains("route 10.0.152.0/24 nhid 999") == true)
         #expect(snapshot.routes.count == 299)
     }
 

@@ -15,17 +15,17 @@ struct ChangeFailureTests {
                       (EEXIST, false), (EINVAL, false), (ENODEV, false), (ENETUNREACH, false)])
     func refusal(code: Int32, transient: Bool) {
         let error = NetlinkError(operation: "add route", code: code)
-        let refused = ChangeFailure(change: Self.change, message: "m", cause: .refused(error))
+        let refused = ChangeFailure(change: Self.change, cause: .refused(error))
         #expect(refused.isTransient == transient)
         #expect(refused.code == code)
         #expect(refused.codeName == error.codeName)
-        let broken = ChangeFailure(change: Self.change, message: "m", cause: .exchange(error))
+        let broken = ChangeFailure(change: Self.change, cause: .exchange(error))
         #expect(broken.isTransient)
     }
 
     @Test("a skipped change has no errno and is not retried at once")
     func skipped() {
-        let failure = ChangeFailure(change: Self.change, message: "+ route ...: skipped, device flannel.1 does not exist")
+        let failure = ChangeFailure(change: Self.change, cause: .skipped, reason: "device flannel.1 does not exist")
         #expect(failure.cause == .skipped)
         #expect(failure.code == nil && failure.codeName == nil)
         #expect(!failure.isTransient)

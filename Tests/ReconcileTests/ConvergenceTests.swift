@@ -1,6 +1,7 @@
 import Dataplane
 import Foundation
 import Model
+import Netlink
 import Reconcile
 import Testing
 
@@ -21,7 +22,7 @@ final class FakeKernel: KernelDataplane {
             writes += 1
             report.writes += 1
             if let code = failWrites.removeValue(forKey: writes) {
-                report.failures.append(ChangeFailure(change: change, message: "\(change): errno \(code)"))
+                report.failures.append(ChangeFailure(change: change, cause: .refused(NetlinkError(operation: "\(change)", code: code))))
                 continue
             }
             switch change {
