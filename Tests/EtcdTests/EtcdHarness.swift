@@ -199,7 +199,12 @@ final class EtcdServer: Sendable {
         while ContinuousClock.now < deadline {
             guard let pid = pid.withLock({ $0 }), Glibc.kill(pid, 0) == 0 else { break }
             let (status, output) = try run(etcdctl + ["endpoint", "health"])
-            if status == 0 { return }
+            // Healthy, and it is ours: a port found free can be taken by another
+            // test's etcd first; ours then exits (address in use) while that one answers.
+            if status == 0 {
+                let serving = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("ready to serve client requests")
+                if serving, Glibc.kill(pid, 0) == 0 { return }
+            }
             last = output
             try await Task.sleep(for: .milliseconds(100))
         }
