@@ -62,21 +62,13 @@ public final class EtcdSource: ClusterSource {
     let log: Logger
     let registry: EtcdRegistry?
 
-    init(config: AgentConfig, settings: EtcdSettings, node: String, publicIP: IPv4Address, log: Logger) {
+    init(config: AgentConfig, settings: EtcdSettings, node: String, publicIP: IPv4Address, log: Logger,
+         registry: EtcdRegistry? = nil) {
         self.config = config
         self.settings = settings
         self.node = node
         self.publicIP = publicIP
         self.log = log
-        registry = nil
-    }
-
-    private init(_ source: EtcdSource, registry: EtcdRegistry) {
-        config = source.config
-        settings = source.settings
-        node = source.node
-        publicIP = source.publicIP
-        log = source.log
         self.registry = registry
     }
 
@@ -88,8 +80,9 @@ public final class EtcdSource: ClusterSource {
 
     /// The source with its registry made (its etcd client): what the daemon runs.
     public func started() throws -> EtcdSource {
-        EtcdSource(self, registry: try EtcdRegistry(settings: settings, node: node, publicIP: publicIP,
-                                                   ttl: config.daemon.leaseTTL, subnetFile: config.daemon.subnetFile, log: log))
+        EtcdSource(config: config, settings: settings, node: node, publicIP: publicIP, log: log,
+                   registry: try EtcdRegistry(settings: settings, node: node, publicIP: publicIP, ttl: config.daemon.leaseTTL,
+                                              subnetFile: config.daemon.subnetFile, log: log))
     }
 
     public func run(emit: @escaping @Sendable (RegistryEvent) -> Void) async {

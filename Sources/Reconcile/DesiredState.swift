@@ -231,15 +231,6 @@ public protocol Backend: Sendable {
     func forEachEntry(_ peer: NodeRecord, _ body: (Entry) -> Void)
 }
 
-extension Backend {
-    /// The kernel entries of a peer, in dependency order.
-    public func entries(_ peer: NodeRecord) -> [Entry] {
-        var entries: [Entry] = []
-        forEachEntry(peer) { entries.append($0) }
-        return entries
-    }
-}
-
 /// flannel's vxlan backend: the device `flannel.<VNI>`, and per peer a permanent
 /// FDB entry (VTEP MAC -> public IP), a permanent neighbor (VTEP address -> VTEP
 /// MAC) and a route to the peer's subnet via its VTEP address (through a nexthop
@@ -321,12 +312,6 @@ public struct PeerChecks: Sendable {
     public var localClaims: [PeerClaim] { backend.localClaims + [.publicIP(local.publicIP), .name(local.name)] }
 
     /// What a peer claims, in the order conflicts are reported.
-    public func claims(_ peer: NodeRecord) -> [PeerClaim] {
-        var claims: [PeerClaim] = []
-        forEachClaim(peer) { claims.append($0) }
-        return claims
-    }
-
     public func forEachClaim(_ peer: NodeRecord, _ body: (PeerClaim) -> Void) {
         body(.subnet(peer.subnet))
         if let own = backend.claim(peer) { body(own) }
