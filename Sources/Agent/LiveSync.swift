@@ -23,9 +23,12 @@ public final class LiveSync {
     var deviceName = ""
     var deviceIndex: Int32?
 
-    /// How this engine's passes are shown: the device, its index, the agent's protocol.
+    var underlay: (index: Int32, name: String)?
+
+    /// How this engine's passes are shown: the device, its index, the underlay, the agent's protocol.
     public var output: PlanOutput {
-        PlanOutput(renderer: Renderer(deviceName: deviceName, proto: proto, deviceIndex: picture?.deviceIndex ?? deviceIndex))
+        PlanOutput(renderer: Renderer(deviceName: deviceName, proto: proto, deviceIndex: picture?.deviceIndex ?? deviceIndex,
+                                      otherDevices: underlay.map { [$0.index: $0.name] } ?? [:]))
     }
 
     public init(dataplane: Dataplane, proto: UInt8 = AgentSettings.defaultProtocol) {
@@ -49,6 +52,7 @@ public final class LiveSync {
         network = syncer.view.network.network
         deviceName = syncer.deviceName ?? syncer.view.network.deviceName
         deviceIndex = outcome.deviceIndex
+        underlay = (host.underlay.index, host.underlay.name)
         desired = DesiredIndex(desired: outcome.desired, view: syncer.view, host: host)
         let deviceChanged = outcome.plan.changes.contains { $0.target == nil }
         if report.failures.isEmpty && !deviceChanged {
@@ -78,7 +82,7 @@ public final class LiveSync {
         invalidate()
         var keys = Set<EntryKey>()
         for event in events {
-            switch picture.note(event, proto: proto, network: network) {
+            switch picture.note(event, proto: proto, network: network, followsRoutes: desired.checks.backend.followsRoutes) {
             case .ignored: continue
             case .touched(let touched): keys.formUnion(touched)
             case .fullPass(let why): return .needsFullPass(why)

@@ -93,9 +93,15 @@ public struct Syncer {
         let underlay = try underlay(dataplane, addresses: hostAddresses)
         // The kernel refuses a VXLAN MTU above what the underlay carries with the
         // 50 bytes of headers (EINVAL on every sync, forever): say so up front.
-        if let mtu = view.network.mtu, underlay.mtu > 50, mtu > underlay.mtu - 50 {
+        if view.network.backendType == "vxlan", let mtu = view.network.mtu, underlay.mtu > 50, mtu > underlay.mtu - 50 {
             throw SyncError("Backend.MTU \(mtu) is more than the underlay \(underlay.name) carries: its MTU \(underlay.mtu) "
                             + "minus 50 bytes of VXLAN headers is \(underlay.mtu - 50); lower it, or leave it out to take that")
+        }
+        if view.network.backendType == "host-gw",
+           !hostAddresses.contains(where: { $0.index == underlay.index && $0.prefix.address == local.publicIP }) {
+            // flannel's host-gw refuses the same: peers route to the public IP, so it must be this host's, on the underlay.
+            throw SyncError("host-gw: publicIP \(local.publicIP) of node \(local.name) (\(local.origin)) is not an address of "
+                            + "the underlay \(underlay.name): peers route this node's pods to it, so it must be (behind NAT, use vxlan)")
         }
         let name = deviceName ?? view.network.deviceName
         lap("underlay")
@@ -121,7 +127,8 @@ public struct Syncer {
         lap("desired")
         let plan = try Differ.plan(desired: desired, snapshot: snapshot)
         lap("diff")
-        var output = PlanOutput(renderer: Renderer(deviceName: name, proto: proto, deviceIndex: snapshot.device?.index),
+        var output = PlanOutput(renderer: Renderer(deviceName: name, proto: proto, deviceIndex: snapshot.device?.index,
+                                                   otherDevices: [underlay.index: underlay.name]),
                                 desired: desired)
         var report: ApplyReport?
         if !dryRun {

@@ -58,7 +58,7 @@ public struct LeaseAllocator: Sendable {
         let address = Array("\(attributes.publicIP)".utf8)
         let ours = existing.filter { $0.value.firstRange(of: address) != nil || $0.value.contains(UInt8(ascii: "\\")) }
             .sorted { $0.key < $1.key }.compactMap { kv -> (KeyValue, IPv4Prefix)? in
-            guard let lease = try? Lease.parse(key: kv.key, value: kv.value), lease.ipv6Subnet == nil,
+            guard let lease = try? Lease.parse(key: kv.key, value: kv.value, backendType: nil), lease.ipv6Subnet == nil,
                   lease.attributes.publicIP == attributes.publicIP, Flannel.isOwnable(lease.subnet, in: network) else { return nil }
             return (kv, lease.subnet)
         }
@@ -224,7 +224,8 @@ public final class EtcdRegistry: Sendable {
                         case .delete(let key, _): leases[key] = nil
                         }
                         if let mine = ownLease, event.key == mine.key {
-                            if case .put(let kv) = event, (try? Lease.parse(key: kv.key, value: kv.value))?.attributes.publicIP == publicIP {
+                            if case .put(let kv) = event,
+                               (try? Lease.parse(key: kv.key, value: kv.value, backendType: nil))?.attributes.publicIP == publicIP {
                                 continue
                             }
                             lost = true
@@ -260,10 +261,11 @@ public final class EtcdRegistry: Sendable {
     /// Makes sure this node holds a lease that is in `leases`; takes one if not.
     func ensureLease(network: NetworkConfig, leases: inout [String: KeyValue]) async throws {
         if let mine = ownLease, let kv = leases[mine.key], kv.lease == mine.id,
-           (try? Lease.parse(key: kv.key, value: kv.value))?.attributes.publicIP == publicIP {
+           let attributes = (try? Lease.parse(key: kv.key, value: kv.value, backendType: nil))?.attributes,
+           attributes.publicIP == publicIP, attributes.backendType == network.backendType {
             return
         }
-        let attributes = LeaseAttributes(publicIP: publicIP, vni: network.vni, vtepMAC: .vtep(vni: network.vni, publicIP: publicIP))
+        let attributes = LeaseAttributes.own(publicIP: publicIP, network: network)
         let allocator = LeaseAllocator(client: client, prefix: settings.prefix, attributes: attributes, ttl: ttl)
         let previous = (try? String(contentsOfFile: subnetFile, encoding: .utf8)).flatMap(SubnetEnv.previousSubnet(in:))
         let lease = try await allocator.acquire(network: network, existing: Array(leases.values.sorted { $0.key < $1.key }),

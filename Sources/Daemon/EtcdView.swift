@@ -59,7 +59,7 @@ public func releaseLeases(config: AgentConfig, node: String) async throws -> [St
     return try await withEtcd(config) { client, settings in
         let (kvs, _) = try await client.list(prefix: Flannel.subnetsPrefix(prefix: settings.prefix))
         var released: [String] = []
-        for kv in kvs where (try? Lease.parse(key: kv.key, value: kv.value))?.attributes.publicIP == publicIP {
+        for kv in kvs where (try? Lease.parse(key: kv.key, value: kv.value, backendType: nil))?.attributes.publicIP == publicIP {
             _ = try await client.delete(kv.key)
             released.append(kv.key)
         }

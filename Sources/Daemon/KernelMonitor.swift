@@ -23,6 +23,9 @@ public final class KernelMonitor: Sendable {
     /// The device's current interface index (it changes when the device is recreated).
     public func setDeviceIndex(_ index: Int32?) { parser.withLock { $0.deviceIndex = index } }
 
+    /// The underlay (its address and state changes send the daemon to a full pass).
+    public func setUnderlay(index: Int32, name: String) { parser.withLock { $0.underlay = (index, name) } }
+
     /// Subscribes, then starts the thread. Subscribing before the caller's
     /// first dump means no change falls between the dump and the listening.
     public func start(events: @escaping @Sendable ([KernelEvent]) -> Void,

@@ -278,13 +278,14 @@ final class Reconciler: @unchecked Sendable {
             return
         }
         monitor?.setDeviceIndex(outcome.deviceIndex)
+        if let underlay = outcome.host?.underlay { monitor?.setUnderlay(index: underlay.index, name: underlay.name) }
         // A full pass at 50,000 peers leaves tens of MiB freed in malloc's
         // arenas (the dump, the plan): give them back.
         _ = malloc_trim(0)
         let skipped = Set(outcome.plan.skipped.map(\.description))
         for line in skipped.subtracting(skippedReported).sorted() { log.warning("peer skipped", metadata: ["reason": "\(line)"]) }
         skippedReported = skipped
-        mtu = outcome.desired.device.mtu
+        mtu = outcome.desired.mtu
         log.debug("full pass phases", metadata: Logger.Metadata(uniqueKeysWithValues: outcome.timings.map {
             ($0.0, .string(String(format: "%.1fms", $0.1 * 1000)))
         }))

@@ -221,7 +221,9 @@ public final class Dataplane: KernelDataplane {
         var snapshot = KernelSnapshot()
         let device = try link(named: deviceName)
         snapshot.device = device
-        let index = device?.index
+        // Only a VXLAN device can be the agent's: what is on a device of another
+        // kind that has the name is not read (the diff refuses such a device).
+        let index = device?.kind == "vxlan" ? device?.index : nil
         // The route dump (the largest: every route of every table) runs on a
         // thread of its own with its own socket while this one dumps the rest:
         // the kernel fills dump replies in the receiving thread, so on two cores
@@ -329,7 +331,7 @@ public final class Dataplane: KernelDataplane {
     /// the nexthops and routes via its address, a failed nexthop its routes.
     public func apply(_ changes: [Change], deviceName: String) -> ApplyReport {
         var report = ApplyReport()
-        let phases = Phases(changes)
+        var phases = Phases(changes)
 
         var deviceIndex: Int32? = phases.knownDeviceIndex
         // 1. Removed routes and nexthops.
@@ -364,35 +366,37 @@ public final class Dataplane: KernelDataplane {
             }
         }
         if phases.needsDevice {
+            var missing: String?
             do {
-                guard let link = try link(named: deviceName) else {
-                    report.failures += phases.entryChanges.map {
-                        ChangeFailure(change: $0, cause: .skipped, reason: "device \(deviceName) does not exist")
-                    }
-                    return report
-                }
-                deviceIndex = link.index
-                if !link.isUp {
-                    let batch = Batch(expectedMessages: 1)
-                    Requests.updateLink(index: link.index, mtu: nil, mac: nil, up: true, into: batch)
-                    report.writes += 1
-                    do {
-                        if let failure = try socket.send(batch).first { throw failure.error }
-                    } catch {
-                        report.failures += phases.entryChanges.map {
-                            ChangeFailure(change: $0, cause: .skipped,
-                                          reason: (error as? NetlinkError)?.about("set link \(deviceName) up").description ?? "\(error)")
+                if let link = try link(named: deviceName) {
+                    deviceIndex = link.index
+                    if !link.isUp {
+                        let batch = Batch(expectedMessages: 1)
+                        Requests.updateLink(index: link.index, mtu: nil, mac: nil, up: true, into: batch)
+                        report.writes += 1
+                        do {
+                            if let failure = try socket.send(batch).first { throw failure.error }
+                        } catch {
+                            missing = (error as? NetlinkError)?.about("set link \(deviceName) up").description ?? "\(error)"
                         }
-                        return report
                     }
+                } else {
+                    missing = "device \(deviceName) does not exist"
                 }
             } catch {
-                report.failures += phases.entryChanges.map { ChangeFailure(change: $0, cause: .skipped, reason: "\(error)") }
-                return report
+                missing = "\(error)"
+            }
+            if let missing {
+                // What needs the device is skipped; entries on other devices
+                // (DirectRouting's routes on the underlay) are still written.
+                report.failures += phases.deviceEntryChanges.map { ChangeFailure(change: $0, cause: .skipped, reason: missing) }
+                phases.dropDeviceEntries()
+                deviceIndex = nil
             }
         }
         report.deviceIndex = deviceIndex
-        guard let index = deviceIndex else { return report }
+        // Entries on the agent's device are gone from the phases when it is missing.
+        let index = deviceIndex ?? 0
 
         // 3. Adds and replaces, in dependency order, skipping dependents of failures.
         var failedMACs = Set<MACAddress>(), failedGateways = Set<IPv4Address>(), failedNexthops = Set<UInt32>()
@@ -483,13 +487,14 @@ public final class Dataplane: KernelDataplane {
         }
     }
 
+    /// `device`: the agent's device, for entries that name no device of their own.
     static func request(_ entry: Entry, device: Int32, _ operation: Requests.Operation, into batch: Batch) {
         switch entry {
         case .address(let prefix): Requests.address(prefix, device: device, operation, into: batch)
         case .fdb(let fdb): Requests.fdb(fdb, device: device, operation, into: batch)
         case .neighbor(let neighbor): Requests.neighbor(neighbor, device: device, operation, into: batch)
-        case .nexthop(let nexthop): Requests.nexthop(nexthop, device: device, operation, into: batch)
-        case .route(let route): Requests.route(route, device: device, operation, into: batch)
+        case .nexthop(let nexthop): Requests.nexthop(nexthop, device: nexthop.deviceIndex ?? device, operation, into: batch)
+        case .route(let route): Requests.route(route, device: route.deviceIndex ?? device, operation, into: batch)
         }
     }
 }
@@ -526,8 +531,37 @@ struct Phases {
         }
     }
 
-    /// Only removals and maybe a device delete: nothing needs the device afterwards.
-    var needsDevice: Bool { deviceWillExist || !upserts.isEmpty || removes.contains { !($0.route || $0.nexthop) } }
+    /// Only removals, entries on other devices and maybe a device delete: nothing needs the device afterwards.
+    var needsDevice: Bool { deviceWillExist || deviceEntryChanges.contains { _ in true } }
+
+    /// The entry changes that need the agent's device: its addresses, FDB
+    /// entries and neighbors, and routes and nexthops that name no other device
+    /// (removals of routes and nexthops name none).
+    var deviceEntryChanges: [Change] {
+        entryChanges.filter { change in
+            switch change {
+            case .remove(.route), .remove(.nexthop): false
+            default: change.target.map(Self.onDevice) ?? false
+            }
+        }
+    }
+
+    /// Leaves out the changes that need the agent's device.
+    mutating func dropDeviceEntries() {
+        let onDevice = Set(deviceEntryChanges)
+        entryChanges.removeAll { onDevice.contains($0) }
+        upserts.removeAll { onDevice.contains($0) }
+        removes.removeAll { onDevice.contains(.remove($0)) }
+    }
+
+    /// Whether an entry is written on the agent's device (not on one it names itself).
+    static func onDevice(_ entry: Entry) -> Bool {
+        switch entry {
+        case .address, .fdb, .neighbor: true
+        case .nexthop(let n): n.deviceIndex == nil
+        case .route(let r): r.deviceIndex == nil
+        }
+    }
 
     var removedRoutes: [Route] { removes.compactMap { if case .route(let r) = $0 { r } else { nil } } }
     var removedNexthops: [Nexthop] { removes.compactMap { if case .nexthop(let n) = $0 { n } else { nil } } }

@@ -17,6 +17,9 @@ public struct KernelEvents: Sendable {
     /// The agent's device name, and its index once it exists.
     public var deviceName: String
     public var deviceIndex: Int32?
+    /// The underlay: its addresses and state decide the device's local address
+    /// and which peers are on this host's segment (host-gw, DirectRouting).
+    public var underlay: (index: Int32, name: String)?
     /// The agent's route and nexthop protocol.
     public var proto: UInt8
     /// The port id of the socket the agent writes with: its own changes come back stamped with it.
@@ -40,6 +43,10 @@ public struct KernelEvents: Sendable {
         case Int32(RTM_NEWLINK), Int32(RTM_DELLINK):
             guard let header = message.familyHeader(ifinfomsg.self) else { return nil }
             let deleted = type == Int32(RTM_DELLINK)
+            if let underlay, header.ifi_index == underlay.index {
+                // Its state, MTU or addresses may have changed; statistics-only updates are not sent.
+                return event(.device(deleted ? "underlay \(underlay.name) deleted" : "underlay \(underlay.name) changed"), deleted: false)
+            }
             if header.ifi_index != deviceIndex || deviceIndex == nil {
                 let name = message.withAttributes(afterHeader: MemoryLayout<ifinfomsg>.size, maxType: UInt16(IFLA_IFNAME)) {
                     $0[UInt16(IFLA_IFNAME)]?.string
@@ -48,8 +55,12 @@ public struct KernelEvents: Sendable {
             }
             return event(.device(deleted ? "device \(deviceName) deleted" : "device \(deviceName) changed"), deleted: deleted)
         case Int32(RTM_NEWADDR), Int32(RTM_DELADDR):
-            guard let header = message.familyHeader(ifaddrmsg.self), let index = deviceIndex,
-                  Int32(bitPattern: header.ifa_index) == index else { return nil }
+            guard let header = message.familyHeader(ifaddrmsg.self) else { return nil }
+            if let underlay, Int32(bitPattern: header.ifa_index) == underlay.index, header.ifa_family == UInt8(AF_INET) {
+                return event(.device("address of the underlay \(underlay.name) \(type == Int32(RTM_DELADDR) ? "deleted" : "changed")"),
+                             deleted: false)
+            }
+            guard let index = deviceIndex, Int32(bitPattern: header.ifa_index) == index else { return nil }
             return event(.device("address of \(deviceName) \(type == Int32(RTM_DELADDR) ? "deleted" : "changed")"),
                          deleted: type == Int32(RTM_DELADDR))
         case Int32(RTM_NEWNEIGH), Int32(RTM_DELNEIGH):

@@ -7,11 +7,14 @@ public struct Renderer: Sendable {
     public var proto: UInt8
     /// The agent's device index, when known; other indexes show as `if<N>`.
     public var deviceIndex: Int32?
+    /// Names of other devices the agent writes on (the underlay, for direct routes).
+    public var otherDevices: [Int32: String]
 
-    public init(deviceName: String, proto: UInt8, deviceIndex: Int32? = nil) {
+    public init(deviceName: String, proto: UInt8, deviceIndex: Int32? = nil, otherDevices: [Int32: String] = [:]) {
         self.deviceName = deviceName
         self.proto = proto
         self.deviceIndex = deviceIndex
+        self.otherDevices = otherDevices
     }
 
     /// A route protocol as `ip route` shows it: iproute2's names (rt_protos),
@@ -47,7 +50,9 @@ public struct Renderer: Sendable {
     }
 
     func dev(_ index: Int32?) -> String {
-        guard let index, let deviceIndex, index != deviceIndex else { return deviceName }
+        guard let index else { return deviceName }
+        if let name = otherDevices[index] { return name }
+        guard let deviceIndex, index != deviceIndex else { return deviceName }
         return "if\(index)"
     }
 

@@ -42,7 +42,8 @@ public struct HostFacts: Sendable, Hashable {
     public var underlay: LinkState
     /// Every IPv4 address on the host.
     public var addresses: Set<IPv4Address>
-    /// Main-table routes that are not the agent's (from the snapshot).
+    /// Main-table routes that are not the agent's (from the snapshot): peer
+    /// validation, and which peers are on this host's segment (host-gw, DirectRouting).
     public var foreignRoutes: [Route]
     /// The underlay's own networks (its addresses with their prefix lengths).
     public var underlayPrefixes: [IPv4Prefix]
@@ -88,40 +89,56 @@ public struct AgentSettings: Sendable, Hashable {
 
 /// Everything the agent wants the kernel to hold.
 public struct DesiredState: Sendable, Hashable {
-    public var device: VXLANDevice
-    public var address: IPv4Prefix
+    /// The backend's VXLAN device; nil when it keeps none (host-gw).
+    public var device: VXLANDevice?
+    /// The name the agent's device has (or a leftover of it would have): `flannel.<VNI>`.
+    public var deviceName: String
+    /// The device's address (the VTEP /32); nil without a device.
+    public var address: IPv4Prefix?
     public var fdb: [FDBEntry] = []
     public var neighbors: [Neighbor] = []
     public var nexthops: [Nexthop] = []
     public var routes: [Route] = []
     public var settings: AgentSettings
-    /// The name of each peer, in the order of `fdb` and `neighbors` (the maps
-    /// from MAC and VTEP address are built only when output asks for them).
-    public var peerNames: [String] = []
-    /// The origin of each peer (its lease key, its inventory entry), in the same order.
-    public var peerOrigins: [String] = []
+    /// The MTU pods get (subnet.env's `FLANNEL_MTU`): the device's, or the underlay's.
+    public var mtu: UInt32
+    /// The programmed peers, in (subnet, name) order (the maps from an entry to
+    /// its peer are built only when output asks for them).
+    public var peers: [NodeRecord] = []
     public var skipped: [SkippedPeer] = []
+
+    /// The name of each programmed peer.
+    public var peerNames: [String] { peers.map(\.name) }
+    /// The origin of each programmed peer (its lease key, its inventory entry).
+    public var peerOrigins: [String] { peers.map(\.origin) }
 
     /// Names the peer behind each entry of the desired state.
     public struct PeerIndex: Sendable {
-        let byMAC: [MACAddress: String]
-        let byVTEP: [IPv4Address: String]
+        /// VTEP addresses and public IPs (disjoint: a public IP is never in the pod network).
+        let byAddress: [IPv4Address: String]
+        let bySubnet: [IPv4Prefix: String]
 
         /// The peer an entry belongs to, if it is one of the desired peers'.
         public func peer(of entry: Entry) -> String? {
             switch entry {
-            case .fdb(let e): byMAC[e.mac]
-            case .neighbor(let n): byVTEP[n.ip]
-            case .nexthop(let n): n.gateway.flatMap { byVTEP[$0] }
-            case .route(let r): r.gateway.flatMap { byVTEP[$0] }
+            case .fdb(let e): byAddress[e.dst]
+            case .neighbor(let n): byAddress[n.ip]
+            case .nexthop(let n): n.gateway.flatMap { byAddress[$0] }
+            case .route(let r): bySubnet[r.dst]
             case .address: nil
             }
         }
     }
 
     public func peerIndex() -> PeerIndex {
-        PeerIndex(byMAC: Dictionary(zip(fdb.map(\.mac), peerNames), uniquingKeysWith: { a, _ in a }),
-                  byVTEP: Dictionary(zip(neighbors.map(\.ip), peerNames), uniquingKeysWith: { a, _ in a }))
+        var byAddress = [IPv4Address: String](minimumCapacity: 2 * peers.count)
+        var bySubnet = [IPv4Prefix: String](minimumCapacity: peers.count)
+        for peer in peers {
+            byAddress[peer.vtepAddress] = peer.name
+            byAddress[peer.publicIP] = peer.name
+            bySubnet[peer.subnet] = peer.name
+        }
+        return PeerIndex(byAddress: byAddress, bySubnet: bySubnet)
     }
 
     /// Builds the desired state; peers that are wrong on their own are skipped
@@ -131,7 +148,9 @@ public struct DesiredState: Sendable, Hashable {
     public init(view: ClusterView, host: HostFacts, settings: AgentSettings) {
         let checks = PeerChecks(view: view, host: host, settings: settings)
         device = checks.backend.device
-        address = IPv4Prefix(view.local.vtepAddress, 32)
+        deviceName = settings.deviceName ?? view.network.deviceName
+        address = device == nil ? nil : IPv4Prefix(view.local.vtepAddress, 32)
+        mtu = checks.backend.mtu
         self.settings = settings
 
         // Who made each claim first, one table per kind of claim (their keys hash
@@ -174,8 +193,7 @@ public struct DesiredState: Sendable, Hashable {
             record(.publicIP(peer.publicIP), by: peer.name)
             record(.name(peer.name), by: peer.name)
 
-            peerNames.append(peer.name)
-            peerOrigins.append(peer.origin)
+            peers.append(peer)
             checks.backend.forEachEntry(peer) { entry in
                 switch entry {
                 case .fdb(let e): fdb.append(e)
@@ -188,7 +206,7 @@ public struct DesiredState: Sendable, Hashable {
         }
     }
 
-    public var peerCount: Int { peerNames.count }
+    public var peerCount: Int { peers.count }
 }
 
 /// What no two peers (nor a peer and this node) may share. Of peers that claim
@@ -215,14 +233,17 @@ public enum PeerClaim: Hashable, Sendable {
 /// diff (full and per key), apply, the kernel picture and the daemon are the
 /// same for every backend. A new backend is a new type here and a case in
 /// `PeerChecks.backend(for:)`.
-///
-/// Today's seam has one shape of device, the VXLAN device (`device`); a
-/// backend without one (host-gw) or with another (udp's TUN) makes it optional.
 public protocol Backend: Sendable {
-    /// The device the backend keeps for this node.
-    var device: VXLANDevice { get }
+    /// The VXLAN device the backend keeps for this node; nil when it keeps none
+    /// (host-gw: a VXLAN device of the agent's name is then removed).
+    var device: VXLANDevice? { get }
+    /// The MTU pods get (subnet.env's `FLANNEL_MTU`).
+    var mtu: UInt32 { get }
     /// What this node claims (no peer may claim it too), beyond its public IP and name.
     var localClaims: [PeerClaim] { get }
+    /// Whether a peer's entries depend on this host's routes (which peers are on
+    /// its segment): then a change of the main table's routes is decided again by a full pass.
+    var followsRoutes: Bool { get }
     /// Why this backend cannot reach the peer, whatever the others are; nil if it can.
     func reason(_ peer: NodeRecord) -> String?
     /// What the peer claims beyond its subnet, public IP and name (VXLAN: its VTEP MAC).
@@ -231,27 +252,61 @@ public protocol Backend: Sendable {
     func forEachEntry(_ peer: NodeRecord, _ body: (Entry) -> Void)
 }
 
+extension Backend {
+    /// Nexthop ids are `nexthopIDBase + subnet index`: stable per peer, the same
+    /// id whichever way the peer is reached (a peer that moves between VXLAN and
+    /// a direct route keeps its route; only its nexthop is replaced).
+    static func nexthopID(_ peer: NodeRecord, network: NetworkConfig) -> UInt32 {
+        let index = (peer.subnet.network.value &- network.network.network.value) >> (32 - UInt32(network.subnetLen))
+        return AgentSettings.nexthopIDBase &+ index
+    }
+
+    /// A route to the peer's subnet via `gateway` on the device `deviceIndex` (nil:
+    /// the backend's device), through a nexthop object in the nexthop layout.
+    static func route(_ peer: NodeRecord, via gateway: IPv4Address, deviceIndex: Int32?, onlink: Bool,
+                      network: NetworkConfig, settings: AgentSettings, _ body: (Entry) -> Void) {
+        switch settings.layout {
+        case .nexthop:
+            let id = nexthopID(peer, network: network)
+            body(.nexthop(Nexthop(id: id, gateway: gateway, onlink: onlink, proto: settings.proto, deviceIndex: deviceIndex)))
+            body(.route(Route(dst: peer.subnet, gateway: gateway, nexthopID: id, onlink: onlink, proto: settings.proto,
+                              deviceIndex: deviceIndex)))
+        case .classic:
+            body(.route(Route(dst: peer.subnet, gateway: gateway, nexthopID: nil, onlink: onlink, proto: settings.proto,
+                              deviceIndex: deviceIndex)))
+        }
+    }
+}
+
 /// flannel's vxlan backend: the device `flannel.<VNI>`, and per peer a permanent
 /// FDB entry (VTEP MAC -> public IP), a permanent neighbor (VTEP address -> VTEP
 /// MAC) and a route to the peer's subnet via its VTEP address (through a nexthop
-/// object in the nexthop layout).
+/// object in the nexthop layout). With `DirectRouting`, a peer on this host's
+/// segment (the route to its public IP has no gateway) gets host-gw's direct
+/// route instead, and no FDB entry or neighbor.
 public struct VXLANBackend: Backend {
     public let network: NetworkConfig
     public let settings: AgentSettings
-    public let device: VXLANDevice
+    public let vxlan: VXLANDevice
+    /// Set with DirectRouting: which peers are on this host's segment.
+    let lookup: RouteLookup?
 
     public init(view: ClusterView, host: HostFacts, settings: AgentSettings) {
         network = view.network
         self.settings = settings
         let underlayMTU = host.underlay.mtu
-        device = VXLANDevice(name: settings.deviceName ?? network.deviceName, vni: network.vni,
-                             localIP: view.local.publicIP, underlayIndex: host.underlay.index,
-                             underlayName: host.underlay.name, port: network.port, learning: false,
-                             mtu: network.mtu ?? (underlayMTU > 50 ? underlayMTU - 50 : underlayMTU),
-                             mac: view.local.mac(vni: network.vni))
+        vxlan = VXLANDevice(name: settings.deviceName ?? network.deviceName, vni: network.vni,
+                            localIP: view.local.publicIP, underlayIndex: host.underlay.index,
+                            underlayName: host.underlay.name, port: network.port, learning: false,
+                            mtu: network.mtu ?? (underlayMTU > 50 ? underlayMTU - 50 : underlayMTU),
+                            mac: view.local.mac(vni: network.vni))
+        lookup = network.directRouting ? RouteLookup(host.foreignRoutes) : nil
     }
 
-    public var localClaims: [PeerClaim] { [.vtepMAC(device.mac)] }
+    public var device: VXLANDevice? { vxlan }
+    public var mtu: UInt32 { vxlan.mtu }
+    public var localClaims: [PeerClaim] { [.vtepMAC(vxlan.mac)] }
+    public var followsRoutes: Bool { lookup != nil }
 
     public func mac(_ peer: NodeRecord) -> MACAddress { peer.mac(vni: network.vni) }
 
@@ -263,19 +318,114 @@ public struct VXLANBackend: Backend {
     public func claim(_ peer: NodeRecord) -> PeerClaim? { .vtepMAC(mac(peer)) }
 
     public func forEachEntry(_ peer: NodeRecord, _ body: (Entry) -> Void) {
+        if let lookup, case .direct(let device) = lookup.reach(peer.publicIP) {
+            Self.route(peer, via: peer.publicIP, deviceIndex: device, onlink: false, network: network, settings: settings, body)
+            return
+        }
         let gateway = peer.vtepAddress
         let mac = mac(peer)
         body(.fdb(FDBEntry(mac: mac, dst: peer.publicIP)))
         body(.neighbor(Neighbor(ip: gateway, mac: mac)))
-        switch settings.layout {
-        case .nexthop:
-            let index = (peer.subnet.network.value &- network.network.network.value) >> (32 - UInt32(network.subnetLen))
-            let id = AgentSettings.nexthopIDBase &+ index
-            body(.nexthop(Nexthop(id: id, gateway: gateway, onlink: true, proto: settings.proto)))
-            body(.route(Route(dst: peer.subnet, gateway: gateway, nexthopID: id, onlink: true, proto: settings.proto)))
-        case .classic:
-            body(.route(Route(dst: peer.subnet, gateway: gateway, nexthopID: nil, onlink: true, proto: settings.proto)))
+        Self.route(peer, via: gateway, deviceIndex: nil, onlink: true, network: network, settings: settings, body)
+    }
+}
+
+/// flannel's host-gw backend: no device and no encapsulation; per peer a route
+/// to its subnet via its public IP on the underlay (`ip route replace
+/// 10.244.2.0/24 via 198.18.0.2 dev eth0`), through a nexthop object in the
+/// nexthop layout. Every peer must be on the underlay's segment: one behind a
+/// router is skipped with the router named, never routed into it.
+public struct HostGWBackend: Backend {
+    public let network: NetworkConfig
+    public let settings: AgentSettings
+    public let underlay: LinkState
+    let lookup: RouteLookup
+
+    public init(view: ClusterView, host: HostFacts, settings: AgentSettings) {
+        network = view.network
+        self.settings = settings
+        underlay = host.underlay
+        lookup = RouteLookup(host.foreignRoutes)
+    }
+
+    public var device: VXLANDevice? { nil }
+    /// No encapsulation: pods get the underlay's MTU, as flannel gives them.
+    public var mtu: UInt32 { underlay.mtu }
+    public var localClaims: [PeerClaim] { [] }
+    public var followsRoutes: Bool { true }
+
+    public func reason(_ peer: NodeRecord) -> String? {
+        let ip = peer.publicIP
+        switch lookup.reach(ip) {
+        case .direct(let device) where device == underlay.index:
+            return nil
+        case .direct(let device):
+            return "publicIP \(ip) is on a network of interface #\(device), not of the underlay \(underlay.name): "
+                + "host-gw routes to peers over the underlay only"
+        case .gateway(let gateway, let route):
+            return "publicIP \(ip) is not on this host's segment: it is reached via the gateway \(gateway) (route \(route)); "
+                + "host-gw needs every node on one L2 segment (use vxlan, or vxlan with DirectRouting, across routers)"
+        case .none(let why):
+            return "publicIP \(ip) is not reachable from this host: \(why)"
         }
+    }
+
+    public func claim(_ peer: NodeRecord) -> PeerClaim? { nil }
+
+    public func forEachEntry(_ peer: NodeRecord, _ body: (Entry) -> Void) {
+        Self.route(peer, via: peer.publicIP, deviceIndex: underlay.index, onlink: false, network: network, settings: settings, body)
+    }
+}
+
+/// How this host reaches an address by its main table.
+public enum Reach: Sendable, Hashable {
+    /// On a network of this host (no gateway between): the interface.
+    case direct(Int32)
+    /// Through a router: the gateway, and the route that names it.
+    case gateway(IPv4Address, route: IPv4Prefix)
+    /// No usable route; why.
+    case none(String)
+}
+
+/// Longest-prefix match over the main table's routes that are not the agent's:
+/// which peers are on this host's segment. flannel asks the kernel (`ip route
+/// get`: no gateway means direct); this answers the same from the snapshot's
+/// routes without a request per peer. It reads the main table only: policy
+/// rules that send the underlay's traffic to another table are not followed.
+public struct RouteLookup: Sendable {
+    /// By prefix length, longest first: the route for each network (the lowest metric).
+    let tables: [(length: UInt8, routes: [UInt32: Route])]
+
+    public init(_ routes: [Route]) {
+        var byLength = [UInt8: [UInt32: Route]]()
+        for route in routes where route.dst.length <= 32 {
+            let key = route.dst.network.value
+            if let have = byLength[route.dst.length]?[key], have.priority <= route.priority { continue }
+            byLength[route.dst.length, default: [:]][key] = route
+        }
+        tables = byLength.sorted { $0.key > $1.key }.map { (length: $0.key, routes: $0.value) }
+    }
+
+    /// The route the main table picks for `ip`, if any.
+    public func route(to ip: IPv4Address) -> Route? {
+        for (length, routes) in tables {
+            let mask: UInt32 = length == 0 ? 0 : ~UInt32(0) << (32 - UInt32(length))
+            if let route = routes[ip.value & mask] { return route }
+        }
+        return nil
+    }
+
+    public func reach(_ ip: IPv4Address) -> Reach {
+        guard let route = route(to: ip) else { return .none("no route to it") }
+        guard route.type == 1 else {
+            let kind = [2: "local", 3: "broadcast", 6: "blackhole", 7: "unreachable", 8: "prohibit", 9: "throw"][Int(route.type)]
+                ?? "type \(route.type)"
+            return .none("the route \(route.dst) is \(kind)")
+        }
+        if let gateway = route.gateway { return .gateway(gateway, route: route.dst) }
+        if let id = route.nexthopID { return .none("the route \(route.dst) uses nexthop object \(id), which the agent does not follow") }
+        guard let device = route.deviceIndex else { return .none("the route \(route.dst) has several next hops") }
+        return .direct(device)
     }
 }
 
@@ -304,6 +454,7 @@ public struct PeerChecks: Sendable {
     /// The backend `Backend.Type` names (the configuration parser admits only those that exist).
     static func backend(for view: ClusterView, host: HostFacts, settings: AgentSettings) -> any Backend {
         switch view.network.backendType {
+        case "host-gw": HostGWBackend(view: view, host: host, settings: settings)
         default: VXLANBackend(view: view, host: host, settings: settings)
         }
     }

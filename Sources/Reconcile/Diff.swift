@@ -62,31 +62,48 @@ public enum Differ {
         // The device. A recreated device loses every entry on it: remove our
         // routes and nexthops first (cheap for the kernel), then add everything.
         var deviceIndex: Int32?
-        if let link = snapshot.device {
-            guard link.kind == "vxlan", let existing = link.vxlan else {
-                throw .foreignDevice(name: link.name, kind: link.kind ?? "non-VXLAN")
-            }
-            if !desired.device.sameIdentity(as: existing) {
-                changes += snapshot.routes.map { .remove(.route($0)) }
-                changes += snapshot.nexthops.map { .remove(.nexthop($0)) }
-                changes.append(.recreateDevice(from: link, to: desired.device))
-                current = KernelSnapshot()
-            } else {
-                deviceIndex = link.index
-                if link.mtu != desired.device.mtu || link.mac != desired.device.mac || !link.isUp {
-                    changes.append(.updateDevice(from: link, to: desired.device))
+        if let want = desired.device {
+            if let link = snapshot.device {
+                guard link.kind == "vxlan", let existing = link.vxlan else {
+                    throw .foreignDevice(name: link.name, kind: link.kind ?? "non-VXLAN")
                 }
+                if !want.sameIdentity(as: existing) {
+                    changes += snapshot.routes.map { .remove(.route($0)) }
+                    changes += snapshot.nexthops.map { .remove(.nexthop($0)) }
+                    changes.append(.recreateDevice(from: link, to: want))
+                    current = KernelSnapshot()
+                } else {
+                    deviceIndex = link.index
+                    if link.mtu != want.mtu || link.mac != want.mac || !link.isUp {
+                        changes.append(.updateDevice(from: link, to: want))
+                    }
+                }
+            } else {
+                changes.append(.createDevice(want))
+                // Our routes elsewhere (the device vanished with its own) are still removed below.
+                current.addresses = []
+                current.fdb = []
+                current.neighbors = []
             }
+        } else if let link = snapshot.device, link.kind == "vxlan" {
+            // A backend without a device (host-gw): a VXLAN device of the agent's
+            // name is what the vxlan backend left (the node switched backends). It
+            // goes with every route and nexthop of ours, which are then added
+            // again on the underlay (the routes through it are about to vanish).
+            changes += snapshot.routes.map { .remove(.route($0)) }
+            changes += snapshot.nexthops.map { .remove(.nexthop($0)) }
+            changes.append(.deleteDevice(link))
+            current = KernelSnapshot()
         } else {
-            changes.append(.createDevice(desired.device))
-            // Our routes elsewhere (the device vanished with its own) are still removed below.
+            // No device of ours, and none wanted: a device of another kind that
+            // has the name is not ours, nor is anything on it.
             current.addresses = []
             current.fdb = []
             current.neighbors = []
         }
 
-        // Address: exactly the VTEP /32.
-        if !current.addresses.contains(desired.address) { changes.append(.add(.address(desired.address))) }
+        // Address: exactly the VTEP /32 (none without a device).
+        if let address = desired.address, !current.addresses.contains(address) { changes.append(.add(.address(address))) }
         for address in current.addresses where address != desired.address { changes.append(.remove(.address(address))) }
 
         // FDB: one remote per MAC. Extra remotes of one MAC (only `bridge fdb
@@ -141,7 +158,7 @@ public enum Differ {
         // A nexthop someone else's route or group uses stays: deleting it would
         // make the kernel delete that route or shrink that group.
         var kept: [String] = []
-        let renderer = Renderer(deviceName: desired.device.name, proto: proto, deviceIndex: deviceIndex)
+        let renderer = Renderer(deviceName: desired.deviceName, proto: proto, deviceIndex: deviceIndex)
         for nexthop in nexthops.values.sorted(by: { $0.id < $1.id }) {
             if let user = current.nexthopUsers[nexthop.id] {
                 kept.append(keptLine(nexthop, user: user, renderer: renderer))
@@ -175,10 +192,12 @@ public enum Differ {
 
     /// A nexthop wanted. An unchanged nexthop is never rewritten: replacing one
     /// makes the kernel walk every route that uses it.
+    /// `deviceIndex` is the agent's device: where an entry that names no device of its own goes.
     public static func nexthopChange(want: Nexthop, have: Nexthop?, deviceIndex: Int32?) -> Change? {
         guard let have else { return .add(.nexthop(want)) }
+        let device = want.deviceIndex ?? deviceIndex
         let same = have.gateway == want.gateway && have.onlink == want.onlink && have.proto == want.proto
-            && (deviceIndex == nil || have.deviceIndex == deviceIndex)
+            && (device == nil || have.deviceIndex == device)
         return same ? nil : .replace(from: .nexthop(have), to: .nexthop(want))
     }
 
@@ -195,8 +214,9 @@ public enum Differ {
     static func matches(_ have: Route, _ want: Route, deviceIndex: Int32?, proto: UInt8) -> Bool {
         guard have.proto == want.proto, have.type == want.type, have.priority == want.priority else { return false }
         if let id = want.nexthopID { return have.nexthopID == id }
+        let device = want.deviceIndex ?? deviceIndex
         return have.nexthopID == nil && have.gateway == want.gateway && have.onlink == want.onlink
-            && (deviceIndex == nil || have.deviceIndex == deviceIndex)
+            && (device == nil || have.deviceIndex == device)
     }
 
     /// The plan that removes everything the agent owns: routes, nexthops, then the device.

@@ -143,8 +143,10 @@ public struct KernelPicture: Sendable {
 
     /// Takes in a kernel event. `proto` is the agent's route protocol,
     /// `network` the cluster network (a foreign route inside it changes which
-    /// peers may be programmed).
-    public mutating func note(_ event: KernelEvent, proto: UInt8, network: IPv4Prefix) -> Noted {
+    /// peers may be programmed); `followsRoutes`: the backend decides by the
+    /// host's routes which peers are on its segment (host-gw, DirectRouting), so
+    /// any change of someone else's route may change that.
+    public mutating func note(_ event: KernelEvent, proto: UInt8, network: IPv4Prefix, followsRoutes: Bool = false) -> Noted {
         let entry: Entry
         switch event.subject {
         case .device(let what): return event.own ? .ignored : .fullPass(what)
@@ -154,6 +156,9 @@ public struct KernelPicture: Sendable {
             // Someone else's route: it matters if it took the key of one of ours,
             // or overlaps the network (a peer's subnet may collide with it now, or no longer).
             if routes[r.key] != nil && !event.deleted { return .fullPass("a route of protocol \(Renderer.protocolName(r.proto)) to \(r.dst)") }
+            if followsRoutes && !r.dst.overlaps(network) {
+                return .fullPass("route \(r.dst) \(event.deleted ? "deleted" : "changed"): which peers are on this host's segment is decided again")
+            }
             let overlaps = r.dst.overlaps(network) && (r.scope == 253 || r.dst.length >= network.length)
             return overlaps ? .fullPass("route \(r.dst) of protocol \(Renderer.protocolName(r.proto)) \(event.deleted ? "deleted" : "changed")") : .ignored
         }
@@ -200,7 +205,8 @@ public struct KernelPicture: Sendable {
 /// sends that lease to a full pass.
 public struct DesiredIndex: Sendable {
     public let checks: PeerChecks
-    public var device: VXLANDevice { checks.backend.device }
+    public var device: VXLANDevice? { checks.backend.device }
+    public let deviceName: String
     public var fdb: [MACAddress: FDBEntry] = [:]
     public var neighbors: [IPv4Address: Neighbor] = [:]
     public var nexthops: [UInt32: Nexthop] = [:]
@@ -219,6 +225,7 @@ public struct DesiredIndex: Sendable {
     /// Indexes a desired state computed in full from `view`.
     public init(desired: DesiredState, view: ClusterView, host: HostFacts) {
         checks = PeerChecks(view: view, host: host, settings: desired.settings)
+        deviceName = desired.deviceName
         localClaims = Set(checks.localClaims.map(\.hashValue))
         skipped = desired.skipped
         claimed.reserveCapacity(view.peers.count * 4)
@@ -318,7 +325,7 @@ extension Differ {
         var kept: [String] = []
         let deviceIndex = picture.deviceIndex
         let proto = desired.checks.settings.proto
-        let renderer = Renderer(deviceName: desired.device.name, proto: proto, deviceIndex: deviceIndex)
+        let renderer = Renderer(deviceName: desired.deviceName, proto: proto, deviceIndex: deviceIndex)
         for key in keys {
             switch key {
             case .fdb(let mac):

@@ -15,7 +15,8 @@ public struct NetworkConfig: Sendable, Hashable {
     public var port: UInt16
     /// An explicit MTU for the VXLAN device; default: underlay MTU - 50.
     public var mtu: UInt32?
-    /// Accepted for compatibility; vxlan-agent always encapsulates.
+    /// vxlan: route directly (no encapsulation) to peers on this host's segment,
+    /// over VXLAN to the rest, as flannel's `DirectRouting`.
     public var directRouting: Bool
 
     public init(network: IPv4Prefix, subnetLen: UInt8 = 24, subnetMin: IPv4Address? = nil, subnetMax: IPv4Address? = nil,
@@ -33,8 +34,14 @@ public struct NetworkConfig: Sendable, Hashable {
         self.directRouting = directRouting
     }
 
-    /// The VXLAN device name for this VNI, as flannel names it.
+    /// The VXLAN device name for this VNI, as flannel names it. host-gw keeps
+    /// no device, but removes a VXLAN device of this name left by the vxlan backend.
     public var deviceName: String { "flannel.\(vni)" }
+
+    /// The backends vxlan-agent implements (`Backend.Type`).
+    public static let backendTypes = ["vxlan", "host-gw"]
+    /// The keys of `Backend` that only the vxlan backend reads.
+    static let vxlanOnlyKeys = ["VNI", "Port", "MTU", "DirectRouting", "GBP", "Learning", "MacPrefix"]
 
     /// Parses and validates net-conf.json read from `source`. `dialect`: `.flanneld`
     /// (the default) for `<prefix>/config` in etcd, read as flanneld reads it (the
@@ -112,14 +119,23 @@ public struct NetworkConfig: Sendable, Hashable {
             if strict { try backend.rejectUnknownKeys(backendKeys) }
             if let type = try backend.string("Type") {
                 // flanneld lower-cases the type.
-                guard type.lowercased() == "vxlan" else {
-                    let known = ["udp", "host-gw", "wireguard", "ipip", "ipsec", "alivpc", "alloc", "gce", "awsvpc", "tencentvpc", "extension"]
+                guard backendTypes.contains(type.lowercased()) else {
+                    let known = ["udp", "wireguard", "ipip", "ipsec", "alivpc", "alloc", "gce", "awsvpc", "tencentvpc", "extension"]
                     let what = known.contains(type.lowercased()) ? "is flannel's \(type.lowercased()) backend, which vxlan-agent does not implement"
                         : "is not a flannel backend"
-                    throw backend.error("Type", "\(quoted(type)) \(what): vxlan-agent implements \"vxlan\" only")
+                    throw backend.error("Type", "\(quoted(type)) \(what): vxlan-agent implements \"vxlan\" and \"host-gw\"")
                 }
+                config.backendType = type.lowercased()
             }
-            config.backendType = "vxlan"
+            if config.backendType == "host-gw" {
+                // flanneld's host-gw reads no other key; in a file of ours, one that
+                // only vxlan reads is a mistake worth naming.
+                if strict, let key = vxlanOnlyKeys.first(where: { backend.has($0) }) {
+                    throw backend.error(key, "applies to the vxlan backend only; host-gw routes to each peer's public IP "
+                                        + "with no device of its own (remove \(key), or set \"Type\": \"vxlan\")")
+                }
+                return config
+            }
             config.vni = UInt32(try backend.integer("VNI", in: 0...16_777_215) ?? 1)
             if config.vni == 0 { config.vni = 1 }
             let port = try backend.integer("Port", in: 0...65535) ?? 0
@@ -145,8 +161,12 @@ public struct NetworkConfig: Sendable, Hashable {
 
     /// The JSON flannel writes for this configuration.
     public var json: String {
-        var backend = "\"Type\": \"\(backendType)\", \"VNI\": \(vni), \"Port\": \(port)"
-        if let mtu { backend += ", \"MTU\": \(mtu)" }
+        var backend = "\"Type\": \"\(backendType)\""
+        if backendType == "vxlan" {
+            backend += ", \"VNI\": \(vni), \"Port\": \(port)"
+            if let mtu { backend += ", \"MTU\": \(mtu)" }
+            if directRouting { backend += ", \"DirectRouting\": true" }
+        }
         return "{\"Network\": \"\(network)\", \"SubnetLen\": \(subnetLen), \"SubnetMin\": \"\(subnetMin)\", "
             + "\"SubnetMax\": \"\(subnetMax)\", \"Backend\": {\(backend)}}"
     }

@@ -54,7 +54,8 @@ public struct PlanOutput: Sendable {
     }
 
     struct JSONPlan: Encodable {
-        var device: String
+        /// nil for a backend without a device (host-gw).
+        var device: String?
         var inSync: Bool
         var applied: Bool
         var summary: JSONSummary
@@ -87,7 +88,7 @@ public struct PlanOutput: Sendable {
         }
         let c = plan.counts
         let document = JSONPlan(
-            device: renderer.deviceName, inSync: plan.isEmpty && (failures?.isEmpty ?? true), applied: applied,
+            device: desired.map { $0.device == nil } == true ? nil : renderer.deviceName, inSync: plan.isEmpty && (failures?.isEmpty ?? true), applied: applied,
             summary: JSONSummary(add: c.add, change: c.change, remove: c.remove, peers: plan.peerCount, skipped: plan.skipped.count),
             changes: changes,
             skippedPeers: plan.skipped.map { JSONSkipped(name: $0.name, origin: $0.origin, reason: $0.reason) },

@@ -183,7 +183,8 @@ public struct LeaseAttributes: Sendable, Hashable {
     public var publicIP: IPv4Address
     public var backendType: String
     public var vni: UInt32?
-    public var vtepMAC: MACAddress
+    /// The vxlan backend's VTEP MAC (`BackendData.VtepMAC`); nil for host-gw, which has no `BackendData`.
+    public var vtepMAC: MACAddress?
     /// A dual-stack node's IPv6 underlay address (`PublicIPv6`), kept for dual stack.
     public var publicIPv6: IPv6Address?
     /// A dual-stack node's IPv6 VTEP (`BackendV6Data`), when it parses; kept for dual stack.
@@ -202,7 +203,7 @@ public struct LeaseAttributes: Sendable, Hashable {
         var json: String { "{" + (vni.map { "\"VNI\":\($0)," } ?? "") + "\"VtepMAC\":\"\(vtepMAC)\"}" }
     }
 
-    public init(publicIP: IPv4Address, backendType: String = "vxlan", vni: UInt32?, vtepMAC: MACAddress,
+    public init(publicIP: IPv4Address, backendType: String = "vxlan", vni: UInt32?, vtepMAC: MACAddress?,
                 publicIPv6: IPv6Address? = nil, backendV6: VTEP? = nil) {
         self.publicIP = publicIP
         self.backendType = backendType
@@ -212,19 +213,31 @@ public struct LeaseAttributes: Sendable, Hashable {
         self.backendV6 = backendV6
     }
 
+    /// The lease of this node's own for `network`'s backend: vxlan's VTEP, or host-gw's nothing.
+    public static func own(publicIP: IPv4Address, network: NetworkConfig) -> LeaseAttributes {
+        network.backendType == "host-gw"
+            ? LeaseAttributes(publicIP: publicIP, backendType: "host-gw", vni: nil, vtepMAC: nil)
+            : LeaseAttributes(publicIP: publicIP, vni: network.vni, vtepMAC: .vtep(vni: network.vni, publicIP: publicIP))
+    }
+
     /// The JSON flanneld writes, field for field and in its order (`LeaseAttrs`:
-    /// PublicIP, PublicIPv6, BackendType, BackendData, BackendV6Data if any).
+    /// PublicIP, PublicIPv6, BackendType, BackendData, BackendV6Data if any; the
+    /// last three are `omitempty`: host-gw writes no BackendData).
     public var json: String {
         "{\"PublicIP\":\"\(publicIP)\",\"PublicIPv6\":\(publicIPv6.map { "\"\($0)\"" } ?? "null"),"
-            + "\"BackendType\":\"\(backendType)\",\"BackendData\":\(VTEP(vni: vni, vtepMAC: vtepMAC).json)"
+            + "\"BackendType\":\"\(backendType)\""
+            + (vtepMAC.map { ",\"BackendData\":\(VTEP(vni: vni, vtepMAC: $0).json)" } ?? "")
             + (backendV6.map { ",\"BackendV6Data\":\($0.json)" } ?? "") + "}"
     }
 
-    /// Parses a lease value as flanneld's vxlan backend reads it; the error names
-    /// the key and the field. Like Go's decoder: a field's name matches in any
-    /// case, the last of duplicate keys wins, unknown fields are ignored; a lease
-    /// without `"BackendType": "vxlan"` is not a vxlan lease (flanneld ignores it).
-    public static func parse(_ value: [UInt8], key: String) throws(ConfigError) -> LeaseAttributes {
+    /// Parses a lease value as flanneld's backend `backendType` reads it; the
+    /// error names the key and the field. Like Go's decoder: a field's name
+    /// matches in any case, the last of duplicate keys wins, unknown fields are
+    /// ignored. A lease of another backend is not one this node can reach
+    /// (flanneld ignores it: "ignoring non-vxlan subnet"). `backendType` nil: any
+    /// backend's lease (what finds this node's own lease after a backend switch:
+    /// flanneld reuses a lease by its PublicIP alone).
+    public static func parse(_ value: [UInt8], key: String, backendType want: String? = "vxlan") throws(ConfigError) -> LeaseAttributes {
         // JSONFields reads it as Go's decoder does (`.flanneld`): names in any case,
         // the last of duplicate keys wins; a byte order mark or a trailing comma is invalid JSON.
         let fields = try JSONFields.parse(Data(value), source: key, dialect: .flanneld)
@@ -239,20 +252,31 @@ public struct LeaseAttributes: Sendable, Hashable {
             ipv6 = address
         }
         let typeName = "BackendType"
-        guard let type = try fields.string(typeName) else {
-            throw fields.error(typeName, "is missing: flanneld programs only leases with \"BackendType\": \"vxlan\"")
+        let type = try fields.string(typeName)
+        if let want {
+            guard let type else {
+                throw fields.error(typeName, "is missing: flanneld programs only leases with \"BackendType\": \"\(want)\"")
+            }
+            guard type == want else {
+                throw fields.error(typeName, want == "vxlan" ? "\"\(type)\": only vxlan leases can be reached over VXLAN"
+                                   : "\"\(type)\": only \(want) leases can be reached by \(want) routes (flanneld ignores the others)")
+            }
         }
-        guard type == "vxlan" else {
-            throw fields.error(typeName, "\"\(type)\": only vxlan leases can be reached over VXLAN")
-        }
+        var vtep: VTEP?
         let dataName = "BackendData"
-        guard let data = try fields.object(dataName) else { throw fields.error(dataName, "is required (VtepMAC)") }
-        let vtep = try parseVTEP(data)
+        if type == "vxlan" {
+            if want == nil {
+                vtep = (try? fields.object(dataName)).flatMap { $0 }.flatMap { try? parseVTEP($0) }
+            } else {
+                guard let data = try fields.object(dataName) else { throw fields.error(dataName, "is required (VtepMAC)") }
+                vtep = try parseVTEP(data)
+            }
+        }
         // BackendV6Data matters only to an IPv6 VTEP, which this agent does not run:
         // like an IPv4-only flanneld, a broken one does not cost the IPv4 peer.
         let v6Data = try? fields.object("BackendV6Data")
         let v6 = v6Data.flatMap { data in try? parseVTEP(data) }
-        return LeaseAttributes(publicIP: ip, backendType: type, vni: vtep.vni, vtepMAC: vtep.vtepMAC,
+        return LeaseAttributes(publicIP: ip, backendType: type ?? "", vni: vtep?.vni, vtepMAC: vtep?.vtepMAC,
                                publicIPv6: ipv6, backendV6: v6)
     }
 
@@ -286,7 +310,8 @@ public struct Lease: Sendable, Hashable {
     /// Parses one key of `<prefix>/subnets/`; the error names the key. A
     /// dual-stack key gives its IPv4 subnet; an IPv6-only key is refused (this
     /// agent programs IPv4 only).
-    public static func parse(key: String, value: [UInt8], etcdLease: Int64 = 0) throws(ConfigError) -> Lease {
+    public static func parse(key: String, value: [UInt8], etcdLease: Int64 = 0,
+                             backendType: String? = "vxlan") throws(ConfigError) -> Lease {
         guard let subnets = Flannel.subnets(ofLeaseKey: key) else {
             throw ConfigError(source: key, field: "", message: "the key does not name a subnet "
                               + "(expected .../subnets/a.b.c.d-len, or a.b.c.d-len&ipv6-len for dual stack)")
@@ -299,7 +324,7 @@ public struct Lease: Sendable, Hashable {
             throw ConfigError(source: key, field: "", message: "the key names \(subnet), which is not a subnet "
                               + "(host bits set; its subnet is \(subnet.network)/\(subnet.length))")
         }
-        return Lease(key: key, subnet: subnet, ipv6Subnet: subnets.ipv6, attributes: try LeaseAttributes.parse(value, key: key),
+        return Lease(key: key, subnet: subnet, ipv6Subnet: subnets.ipv6, attributes: try LeaseAttributes.parse(value, key: key, backendType: backendType),
                      etcdLease: etcdLease)
     }
 
@@ -364,7 +389,8 @@ extension Flannel {
             return .failure(SkippedLease(key: entry.key, reason: "the key contains control characters"))
         }
         do {
-            let lease = try Lease.parse(key: entry.key, value: entry.value, etcdLease: entry.etcdLease)
+            let lease = try Lease.parse(key: entry.key, value: entry.value, etcdLease: entry.etcdLease,
+                                        backendType: network.backendType)
             if let vni = lease.attributes.vni, vni != network.vni {
                 return .failure(SkippedLease(key: entry.key, reason: "BackendData.VNI: \(vni), but the network uses VNI \(network.vni)"))
             }

@@ -61,7 +61,7 @@ struct TamperingTests {
              expected: "- address 10.244.1.7/24 dev flannel.1"),
         Case(description: "a stray route of ours (our protocol, on eth0)",
              command: "ip route add 10.244.98.0/24 via 198.18.0.9 dev eth0 proto 152",
-             expected: "- route 10.244.98.0/24 via 198.18.0.9 dev if"),
+             expected: "- route 10.244.98.0/24 via 198.18.0.9 dev eth0"),
         Case(description: "a stray nexthop of ours",
              command: "ip nexthop add id 1985478755 via 10.244.99.0 dev flannel.1 onlink proto 152",
              expected: "- nexthop id 1985478755 via 10.244.99.0 dev flannel.1 onlink"),

@@ -22,12 +22,11 @@ enum Fixture {
 
     /// The snapshot of a kernel that holds exactly `desired` (what a successful sync leaves).
     static func kernel(holding desired: DesiredState, index: Int32 = 7) -> KernelSnapshot {
-        let d = desired.device
-        let link = LinkState(index: index, name: d.name, kind: "vxlan", mtu: d.mtu, mac: d.mac, isUp: true, vxlan: d)
+        let link = desired.device.map { d in LinkState(index: index, name: d.name, kind: "vxlan", mtu: d.mtu, mac: d.mac, isUp: true, vxlan: d) }
         return KernelSnapshot(
-            device: link, addresses: [desired.address], fdb: desired.fdb, neighbors: desired.neighbors,
-            nexthops: desired.nexthops.map { var n = $0; n.deviceIndex = index; return n },
-            routes: desired.routes.map { var r = $0; if r.nexthopID == nil { r.deviceIndex = index }; return r })
+            device: link, addresses: desired.address.map { [$0] } ?? [], fdb: desired.fdb, neighbors: desired.neighbors,
+            nexthops: desired.nexthops.map { var n = $0; n.deviceIndex = n.deviceIndex ?? index; return n },
+            routes: desired.routes.map { var r = $0; if r.nexthopID == nil { r.deviceIndex = r.deviceIndex ?? index }; return r })
     }
 
     static func lines(_ plan: Plan) -> [String] {
