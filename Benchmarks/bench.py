@@ -3,7 +3,7 @@
 next to iproute2 (flannel's layout and nexthop objects) and the kernel's own
 limit (Benchmarks/limit.c), all in one run on the same machine.
 
-  bench.py AGENT quick|full|smoke|daemon [--runs R] [--out DIR]
+  bench.py AGENT quick|full|smoke|daemon|datapath [--runs R] [--seconds S] [--out DIR]
 
 smoke: `sync` at 100 peers only (seconds; the end-to-end tests run it).
 daemon: only issue 10's daemon targets, `vxlan-agent run` against a real etcd:
@@ -11,6 +11,13 @@ daemon: only issue 10's daemon targets, `vxlan-agent run` against a real etcd:
   transactions) and 20,000 (128-key), repair of a deleted route, neighbor and
   FDB entry at 10,000 peers, join at 10,000 against its floor, VmHWM/VmRSS at
   50,000 peers. quick and full measure them too, after the `sync` scenarios.
+datapath: only the datapath table (issue 11): pod-to-pod iperf3 between two hosts
+  of one segment over plain underlay routes, host-gw, VXLAN and VXLAN with
+  DirectRouting (the last is the host-gw path on one segment); R rounds (default
+  3) of S seconds (default 5), medians of throughput, TCP retransmits and CPU-s
+  per Gbit. A backend this build's `vxlan-agent sync` refuses, or does not program
+  as the case says, is reported "not available in this build", not imitated.
+  quick and full measure it too, at the end.
 At the end: a table of issue 10's targets (value, baseline from the same run,
 ratio, pass/fail), also written into the results JSON as "summary".
 
@@ -244,48 +251,215 @@ class Bench:
             drop(ns)
         self.record(n, f"iproute2 {layout} layout", runs)
 
-    def datapath(self):
-        """iperf3 pod to pod across two hosts: through flannel.1, then routed on the plain underlay."""
+    # ---- the datapath: pod-to-pod iperf3 over each way of reaching a peer (issue 11) ----
+
+    DATAPATH_CASES = (
+        # name, cluster.sh inventory arguments (None: no agent, hand routes), the path a pod's packets take
+        ("plain", None, "underlay routes by hand (ip route <peer subnet> via <peer>), no agent"),
+        ("host-gw", ["--backend", "host-gw"], "vxlan-agent host-gw: a route via the peer's public IP"),
+        ("vxlan", [], "vxlan-agent VXLAN: flannel.1"),
+        ("vxlan+DirectRouting", ["--direct-routing"],
+         "vxlan-agent VXLAN with DirectRouting: on one segment every peer is direct, so this is the host-gw path"),
+    )
+
+    def datapath(self, runs=3, seconds=5):
+        """Pod-to-pod iperf3 (one TCP stream, `seconds` each) between two hosts of one segment
+        (Tests/cluster/cluster.sh, one pod per host), over each case of DATAPATH_CASES. Rounds
+        interleave the cases (each round runs every case once), so load from other work on the
+        machine falls on all of them alike; figures are medians of `runs` runs.
+        A case whose configuration `vxlan-agent sync` refuses, or which does not put the server
+        pod's subnet on the expected path (checked with `ip route get` on both hosts), is
+        "not available in this build" with the reason; it is never imitated by hand routes.
+        CPU: the CPU time of the two iperf3 processes (wait4 rusage: user + system; this
+        kernel's tick accounting charges softirq work done in a process's context, the veth,
+        bridge and VXLAN transmit and receive paths, to that process) plus the ksoftirqd
+        threads' CPU time during the run (the softirq work done outside a process), divided
+        by the gigabits received: CPU-seconds per Gbit, which is also CPU cores per Gbit/s.
+        The whole machine's busy time (/proc/stat) during the run, and in the 2 s before it
+        (other work), are kept in the JSON for context: on a shared machine they mostly
+        measure the other work."""
         cluster = os.path.join(ROOT, "Tests", "cluster", "cluster.sh")
         prefix = f"{PREFIX}-dp"
+        h1, h2 = f"{prefix}-h1", f"{prefix}-h2"
         created.append(prefix + "-cluster")
+        d = {"setup": "two hosts of one segment (198.18.0.1, 198.18.0.2 on a bridge), one CNI bridge pod each, "
+                      f"iperf3 one TCP stream pod 10.244.1.x -> pod 10.244.2.x, {seconds} s per run, medians of {runs}",
+             "cpu_per_gbit_is": "CPU-seconds per Gbit received (= cores per Gbit/s): both iperf3 processes' user+system "
+                                "(softirq in their context included) + ksoftirqd threads, during the run",
+             "seconds": seconds, "runs": runs, "cases": {}}
+        self.results["datapath"] = d
         try:
             sh(f"bash {cluster} up {prefix} 2 1")
-            inv = os.path.join(self.work, "dp.json")
-            sh(f"bash {cluster} inventory 2 > {inv}")
-            for i in (1, 2):
-                sh(f"ip netns exec {prefix}-h{i} {self.agent} sync --config {inv} --node node-{i} --lock-file {self.work}/dp{i}.lock")
             pods = [line.split() for line in sh(f"bash {cluster} pods {prefix}").stdout.splitlines()]
-            server, client = pods[1], pods[0]
-
-            def iperf():
-                sh(f"ip netns exec {server[2]} iperf3 -s -1 -D")
-                time.sleep(0.5)
-                out = sh(f"ip netns exec {client[2]} iperf3 -c {server[3]} -t 10 -J").stdout
-                return json.loads(out)["end"]["sum_received"]["bits_per_second"]
-
-            def frags():
-                total = 0
-                for i in (1, 2):
-                    out = sh(f"ip netns exec {prefix}-h{i} nstat -az IpFragCreates IpFragFails", check=False).stdout
-                    total += sum(int(m) for m in re.findall(r"IpFrag\w+\s+(\d+)", out))
-                return total
-
-            before = frags()
-            vxlan = iperf()
-            fragmented = frags() - before
-            for i in (1, 2):
-                sh(f"ip netns exec {prefix}-h{i} {self.agent} cleanup --config {inv} --lock-file {self.work}/dp{i}.lock")
-            sh(f"ip -n {prefix}-h1 route add 10.244.2.0/24 via 198.18.0.2")
-            sh(f"ip -n {prefix}-h2 route add 10.244.1.0/24 via 198.18.0.1")
-            plain = iperf()
-            self.results["datapath"] = {"vxlan_bps": vxlan, "plain_bps": plain, "ratio": vxlan / plain,
-                                        "fragments_during_vxlan": fragmented}
-            print(f"  iperf3 10 s pod to pod       vxlan {vxlan / 1e9:.2f} Gbit/s, plain underlay {plain / 1e9:.2f} Gbit/s, "
-                  f"ratio {vxlan / plain:.2f}, fragments {fragmented}", flush=True)
+            client, server = pods[0], pods[1]
+            cases = []
+            for name, args, what in self.DATAPATH_CASES:
+                row = d["cases"][name] = {"path": what}
+                if args is None:
+                    cases.append((name, None))
+                    continue
+                configs = self.datapath_configs(cluster, name, args)
+                row["inventory_backend"] = json.load(open(configs[1]))["network"]["Backend"]
+                # The agent's own verdict on the configuration, before anything is written.
+                probe = subprocess.run(self.datapath_agent(h1, "sync", configs[1], 1, "--dry-run"),
+                                       capture_output=True, text=True)
+                if probe.returncode not in (0, 2):
+                    reason = (probe.stderr.strip() or probe.stdout.strip()).splitlines()
+                    row["available"] = False
+                    row["reason"] = "`vxlan-agent sync` refuses the configuration: " + (reason[-1] if reason else f"exit {probe.returncode}")
+                    continue
+                cases.append((name, configs))
+            for r in range(runs):
+                for name, configs in cases:
+                    row = d["cases"][name]
+                    if row.get("available") is False:
+                        continue
+                    self.datapath_setup(prefix, name, configs, client, server, row)
+                    try:
+                        if row.get("available") is False:
+                            continue
+                        row["available"] = True
+                        row.setdefault("samples", []).append(self.datapath_run(prefix, client, server, seconds))
+                        s = row["samples"][-1]
+                        print(f"  round {r + 1}/{runs} {name:<20} {s['bps'] / 1e9:6.2f} Gbit/s, {s['retransmits']} retransmits, "
+                              f"{s['cpu_per_gbit']:.3f} CPU-s/Gbit", flush=True)
+                    finally:
+                        self.datapath_teardown(prefix, name, configs, row)
+            for name, row in d["cases"].items():
+                samples = row.get("samples")
+                if not samples:
+                    continue
+                row["gbps"] = stats([s["bps"] / 1e9 for s in samples])
+                row["retransmits"] = stats([s["retransmits"] for s in samples])
+                row["cpu_per_gbit"] = stats([s["cpu_per_gbit"] for s in samples])
+                row["fragments"] = sum(s["fragments"] for s in samples)
+            plain = d["cases"]["plain"].get("gbps", {}).get("median")
+            for row in d["cases"].values():
+                if plain and "gbps" in row:
+                    row["vs_plain"] = row["gbps"]["median"] / plain
         finally:
             sh(f"bash {cluster} down {prefix}", check=False)
             created.remove(prefix + "-cluster")
+
+    def datapath_configs(self, cluster, name, args):
+        """One agent configuration per host: cluster.sh's inventory with the case's backend, and
+        the daemon's files pointed into the bench's temp dir (so `cleanup` never touches
+        /run/flannel or /etc/cni on this machine), masquerade off (plain has none either)."""
+        inventory = json.loads(sh(f"bash {cluster} inventory 2 {' '.join(args)}").stdout)
+        paths = {}
+        for i in (1, 2):
+            config = dict(inventory, subnetFile=os.path.join(self.work, f"dp-{name}-h{i}-subnet.env"),
+                          cniConfFile="", ipMasq=False)
+            paths[i] = os.path.join(self.work, f"dp-{name}-h{i}.json")
+            with open(paths[i], "w") as f:
+                json.dump(config, f, indent=2)
+        return paths
+
+    def datapath_agent(self, ns, verb, config, i, *extra):
+        return ["ip", "netns", "exec", ns, self.agent, verb, "--config", config, "--node", f"node-{i}",
+                "--lock-file", os.path.join(self.work, f"dp-h{i}.lock"), *extra]
+
+    def datapath_setup(self, prefix, name, configs, client, server, row):
+        """Programs the case on both hosts, then checks each host's route to the other's pod."""
+        hosts = {1: f"{prefix}-h1", 2: f"{prefix}-h2"}
+        if configs is None:
+            sh(f"ip -n {hosts[1]} route add 10.244.2.0/24 via 198.18.0.2 dev eth0")
+            sh(f"ip -n {hosts[2]} route add 10.244.1.0/24 via 198.18.0.1 dev eth0")
+        else:
+            for i, ns in hosts.items():
+                result = subprocess.run(self.datapath_agent(ns, "sync", configs[i], i), capture_output=True, text=True)
+                if result.returncode != 0:
+                    raise RuntimeError(f"datapath {name}: `vxlan-agent sync` on host {i} exited {result.returncode}: "
+                                       f"{result.stdout}{result.stderr}")
+        # The path the case promises: direct to the peer's public IP, or over flannel.1.
+        direct = name != "vxlan"
+        for i, dst, peer in ((1, server[3], "198.18.0.2"), (2, client[3], "198.18.0.1")):
+            got = sh(f"ip -n {hosts[i]} -o route get {dst}").stdout.split("\\")[0].strip()
+            ok = (f"via {peer} dev eth0" in got) if direct else ("dev flannel.1" in got)
+            if not ok:
+                expected = f"via {peer} dev eth0" if direct else "dev flannel.1"
+                reason = (f"vxlan-agent accepts the configuration, but host {i}'s route to the pod {dst} is "
+                          f"`{got}`, not {expected}")
+                if configs is None or name == "vxlan":
+                    raise RuntimeError(f"datapath {name}: {reason}")
+                row["available"] = False
+                row["reason"] = reason
+                return
+        row["route_h1"] = sh(f"ip -n {hosts[1]} -o route get {server[3]}").stdout.split("\\")[0].strip()
+
+    def datapath_teardown(self, prefix, name, configs, row):
+        """Removes the case: the hand routes, or `vxlan-agent cleanup` on both hosts; whatever
+        the agent's protocol still holds afterwards is flushed, and noted."""
+        for i, ns in ((1, f"{prefix}-h1"), (2, f"{prefix}-h2")):
+            if configs is None:
+                sh(f"ip -n {ns} route del 10.244.{3 - i}.0/24", check=False)
+                continue
+            result = subprocess.run(self.datapath_agent(ns, "cleanup", configs[i], i), capture_output=True, text=True)
+            left = sh(f"ip -n {ns} route show proto 152", check=False).stdout.strip()
+            left += sh(f"ip -n {ns} -o link show flannel.1", check=False).stdout.strip()
+            if result.returncode != 0 or left:
+                row.setdefault("cleanup_notes", []).append(
+                    f"host {i}: cleanup exited {result.returncode}, left: {left or 'nothing'} {result.stderr.strip()}".strip())
+                sh(f"ip -n {ns} route flush proto 152", check=False)
+                sh(f"ip -n {ns} nexthop flush proto 152", check=False)
+                sh(f"ip -n {ns} link del flannel.1", check=False)
+
+    def datapath_run(self, prefix, client, server, seconds):
+        """One iperf3 run, client pod -> server pod, with its CPU accounting."""
+        port = 5201
+        srv = subprocess.Popen(["ip", "netns", "exec", server[2], "iperf3", "-s", "-1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        spawned.append(srv)
+        try:
+            for _ in range(100):
+                if sh(f"ip netns exec {server[2]} ss -Hltn 'sport = :{port}'", check=False).stdout.strip():
+                    break
+                if srv.poll() is not None:
+                    raise RuntimeError(f"iperf3 server exited {srv.returncode}: {srv.stderr.read()}")
+                time.sleep(0.05)
+            frag0 = datapath_fragments(prefix)
+            busy0 = machine_busy()
+            time.sleep(2)
+            busy1, soft1 = machine_busy(), ksoftirqd_seconds()
+            pid = os.fork()
+            if pid == 0:
+                fd = os.open(os.path.join(self.work, "dp-iperf3.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+                os.dup2(fd, 1)
+                os.execvp("ip", ["ip", "netns", "exec", client[2], "iperf3", "-c", server[3], "-p", str(port),
+                                 "-t", str(seconds), "-J"])
+            _, status, client_usage = os.wait4(pid, 0)
+            busy2, soft2 = machine_busy(), ksoftirqd_seconds()
+            with open(os.path.join(self.work, "dp-iperf3.json")) as f:
+                text = f.read()
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise RuntimeError(f"iperf3 client exited {os.waitstatus_to_exitcode(status)}: {text[-2000:]}")
+            # The server exits after its one client; its rusage before Popen reaps it.
+            deadline = time.time() + 10
+            while True:
+                wpid, wstatus, server_usage = os.wait4(srv.pid, os.WNOHANG)
+                if wpid:
+                    srv.returncode = os.waitstatus_to_exitcode(wstatus)
+                    break
+                if time.time() > deadline:
+                    raise RuntimeError("iperf3 server did not exit after its client")
+                time.sleep(0.05)
+        finally:
+            if srv.returncode is None:
+                srv.kill()
+                srv.wait()
+            spawned.remove(srv)
+        end = json.loads(text)["end"]
+        received = end["sum_received"]
+        iperf_cpu = sum(u.ru_utime + u.ru_stime for u in (client_usage, server_usage))
+        cpu = iperf_cpu + (soft2 - soft1)
+        gbit = received["bytes"] * 8 / 1e9
+        wall = busy2[1] - busy1[1]
+        return {"bps": received["bits_per_second"], "retransmits": end["sum_sent"]["retransmits"],
+                "cpu_seconds": round(cpu, 3), "iperf3_cpu_seconds": round(iperf_cpu, 3),
+                "ksoftirqd_cpu_seconds": round(soft2 - soft1, 3), "cpu_per_gbit": cpu / gbit,
+                "machine_busy_cores": round((busy2[0] - busy1[0]) / wall, 3),
+                "machine_busy_cores_2s_before": round((busy1[0] - busy0[0]) / (busy1[1] - busy0[1]), 3),
+                "fragments": datapath_fragments(prefix) - frag0}
 
     # ---- the daemon (`vxlan-agent run`) against a real etcd: issue 10's targets ----
 
@@ -845,6 +1019,67 @@ class EtcdCluster:
             time.sleep(0.25)
 
 
+def machine_busy():
+    """(seconds of CPU busy on the whole machine since boot, a monotonic clock): /proc/stat's
+    user + nice + system + irq + softirq (not idle, iowait or steal)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    return sum(fields[k] for k in (0, 1, 2, 5, 6)) / os.sysconf("SC_CLK_TCK"), time.monotonic()
+
+
+def ksoftirqd_seconds():
+    """The CPU time (user + system) of the ksoftirqd threads: softirq work done outside a process."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        if stat[stat.index("(") + 1:stat.rindex(")")].startswith("ksoftirqd/"):
+            rest = stat[stat.rindex(")") + 2:].split()
+            total += int(rest[11]) + int(rest[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def datapath_fragments(prefix):
+    """IP fragments created (or that failed) on both hosts so far: 0 during a run means the
+    MTUs fit (a pod's 1450-byte packets in VXLAN's 50 bytes on a 1500-byte underlay)."""
+    total = 0
+    for i in (1, 2):
+        lines = sh(f"ip netns exec {prefix}-h{i} cat /proc/net/snmp", check=False).stdout.splitlines()
+        ip = [line.split()[1:] for line in lines if line.startswith("Ip:")]
+        if len(ip) == 2:
+            row = dict(zip(ip[0], ip[1]))
+            total += int(row.get("FragCreates", 0)) + int(row.get("FragFails", 0))
+    return total
+
+
+def print_datapath(d):
+    print(f"\nDatapath ({d['setup']}; CPU: {d['cpu_per_gbit_is']}):")
+    table = [("case", "Gbit/s median (min-max)", "vs plain", "retransmits median (min-max)", "CPU-s/Gbit median", "path")]
+    for name, row in d["cases"].items():
+        if "gbps" in row:
+            g, r, c = row["gbps"], row["retransmits"], row["cpu_per_gbit"]
+            table.append((name, f"{g['median']:.2f} ({g['min']:.2f}-{g['max']:.2f})",
+                          f"{row['vs_plain']:.2f}" if "vs_plain" in row else "-",
+                          f"{r['median']:g} ({r['min']}-{r['max']})", f"{c['median']:.3f}", row["path"]))
+        else:
+            table.append((name, "not available in this build", "", "", "", row.get("reason", "not measured")))
+    widths = [max(len(t[k]) for t in table) for k in range(5)]
+    for n, t in enumerate(table):
+        print("  " + " | ".join(c.ljust(w) for c, w in zip(t[:5], widths)) + " | " + t[5])
+        if n == 0:
+            print("  " + "-+-".join("-" * w for w in widths) + "-+-" + "-" * 4)
+    notes = [f"  {name}: fragments during its runs: {row['fragments']}" for name, row in d["cases"].items()
+             if row.get("fragments")]
+    notes += [f"  {name}: {note}" for name, row in d["cases"].items() for note in row.get("cleanup_notes", [])]
+    for note in notes:
+        print(note)
+
+
 def daemon_summary(results):
     """One row per target of issue 10: value, baseline, ratio, pass/fail."""
     rows = []
@@ -932,7 +1167,7 @@ def print_summary(rows, mode):
 
 
 def main(argv):
-    if len(argv) < 3 or argv[2] not in ("quick", "full", "smoke", "daemon"):
+    if len(argv) < 3 or argv[2] not in ("quick", "full", "smoke", "daemon", "datapath"):
         print(__doc__, file=sys.stderr)
         return 2
     mode = argv[2]
@@ -940,7 +1175,13 @@ def main(argv):
     out_dir = argv[argv.index("--out") + 1] if "--out" in argv else os.path.join(ROOT, "bench-results")
     os.makedirs(os.path.join(HERE, "bin"), exist_ok=True)
     sh(f"cc -O2 -Wall -o {HERE}/bin/limit {HERE}/limit.c $(pkg-config --cflags --libs libmnl)")
-    sizes = {"smoke": [100], "quick": [1000, 10000], "full": [1000, 10000, 50000], "daemon": []}[mode]
+    sizes = {"smoke": [100], "quick": [1000, 10000], "full": [1000, 10000, 50000], "daemon": [], "datapath": []}[mode]
+    # The datapath table's own counts: 3 iperf3 runs per case (--runs in datapath mode), 5 s each.
+    dp_runs = runs if mode == "datapath" and "--runs" in argv else 3
+    dp_seconds = int(argv[argv.index("--seconds") + 1]) if "--seconds" in argv else 5
+    if mode == "datapath" and not shutil.which("iperf3"):
+        print("iperf3 is missing (make deps-bench installs it)", file=sys.stderr)
+        return 1
     work = tempfile.mkdtemp(prefix="vxa-bench-")
     bench = Bench(argv[1], runs, work, logs=os.path.join(out_dir, f"{mode}-logs"))
     started, load = time.time(), os.getloadavg()
@@ -956,14 +1197,15 @@ def main(argv):
             print("\nN = 20,000 peers (iproute2 only: flannel's layout needs minutes at 50,000)", flush=True)
             bench.scenario_iproute2(20000, "classic")
             bench.scenario_iproute2(20000, "nexthop")
-        if mode != "smoke":
+        if mode not in ("smoke", "datapath"):
             if not shutil.which("etcd"):
                 raise RuntimeError("etcd is missing (make deps-bench installs it): the daemon targets need it")
             print("\nThe daemon (`vxlan-agent run`) against etcd", flush=True)
             bench.daemon_targets(samples=21 if mode == "quick" else 41)
         if mode not in ("smoke", "daemon") and shutil.which("iperf3"):
-            print("\ndatapath", flush=True)
-            bench.datapath()
+            print(f"\ndatapath: pod-to-pod iperf3, {', '.join(c[0] for c in Bench.DATAPATH_CASES)}; "
+                  f"{dp_runs} rounds of {dp_seconds} s each", flush=True)
+            bench.datapath(runs=dp_runs, seconds=dp_seconds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     bench.results["machine"] = {"kernel": platform.release(), "cpus": os.cpu_count(), "mode": mode, "runs": runs,
@@ -975,7 +1217,14 @@ def main(argv):
     with open(os.path.join(out_dir, f"{mode}.json"), "w") as f:
         json.dump(bench.results, f, indent=2)
     print_ratios(bench.results)
-    print_summary(bench.results["summary"], mode)
+    if "datapath" in bench.results:
+        print_datapath(bench.results["datapath"])
+    if mode != "datapath":
+        print_summary(bench.results["summary"], mode)
+    else:
+        load_after = bench.results["machine"]["loadavg_1_5_15_after"]
+        print(f"\n  machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} before, {load_after[0]:.2f} after "
+              f"(other work on the machine lowers every figure; the rounds interleave the cases so it falls on all)")
     return 0
 
 

@@ -2,7 +2,7 @@
 # cluster.sh: a cluster of hosts on one machine, built from network namespaces,
 # for `make demo`, the end-to-end tests and the benchmarks. Run it as root.
 #
-# What `up PREFIX N P` builds (every name starts with PREFIX):
+# What `up PREFIX N P` builds (every name starts with PREFIX): one segment.
 #
 #   PREFIX-ul          the underlay "switch": a Linux bridge br0
 #   PREFIX-hI          host I (1..N): eth0 = 198.18.0.I/24, joined to br0 by a
@@ -13,28 +13,50 @@
 #   /run/PREFIX/       the cluster's files: host-local's IPAM data (ipam/pods-hI),
 #                      cluster.env, and whatever a caller puts there (lock files)
 #
+# What `up PREFIX A+B[+C...] P` builds: a routed topology, one segment per
+# number (at most 16), joined by a router. Hosts are numbered across segments:
+# `up PREFIX 2+2` puts hosts 1-2 on segment 1 and hosts 3-4 on segment 2.
+#
+#   PREFIX-ulS         segment S's "switch": a Linux bridge br0
+#   PREFIX-rt          the router: ethS = 198.18.S.254/24 joined to segment S's
+#                      br0; ip_forward on
+#   PREFIX-hI          host I on segment S: eth0 = 198.18.S.I/24, default route
+#                      via 198.18.S.254 (so a route lookup of a host on another
+#                      segment has a gateway, one on its own segment has none);
+#                      pods and cni0 as above
+#
 # The root namespace's links, routes, sysctls and firewall are never changed:
 # every command runs inside one of the cluster's namespaces.
 #
 # Usage:
-#   cluster.sh up PREFIX NHOSTS [PODS_PER_HOST]   build it (fails if PREFIX exists)
+#   cluster.sh up PREFIX LAYOUT [PODS_PER_HOST]   build it (fails if PREFIX exists);
+#                                                 LAYOUT is NHOSTS (one segment, e.g. 3)
+#                                                 or A+B[+C...] (segments and a router)
 #   cluster.sh down PREFIX                        remove it all; safe to repeat,
 #                                                 also after a half-failed up
+#   cluster.sh hosts PREFIX                       one "HOST NAMESPACE ADDRESS SEGMENT" line
+#                                                 per host (segment 0: the one-segment layout)
 #   cluster.sh pods PREFIX                        one "HOST POD NAMESPACE IP" line per pod
 #   cluster.sh exec PREFIX WHERE CMD [ARG]...     run CMD in a namespace; WHERE is
-#                                                 I or hI (host I), hI-pJ (pod), ul
-#   cluster.sh inventory [PREFIX] [NHOSTS] [--without I]...
+#                                                 I or hI (host I), hI-pJ (pod), ul,
+#                                                 ulS (segment S), rt (the router)
+#   cluster.sh inventory [PREFIX] [LAYOUT] [--without I]... [--backend vxlan|host-gw]
+#                        [--direct-routing]
 #                                                 vxlan-agent's config for the cluster
-#                                                 (NHOSTS defaults to PREFIX's size)
+#                                                 (LAYOUT defaults to PREFIX's); the
+#                                                 net-conf's Backend is {"Type": "vxlan",
+#                                                 "VNI": 1, "Port": 8472} (default),
+#                                                 with "DirectRouting": true, or
+#                                                 {"Type": "host-gw"}
 #   cluster.sh ping PREFIX [--all] [--without I]...
 #                                                 every pod pings every pod on the other
 #                                                 hosts (--all: also on its own host);
 #                                                 a matrix, exit 1 if any ping failed
 #   cluster.sh namespaces PREFIX                  the cluster's namespaces
 #
-# As a library: `source cluster.sh` defines cluster_up, cluster_down, cluster_pods,
-# cluster_exec, cluster_inventory, cluster_ping, cluster_namespaces and cluster_ns
-# (same arguments) and changes no shell options of the caller.
+# As a library: `source cluster.sh` defines cluster_up, cluster_down, cluster_hosts,
+# cluster_pods, cluster_exec, cluster_inventory, cluster_ping, cluster_namespaces and
+# cluster_ns (same arguments) and changes no shell options of the caller.
 #
 # Environment: CNI_PATH (default /usr/lib/cni), CLUSTER_POD_MTU (default 1450,
 # flannel's MTU on a 1500-byte underlay).
@@ -75,29 +97,81 @@ _cluster_check_root() {
 
 cluster_dir() { echo "/run/$1"; }
 
+# A LAYOUT is NHOSTS (one segment: 1..250 hosts) or A+B[+C...] (2..16 segments
+# of at least one host each, 250 hosts in all: a host's number is the last
+# octet of its address and the third of its pod subnet).
+_cluster_check_layout() {
+    local layout=${1:-} n total=0 count=0
+    if [[ ! $layout =~ ^[0-9]+(\+[0-9]+)*$ ]]; then
+        _cluster_err "bad LAYOUT '$layout': NHOSTS (one segment) or A+B[+C...] (hosts per segment)"
+        exit 2
+    fi
+    local IFS=+
+    for n in $layout; do
+        count=$((count + 1))
+        (( 10#$n >= 1 )) || { _cluster_err "bad LAYOUT '$layout': segment $count has no hosts"; exit 2; }
+        total=$((total + 10#$n))
+    done
+    (( total <= 250 )) || { _cluster_err "bad LAYOUT '$layout': $total hosts, at most 250"; exit 2; }
+    (( count <= 16 )) || { _cluster_err "bad LAYOUT '$layout': $count segments, at most 16"; exit 2; }
+}
+
+# One "HOST SEGMENT ADDRESS GATEWAY" line per host of LAYOUT: segment 0 and no
+# gateway ("-") in the one-segment layout (198.18.0.I), segment S and its
+# router's address in a routed one (198.18.S.I, via 198.18.S.254).
+_cluster_layout_hosts() (
+    _cluster_check_layout "${1:-}"
+    local layout=$1 n s=0 i=0 k
+    if [[ $layout != *+* ]]; then
+        for (( i = 1; i <= 10#$layout; i++ )); do echo "$i 0 198.18.0.$i -"; done
+        exit 0
+    fi
+    local IFS=+
+    for n in $layout; do
+        s=$((s + 1))
+        for (( k = 1; k <= 10#$n; k++ )); do
+            i=$((i + 1))
+            echo "$i $s 198.18.$s.$i 198.18.$s.254"
+        done
+    done
+)
+
+# The LAYOUT a cluster was built with (clusters from before LAYOUT was written
+# have NHOSTS only: one segment).
+_cluster_layout_of() { # prefix
+    local env
+    env="$(cluster_dir "$1")/cluster.env"
+    [ -r "$env" ] || return 1
+    sed -n 's/^LAYOUT=//p; t; s/^NHOSTS=//p' "$env" | tail -n 1
+}
+
 # The cluster's namespaces (and only its own: not those of a cluster whose
-# prefix merely starts with PREFIX), pods first, then hosts, the underlay last.
+# prefix merely starts with PREFIX), pods first, then hosts, the router, the
+# underlay segments last.
 cluster_namespaces() (
     _cluster_check_prefix "${1:-}"
     local p=${1//./\\.}
     ip netns list 2>/dev/null | awk '{print $1}' | {
-        grep -E "^$p-(ul|h[0-9]+|h[0-9]+-p[0-9]+)\$" || true
-    } | awk -v pre="$1" '{ r = substr($0, length(pre) + 2); print (r == "ul" ? 3 : (r ~ /-p/ ? 1 : 2)), $0 }' \
+        grep -E "^$p-(ul|ul[0-9]+|rt|h[0-9]+|h[0-9]+-p[0-9]+)\$" || true
+    } | awk -v pre="$1" '{ r = substr($0, length(pre) + 2); print (r ~ /^ul/ ? 4 : (r == "rt" ? 3 : (r ~ /-p/ ? 1 : 2))), $0 }' \
       | sort -k1,1n -k2,2 | awk '{print $2}'
 )
 
-# cluster_ns PREFIX WHERE: the namespace name for I, hI, I-J, hI-pJ, ul or a full name.
+# cluster_ns PREFIX WHERE: the namespace name for I, hI, I-J, hI-pJ, ul, ulS, rt
+# or a full name.
 cluster_ns() (
     _cluster_check_prefix "${1:-}"
     local prefix=$1 where=${2:-}
     case $where in
         "$prefix"-*) echo "$where" ;;
-        ul) echo "$prefix-ul" ;;
+        ul|rt) echo "$prefix-$where" ;;
+        ul[0-9]*) [[ $where =~ ^ul[0-9]+$ ]] || { _cluster_err "bad segment '$where'"; exit 2; }
+                  echo "$prefix-$where" ;;
         [0-9]*) [[ $where =~ ^[0-9]+(-[0-9]+)?$ ]] || { _cluster_err "bad host '$where'"; exit 2; }
                 if [[ $where == *-* ]]; then echo "$prefix-h${where%-*}-p${where#*-}"; else echo "$prefix-h$where"; fi ;;
         h[0-9]*) [[ $where =~ ^h[0-9]+(-p[0-9]+)?$ ]] || { _cluster_err "bad host '$where'"; exit 2; }
                  echo "$prefix-$where" ;;
-        *) _cluster_err "bad host '$where': I, hI, hI-pJ or ul"; exit 2 ;;
+        *) _cluster_err "bad host '$where': I, hI, hI-pJ, ul, ulS or rt"; exit 2 ;;
     esac
 )
 
@@ -137,11 +211,13 @@ _cluster_cni() { # command host-ns pod-ns host-index ipam-dir
 
 cluster_up() (
     _cluster_check_prefix "${1:-}"
-    _cluster_check_int NHOSTS "${2:-}" 1 250
+    _cluster_check_layout "${2:-}"
     _cluster_check_int PODS_PER_HOST "${3:-0}" 0 250
     _cluster_check_root
-    local prefix=$1 hosts=$((10#$2)) pods=$((10#${3:-0}))
-    local dir ul="$1-ul" tool plugin
+    local prefix=$1 layout=$2 pods=$((10#${3:-0}))
+    local dir tool plugin table hosts
+    table=$(_cluster_layout_hosts "$layout") || exit 2
+    hosts=$(printf '%s\n' "$table" | wc -l)
     dir=$(cluster_dir "$prefix")
     for tool in ip sysctl; do
         command -v "$tool" > /dev/null || { _cluster_err "$tool missing (apt-get install iproute2 procps)"; exit 1; }
@@ -158,27 +234,53 @@ cluster_up() (
     fi
 
     _cluster_do mkdir -p "$dir/ipam"
-    printf 'NHOSTS=%s\nPODS_PER_HOST=%s\n' "$hosts" "$pods" > "$dir/cluster.env"
+    # NHOSTS for the callers that read it; LAYOUT for inventory and hosts.
+    printf 'NHOSTS=%s\nPODS_PER_HOST=%s\nLAYOUT=%s\n' "$hosts" "$pods" "$layout" > "$dir/cluster.env"
 
-    # The underlay: one bridge, no addresses. IPv6 off everywhere, so no
-    # router solicitations or DAD chatter in captures.
+    # The underlay: one bridge per segment, no addresses ("PREFIX-ul" in the
+    # one-segment layout, "PREFIX-ulS" in a routed one). IPv6 off everywhere,
+    # so no router solicitations or DAD chatter in captures.
     local v6off=(net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1)
-    _cluster_do ip netns add "$ul"
-    _cluster_do ip netns exec "$ul" sysctl -qw "${v6off[@]}"
-    _cluster_do ip -n "$ul" link set lo up
-    _cluster_do ip -n "$ul" link add br0 type bridge
-    _cluster_do ip -n "$ul" link set br0 up
+    local segments s ul
+    segments=$(printf '%s\n' "$table" | awk '{print $2}' | sort -un)
+    for s in $segments; do
+        if [ "$s" = 0 ]; then ul="$prefix-ul"; else ul="$prefix-ul$s"; fi
+        _cluster_do ip netns add "$ul"
+        _cluster_do ip netns exec "$ul" sysctl -qw "${v6off[@]}"
+        _cluster_do ip -n "$ul" link set lo up
+        _cluster_do ip -n "$ul" link add br0 type bridge
+        _cluster_do ip -n "$ul" link set br0 up
+    done
 
-    local i j h p out ip
-    for (( i = 1; i <= hosts; i++ )); do
+    # The router of a routed layout: a leg ethS on each segment, 198.18.S.254.
+    if [[ $layout == *+* ]]; then
+        local rt="$prefix-rt"
+        _cluster_do ip netns add "$rt"
+        _cluster_do ip netns exec "$rt" sysctl -qw "${v6off[@]}" net.ipv4.ip_forward=1
+        _cluster_do ip -n "$rt" link set lo up
+        for s in $segments; do
+            _cluster_do ip -n "$prefix-ul$s" link add rt type veth peer name "eth$s" netns "$rt"
+            _cluster_do ip -n "$prefix-ul$s" link set rt master br0 up
+            _cluster_do ip -n "$rt" addr add "198.18.$s.254/24" dev "eth$s"
+            _cluster_do ip -n "$rt" link set "eth$s" up
+        done
+    fi
+
+    local i j h p out ip address gateway
+    # (fd 3: nothing in the loop reads the table in place of its own stdin)
+    while read -r i s address gateway <&3; do
         h="$prefix-h$i"
+        if [ "$s" = 0 ]; then ul="$prefix-ul"; else ul="$prefix-ul$s"; fi
         _cluster_do ip netns add "$h"
         _cluster_do ip netns exec "$h" sysctl -qw "${v6off[@]}" net.ipv4.ip_forward=1
         _cluster_do ip -n "$h" link set lo up
         _cluster_do ip -n "$ul" link add "h$i" type veth peer name eth0 netns "$h"
         _cluster_do ip -n "$ul" link set "h$i" master br0 up
-        _cluster_do ip -n "$h" addr add "198.18.0.$i/24" dev eth0
+        _cluster_do ip -n "$h" addr add "$address/24" dev eth0
         _cluster_do ip -n "$h" link set eth0 up
+        if [ "$gateway" != - ]; then
+            _cluster_do ip -n "$h" route add default via "$gateway" dev eth0
+        fi
         for (( j = 1; j <= pods; j++ )); do
             p="$h-p$j"
             _cluster_do ip netns add "$p"
@@ -191,6 +293,35 @@ cluster_up() (
             ip=$(printf '%s' "$out" | tr -d ' \n\t' | grep -oE '"address":"[0-9.]+/' | head -n 1 | tr -dc '0-9.' || true)
             [ -n "$ip" ] || { _cluster_err "CNI ADD for $p returned no IPv4 address: $out"; exit 1; }
         done
+    done 3<<< "$table"
+
+    # A fresh veth reports carrier a moment later (the kernel's link watch):
+    # `up` returns once every underlay link is UP, so a caller's first packet
+    # is not lost to a link still down.
+    local links="" n
+    while read -r i s address gateway <&3; do links+=" $prefix-h$i:eth0"; done 3<<< "$table"
+    if [[ $layout == *+* ]]; then for s in $segments; do links+=" $prefix-rt:eth$s"; done; fi
+    local down
+    for (( n = 0; n < 50; n++ )); do
+        down=""
+        for i in $links; do
+            [[ $(ip -n "${i%:*}" -o link show dev "${i#*:}" 2>/dev/null) == *"state UP"* ]] || down+=" $i"
+        done
+        [ -n "$down" ] || exit 0
+        sleep 0.1
+    done
+    _cluster_err "underlay links not up after 5 s:$down"
+    exit 1
+)
+
+# One "HOST NAMESPACE ADDRESS SEGMENT" line per host (segment 0: the
+# one-segment layout; S: the segment behind the router's ethS).
+cluster_hosts() (
+    _cluster_check_prefix "${1:-}"
+    local layout i s address gateway
+    layout=$(_cluster_layout_of "$1") || { _cluster_err "hosts: no cluster named $1 ($(cluster_dir "$1")/cluster.env missing)"; exit 1; }
+    _cluster_layout_hosts "$layout" | while read -r i s address gateway; do
+        echo "$i $1-h$i $address $s"
     done
 )
 
@@ -246,37 +377,55 @@ cluster_exec() {
     ip netns exec "$ns" "$@"
 }
 
-# vxlan-agent's configuration for hosts 1..NHOSTS (minus --without ones): the
-# same file on every host, each picks itself with --node node-I.
+# vxlan-agent's configuration for the hosts of LAYOUT (minus --without ones):
+# the same file on every host, each picks itself with --node node-I.
 cluster_inventory() (
-    local hosts="" without=" " env i nodes="" sep=""
-    # The PREFIX is optional (the file depends on the host count only); without
-    # a count it is read from PREFIX's cluster.env.
+    local layout="" without=" " backend=vxlan direct=0 i seg address gateway nodes="" sep="" conf
+    # The PREFIX is optional (the file depends on the layout only); without a
+    # LAYOUT it is read from PREFIX's cluster.env.
     if [[ ${1:-} =~ ^[A-Za-z] ]]; then
         _cluster_check_prefix "$1"
-        env="$(cluster_dir "$1")/cluster.env"
+        local prefix=$1
         shift
-        if [[ ! ${1:-} =~ ^[0-9]+$ ]]; then
-            [ -r "$env" ] || { _cluster_err "inventory: give NHOSTS (no $env)"; exit 2; }
-            hosts=$(sed -n 's/^NHOSTS=//p' "$env")
+        if [[ ! ${1:-} =~ ^[0-9] ]]; then
+            layout=$(_cluster_layout_of "$prefix") || {
+                _cluster_err "inventory: give LAYOUT (no $(cluster_dir "$prefix")/cluster.env)"; exit 2; }
         fi
     fi
-    if [ -z "$hosts" ]; then hosts=${1:-}; shift || true; fi
-    _cluster_check_int NHOSTS "$hosts" 1 250
+    if [ -z "$layout" ]; then layout=${1:-}; shift || true; fi
+    _cluster_check_layout "$layout"
     while [ $# -gt 0 ]; do
         case $1 in
             --without) _cluster_check_int "--without host" "${2:-}" 1 250; without="$without$((10#$2)) "; shift 2 ;;
+            --backend)
+                case ${2:-} in
+                    vxlan|host-gw) backend=$2 ;;
+                    *) _cluster_err "inventory: bad --backend '${2:-}': vxlan or host-gw"; exit 2 ;;
+                esac
+                shift 2 ;;
+            --direct-routing) direct=1; shift ;;
             *) _cluster_err "inventory: unknown argument '$1'"; exit 2 ;;
         esac
     done
-    for (( i = 1; i <= 10#$hosts; i++ )); do
+    if [ $direct = 1 ] && [ "$backend" != vxlan ]; then
+        _cluster_err "inventory: --direct-routing is a VXLAN option (flannel's host-gw routes directly always)"
+        exit 2
+    fi
+    # flannel's net-conf keys: Backend.Type, and DirectRouting for VXLAN.
+    case $backend in
+        vxlan) conf='{"Type": "vxlan", "VNI": 1, "Port": 8472'
+               [ $direct = 0 ] || conf+=', "DirectRouting": true'
+               conf+='}' ;;
+        host-gw) conf='{"Type": "host-gw"}' ;;
+    esac
+    while read -r i seg address gateway; do
         [[ $without == *" $i "* ]] && continue
-        nodes+="$sep    {\"name\": \"node-$i\", \"publicIP\": \"198.18.0.$i\", \"subnet\": \"10.244.$i.0/24\"}"
+        nodes+="$sep    {\"name\": \"node-$i\", \"publicIP\": \"$address\", \"subnet\": \"10.244.$i.0/24\"}"
         sep=$',\n'
-    done
+    done < <(_cluster_layout_hosts "$layout")
     cat <<JSON
 {
-  "network": {"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": {"Type": "vxlan", "VNI": 1, "Port": 8472}},
+  "network": {"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": $conf},
   "nodes": [
 $nodes
   ]
@@ -336,6 +485,7 @@ _cluster_main() {
     case $cmd in
         up) cluster_up "$@" ;;
         down) cluster_down "$@" ;;
+        hosts) cluster_hosts "$@" ;;
         pods) cluster_pods "$@" ;;
         exec) cluster_exec "$@" ;;
         inventory) cluster_inventory "$@" ;;
