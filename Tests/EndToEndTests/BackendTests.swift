@@ -198,4 +198,51 @@ struct BackendTests {
         try sh("ip -n \(cluster.ns(1)) route del \(subnet3)")
         try cluster.waitUntil("h1 repairs its route to h3") { try cluster.routes(1).contains(subnet3) }
     }
+
+    @Test("a routed topology (two segments, one router): DirectRouting goes direct within a segment and over VXLAN across; host-gw skips the far segment naming the router; pods ping")
+    func routedTopology() throws {
+        try requireKernel()
+        try #require(FileManager.default.isExecutableFile(atPath: "/usr/lib/cni/bridge"),
+                     "containernetworking-plugins is required (make test installs it)")
+        let prefix = "vxa-rt\(getpid() % 100_000)"
+        let cluster = "\(packageRoot)/Tests/cluster/cluster.sh"
+        defer { _ = try? run("bash \(cluster) down \(prefix)") }
+        try sh("bash \(cluster) up \(prefix) 2+2 1")
+        let dir = "/run/\(prefix)"
+        try sh("bash \(cluster) inventory \(prefix) --direct-routing > \(dir)/dr.json")
+        try sh("bash \(cluster) inventory \(prefix) --backend host-gw > \(dir)/hostgw.json")
+        func sync(_ host: Int, _ config: String) throws -> Result {
+            try run("ip netns exec \(prefix)-h\(host) \(agentBinary) sync --config \(dir)/\(config) --node node-\(host) "
+                    + "--lock-file \(dir)/h\(host).lock")
+        }
+        func routes(_ host: Int) throws -> [String] {
+            try sh("ip -n \(prefix)-h\(host) route show proto vxlan-agent").split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        }
+        for host in 1...4 {
+            let result = try sync(host, "dr.json")
+            #expect(result.status == 0, "h\(host): \(result.stdout)\(result.stderr)")
+        }
+        #expect(try routes(1) == [
+            "10.244.2.0/24 nhid 1985478658 via 198.18.1.2 dev eth0",
+            "10.244.3.0/24 nhid 1985478659 via 10.244.3.0 dev flannel.1 onlink",
+            "10.244.4.0/24 nhid 1985478660 via 10.244.4.0 dev flannel.1 onlink",
+        ])
+        #expect(try routes(4) == [
+            "10.244.1.0/24 nhid 1985478657 via 10.244.1.0 dev flannel.1 onlink",
+            "10.244.2.0/24 nhid 1985478658 via 10.244.2.0 dev flannel.1 onlink",
+            "10.244.3.0/24 nhid 1985478659 via 198.18.2.3 dev eth0",
+        ])
+        let fdb = try sh("bridge -n \(prefix)-h1 fdb show dev flannel.1")
+        #expect(fdb.contains("dst 198.18.2.3") && fdb.contains("dst 198.18.2.4") && !fdb.contains("dst 198.18.1.2"), "\(fdb)")
+        let ping = try run("bash \(cluster) ping \(prefix)")
+        #expect(ping.status == 0, "\(ping.stdout)\(ping.stderr)")
+
+        // host-gw across the router: the far segment is skipped naming the router, the near one is routed.
+        let hostGW = try sync(1, "hostgw.json")
+        #expect(hostGW.status == 3, "\(hostGW.stdout)\(hostGW.stderr)")
+        #expect(hostGW.stderr.contains("peer node-3 (nodes[2]): publicIP 198.18.2.3 is not on this host's segment: it is reached via "
+                                       + "the gateway 198.18.1.254 (route 0.0.0.0/0)"), "\(hostGW.stderr)")
+        #expect(try routes(1) == ["10.244.2.0/24 nhid 1985478658 via 198.18.1.2 dev eth0"])
+        #expect(try sh("ip -n \(prefix)-h1 link show flannel.1 2>/dev/null || true").isEmpty)
+    }
 }

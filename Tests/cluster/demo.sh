@@ -165,6 +165,23 @@ echo "  Pods on hosts 1 and 2 still reach each other:"
 show bash "$CLUSTER" ping "$PREFIX" --without 3 || die "pods on hosts 1 and 2 lost each other"
 
 # ----------------------------------------------------------------------------
+step "Switch hosts 1 and 2 to host-gw: no encapsulation" \
+"The hosts share one L2 segment, so each can route the other's pod subnet straight
+to the other's address on eth0. The same inventory with {\"Type\": \"host-gw\"}: one
+sync per host removes flannel.1 with its entries and routes via the peer instead."
+cmdline bash "$CLUSTER" inventory "$PREFIX" "$HOSTS" --without 3 --backend host-gw "> $DIR/inventory-host-gw.json"
+bash "$CLUSTER" inventory "$PREFIX" "$HOSTS" --without 3 --backend host-gw > "$DIR/inventory-host-gw.json"
+for i in 1 2; do
+    set +e; agent "$i" sync --config "$DIR/inventory-host-gw.json" --node "node-$i" --lock-file "$(lock "$i")"; rc=$?; set -e
+    [ $rc = 0 ] || die "host-gw sync on host $i exited $rc"
+done
+show ip -n "$H1" route show proto vxlan-agent
+if ip -n "$H1" link show flannel.1 > /dev/null 2>&1; then die "flannel.1 is still on host 1 after switching to host-gw"; fi
+ip -n "$H1" route show 10.244.2.0/24 | grep -q 'via 198.18.0.2 dev eth0' || die "host 1 does not route 10.244.2.0/24 via host 2"
+echo "  flannel.1 is gone; 10.244.2.0/24 goes via 198.18.0.2 on eth0, unencapsulated."
+show bash "$CLUSTER" ping "$PREFIX" --without 3 || die "pods on hosts 1 and 2 lost each other on host-gw"
+
+# ----------------------------------------------------------------------------
 if [ -z "${VXA_DEMO_KEEP:-}" ]; then
     step "Tear down"
     show bash "$CLUSTER" down "$PREFIX"
