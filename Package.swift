@@ -35,8 +35,15 @@ let package = Package(
         // objects (VXLAN device, neighbor, FDB, nexthop, route), `Change`,
         // `KernelSnapshot`, and `Renderer` (iproute2's words). No libmnl.
         .target(name: "Model"),
-        // The kernel: requests, replies, snapshot and apply over netlink.
-        .target(name: "Dataplane", dependencies: ["Model", "Netlink", "CLibMnl"]),
+        // The kernel: requests, replies, snapshot and apply over netlink (and the
+        // TUN device's ioctls, for the udp backend's flannel0).
+        .target(name: "Dataplane", dependencies: ["Model", "Netlink", "CLibMnl", "CTunnelShim"]),
+        // The udp backend's system calls Swift cannot spell: TUN ioctls, sendmsg/recvmsg
+        // with UDP_SEGMENT and UDP_GRO control messages.
+        .target(name: "CTunnelShim"),
+        // The udp backend's data path: TUN <-> UDP on threads of its own (segmentation,
+        // merging, checksums, the peer table, counters).
+        .target(name: "Tunnel", dependencies: ["Model", "CTunnelShim"]),
         // Pure: configuration, validation, desired state, diff, plan output.
         .target(name: "Reconcile", dependencies: ["Model"]),
         // Where the cluster comes from: the static inventory (etcd leases come with the daemon).
@@ -76,6 +83,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        .testTarget(name: "TunnelTests", dependencies: ["Tunnel", "Model", "CTunnelShim", "TestSupport"]),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "Model", "Dataplane", "CLibMnl", "CNetlinkShim"]),
         .testTarget(name: "ReconcileTests", dependencies: ["Model", "Reconcile", "Registry", "Dataplane", "TestSupport"]),
         .testTarget(name: "DataplaneTests", dependencies: ["Model", "Dataplane", "Netlink", "CLibMnl", "Agent", "Reconcile", "Registry", "TestSupport"]),
