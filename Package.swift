@@ -66,7 +66,7 @@ let package = Package(
         // `vxlan-agent run`: the etcd registry, kernel events, subnet.env, CNI config,
         // masquerade, /healthz and /metrics around the same reconciler as `sync`.
         .target(name: "Daemon", dependencies: [
-            "Agent", "Model", "Dataplane", "Netlink", "CLibMnl", "Reconcile", "Registry", "Etcd",
+            "Agent", "Model", "Dataplane", "Netlink", "CLibMnl", "Reconcile", "Registry", "Etcd", "Tunnel",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),

@@ -107,7 +107,11 @@ public struct Syncer {
         lap("underlay")
         // The snapshot's nexthop dump tells whether the kernel has nexthop objects
         // (no second dump to probe); nothing is written before the layout is checked.
-        let snapshot = try dataplane.snapshot(deviceName: name, proto: proto, hostAddresses: hostAddresses)
+        // A node that switched backends removes the device of the one it ran before.
+        let leftovers = view.network.backendType == "udp" ? [(name: view.network.vxlanDeviceName, kind: "vxlan")]
+            : [(name: NetworkConfig.tunName, kind: "tun")]
+        let snapshot = try dataplane.snapshot(deviceName: name, proto: proto, hostAddresses: hostAddresses,
+                                              leftovers: leftovers.filter { $0.name != name })
         lap("snapshot")
         let layout = self.layout ?? (dataplane.supportsNexthops ? .nexthop : .classic)
         if layout == .nexthop && !dataplane.supportsNexthops {
@@ -128,7 +132,8 @@ public struct Syncer {
         let plan = try Differ.plan(desired: desired, snapshot: snapshot)
         lap("diff")
         var output = PlanOutput(renderer: Renderer(deviceName: name, proto: proto, deviceIndex: snapshot.device?.index,
-                                                   otherDevices: [underlay.index: underlay.name]),
+                                                   otherDevices: Dictionary([(underlay.index, underlay.name)] + snapshot.leftovers.map { ($0.index, $0.name) },
+                                                                            uniquingKeysWith: { a, _ in a })),
                                 desired: desired)
         var report: ApplyReport?
         if !dryRun {

@@ -2,6 +2,7 @@ import CoreMetrics
 import Foundation
 import Prometheus
 import Synchronization
+import Tunnel
 
 /// The daemon's counters and gauges. The daemon changes `State` under a lock
 /// (`update`); each change is recorded through swift-metrics into this
@@ -31,6 +32,26 @@ public final class Metrics: Sendable {
         var firewallErrors = 0
         var lastError: String?
         var subnet: String?
+        /// The udp backend's data path: packets and bytes by direction, drops by reason.
+        var tunnelPackets: [String: Int] = [:]
+        var tunnelBytes: [String: Int] = [:]
+        var tunnelDrops: [String: Int] = [:]
+        var tunnelMergedWrites = 0
+    }
+
+    /// Where the udp data path's counters are read at each scrape (nil: no data path).
+    let tunnel = Mutex<(@Sendable () -> TunnelStatistics)?>(nil)
+
+    /// Takes the data path's counters in (at each scrape: they move with every packet).
+    func recordTunnel() {
+        guard let read = tunnel.withLock({ $0 }) else { return }
+        let s = read()
+        update {
+            $0.tunnelPackets = ["tx": Int(s.txPackets), "rx": Int(s.rxPackets)]
+            $0.tunnelBytes = ["tx": Int(s.txBytes), "rx": Int(s.rxBytes)]
+            $0.tunnelDrops = Dictionary(uniqueKeysWithValues: s.drops.map { ($0.key.rawValue, Int($0.value)) })
+            $0.tunnelMergedWrites = Int(s.mergedWrites)
+        }
     }
 
     /// What /metrics shows: every series of this daemon and nothing else.
@@ -97,7 +118,10 @@ public final class Metrics: Sendable {
     }
 
     /// The Prometheus text exposition (format 0.0.4) of this daemon's registry.
-    public func render() -> String { registry.emitToString() }
+    public func render() -> String {
+        recordTunnel()
+        return registry.emitToString()
+    }
 
     // MARK: recording
 
@@ -119,6 +143,10 @@ public final class Metrics: Sendable {
         "registry_connected": "Whether the registry (etcd) answers: 0 from the moment it is found unreachable, 1 again once it answers.",
         "registry_errors_total": "Registry failures (connection, lease, watch).",
         "firewall_errors_total": "Failed nftables updates.",
+        "tunnel_packets_total": "udp backend: packets the data path moved, by direction (tx: from the TUN device to peers; rx: from peers into it).",
+        "tunnel_bytes_total": "udp backend: bytes of inner packets the data path moved, by direction.",
+        "tunnel_drops_total": "udp backend: packets dropped, by reason (no_route, ttl, malformed, unknown_sender, spoofed_source, wrong_destination, unsupported_offload, send_failed, write_failed).",
+        "tunnel_merged_writes_total": "udp backend: writes to the TUN device that carried several received TCP segments merged into one.",
     ]
 
     /// The state, and the swift-metrics instruments it is recorded into.
@@ -129,6 +157,8 @@ public final class Metrics: Sendable {
         let counters: [(CoreMetrics.Counter, (State) -> Int)]
         var reconciles: [String: CoreMetrics.Counter] = [:]
         var changes: [String: CoreMetrics.Counter] = [:]
+        var labelled: [String: CoreMetrics.Counter] = [:]
+        var tunnelStarted = false
 
         init(factory: DescribedMetricsFactory) {
             self.factory = factory
@@ -169,6 +199,25 @@ public final class Metrics: Sendable {
                     label: Metrics.prefix + "reconciles_total", dimensions: [("trigger", trigger)], factory: factory)
                 reconciles[trigger] = counter
                 counter.increment(by: count - before.reconciles[trigger, default: 0])
+            }
+            func grow(_ name: String, _ label: String, _ now: [String: Int], _ then: [String: Int]) {
+                for (value, count) in now where count > then[value, default: 0] {
+                    let key = "\(name)|\(value)"
+                    let counter = labelled[key] ?? CoreMetrics.Counter(label: Metrics.prefix + name, dimensions: [(label, value)], factory: factory)
+                    labelled[key] = counter
+                    counter.increment(by: count - then[value, default: 0])
+                }
+            }
+            grow("tunnel_packets_total", "direction", state.tunnelPackets, before.tunnelPackets)
+            grow("tunnel_bytes_total", "direction", state.tunnelBytes, before.tunnelBytes)
+            grow("tunnel_drops_total", "reason", state.tunnelDrops, before.tunnelDrops)
+            // Only a daemon with a data path has the series (no labels: it appears with the data path).
+            if state.tunnelMergedWrites > before.tunnelMergedWrites || (tunnelStarted == false && state.tunnelPackets.isEmpty == false) {
+                let counter = labelled["tunnel_merged_writes_total"]
+                    ?? CoreMetrics.Counter(label: Metrics.prefix + "tunnel_merged_writes_total", factory: factory)
+                labelled["tunnel_merged_writes_total"] = counter
+                counter.increment(by: state.tunnelMergedWrites - before.tunnelMergedWrites)
+                tunnelStarted = true
             }
             for (key, count) in state.changes where count > before.changes[key, default: 0] {
                 let counter = changes[key] ?? {

@@ -6,6 +6,7 @@ import Model
 import Reconcile
 import Registry
 import Synchronization
+import Tunnel
 
 /// The daemon's reconciler, on a thread of its own: it owns the netlink socket
 /// it writes with, takes the lock, and does the blocking work (dumps, writes,
@@ -83,6 +84,8 @@ final class Reconciler: @unchecked Sendable {
     var skippedReported: Set<String> = []
     /// The MTU the last full pass wanted, for subnet.env.
     var mtu: UInt32 = 0
+    /// The udp backend's data path, once its device exists.
+    var tunnel: Tunnel?
 
     init(options: Daemon.Options, config: AgentConfig, metrics: Metrics, log: Logger) throws {
         self.options = options
@@ -104,6 +107,11 @@ final class Reconciler: @unchecked Sendable {
     func start() {
         let thread = Thread { [self] in
             self.loop()
+            // The device and its route stay (as the kernel entries of the other
+            // backends do); its packets wait for the next daemon.
+            tunnel?.stop()
+            tunnel = nil
+            metrics.tunnel.withLock { $0 = nil }
             condition.lock()
             hasExited = true
             let done = exited
@@ -220,6 +228,8 @@ final class Reconciler: @unchecked Sendable {
             log.debug("full pass", metadata: ["why": "\(why)"])
             fullPass(view: view, triggers: [trigger], locked: true)
         case .applied(let changes, let report, _):
+            // udp: a lease changes no kernel entry, only the data path's table.
+            updateTunnel(host: nil, remade: false)
             log.trace("incremental pass", metadata: ["trigger": "\(trigger)", "events": "\(work.events.count)",
                                                      "leases": "\(work.upserts.count + work.removals.count)", "changes": "\(changes.count)"])
             guard !changes.isEmpty else {
@@ -279,6 +289,7 @@ final class Reconciler: @unchecked Sendable {
         }
         monitor?.setDeviceIndex(outcome.deviceIndex)
         if let underlay = outcome.host?.underlay { monitor?.setUnderlay(index: underlay.index, name: underlay.name) }
+        updateTunnel(host: outcome.host, remade: outcome.plan.changes.contains { if case .createTUN = $0 { true } else { false } })
         // A full pass at 50,000 peers leaves tens of MiB freed in malloc's
         // arenas (the dump, the plan): give them back.
         _ = malloc_trim(0)
@@ -293,6 +304,51 @@ final class Reconciler: @unchecked Sendable {
         finish(changes: outcome.plan.changes, report: outcome.report ?? ApplyReport(), trigger: triggers,
                peers: outcome.desired.peerCount, skipped: outcome.plan.skipped.count, started: started, fileError: fileError,
                output: outcome.output)
+    }
+
+    /// The udp backend's data path: started once its device exists (again when
+    /// the device was made again: its queues went with the old one), stopped
+    /// when the backend is another; its table is the programmed peers, after
+    /// every pass (a peer that leaves is neither sent to nor accepted from).
+    private func updateTunnel(host: HostFacts?, remade: Bool) {
+        guard let network, let local, network.backendType == "udp", let desired = live.desired else {
+            if network?.backendType != "udp", let tunnel {
+                tunnel.stop()
+                self.tunnel = nil
+                metrics.tunnel.withLock { $0 = nil }
+            }
+            return
+        }
+        let programmed = desired.accepted
+        let table = TunnelTable(network: network.network, subnetLen: network.subnetLen, local: local.subnet,
+                                peers: peers.values.filter { programmed.contains($0.origin) }.map { ($0.subnet, $0.publicIP) })
+        if remade, let tunnel {
+            tunnel.stop()
+            self.tunnel = nil
+        }
+        if let tunnel {
+            tunnel.update(table)
+            return
+        }
+        guard let host else { return }
+        // flanneld binds the interface's address (the public IP may be a NAT's).
+        let bind = host.underlayPrefixes.contains { $0.address == local.publicIP } ? local.publicIP
+            : host.underlayPrefixes.first?.address ?? local.publicIP
+        let settings = TunnelSettings(device: config.deviceName ?? network.deviceName, localIP: bind, port: network.port,
+                                      tunnelAddress: local.subnet.network,
+                                      queues: min(4, max(1, ProcessInfo.processInfo.activeProcessorCount)))
+        do {
+            let tunnel = try Tunnel(settings: settings, table: table)
+            tunnel.start()
+            self.tunnel = tunnel
+            metrics.tunnel.withLock { $0 = { tunnel.statistics } }
+            log.info("udp data path started", metadata: ["device": "\(settings.device)", "bind": "\(bind):\(settings.port)",
+                                                         "queues": "\(settings.queues)", "peers": "\(table.peerCount)"])
+        } catch {
+            metrics.update { $0.lastError = "udp data path: \(error)" }
+            log.error("udp data path cannot start; retrying", metadata: ["error": "\(error)"])
+            scheduleRetry()
+        }
     }
 
     /// subnet.env, the CNI configuration and the masquerade table: after each full pass.
@@ -381,9 +437,9 @@ final class Reconciler: @unchecked Sendable {
     /// "kind action" of a change, for metrics.
     static func label(_ change: Change) -> String {
         switch change {
-        case .createDevice: "link add"
+        case .createDevice, .createTUN: "link add"
         case .recreateDevice: "link recreate"
-        case .updateDevice: "link update"
+        case .updateDevice, .updateTUN: "link update"
         case .deleteDevice: "link remove"
         case .add(let entry): "\(entry.kind) add"
         case .replace(_, let entry): "\(entry.kind) update"

@@ -62,7 +62,9 @@ final class StatusHandler: ChannelInboundHandler {
             status = health.ok ? .ok : .serviceUnavailable
             body = ByteBuffer(string: health.text)
         case (.GET, "/metrics"), (.HEAD, "/metrics"):
-            // The registry's own exposition, as swift-prometheus writes it.
+            // The registry's own exposition, as swift-prometheus writes it (the
+            // data path's counters taken in first: they move with every packet).
+            metrics.recordTunnel()
             body = ByteBuffer(bytes: metrics.registry.emitToBuffer())
             type = "text/plain; version=0.0.4; charset=utf-8"
         case (_, "/healthz"), (_, "/metrics"):

@@ -1,4 +1,5 @@
 import CLibMnl
+import CTunnelShim
 import Model
 import Netlink
 
@@ -216,14 +217,17 @@ public final class Dataplane: KernelDataplane {
     /// the caller has dumped them already (the device's are taken from there).
     /// The nexthop dump doubles as the probe of `supportsNexthops`: a kernel
     /// without nexthop objects refuses it, and the snapshot then has none.
-    public func snapshot(deviceName: String, proto: UInt8,
-                         hostAddresses: [(index: Int32, prefix: IPv4Prefix)]?) throws(DataplaneError) -> KernelSnapshot {
+    public func snapshot(deviceName: String, proto: UInt8, hostAddresses: [(index: Int32, prefix: IPv4Prefix)]?,
+                         leftovers: [(name: String, kind: String)] = []) throws(DataplaneError) -> KernelSnapshot {
         var snapshot = KernelSnapshot()
         let device = try link(named: deviceName)
         snapshot.device = device
-        // Only a VXLAN device can be the agent's: what is on a device of another
-        // kind that has the name is not read (the diff refuses such a device).
-        let index = device?.kind == "vxlan" ? device?.index : nil
+        // Only a VXLAN or TUN device can be the agent's: what is on a device of
+        // another kind that has the name is not read (the diff refuses such a device).
+        let index = device?.kind == "vxlan" || device?.kind == "tun" ? device?.index : nil
+        for (name, kind) in leftovers {
+            if let link = try self.link(named: name), link.kind == kind { snapshot.leftovers.append(link) }
+        }
         // The route dump (the largest: every route of every table) runs on a
         // thread of its own with its own socket while this one dumps the rest:
         // the kernel fills dump replies in the receiving thread, so on two cores
@@ -342,6 +346,12 @@ public final class Dataplane: KernelDataplane {
         for change in phases.device {
             let batch = Batch(expectedMessages: 2)
             switch change {
+            case .createTUN(let new):
+                report.writes += 2
+                if let failure = createTUN(new) { report.failures.append(ChangeFailure(change: change, cause: .refused(failure))) }
+                continue
+            case .updateTUN(let old, let new):
+                Requests.updateLink(index: old.index, mtu: old.mtu == new.mtu ? nil : new.mtu, mac: nil, up: false, into: batch)
             case .deleteDevice(let link):
                 Requests.deleteLink(index: link.index, into: batch)
             case .recreateDevice(let old, let new):
@@ -488,6 +498,52 @@ public final class Dataplane: KernelDataplane {
     }
 
     /// `device`: the agent's device, for entries that name no device of their own.
+    /// Makes the udp backend's TUN device: persistent, with the flags its data
+    /// path's queues attach with, its MTU, up, and `accept_local` (the tunnel's
+    /// ICMP errors come from this node's own address on it, which the kernel
+    /// would otherwise drop as a martian). nil, or the failure.
+    func createTUN(_ device: TUNDevice) -> NetlinkError? {
+        let operation = "add \(Renderer(deviceName: device.name, proto: 0).describe(device))"
+        let fd = vxa_tun_open(device.name, 0)
+        guard fd >= 0 else { return NetlinkError(operation: operation, code: -fd) }
+        let persisted = vxa_tun_set_persist(fd, 1)
+        close(fd)
+        guard persisted == 0 else { return NetlinkError(operation: operation + " (persist)", code: -persisted) }
+        do {
+            guard let link = try link(named: device.name) else { return NetlinkError(operation: operation, code: ENODEV) }
+            let batch = Batch(expectedMessages: 1)
+            Requests.updateLink(index: link.index, mtu: device.mtu, mac: nil, up: true, into: batch)
+            if let failure = try socket.send(batch).first { return failure.error.about("set link \(device.name) mtu \(device.mtu) up") }
+        } catch let error as DataplaneError {
+            if case .netlink(let error) = error { return error }
+            return NetlinkError(operation: operation, code: EIO)
+        } catch let error as NetlinkError {
+            return error
+        } catch {
+            return NetlinkError(operation: operation, code: EIO)
+        }
+        return Self.setAcceptLocal(device.name)
+    }
+
+    /// `net.ipv4.conf.DEV.accept_local = 1` in the namespace of the calling thread.
+    static func setAcceptLocal(_ name: String) -> NetlinkError? {
+        let path = "/proc/sys/net/ipv4/conf/\(name)/accept_local"
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return NetlinkError(operation: "write \(path)", code: errno) }
+        defer { close(fd) }
+        return write(fd, "1", 1) == 1 ? nil : NetlinkError(operation: "write \(path)", code: errno)
+    }
+
+    /// Whether `accept_local` is on for the device (what `createTUN` sets; a snapshot reads it).
+    public static func acceptLocal(_ name: String) -> Bool {
+        let path = "/proc/sys/net/ipv4/conf/\(name)/accept_local"
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { close(fd) }
+        var byte: UInt8 = 0
+        return read(fd, &byte, 1) == 1 && byte == UInt8(ascii: "1")
+    }
+
     static func request(_ entry: Entry, device: Int32, _ operation: Requests.Operation, into batch: Batch) {
         switch entry {
         case .address(let prefix): Requests.address(prefix, device: device, operation, into: batch)
@@ -511,16 +567,21 @@ struct Phases {
     init(_ changes: [Change]) {
         for change in changes {
             switch change {
-            case .createDevice:
+            case .createDevice, .createTUN:
                 device.append(change)
+                deviceWillExist = true
+            case .updateTUN(let old, _):
+                device.append(change)
+                knownDeviceIndex = old.index
                 deviceWillExist = true
             case .recreateDevice(let old, _), .updateDevice(let old, _):
                 device.append(change)
                 knownDeviceIndex = old.index
                 deviceWillExist = true
-            case .deleteDevice(let old):
+            case .deleteDevice:
+                // The agent's device that goes, or a leftover of another backend:
+                // either way no device of the agent's is known after it.
                 device.append(change)
-                knownDeviceIndex = old.index
             case .add, .replace:
                 upserts.append(change)
                 entryChanges.append(change)

@@ -12,6 +12,7 @@ public enum Parse {
     static let iflaMax = UInt16(__IFLA_MAX) - 1
     static let infoMax = UInt16(__IFLA_INFO_MAX) - 1
     static let vxlanMax = UInt16(__IFLA_VXLAN_MAX) - 1
+    static let tunMax = UInt16(__IFLA_TUN_MAX) - 1
     static let ndaMax = UInt16(__NDA_MAX) - 1
     static let rtaMax = UInt16(__RTA_MAX.rawValue) - 1
     static let nhaMax = UInt16(__NHA_MAX) - 1
@@ -28,6 +29,17 @@ public enum Parse {
                                  isLoopback: info.ifi_flags & UInt32(IFF_LOOPBACK) != 0)
             _ = a[UInt16(IFLA_LINKINFO)]?.withNested(maxType: infoMax) { i in
                 link.kind = i[UInt16(IFLA_INFO_KIND)]?.string
+                if link.kind == "tun", let data = i[UInt16(IFLA_INFO_DATA)] {
+                    _ = data.withNested(maxType: tunMax) { t in
+                        guard let type = t[UInt16(IFLA_TUN_TYPE)]?.u8 else { return }
+                        link.tun = TUNDevice(name: name, mtu: link.mtu, layer3: type == 1 /* IFF_TUN */,
+                                             packetInfo: (t[UInt16(IFLA_TUN_PI)]?.u8 ?? 0) != 0,
+                                             vnetHeader: (t[UInt16(IFLA_TUN_VNET_HDR)]?.u8 ?? 0) != 0,
+                                             multiQueue: (t[UInt16(IFLA_TUN_MULTI_QUEUE)]?.u8 ?? 0) != 0,
+                                             persistent: (t[UInt16(IFLA_TUN_PERSIST)]?.u8 ?? 0) != 0)
+                    }
+                    return
+                }
                 guard link.kind == "vxlan", let data = i[UInt16(IFLA_INFO_DATA)] else { return }
                 _ = data.withNested(maxType: vxlanMax) { v in
                     link.vxlan = VXLANDevice(

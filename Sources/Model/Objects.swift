@@ -167,6 +167,53 @@ extension Array {
     subscript(safe index: Int) -> Element? { indices.contains(index) ? self[index] : nil }
 }
 
+/// The udp backend's TUN device (`flannel0`) as the agent wants it, or as the
+/// kernel has it: a layer-3 device whose packets a user-space process reads.
+/// The agent makes it persistent with the flags its data path's queues attach
+/// with (a queue with other flags is refused), so `sync` can keep the device
+/// and its route while `run` moves the packets.
+public struct TUNDevice: Hashable, Sendable {
+    public var name: String
+    public var mtu: UInt32
+    /// `IFF_TUN` (layer 3), not `IFF_TAP`.
+    public var layer3: Bool
+    /// `IFF_NO_PI` off: a 4-byte packet-information header before each packet.
+    public var packetInfo: Bool
+    /// `IFF_VNET_HDR`: a virtio header before each packet (segmentation offload).
+    public var vnetHeader: Bool
+    /// `IFF_MULTI_QUEUE`: one queue per data-path thread pair.
+    public var multiQueue: Bool
+    public var persistent: Bool
+
+    public init(name: String, mtu: UInt32, layer3: Bool = true, packetInfo: Bool = false, vnetHeader: Bool = true,
+                multiQueue: Bool = true, persistent: Bool = true) {
+        self.name = name
+        self.mtu = mtu
+        self.layer3 = layer3
+        self.packetInfo = packetInfo
+        self.vnetHeader = vnetHeader
+        self.multiQueue = multiQueue
+        self.persistent = persistent
+    }
+
+    /// Everything but MTU: if any differs, the device is made again.
+    public func sameIdentity(as other: TUNDevice) -> Bool {
+        layer3 == other.layer3 && packetInfo == other.packetInfo && vnetHeader == other.vnetHeader
+            && multiQueue == other.multiQueue && persistent == other.persistent
+    }
+
+    /// What differs in identity, in words (`tap -> tun, no vnet_hdr -> vnet_hdr`).
+    public func identityDifferences(from old: TUNDevice) -> String {
+        var parts: [String] = []
+        if layer3 != old.layer3 { parts.append(old.layer3 ? "tun -> tap" : "tap -> tun") }
+        if packetInfo != old.packetInfo { parts.append(old.packetInfo ? "pi -> no pi" : "no pi -> pi") }
+        if vnetHeader != old.vnetHeader { parts.append(old.vnetHeader ? "vnet_hdr -> no vnet_hdr" : "no vnet_hdr -> vnet_hdr") }
+        if multiQueue != old.multiQueue { parts.append(old.multiQueue ? "multi_queue -> single queue" : "single queue -> multi_queue") }
+        if persistent != old.persistent { parts.append(old.persistent ? "persist -> not persistent" : "not persistent -> persist") }
+        return parts.joined(separator: ", ")
+    }
+}
+
 /// A link as the kernel reports it.
 public struct LinkState: Hashable, Sendable {
     public var index: Int32
@@ -177,11 +224,13 @@ public struct LinkState: Hashable, Sendable {
     public var isUp: Bool
     /// Present when `kind == "vxlan"`.
     public var vxlan: VXLANDevice?
+    /// Present when `kind == "tun"` (and the kernel reports its flags).
+    public var tun: TUNDevice?
     /// `IFF_LOOPBACK`: never an underlay.
     public var isLoopback: Bool
 
     public init(index: Int32, name: String, kind: String?, mtu: UInt32, mac: MACAddress?, isUp: Bool, vxlan: VXLANDevice?,
-                isLoopback: Bool = false) {
+                isLoopback: Bool = false, tun: TUNDevice? = nil) {
         self.index = index
         self.name = name
         self.kind = kind
@@ -190,6 +239,7 @@ public struct LinkState: Hashable, Sendable {
         self.isUp = isUp
         self.vxlan = vxlan
         self.isLoopback = isLoopback
+        self.tun = tun
     }
 }
 
@@ -328,6 +378,10 @@ public enum Entry: Hashable, Sendable {
 /// The rare, large cases are `indirect` so a plan of 200,000 changes stores
 /// each inline in the size of one entry.
 public enum Change: Hashable, Sendable {
+    /// The udp backend's TUN device: made persistent with its queues' flags, its MTU set, up.
+    indirect case createTUN(TUNDevice)
+    /// Its MTU, or its link state, differ; changed in place.
+    indirect case updateTUN(from: LinkState, to: TUNDevice)
     indirect case createDevice(VXLANDevice)
     /// Delete and create: a property fixed at creation differs.
     indirect case recreateDevice(from: LinkState, to: VXLANDevice)
@@ -362,6 +416,10 @@ public struct KernelSnapshot: Sendable, Hashable {
     /// Main-table routes of other protocols on other devices: never touched, but
     /// a peer whose subnet collides with one is skipped.
     public var foreignRoutes: [Route] = []
+    /// Devices of the agent's other backends, of their kind (`flannel0` of kind
+    /// tun when the agent runs vxlan or host-gw; `flannel.<VNI>` of kind vxlan
+    /// when it runs udp): left by a node that switched backends, and removed.
+    public var leftovers: [LinkState] = []
     /// Our nexthop ids that something else uses (a route in another table or of
     /// another protocol, a foreign nexthop group), with the first such user in
     /// iproute2's words. Deleting such a nexthop would make the kernel delete that

@@ -97,9 +97,22 @@ public struct Renderer: Sendable {
             + "dstport \(device.port) \(device.learning ? "learning" : "nolearning") mtu \(device.mtu) address \(device.mac)"
     }
 
+    /// `link flannel0 type tun multi_queue vnet_hdr persist mtu 1472`, as `ip -d link` shows a TUN device.
+    public func describe(_ device: TUNDevice) -> String {
+        "link \(device.name) type \(device.layer3 ? "tun" : "tap")\(device.packetInfo ? " pi" : "")"
+            + "\(device.multiQueue ? " multi_queue" : "")\(device.vnetHeader ? " vnet_hdr" : "")\(device.persistent ? " persist" : "") mtu \(device.mtu)"
+    }
+
     /// One line per change: `+ ` add, `~ ` change, `- ` remove.
     public func describe(_ change: Change) -> String {
         switch change {
+        case .createTUN(let device):
+            return "+ " + describe(device)
+        case .updateTUN(let old, let new):
+            var parts: [String] = []
+            if old.mtu != new.mtu { parts.append("mtu \(old.mtu) -> \(new.mtu)") }
+            if !old.isUp { parts.append("down -> up") }
+            return "~ link \(new.name) " + parts.joined(separator: ", ")
         case .createDevice(let device):
             return "+ " + describe(device)
         case .recreateDevice(let old, let new):
@@ -126,6 +139,8 @@ public struct Renderer: Sendable {
     /// `remove neigh ...`, `add link ...`): what a failure message names.
     public func words(_ change: Change) -> String {
         switch change {
+        case .createTUN(let device): "add " + describe(device)
+        case .updateTUN(_, let device): "change link \(device.name)"
         case .createDevice(let device): "add " + describe(device)
         case .recreateDevice(_, let device): "recreate " + describe(device)
         case .updateDevice(_, let device): "change link \(device.name)"

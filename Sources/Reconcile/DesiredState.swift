@@ -89,11 +89,13 @@ public struct AgentSettings: Sendable, Hashable {
 
 /// Everything the agent wants the kernel to hold.
 public struct DesiredState: Sendable, Hashable {
-    /// The backend's VXLAN device; nil when it keeps none (host-gw).
+    /// The backend's VXLAN device; nil when it keeps none (host-gw, udp).
     public var device: VXLANDevice?
+    /// The udp backend's TUN device.
+    public var tun: TUNDevice?
     /// The name the agent's device has (or a leftover of it would have): `flannel.<VNI>`.
     public var deviceName: String
-    /// The device's address (the VTEP /32); nil without a device.
+    /// The device's address (the VTEP /32, udp: the subnet's address); nil without a device.
     public var address: IPv4Prefix?
     public var fdb: [FDBEntry] = []
     public var neighbors: [Neighbor] = []
@@ -148,8 +150,12 @@ public struct DesiredState: Sendable, Hashable {
     public init(view: ClusterView, host: HostFacts, settings: AgentSettings) {
         let checks = PeerChecks(view: view, host: host, settings: settings)
         device = checks.backend.device
+        tun = checks.backend.tun
         deviceName = settings.deviceName ?? view.network.deviceName
-        address = device == nil ? nil : IPv4Prefix(view.local.vtepAddress, 32)
+        address = device == nil && tun == nil ? nil : IPv4Prefix(view.local.vtepAddress, 32)
+        for entry in checks.backend.deviceEntries {
+            if case .route(let r) = entry { routes.append(r) }
+        }
         mtu = checks.backend.mtu
         self.settings = settings
 
@@ -237,6 +243,11 @@ public protocol Backend: Sendable {
     /// The VXLAN device the backend keeps for this node; nil when it keeps none
     /// (host-gw: a VXLAN device of the agent's name is then removed).
     var device: VXLANDevice? { get }
+    /// The TUN device the backend keeps (udp); nil for the others.
+    var tun: TUNDevice? { get }
+    /// Entries of this node rather than of a peer (udp: the one route of the
+    /// whole network into its TUN device), on the backend's device.
+    var deviceEntries: [Entry] { get }
     /// The MTU pods get (subnet.env's `FLANNEL_MTU`).
     var mtu: UInt32 { get }
     /// What this node claims (no peer may claim it too), beyond its public IP and name.
@@ -253,6 +264,9 @@ public protocol Backend: Sendable {
 }
 
 extension Backend {
+    public var tun: TUNDevice? { nil }
+    public var deviceEntries: [Entry] { [] }
+
     /// Nexthop ids are `nexthopIDBase + subnet index`: stable per peer, the same
     /// id whichever way the peer is reached (a peer that moves between VXLAN and
     /// a direct route keeps its route; only its nexthop is replaced).
@@ -377,6 +391,39 @@ public struct HostGWBackend: Backend {
     }
 }
 
+/// flannel's udp backend: the TUN device `flannel0` (MTU: the underlay's minus
+/// the 28 bytes of the outer IP and UDP headers), this node's subnet address on
+/// it, and one route of the whole network into it; the data path (`run` only)
+/// reads each packet and sends it to the peer that holds its destination, one
+/// IP packet per UDP datagram. Peers have no kernel entries: the data path's
+/// table is the programmed peers.
+public struct UDPBackend: Backend {
+    public let network: NetworkConfig
+    public let settings: AgentSettings
+    public let tunDevice: TUNDevice
+
+    public init(view: ClusterView, host: HostFacts, settings: AgentSettings) {
+        network = view.network
+        self.settings = settings
+        let underlayMTU = host.underlay.mtu
+        tunDevice = TUNDevice(name: settings.deviceName ?? NetworkConfig.tunName, mtu: underlayMTU > 28 ? underlayMTU - 28 : underlayMTU)
+    }
+
+    public var device: VXLANDevice? { nil }
+    public var tun: TUNDevice? { tunDevice }
+    public var mtu: UInt32 { tunDevice.mtu }
+    public var localClaims: [PeerClaim] { [] }
+    public var followsRoutes: Bool { false }
+
+    public var deviceEntries: [Entry] {
+        [.route(Route(dst: network.network, gateway: nil, nexthopID: nil, onlink: false, proto: settings.proto))]
+    }
+
+    public func reason(_ peer: NodeRecord) -> String? { nil }
+    public func claim(_ peer: NodeRecord) -> PeerClaim? { nil }
+    public func forEachEntry(_ peer: NodeRecord, _ body: (Entry) -> Void) {}
+}
+
 /// How this host reaches an address by its main table.
 public enum Reach: Sendable, Hashable {
     /// On a network of this host (no gateway between): the interface.
@@ -455,6 +502,7 @@ public struct PeerChecks: Sendable {
     static func backend(for view: ClusterView, host: HostFacts, settings: AgentSettings) -> any Backend {
         switch view.network.backendType {
         case "host-gw": HostGWBackend(view: view, host: host, settings: settings)
+        case "udp": UDPBackend(view: view, host: host, settings: settings)
         default: VXLANBackend(view: view, host: host, settings: settings)
         }
     }

@@ -4,9 +4,14 @@ import Model
 public enum ReconcileError: Error, Sendable, Hashable, CustomStringConvertible {
     /// A device of another kind holds the agent's device name.
     case foreignDevice(name: String, kind: String)
+    /// The same, where the agent's device is udp's TUN device.
+    case foreignTUN(name: String, kind: String)
 
     public var description: String {
         switch self {
+        case .foreignTUN(let name, let kind):
+            "\(name) exists and is \(kind == "non-TUN" ? "not a TUN device" : "a \(kind) device, not TUN"); "
+                + "the agent will not touch it. Set \"device\" to another name (or, if it is a leftover of yours, remove it)"
         case .foreignDevice(let name, let kind):
             "\(name) exists and is \(kind == "non-VXLAN" ? "not a VXLAN device" : "a \(kind) device, not VXLAN"); "
                 + "the agent will not touch it. Set \"device\" to another name (or, if it is a leftover of yours, remove it)"
@@ -42,8 +47,8 @@ public struct Plan: Sendable, Hashable {
         var counts = Counts()
         for change in changes {
             switch change {
-            case .createDevice, .add: counts.add += 1
-            case .recreateDevice, .updateDevice, .replace: counts.change += 1
+            case .createDevice, .createTUN, .add: counts.add += 1
+            case .recreateDevice, .updateDevice, .updateTUN, .replace: counts.change += 1
             case .deleteDevice, .remove: counts.remove += 1
             }
         }
@@ -85,6 +90,26 @@ public enum Differ {
                 current.fdb = []
                 current.neighbors = []
             }
+        } else if let want = desired.tun {
+            if let link = snapshot.device {
+                guard link.kind == "tun" else { throw .foreignTUN(name: link.name, kind: link.kind ?? "non-TUN") }
+                if let have = link.tun, !want.sameIdentity(as: have) {
+                    // Its queues' flags are fixed at creation: make it again.
+                    changes += snapshot.routes.map { .remove(.route($0)) }
+                    changes += snapshot.nexthops.map { .remove(.nexthop($0)) }
+                    changes.append(.deleteDevice(link))
+                    changes.append(.createTUN(want))
+                    current = KernelSnapshot()
+                } else {
+                    deviceIndex = link.index
+                    if link.mtu != want.mtu || !link.isUp { changes.append(.updateTUN(from: link, to: want)) }
+                }
+            } else {
+                changes.append(.createTUN(want))
+                current.addresses = []
+                current.fdb = []
+                current.neighbors = []
+            }
         } else if let link = snapshot.device, link.kind == "vxlan" {
             // A backend without a device (host-gw): a VXLAN device of the agent's
             // name is what the vxlan backend left (the node switched backends). It
@@ -101,6 +126,10 @@ public enum Differ {
             current.fdb = []
             current.neighbors = []
         }
+
+        // Devices of the agent's other backends (a node that switched: udp's
+        // flannel0, or vxlan's flannel.<VNI> on a udp node) go, with what is on them.
+        for link in snapshot.leftovers { changes.append(.deleteDevice(link)) }
 
         // Address: exactly the VTEP /32 (none without a device).
         if let address = desired.address, !current.addresses.contains(address) { changes.append(.add(.address(address))) }
@@ -222,7 +251,8 @@ public enum Differ {
     /// The plan that removes everything the agent owns: routes, nexthops, then the device.
     public static func cleanup(snapshot: KernelSnapshot) -> Plan {
         var changes: [Change] = snapshot.routes.map { .remove(.route($0)) } + snapshot.nexthops.map { .remove(.nexthop($0)) }
-        if let device = snapshot.device, device.kind == "vxlan" { changes.append(.deleteDevice(device)) }
+        if let device = snapshot.device, device.kind == "vxlan" || device.kind == "tun" { changes.append(.deleteDevice(device)) }
+        changes += snapshot.leftovers.map { .deleteDevice($0) }
         return Plan(changes: changes)
     }
 }

@@ -230,6 +230,8 @@ public struct DesiredIndex: Sendable {
         skipped = desired.skipped
         claimed.reserveCapacity(view.peers.count * 4)
         for peer in view.peers { claim(peer, 1) }
+        // The backend's own entries (udp: the route of the whole network into its device).
+        for case .route(let r) in checks.backend.deviceEntries { routes[r.key] = r }
         let programmed = Set(desired.peerOrigins)
         accepted.reserveCapacity(programmed.count)
         for peer in view.peers where programmed.contains(peer.origin) { _ = add(peer) }

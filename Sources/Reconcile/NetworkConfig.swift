@@ -34,12 +34,18 @@ public struct NetworkConfig: Sendable, Hashable {
         self.directRouting = directRouting
     }
 
-    /// The VXLAN device name for this VNI, as flannel names it. host-gw keeps
-    /// no device, but removes a VXLAN device of this name left by the vxlan backend.
-    public var deviceName: String { "flannel.\(vni)" }
+    /// The agent's device: the VXLAN device for this VNI, as flannel names it,
+    /// or udp's TUN device `flannel0`. host-gw keeps no device, but removes a
+    /// VXLAN device of this name left by the vxlan backend.
+    public var deviceName: String { backendType == "udp" ? Self.tunName : vxlanDeviceName }
+    public var vxlanDeviceName: String { "flannel.\(vni)" }
+    /// The udp backend's TUN device (flanneld asks the kernel for `flannel%d`: the first is flannel0).
+    public static let tunName = "flannel0"
+    /// flannel's udp backend's default port.
+    public static let udpPort: UInt16 = 8285
 
     /// The backends vxlan-agent implements (`Backend.Type`).
-    public static let backendTypes = ["vxlan", "host-gw"]
+    public static let backendTypes = ["vxlan", "host-gw", "udp"]
     /// The keys of `Backend` that only the vxlan backend reads.
     static let vxlanOnlyKeys = ["VNI", "Port", "MTU", "DirectRouting", "GBP", "Learning", "MacPrefix"]
 
@@ -123,7 +129,7 @@ public struct NetworkConfig: Sendable, Hashable {
                     let known = ["udp", "wireguard", "ipip", "ipsec", "alivpc", "alloc", "gce", "awsvpc", "tencentvpc", "extension"]
                     let what = known.contains(type.lowercased()) ? "is flannel's \(type.lowercased()) backend, which vxlan-agent does not implement"
                         : "is not a flannel backend"
-                    throw backend.error("Type", "\(quoted(type)) \(what): vxlan-agent implements \"vxlan\" and \"host-gw\"")
+                    throw backend.error("Type", "\(quoted(type)) \(what): vxlan-agent implements \"vxlan\", \"host-gw\" and \"udp\"")
                 }
                 config.backendType = type.lowercased()
             }
@@ -134,6 +140,17 @@ public struct NetworkConfig: Sendable, Hashable {
                     throw backend.error(key, "applies to the vxlan backend only; host-gw routes to each peer's public IP "
                                         + "with no device of its own (remove \(key), or set \"Type\": \"vxlan\")")
                 }
+                return config
+            }
+            if config.backendType == "udp" {
+                if strict, let key = vxlanOnlyKeys.first(where: { $0 != "Port" && backend.has($0) }) {
+                    throw backend.error(key, "applies to the vxlan backend only; udp reads only \"Port\" "
+                                        + "(remove \(key), or set \"Type\": \"vxlan\")")
+                }
+                // flanneld's udp takes Port as it comes (0 would bind a random port no peer
+                // knows); 0 means the default here, as for vxlan.
+                let port = try backend.integer("Port", in: 0...65535) ?? 0
+                config.port = port == 0 ? udpPort : UInt16(port)
                 return config
             }
             config.vni = UInt32(try backend.integer("VNI", in: 0...16_777_215) ?? 1)
@@ -162,6 +179,7 @@ public struct NetworkConfig: Sendable, Hashable {
     /// The JSON flannel writes for this configuration.
     public var json: String {
         var backend = "\"Type\": \"\(backendType)\""
+        if backendType == "udp" { backend += ", \"Port\": \(port)" }
         if backendType == "vxlan" {
             backend += ", \"VNI\": \(vni), \"Port\": \(port)"
             if let mtu { backend += ", \"MTU\": \(mtu)" }

@@ -71,9 +71,9 @@ public struct PlanOutput: Sendable {
         let peers = desired?.peerIndex()
         let changes = plan.changes.map { change -> JSONChange in
             switch change {
-            case .createDevice:
+            case .createDevice, .createTUN:
                 return JSONChange(action: "add", kind: "link", object: String(renderer.describe(change).dropFirst(2)))
-            case .recreateDevice, .updateDevice:
+            case .recreateDevice, .updateDevice, .updateTUN:
                 return JSONChange(action: "change", kind: "link", object: String(renderer.describe(change).dropFirst(2)))
             case .deleteDevice:
                 return JSONChange(action: "remove", kind: "link", object: String(renderer.describe(change).dropFirst(2)))

@@ -215,17 +215,20 @@ public struct LeaseAttributes: Sendable, Hashable {
 
     /// The lease of this node's own for `network`'s backend: vxlan's VTEP, or host-gw's nothing.
     public static func own(publicIP: IPv4Address, network: NetworkConfig) -> LeaseAttributes {
-        network.backendType == "host-gw"
-            ? LeaseAttributes(publicIP: publicIP, backendType: "host-gw", vni: nil, vtepMAC: nil)
-            : LeaseAttributes(publicIP: publicIP, vni: network.vni, vtepMAC: .vtep(vni: network.vni, publicIP: publicIP))
+        switch network.backendType {
+        case "host-gw": LeaseAttributes(publicIP: publicIP, backendType: "host-gw", vni: nil, vtepMAC: nil)
+        // flanneld's udp backend writes no BackendType at all.
+        case "udp": LeaseAttributes(publicIP: publicIP, backendType: "", vni: nil, vtepMAC: nil)
+        default: LeaseAttributes(publicIP: publicIP, vni: network.vni, vtepMAC: .vtep(vni: network.vni, publicIP: publicIP))
+        }
     }
 
     /// The JSON flanneld writes, field for field and in its order (`LeaseAttrs`:
     /// PublicIP, PublicIPv6, BackendType, BackendData, BackendV6Data if any; the
     /// last three are `omitempty`: host-gw writes no BackendData).
     public var json: String {
-        "{\"PublicIP\":\"\(publicIP)\",\"PublicIPv6\":\(publicIPv6.map { "\"\($0)\"" } ?? "null"),"
-            + "\"BackendType\":\"\(backendType)\""
+        "{\"PublicIP\":\"\(publicIP)\",\"PublicIPv6\":\(publicIPv6.map { "\"\($0)\"" } ?? "null")"
+            + (backendType.isEmpty ? "" : ",\"BackendType\":\"\(backendType)\"")
             + (vtepMAC.map { ",\"BackendData\":\(VTEP(vni: vni, vtepMAC: $0).json)" } ?? "")
             + (backendV6.map { ",\"BackendV6Data\":\($0.json)" } ?? "") + "}"
     }
@@ -253,7 +256,13 @@ public struct LeaseAttributes: Sendable, Hashable {
         }
         let typeName = "BackendType"
         let type = try fields.string(typeName)
-        if let want {
+        if want == "udp" {
+            // flanneld's udp writes no BackendType (and reads none); a lease of
+            // another backend has no UDP proxy behind its public IP.
+            if let type, type != "udp" {
+                throw fields.error(typeName, "\"\(type)\": a udp node reaches only udp leases (flanneld's have no BackendType)")
+            }
+        } else if let want {
             guard let type else {
                 throw fields.error(typeName, "is missing: flanneld programs only leases with \"BackendType\": \"\(want)\"")
             }

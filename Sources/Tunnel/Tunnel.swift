@@ -67,6 +67,13 @@ public struct TunnelStatistics: Sendable, Hashable {
     /// Writes to the TUN device that carried several packets merged into one.
     public var mergedWrites: UInt64 = 0
 
+    public init(txPackets: UInt64 = 0, txBytes: UInt64 = 0, rxPackets: UInt64 = 0, rxBytes: UInt64 = 0) {
+        self.txPackets = txPackets
+        self.txBytes = txBytes
+        self.rxPackets = rxPackets
+        self.rxBytes = rxBytes
+    }
+
     public enum Drop: String, Sendable, CaseIterable {
         /// tx: no lease holds the destination's subnet (answered with ICMP network unreachable).
         case noRoute = "no_route"

@@ -9,7 +9,7 @@ import Registry
 
 struct Cleanup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Remove everything the agent created: routes, nexthops, the VXLAN device, the masquerade table, "
+        abstract: "Remove everything the agent created: routes, nexthops, the VXLAN (or udp's TUN) device, the masquerade table, "
             + "subnet.env and the CNI configuration.",
         discussion: """
         Routes and nexthops go first: deleting a device that 50,000 nexthops still use takes the kernel tens of seconds. \
@@ -32,7 +32,10 @@ struct Cleanup: AsyncParsableCommand {
             let lock = dryRun ? nil : try options.lock()
             defer { withExtendedLifetime(lock) {} }
             let dataplane = try Dataplane()
-            let snapshot = try dataplane.snapshot(deviceName: deviceName, proto: AgentSettings.defaultProtocol)
+            // Whatever backend ran: the device by its configured name, and a udp or vxlan device of the other kind.
+            let other = deviceName == NetworkConfig.tunName ? [(name: "flannel.1", kind: "vxlan")] : [(name: NetworkConfig.tunName, kind: "tun")]
+            let snapshot = try dataplane.snapshot(deviceName: deviceName, proto: AgentSettings.defaultProtocol, hostAddresses: nil,
+                                                  leftovers: other)
             let plan = Differ.cleanup(snapshot: snapshot)
             let out = PlanOutput(renderer: Renderer(deviceName: deviceName, proto: AgentSettings.defaultProtocol,
                                                     deviceIndex: snapshot.device?.index))

@@ -194,7 +194,7 @@ struct HostileInventoryTests {
             c("SubnetMin not an address", net(#"{"Network": "10.244.0.0/16", "SubnetMin": "ten"}"#), "network.SubnetMin: \"ten\" is not an IPv4 address"),
             c("a node outside SubnetMin...SubnetMax", net(#"{"Network": "10.244.0.0/16", "SubnetMin": "10.244.2.0"}"#),
               "nodes[0].subnet: 10.244.1.0/24 is outside SubnetMin...SubnetMax (10.244.2.0...10.244.255.0)"),
-            c("Backend udp", backend(#""Type": "udp""#), "network.Backend.Type: \"udp\" is flannel's udp backend, which vxlan-agent does not implement"),
+            c("Backend ipsec", backend(#""Type": "ipsec""#), "network.Backend.Type: \"ipsec\" is flannel's ipsec backend, which vxlan-agent does not implement"),
             c("Backend ipip", backend(#""Type": "ipip""#), "network.Backend.Type: \"ipip\" is flannel's ipip backend"),
             c("host-gw with an MTU", backend(#""Type": "host-gw", "MTU": 1400"#), "network.Backend.MTU: applies to the vxlan backend only"),
             c("Backend wireguard", backend(#""Type": "wireguard""#), "network.Backend.Type: \"wireguard\" is flannel's wireguard backend"),

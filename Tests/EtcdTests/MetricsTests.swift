@@ -2,6 +2,7 @@
 import Foundation
 import Testing
 import TestSupport
+import Tunnel
 
 // /metrics as Prometheus scrapes it: the status server's answer, parsed; every
 // metric Docs/operations.md lists, with its type, and the values the daemon
@@ -59,12 +60,14 @@ struct MetricsTests {
         """)
     }
 
-    /// The metric table of Docs/operations.md: name (labels left out) -> type.
-    static func documented() throws -> [String: String] {
+    /// The metric table of Docs/operations.md: name (labels left out) -> type;
+    /// the udp backend's (its data path's) apart.
+    static func documented(udp: Bool = false) throws -> [String: String] {
         let text = try String(contentsOfFile: "\(packageRoot)/Docs/operations.md", encoding: .utf8)
         var table: [String: String] = [:]
         for line in text.split(separator: "\n") where line.hasPrefix("| `vxlan_agent_") {
             let cells = line.split(separator: "|").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard cells[2].hasPrefix("udp backend only") == udp else { continue }
             let name = cells[0].trimmingCharacters(in: CharacterSet(charactersIn: "`")).split(separator: "{")[0]
             table[String(name)] = cells[1]
         }
@@ -83,6 +86,27 @@ struct MetricsTests {
         for name in documented.keys {
             #expect(!(scrape.help[name] ?? "").isEmpty, "no # HELP for \(name)")
         }
+    }
+
+    @Test("with the udp backend's data path, a scrape also shows its documented metrics, read at the scrape")
+    func udpMetrics() async throws {
+        let metrics = Self.recorded()
+        var statistics = TunnelStatistics(txPackets: 10, txBytes: 14_000, rxPackets: 7, rxBytes: 9_000)
+        statistics.drops = [.unknownSender: 2, .noRoute: 0]
+        statistics.mergedWrites = 3
+        let moved = statistics
+        metrics.tunnel.withLock { $0 = { moved } }
+        let scrape = try Exposition(httpBody(try await Self.serving(metrics) { try Self.get("/metrics", from: $0) }))
+        let udp = try Self.documented(udp: true)
+        #expect(udp.count == 4, "\(udp)")
+        for (name, type) in udp {
+            #expect(scrape.types[name] == type, "\(name): \(scrape)")
+            #expect(!(scrape.help[name] ?? "").isEmpty, "no # HELP for \(name)")
+        }
+        #expect(scrape["vxlan_agent_tunnel_packets_total", ["direction": "tx"]] == 10)
+        #expect(scrape["vxlan_agent_tunnel_bytes_total", ["direction": "rx"]] == 9_000)
+        #expect(scrape["vxlan_agent_tunnel_drops_total", ["reason": "unknown_sender"]] == 2)
+        #expect(scrape["vxlan_agent_tunnel_merged_writes_total"] == 3)
     }
 
     @Test("a scrape shows the values the daemon recorded", arguments: [

@@ -35,6 +35,14 @@ final class FakeKernel: KernelDataplane {
                 state.device?.mtu = device.mtu
                 state.device?.mac = device.mac
                 state.device?.isUp = true
+            case .createTUN(let device):
+                nextIndex += 1
+                state = KernelSnapshot(device: LinkState(index: nextIndex, name: device.name, kind: "tun", mtu: device.mtu,
+                                                         mac: nil, isUp: true, vxlan: nil, tun: device),
+                                       routes: state.routes.filter { $0.deviceIndex != state.device?.index })
+            case .updateTUN(_, let device):
+                state.device?.mtu = device.mtu
+                state.device?.isUp = true
             case .deleteDevice:
                 state = KernelSnapshot()
             case .add(let entry), .replace(_, let entry):

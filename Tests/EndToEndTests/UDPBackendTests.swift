@@ -1,0 +1,77 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// flannel's udp backend end to end: daemons against etcd, the data path in
+/// user space between real CNI pods.
+@Suite("the udp backend: flannel0 and the data path in user space", kernelTests, .serialized)
+struct UDPBackendTests {
+    static let network = #"{"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}"#
+
+    @Test("three daemons: flanneld's udp leases, flannel0 and its route, pods ping and move bulk TCP, counted in /metrics; a peer that leaves stops at once")
+    func threeDaemons() throws {
+        try requireKernel()
+        let cluster = try DaemonCluster(hosts: 3, network: Self.network)
+        defer { cluster.close() }
+        for host in 1...3 { try cluster.start(host) }
+        try cluster.waitUntil("every daemon's data path runs") {
+            (1...3).allSatisfy { cluster.log($0).contains("udp data path started") }
+                && (1...3).allSatisfy { FileManager.default.fileExists(atPath: "\(cluster.hostDirectory($0))/subnet.env") }
+        }
+        // flanneld's udp lease: no BackendType, no BackendData.
+        let leases = try cluster.leases()
+        for host in 1...3 {
+            let key = "\(DaemonCluster.leasePrefix)/subnets/" + (try cluster.subnet(host)).replacingOccurrences(of: "/", with: "-")
+            #expect(leases[key] == #"{"PublicIP":"198.18.0.\#(host)","PublicIPv6":null}"#, "\(leases)")
+        }
+        let subnet1 = try cluster.subnet(1)
+        let env = try String(contentsOfFile: "\(cluster.hostDirectory(1))/subnet.env", encoding: .utf8)
+        #expect(env.contains("FLANNEL_MTU=1472\n"), "underlay 1500 - 28: \(env)")
+        let link = try sh("ip -n \(cluster.ns(1)) -d link show flannel0")
+        #expect(link.contains("mtu 1472") && link.contains("tun type tun pi off vnet_hdr on multi_queue"), "\(link)")
+        #expect(try sh("ip -n \(cluster.ns(1)) route show proto vxlan-agent").trimmingCharacters(in: .whitespacesAndNewlines)
+                == "10.244.0.0/16 dev flannel0")
+        #expect(try sh("ip -n \(cluster.ns(1)) addr show flannel0").contains("inet \(subnet1.replacingOccurrences(of: "/24", with: "/32"))"))
+
+        // Pods on each host reach each other through the user-space tunnel.
+        let pods = try (1...3).map(cluster.addPod)
+        for (from, source) in pods.enumerated() {
+            for (to, target) in pods.enumerated() where from != to {
+                let ping = try run("ip netns exec \(cluster.ns(from + 1))-p1 ping -c 1 -W 2 \(target)")
+                #expect(ping.status == 0, "pod \(source) on h\(from + 1) -> pod \(target) on h\(to + 1): \(ping.stdout)")
+            }
+        }
+        // iperf3 completes (throughput is the bench's business), with its bytes counted by both data paths.
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/iperf3") {
+            try sh("ip netns exec \(cluster.ns(2))-p1 iperf3 -s -1 -D; sleep 0.5")
+            let iperf = try run("ip netns exec \(cluster.ns(1))-p1 iperf3 -c \(pods[1]) -t 2 -J")
+            #expect(iperf.status == 0, "\(iperf.stderr)")
+            let sent = try cluster.metrics(1)["vxlan_agent_tunnel_bytes_total", ["direction": "tx"]] ?? 0
+            let received = try cluster.metrics(2)["vxlan_agent_tunnel_bytes_total", ["direction": "rx"]] ?? 0
+            #expect(sent > 1_000_000 && received > 1_000_000, "tx \(sent), rx \(received)")
+        }
+
+        // A datagram from an address that holds no lease is dropped and counted, not delivered.
+        try sh("ip -n \(cluster.ns(3)) addr add 198.18.0.66/24 dev eth0")
+        try sh("""
+        ip netns exec \(cluster.ns(3)) python3 -c '
+        import socket, struct
+        h = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28, 1, 0, 64, 17, 0, socket.inet_aton("10.244.77.5"), socket.inet_aton("\(pods[0])"))
+        s = sum(struct.unpack("!10H", h)); s = (s >> 16) + (s & 0xffff); s += s >> 16
+        pkt = h[:10] + struct.pack("!H", ~s & 0xffff) + h[12:] + b"x" * 8
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("198.18.0.66", 0)); u.sendto(pkt, ("198.18.0.1", 8285))'
+        """)
+        try cluster.waitUntil("h1 counts the stranger's datagram") {
+            try cluster.metrics(1)["vxlan_agent_tunnel_drops_total", ["reason": "unknown_sender"]] == 1
+        }
+
+        // h3 leaves (its daemon stopped, its lease deleted): h1 stops sending to it and accepting from it at once.
+        let subnet3 = try cluster.subnet(3)
+        #expect(cluster.stop(3) == 0)
+        try cluster.etcdctl("del \(DaemonCluster.leasePrefix)/subnets/\(subnet3.replacingOccurrences(of: "/", with: "-"))")
+        try cluster.waitUntil("h1 no longer reaches h3's pod") {
+            try run("ip netns exec \(cluster.ns(1))-p1 ping -c 1 -W 1 \(pods[2])").status != 0
+        }
+        #expect(try run("ip netns exec \(cluster.ns(1))-p1 ping -c 1 -W 2 \(pods[1])").status == 0, "h2 is still reached")
+    }
+}
