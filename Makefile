@@ -79,7 +79,7 @@ bench-daemon: deps-bench release
 	python3 Benchmarks/bench.py $(RELEASE) daemon
 
 # Only issue 11's datapath table: pod-to-pod iperf3 over plain underlay routes,
-# host-gw, VXLAN and VXLAN with DirectRouting, 3 rounds of 5 s: about 2 minutes.
+# host-gw, VXLAN and VXLAN with DirectRouting, 5 rounds of 5 s: about 3 minutes.
 bench-datapath: deps-bench release
 	python3 Benchmarks/bench.py $(RELEASE) datapath
 

@@ -14,7 +14,7 @@ daemon: only issue 10's daemon targets, `vxlan-agent run` against a real etcd:
 datapath: only the datapath table (issue 11): pod-to-pod iperf3 between two hosts
   of one segment over plain underlay routes, host-gw, VXLAN and VXLAN with
   DirectRouting (the last is the host-gw path on one segment); R rounds (default
-  3) of S seconds (default 5), medians of throughput, TCP retransmits and CPU-s
+  5) of S seconds (default 5), medians of throughput, TCP retransmits and CPU-s
   per Gbit. A backend this build's `vxlan-agent sync` refuses, or does not program
   as the case says, is reported "not available in this build", not imitated.
   quick and full measure it too, at the end.
@@ -262,7 +262,7 @@ class Bench:
          "vxlan-agent VXLAN with DirectRouting: on one segment every peer is direct, so this is the host-gw path"),
     )
 
-    def datapath(self, runs=3, seconds=5):
+    def datapath(self, runs=5, seconds=5):
         """Pod-to-pod iperf3 (one TCP stream, `seconds` each) between two hosts of one segment
         (Tests/cluster/cluster.sh, one pod per host), over each case of DATAPATH_CASES. Rounds
         interleave the cases (each round runs every case once), so load from other work on the
@@ -275,7 +275,7 @@ class Bench:
         bridge and VXLAN transmit and receive paths, to that process) plus the ksoftirqd
         threads' CPU time during the run (the softirq work done outside a process), divided
         by the gigabits received: CPU-seconds per Gbit, which is also CPU cores per Gbit/s.
-        The whole machine's busy time (/proc/stat) during the run, and in the 2 s before it
+        The whole machine's busy time (/proc/stat) during the run, and in the 1 s before it
         (other work), are kept in the JSON for context: on a shared machine they mostly
         measure the other work."""
         cluster = os.path.join(ROOT, "Tests", "cluster", "cluster.sh")
@@ -299,12 +299,14 @@ class Bench:
                     cases.append((name, None))
                     continue
                 configs = self.datapath_configs(cluster, name, args)
-                row["inventory_backend"] = json.load(open(configs[1]))["network"]["Backend"]
+                with open(configs[1]) as f:
+                    row["inventory_backend"] = json.load(f)["network"]["Backend"]
                 # The agent's own verdict on the configuration, before anything is written.
                 probe = subprocess.run(self.datapath_agent(h1, "sync", configs[1], 1, "--dry-run"),
                                        capture_output=True, text=True)
                 if probe.returncode not in (0, 2):
-                    reason = (probe.stderr.strip() or probe.stdout.strip()).splitlines()
+                    # (the temp dir's path left out: it is gone when the table is read)
+                    reason = (probe.stderr.strip() or probe.stdout.strip()).replace(self.work + "/", "").splitlines()
                     row["available"] = False
                     row["reason"] = "`vxlan-agent sync` refuses the configuration: " + (reason[-1] if reason else f"exit {probe.returncode}")
                     continue
@@ -419,7 +421,7 @@ class Bench:
                 time.sleep(0.05)
             frag0 = datapath_fragments(prefix)
             busy0 = machine_busy()
-            time.sleep(2)
+            time.sleep(1)
             busy1, soft1 = machine_busy(), ksoftirqd_seconds()
             pid = os.fork()
             if pid == 0:
@@ -458,7 +460,7 @@ class Bench:
                 "cpu_seconds": round(cpu, 3), "iperf3_cpu_seconds": round(iperf_cpu, 3),
                 "ksoftirqd_cpu_seconds": round(soft2 - soft1, 3), "cpu_per_gbit": cpu / gbit,
                 "machine_busy_cores": round((busy2[0] - busy1[0]) / wall, 3),
-                "machine_busy_cores_2s_before": round((busy1[0] - busy0[0]) / (busy1[1] - busy0[1]), 3),
+                "machine_busy_cores_1s_before": round((busy1[0] - busy0[0]) / (busy1[1] - busy0[1]), 3),
                 "fragments": datapath_fragments(prefix) - frag0}
 
     # ---- the daemon (`vxlan-agent run`) against a real etcd: issue 10's targets ----
@@ -1176,8 +1178,8 @@ def main(argv):
     os.makedirs(os.path.join(HERE, "bin"), exist_ok=True)
     sh(f"cc -O2 -Wall -o {HERE}/bin/limit {HERE}/limit.c $(pkg-config --cflags --libs libmnl)")
     sizes = {"smoke": [100], "quick": [1000, 10000], "full": [1000, 10000, 50000], "daemon": [], "datapath": []}[mode]
-    # The datapath table's own counts: 3 iperf3 runs per case (--runs in datapath mode), 5 s each.
-    dp_runs = runs if mode == "datapath" and "--runs" in argv else 3
+    # The datapath table's own counts: 5 iperf3 runs per case (--runs in datapath mode), 5 s each.
+    dp_runs = runs if mode == "datapath" and "--runs" in argv else 5
     dp_seconds = int(argv[argv.index("--seconds") + 1]) if "--seconds" in argv else 5
     if mode == "datapath" and not shutil.which("iperf3"):
         print("iperf3 is missing (make deps-bench installs it)", file=sys.stderr)
@@ -1208,7 +1210,8 @@ def main(argv):
             bench.datapath(runs=dp_runs, seconds=dp_seconds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    bench.results["machine"] = {"kernel": platform.release(), "cpus": os.cpu_count(), "mode": mode, "runs": runs,
+    bench.results["machine"] = {"kernel": platform.release(), "cpus": os.cpu_count(), "mode": mode,
+                                "runs": dp_runs if mode == "datapath" else runs,
                                 "seconds": round(time.time() - started, 1),
                                 # Other work on the machine skews every figure: the load average before and after.
                                 "loadavg_1_5_15_before": load, "loadavg_1_5_15_after": os.getloadavg()}
