@@ -260,6 +260,10 @@ class Bench:
         ("vxlan", [], "vxlan-agent VXLAN: flannel.1"),
         ("vxlan+DirectRouting", ["--direct-routing"],
          "vxlan-agent VXLAN with DirectRouting: on one segment every peer is direct, so this is the host-gw path"),
+        ("udp", ["--backend", "udp"], "vxlan-agent udp: flannel0, the data path in user space (`vxlan-agent run` on both hosts)"),
+        ("udp, flanneld's design", "proxy",
+         "Benchmarks/flannel_proxy.c: a UDP tunnel built as flanneld's udp backend moves packets (one thread, one read and "
+         "one sendto per packet, no offloads); flanneld itself is not on this machine"),
     )
 
     def datapath(self, runs=5, seconds=5):
@@ -295,8 +299,8 @@ class Bench:
             cases = []
             for name, args, what in self.DATAPATH_CASES:
                 row = d["cases"][name] = {"path": what}
-                if args is None:
-                    cases.append((name, None))
+                if args is None or args == "proxy":
+                    cases.append((name, args))
                     continue
                 configs = self.datapath_configs(cluster, name, args)
                 with open(configs[1]) as f:
@@ -321,7 +325,8 @@ class Bench:
                         if row.get("available") is False:
                             continue
                         row["available"] = True
-                        row.setdefault("samples", []).append(self.datapath_run(prefix, client, server, seconds))
+                        row.setdefault("samples", []).append(self.datapath_run(prefix, client, server, seconds,
+                                                                               [p.pid for p in self.dp_procs]))
                         s = row["samples"][-1]
                         print(f"  round {r + 1}/{runs} {name:<20} {s['bps'] / 1e9:6.2f} Gbit/s, {s['retransmits']} retransmits, "
                               f"{s['cpu_per_gbit']:.3f} CPU-s/Gbit", flush=True)
@@ -361,28 +366,72 @@ class Bench:
         return ["ip", "netns", "exec", ns, self.agent, verb, "--config", config, "--node", f"node-{i}",
                 "--lock-file", os.path.join(self.work, f"dp-h{i}.lock"), *extra]
 
+    dp_procs = []
+
+    def datapath_start(self, argv, log, ready, what, timeout=20):
+        """Starts a process of the case (a daemon, a proxy) and waits until `ready()` holds."""
+        out = open(log, "w")
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        out.close()
+        spawned.append(proc)
+        self.dp_procs.append(proc)
+        deadline = time.time() + timeout
+        while not ready():
+            if proc.poll() is not None or time.time() > deadline:
+                with open(log) as f:
+                    raise RuntimeError(f"{what} did not start: {f.read()[-2000:]}")
+            time.sleep(0.05)
+
+    def datapath_stop(self):
+        for proc in self.dp_procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            spawned.remove(proc)
+        self.dp_procs = []
+
     def datapath_setup(self, prefix, name, configs, client, server, row):
         """Programs the case on both hosts, then checks each host's route to the other's pod."""
         hosts = {1: f"{prefix}-h1", 2: f"{prefix}-h2"}
         if configs is None:
             sh(f"ip -n {hosts[1]} route add 10.244.2.0/24 via 198.18.0.2 dev eth0")
             sh(f"ip -n {hosts[2]} route add 10.244.1.0/24 via 198.18.0.1 dev eth0")
+        elif configs == "proxy":
+            for i, ns in hosts.items():
+                self.datapath_start(["ip", "netns", "exec", ns, os.path.join(HERE, "bin", "flannel_proxy"), "flannel0",
+                                     f"198.18.0.{i}", "8285", f"10.244.{3 - i}.0/24", f"198.18.0.{3 - i}"],
+                                    os.path.join(self.work, f"dp-proxy-h{i}.log"),
+                                    lambda ns=ns: sh(f"ip -n {ns} link show flannel0", check=False).returncode == 0,
+                                    f"flannel_proxy on host {i}")
+                sh(f"ip -n {ns} addr add 10.244.{i}.0/32 dev flannel0")
+                sh(f"ip -n {ns} link set flannel0 mtu 1472 up")
+                sh(f"ip -n {ns} route add 10.244.0.0/16 dev flannel0")
+        elif name == "udp":
+            # The data path is the daemon's: `run` on both hosts, until each says it started.
+            for i, ns in hosts.items():
+                log = os.path.join(self.work, f"dp-udp-h{i}.log")
+                self.datapath_start(self.datapath_agent(ns, "run", configs[i], i), log,
+                                    lambda log=log: "udp data path started" in open(log).read(), f"vxlan-agent run on host {i}")
         else:
             for i, ns in hosts.items():
                 result = subprocess.run(self.datapath_agent(ns, "sync", configs[i], i), capture_output=True, text=True)
                 if result.returncode != 0:
                     raise RuntimeError(f"datapath {name}: `vxlan-agent sync` on host {i} exited {result.returncode}: "
                                        f"{result.stdout}{result.stderr}")
-        # The path the case promises: direct to the peer's public IP, or over flannel.1.
-        direct = name != "vxlan"
+        # The path the case promises: direct to the peer's public IP, over flannel.1, or into flannel0.
+        device = "flannel0" if name.startswith("udp") else "flannel.1" if name == "vxlan" else None
         for i, dst, peer in ((1, server[3], "198.18.0.2"), (2, client[3], "198.18.0.1")):
             got = sh(f"ip -n {hosts[i]} -o route get {dst}").stdout.split("\\")[0].strip()
-            ok = (f"via {peer} dev eth0" in got) if direct else ("dev flannel.1" in got)
+            ok = (f"via {peer} dev eth0" in got) if device is None else (f"dev {device}" in got)
             if not ok:
-                expected = f"via {peer} dev eth0" if direct else "dev flannel.1"
+                expected = f"via {peer} dev eth0" if device is None else f"dev {device}"
                 reason = (f"vxlan-agent accepts the configuration, but host {i}'s route to the pod {dst} is "
                           f"`{got}`, not {expected}")
-                if configs is None or name == "vxlan":
+                if configs is None or name == "vxlan" or configs == "proxy":
                     raise RuntimeError(f"datapath {name}: {reason}")
                 row["available"] = False
                 row["reason"] = reason
@@ -390,24 +439,32 @@ class Bench:
         row["route_h1"] = sh(f"ip -n {hosts[1]} -o route get {server[3]}").stdout.split("\\")[0].strip()
 
     def datapath_teardown(self, prefix, name, configs, row):
-        """Removes the case: the hand routes, or `vxlan-agent cleanup` on both hosts; whatever
-        the agent's protocol still holds afterwards is flushed, and noted."""
+        """Removes the case: the hand routes, the proxies (their flannel0 goes with them), or
+        the daemons and `vxlan-agent cleanup` on both hosts; whatever the agent's protocol still
+        holds afterwards is flushed, and noted."""
+        self.datapath_stop()
         for i, ns in ((1, f"{prefix}-h1"), (2, f"{prefix}-h2")):
             if configs is None:
                 sh(f"ip -n {ns} route del 10.244.{3 - i}.0/24", check=False)
                 continue
+            if configs == "proxy":
+                sh(f"ip -n {ns} link del flannel0", check=False)
+                continue
             result = subprocess.run(self.datapath_agent(ns, "cleanup", configs[i], i), capture_output=True, text=True)
             left = sh(f"ip -n {ns} route show proto 152", check=False).stdout.strip()
             left += sh(f"ip -n {ns} -o link show flannel.1", check=False).stdout.strip()
+            left += sh(f"ip -n {ns} -o link show flannel0", check=False).stdout.strip()
             if result.returncode != 0 or left:
                 row.setdefault("cleanup_notes", []).append(
                     f"host {i}: cleanup exited {result.returncode}, left: {left or 'nothing'} {result.stderr.strip()}".strip())
                 sh(f"ip -n {ns} route flush proto 152", check=False)
                 sh(f"ip -n {ns} nexthop flush proto 152", check=False)
                 sh(f"ip -n {ns} link del flannel.1", check=False)
+                sh(f"ip -n {ns} link del flannel0", check=False)
 
-    def datapath_run(self, prefix, client, server, seconds):
-        """One iperf3 run, client pod -> server pod, with its CPU accounting."""
+    def datapath_run(self, prefix, client, server, seconds, tunnels=()):
+        """One iperf3 run, client pod -> server pod, with its CPU accounting (`tunnels`: the
+        pids of user-space data paths, the udp cases' daemons or proxies, whose CPU counts too)."""
         port = 5201
         srv = subprocess.Popen(["ip", "netns", "exec", server[2], "iperf3", "-s", "-1", "-p", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -423,6 +480,7 @@ class Bench:
             busy0 = machine_busy()
             time.sleep(1)
             busy1, soft1 = machine_busy(), ksoftirqd_seconds()
+            tunnel1 = sum(process_cpu_seconds(p) for p in tunnels)
             pid = os.fork()
             if pid == 0:
                 fd = os.open(os.path.join(self.work, "dp-iperf3.json"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
@@ -431,6 +489,7 @@ class Bench:
                                  "-t", str(seconds), "-J"])
             _, status, client_usage = os.wait4(pid, 0)
             busy2, soft2 = machine_busy(), ksoftirqd_seconds()
+            tunnel2 = sum(process_cpu_seconds(p) for p in tunnels)
             with open(os.path.join(self.work, "dp-iperf3.json")) as f:
                 text = f.read()
             if os.waitstatus_to_exitcode(status) != 0:
@@ -453,7 +512,7 @@ class Bench:
         end = json.loads(text)["end"]
         received = end["sum_received"]
         iperf_cpu = sum(u.ru_utime + u.ru_stime for u in (client_usage, server_usage))
-        cpu = iperf_cpu + (soft2 - soft1)
+        cpu = iperf_cpu + (soft2 - soft1) + (tunnel2 - tunnel1)
         gbit = received["bytes"] * 8 / 1e9
         wall = busy2[1] - busy1[1]
         return {"bps": received["bits_per_second"], "retransmits": end["sum_sent"]["retransmits"],
@@ -1046,6 +1105,16 @@ def ksoftirqd_seconds():
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_seconds(pid):
+    """user + system CPU seconds of a process (all its threads), from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
 def datapath_fragments(prefix):
     """IP fragments created (or that failed) on both hosts so far: 0 during a run means the
     MTUs fit (a pod's 1450-byte packets in VXLAN's 50 bytes on a 1500-byte underlay)."""
@@ -1177,6 +1246,7 @@ def main(argv):
     out_dir = argv[argv.index("--out") + 1] if "--out" in argv else os.path.join(ROOT, "bench-results")
     os.makedirs(os.path.join(HERE, "bin"), exist_ok=True)
     sh(f"cc -O2 -Wall -o {HERE}/bin/limit {HERE}/limit.c $(pkg-config --cflags --libs libmnl)")
+    sh(f"cc -O2 -Wall -o {HERE}/bin/flannel_proxy {HERE}/flannel_proxy.c")
     sizes = {"smoke": [100], "quick": [1000, 10000], "full": [1000, 10000, 50000], "daemon": [], "datapath": []}[mode]
     # The datapath table's own counts: 5 iperf3 runs per case (--runs in datapath mode), 5 s each.
     dp_runs = runs if mode == "datapath" and "--runs" in argv else 5

@@ -133,7 +133,7 @@ struct TopologyTests {
         ("inventory 2+0", "segment 2 has no hosts"),
         ("inventory 200+51", "251 hosts, at most 250"),
         ("inventory 1+1+1+1+1+1+1+1+1+1+1+1+1+1+1+1+1", "17 segments, at most 16"),
-        ("inventory 2 --backend udp", "bad --backend 'udp'"),
+        ("inventory 2 --backend wireguard", "bad --backend 'wireguard'"),
         ("inventory 2 --backend host-gw --direct-routing", "--direct-routing is a VXLAN option"),
     ])
     func refused(command: String, message: String) throws {

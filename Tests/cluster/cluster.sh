@@ -40,14 +40,15 @@
 #   cluster.sh exec PREFIX WHERE CMD [ARG]...     run CMD in a namespace; WHERE is
 #                                                 I or hI (host I), hI-pJ (pod), ul,
 #                                                 ulS (segment S), rt (the router)
-#   cluster.sh inventory [PREFIX] [LAYOUT] [--without I]... [--backend vxlan|host-gw]
+#   cluster.sh inventory [PREFIX] [LAYOUT] [--without I]... [--backend vxlan|host-gw|udp]
 #                        [--direct-routing]
 #                                                 vxlan-agent's config for the cluster
 #                                                 (LAYOUT defaults to PREFIX's); the
 #                                                 net-conf's Backend is {"Type": "vxlan",
 #                                                 "VNI": 1, "Port": 8472} (default),
-#                                                 with "DirectRouting": true, or
-#                                                 {"Type": "host-gw"}
+#                                                 with "DirectRouting": true,
+#                                                 {"Type": "host-gw"}, or
+#                                                 {"Type": "udp", "Port": 8285}
 #   cluster.sh ping PREFIX [--all] [--without I]...
 #                                                 every pod pings every pod on the other
 #                                                 hosts (--all: also on its own host);
@@ -399,8 +400,8 @@ cluster_inventory() (
             --without) _cluster_check_int "--without host" "${2:-}" 1 250; without="$without$((10#$2)) "; shift 2 ;;
             --backend)
                 case ${2:-} in
-                    vxlan|host-gw) backend=$2 ;;
-                    *) _cluster_err "inventory: bad --backend '${2:-}': vxlan or host-gw"; exit 2 ;;
+                    vxlan|host-gw|udp) backend=$2 ;;
+                    *) _cluster_err "inventory: bad --backend '${2:-}': vxlan, host-gw or udp"; exit 2 ;;
                 esac
                 shift 2 ;;
             --direct-routing) direct=1; shift ;;
@@ -417,6 +418,7 @@ cluster_inventory() (
                [ $direct = 0 ] || conf+=', "DirectRouting": true'
                conf+='}' ;;
         host-gw) conf='{"Type": "host-gw"}' ;;
+        udp) conf='{"Type": "udp", "Port": 8285}' ;;
     esac
     while read -r i seg address gateway; do
         [[ $without == *" $i "* ]] && continue
