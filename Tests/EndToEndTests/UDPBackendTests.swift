@@ -74,4 +74,54 @@ struct UDPBackendTests {
         }
         #expect(try run("ip netns exec \(cluster.ns(1))-p1 ping -c 1 -W 2 \(pods[1])").status == 0, "h2 is still reached")
     }
+
+    @Test("interop on the wire: a host running vxlan-agent's udp and one running a tunnel built as flanneld's udp proxy (one IP packet per datagram, port 8285) exchange pod traffic both ways")
+    func flanneldWireFormat() throws {
+        try requireKernel()
+        let prefix = "vxa-udpx\(getpid() % 100_000)"
+        let cluster = "\(packageRoot)/Tests/cluster/cluster.sh"
+        let dir = "/run/\(prefix)"
+        var daemon: pid_t?, proxy: pid_t?
+        defer {
+            for pid in [daemon, proxy].compactMap({ $0 }) { kill(pid, SIGTERM); _ = waitForExit(pid) }
+            _ = try? run("bash \(cluster) down \(prefix)")
+        }
+        try sh("bash \(cluster) up \(prefix) 2 1")
+        // Host 2: the flanneld-design proxy (Benchmarks/flannel_proxy.c), its flannel0 set up as flanneld sets it up.
+        try sh("cc -O2 -o \(dir)/flannel_proxy \(packageRoot)/Benchmarks/flannel_proxy.c")
+        proxy = try spawn(["ip", "netns", "exec", "\(prefix)-h2", "\(dir)/flannel_proxy", "flannel0", "198.18.0.2", "8285",
+                           "10.244.1.0/24", "198.18.0.1"], stdout: "\(dir)/proxy.log")
+        let deadline = Date().addingTimeInterval(10)
+        while (try? run("ip -n \(prefix)-h2 link show flannel0"))?.status != 0 && Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        try sh("""
+        ip -n \(prefix)-h2 addr add 10.244.2.0/32 dev flannel0
+        ip -n \(prefix)-h2 link set flannel0 mtu 1472 up
+        ip -n \(prefix)-h2 route add 10.244.0.0/16 dev flannel0
+        """)
+        // Host 1: vxlan-agent run, udp, from a static inventory of both hosts.
+        var inventory = try sh("bash \(cluster) inventory \(prefix) --backend udp").trimmingCharacters(in: .whitespacesAndNewlines)
+        inventory.removeLast()
+        inventory += #", "subnetFile": "\#(dir)/h1-subnet.env", "ipMasq": false, "metricsAddress": "", "cniConfFile": ""}"#
+        try inventory.write(toFile: "\(dir)/h1.json", atomically: true, encoding: .utf8)
+        daemon = try spawn(["ip", "netns", "exec", "\(prefix)-h1", agentBinary, "run", "--config", "\(dir)/h1.json", "--node", "node-1",
+                            "--lock-file", "\(dir)/h1.lock"], stdout: "\(dir)/h1.log")
+        while !((try? String(contentsOfFile: "\(dir)/h1.log", encoding: .utf8)) ?? "").contains("udp data path started"),
+              Date() < deadline.addingTimeInterval(10) {
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        let pods = try sh("bash \(cluster) pods \(prefix)").split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+        let pod1 = try #require(pods.first { $0[0] == "1" }), pod2 = try #require(pods.first { $0[0] == "2" })
+        let there = try run("ip netns exec \(pod1[2]) ping -c 2 -W 2 \(pod2[3])")
+        #expect(there.status == 0, "ours -> flanneld's design: \(there.stdout)")
+        let back = try run("ip netns exec \(pod2[2]) ping -c 2 -W 2 \(pod1[3])")
+        #expect(back.status == 0, "flanneld's design -> ours: \(back.stdout)")
+        // Bulk TCP both ways: our TSO segments arrive as plain datagrams there, and its datagrams are merged here.
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/iperf3") {
+            for reverse in ["", "-R"] {
+                try sh("ip netns exec \(pod2[2]) iperf3 -s -1 -D; sleep 0.5")
+                let iperf = try run("ip netns exec \(pod1[2]) iperf3 -c \(pod2[3]) -t 2 \(reverse)")
+                #expect(iperf.status == 0, "iperf3 \(reverse): \(iperf.stdout)\(iperf.stderr)")
+            }
+        }
+    }
 }

@@ -48,9 +48,11 @@ done
 [ -x "${CNI_PATH:-/usr/lib/cni}/bridge" ] || die "${CNI_PATH:-/usr/lib/cni}/bridge is missing (apt-get install containernetworking-plugins)"
 
 CLEANED=0
+DAEMONS=()
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    for pid in "${DAEMONS[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
     [ $CLEANED = 1 ] && exit $rc
     CLEANED=1
     if [ -n "${VXA_DEMO_KEEP:-}" ]; then
@@ -180,6 +182,31 @@ if ip -n "$H1" link show flannel.1 > /dev/null 2>&1; then die "flannel.1 is stil
 ip -n "$H1" route show 10.244.2.0/24 | grep -q 'via 198.18.0.2 dev eth0' || die "host 1 does not route 10.244.2.0/24 via host 2"
 echo "  flannel.1 is gone; 10.244.2.0/24 goes via 198.18.0.2 on eth0, unencapsulated."
 show bash "$CLUSTER" ping "$PREFIX" --without 3 || die "pods on hosts 1 and 2 lost each other on host-gw"
+
+# ----------------------------------------------------------------------------
+step "Switch hosts 1 and 2 to udp: packets through flannel0, in user space" \
+"flannel's first backend: the kernel routes the pod network into the TUN device flannel0,
+and vxlan-agent run reads each packet and sends it to the peer in a UDP datagram (port
+8285). sync would make the device and its route; the data path needs the daemon."
+for i in 1 2; do
+    bash "$CLUSTER" inventory "$PREFIX" "$HOSTS" --without 3 --backend udp \
+        | sed '$ s|}$|, "subnetFile": "'"$DIR"'/h'"$i"'-subnet.env", "ipMasq": false, "metricsAddress": "", "cniConfFile": ""}|' \
+        > "$DIR/udp-h$i.json"
+    cmdline ip netns exec "$PREFIX-h$i" "$AGENT" run --config "$DIR/udp-h$i.json" --node "node-$i" --lock-file "$(lock "$i")" "&"
+    ip netns exec "$PREFIX-h$i" "$AGENT" run --config "$DIR/udp-h$i.json" --node "node-$i" --lock-file "$(lock "$i")" \
+        > "$DIR/udp-h$i.log" 2>&1 &
+    DAEMONS+=($!)
+done
+for i in 1 2; do
+    for _ in $(seq 100); do grep -q "udp data path started" "$DIR/udp-h$i.log" && break; sleep 0.1; done
+    grep -q "udp data path started" "$DIR/udp-h$i.log" || { cat "$DIR/udp-h$i.log"; die "the udp data path did not start on host $i"; }
+done
+show ip -n "$H1" -d link show flannel0 | grep -E 'flannel0|tun type'
+show ip -n "$H1" route show dev flannel0
+show bash "$CLUSTER" ping "$PREFIX" --without 3 || die "pods on hosts 1 and 2 lost each other on udp"
+for pid in "${DAEMONS[@]}"; do kill "$pid"; wait "$pid" 2>/dev/null || true; done
+DAEMONS=()
+echo "  both daemons stopped (SIGTERM); flannel0 and its route stay for the next run, as sync's entries do."
 
 # ----------------------------------------------------------------------------
 if [ -z "${VXA_DEMO_KEEP:-}" ]; then
