@@ -107,8 +107,9 @@ public final class EtcdRegistry: Sendable {
     let subnetFile: String
     let log: Logger
     let own = Mutex<OwnLease?>(nil)
-    /// Each lease as last checked, by key, with the revision it was checked at.
-    let checked = Mutex<[String: (revision: Int64, result: Result<Lease, SkippedLease>)]>([:])
+    /// Every key under `<prefix>/subnets/` (this node's too), as checked at its
+    /// last revision. The registry keeps the parsed lease, not its value; see `StoredLease`.
+    let stored = Mutex<[String: StoredLease]>([:])
 
     public init(settings: EtcdSettings, node: String, publicIP: IPv4Address, ttl: Int64, subnetFile: String, log: Logger) throws {
         self.client = try makeEtcdClient(settings)
@@ -196,10 +197,19 @@ public final class EtcdRegistry: Sendable {
                 async let prechecked = Self.check(kvs, network: network)
                 try await ensureLease(network: network, leases: &leases)
                 let checks = await prechecked
-                checked.withLock { cache in for (key, value) in checks { cache[key] = value } }
+                // From here on the registry keeps the checked leases, not the listed values.
+                stored.withLock { store in
+                    store = [:]
+                    store.reserveCapacity(leases.count)
+                    for kv in leases.values {
+                        let result = checks[kv.key].flatMap { $0.revision == kv.modRevision ? $0.result : nil }
+                        store[kv.key] = StoredLease(kv, result: result ?? Flannel.check(LeaseEntry(kv), network: network))
+                    }
+                }
+                leases = [:]
                 let leased = clock.now
                 emit(.connection(true, nil))
-                emit(state(network: network, leases: leases, reported: &reportedInvalid))
+                emit(state(network: network, reported: &reportedInvalid))
                 log.debug("listed", metadata: ["leases": "\(kvs.count)", "revision": "\(revision)", "list": "\(listed - started)",
                                                "lease": "\(leased - listed)", "view": "\(clock.now - leased)"])
                 delay = .milliseconds(250)
@@ -220,8 +230,10 @@ public final class EtcdRegistry: Sendable {
                         guard event.key.hasPrefix(subnets) else { continue }
                         changed.insert(event.key)
                         switch event {
-                        case .put(let kv): leases[kv.key] = kv
-                        case .delete(let key, _): leases[key] = nil
+                        case .put(let kv):
+                            let lease = StoredLease(kv, result: Flannel.check(LeaseEntry(kv), network: network))
+                            stored.withLock { $0[kv.key] = lease }
+                        case .delete(let key, _): _ = stored.withLock { $0.removeValue(forKey: key) }
                         }
                         if let mine = ownLease, event.key == mine.key {
                             if case .put(let kv) = event, (try? Lease.parse(key: kv.key, value: kv.value))?.attributes.publicIP == publicIP {
@@ -235,12 +247,19 @@ public final class EtcdRegistry: Sendable {
                         let key = ownLease?.key ?? ""
                         log.warning("this node's lease was deleted or taken over in etcd; taking a lease again", metadata: ["key": "\(key)"])
                         own.withLock { $0 = nil }
+                        var leases = stored.withLock { store in
+                            Dictionary(uniqueKeysWithValues: store.map { ($0.key, $0.value.keyValue(key: $0.key)) })
+                        }
                         try await ensureLease(network: network, leases: &leases)
+                        if let mine = ownLease, let kv = leases[mine.key] {
+                            let lease = StoredLease(kv, result: Flannel.check(LeaseEntry(kv), network: network))
+                            stored.withLock { $0[kv.key] = lease }
+                        }
                     }
                     if lost {
-                        emit(state(network: network, leases: leases, reported: &reportedInvalid))
+                        emit(state(network: network, reported: &reportedInvalid))
                     } else if !changed.isEmpty {
-                        emit(delta(network: network, keys: changed, leases: leases, reported: &reportedInvalid))
+                        emit(delta(keys: changed, reported: &reportedInvalid))
                     }
                 }
                 throw EtcdError(.connectionLost, endpoint: settings.endpoints.joined(separator: ","), operation: "watch",
@@ -296,62 +315,53 @@ public final class EtcdRegistry: Sendable {
         }
     }
 
-    /// The leases at `keys` changed: each is checked again (as `state` would),
-    /// and reported as a peer to add or change, or a key to remove.
-    func delta(network: NetworkConfig, keys: Set<String>, leases: [String: KeyValue], reported: inout [String: Int64]) -> RegistryEvent {
+    /// The leases at `keys` changed (the watch loop checked each as it came):
+    /// each is reported as a peer to add or change, or a key to remove.
+    func delta(keys: Set<String>, reported: inout [String: Int64]) -> RegistryEvent {
         let own = ownLease?.key
         var upserts: [NodeRecord] = []
         var removals: [String] = []
-        let invalid = checked.withLock { cache -> Int in
+        let invalid = stored.withLock { store -> Int in
             for key in keys.sorted() where key != own {
-                guard let kv = leases[key] else {
-                    cache[key] = nil
+                guard let lease = store[key] else {
                     reported[key] = nil
                     removals.append(key)
                     continue
                 }
-                let entry = LeaseEntry(key: kv.key, value: kv.value, etcdLease: kv.lease, revision: kv.modRevision)
-                let result: Result<Lease, SkippedLease>
-                if let hit = cache[key], hit.revision == kv.modRevision { result = hit.result } else {
-                    result = Flannel.check(entry, network: network)
-                    cache[key] = (kv.modRevision, result)
-                }
-                switch result {
+                switch lease.result {
                 case .success(let lease):
                     reported[key] = nil
                     upserts.append(lease.record)
                 case .failure(let skipped):
                     removals.append(key)
-                    if reported[key] != kv.modRevision {
-                        reported[key] = kv.modRevision
+                    if reported[key] != lease.revision {
+                        reported[key] = lease.revision
                         log.warning("lease skipped", metadata: ["key": "\(Flannel.printable(skipped.key))",
                                                                 "error": "\(Flannel.printable(skipped.reason, limit: 512))"])
                     }
                 }
             }
-            return cache.values.count { if case .failure = $0.result { true } else { false } }
+            return store.count { $0.key != own && $0.value.value != nil }
         }
         return .peers(upserts: upserts, removals: removals, invalidLeases: invalid)
     }
 
-    func state(network: NetworkConfig, leases: [String: KeyValue], reported: inout [String: Int64]) -> RegistryEvent {
+    /// The cluster view from the leases (`Flannel.clusterView`, as `sync` builds
+    /// it, with each lease's stored check); skipped ones are logged once per revision of their key.
+    func state(network: NetworkConfig, reported: inout [String: Int64]) -> RegistryEvent {
         guard let mine = ownLease else { fatalError("state without a lease") }
-        let entries = leases.values.map { LeaseEntry(key: $0.key, value: $0.value, etcdLease: $0.lease, revision: $0.modRevision) }
-        let result = checked.withLock { cache in
-            // A key is parsed again only when it changed (the network is fixed for this registry's life).
-            cache = cache.filter { leases[$0.key]?.modRevision == $0.value.revision }
-            return Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP,
-                                       own: (mine.key, mine.subnet)) { entry in
-                if let hit = cache[entry.key] { return hit.result }
-                let result = Flannel.check(entry, network: network)
-                cache[entry.key] = (entry.revision, result)
-                return result
+        let (result, revisions) = stored.withLock { store in
+            // The entries carry no value: every key's check is the store's.
+            let entries = store.map { LeaseEntry(key: $0.key, value: [], etcdLease: $0.value.etcdLease, revision: $0.value.revision) }
+            let view = Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP,
+                                           own: (mine.key, mine.subnet)) { entry in
+                store[entry.key]?.result ?? Flannel.check(entry, network: network)
             }
+            return (view, view.skipped.map { store[$0.key]?.revision ?? 0 })
         }
         var seen: Set<String> = []
-        for skipped in result.skipped {
+        for (skipped, revision) in zip(result.skipped, revisions) {
             seen.insert(skipped.key)
-            let revision = leases[skipped.key]?.modRevision ?? 0
             if reported[skipped.key] != revision {
                 reported[skipped.key] = revision
                 log.warning("lease skipped", metadata: ["key": "\(Flannel.printable(skipped.key))",
@@ -361,6 +371,40 @@ public final class EtcdRegistry: Sendable {
         reported = reported.filter { seen.contains($0.key) }
         return .state(result.view, invalidLeases: result.skipped.count)
     }
+}
+
+/// A key under `<prefix>/subnets/` as the registry keeps it between events:
+/// the result of its check (the parsed lease, or why it is skipped), not its
+/// value. The value stays only when the check failed: a lease that does not
+/// parse may still be this node's (`LeaseAllocator.acquire` reads it again).
+/// A class, so the table of 50,000 keys holds a pointer per key, not the lease.
+final class StoredLease: Sendable {
+    let revision: Int64
+    let etcdLease: Int64
+    let result: Result<Lease, SkippedLease>
+    /// The raw value, when the check failed.
+    let value: [UInt8]?
+
+    init(_ kv: KeyValue, result: Result<Lease, SkippedLease>) {
+        revision = kv.modRevision
+        etcdLease = kv.lease
+        self.result = result
+        if case .failure = result { value = kv.value } else { value = nil }
+    }
+
+    /// The key as etcd had it, for `ensureLease`: a parsed lease's value is
+    /// written again in flanneld's form (its public IP, its attributes).
+    func keyValue(key: String) -> KeyValue {
+        let bytes: [UInt8] = switch result {
+        case .success(let lease): Array(lease.attributes.json.utf8)
+        case .failure: value ?? []
+        }
+        return KeyValue(key: key, value: bytes, createRevision: 0, modRevision: revision, version: 1, lease: etcdLease)
+    }
+}
+
+extension LeaseEntry {
+    init(_ kv: KeyValue) { self.init(key: kv.key, value: kv.value, etcdLease: kv.lease, revision: kv.modRevision) }
 }
 
 // MARK: the network configuration changing under a running node
