@@ -98,6 +98,11 @@ public struct LeaseAllocator: Sendable {
 /// from the list's revision so no change is lost. After a compaction or a broken
 /// connection it lists again. It never reports an empty cluster because etcd is
 /// unreachable: it reports the connection and keeps the last state.
+///
+/// It keeps no lease between events (at 50,000 leases their values and parsed
+/// form were 40 MiB): the list's leases make the first state and are dropped,
+/// each watch event is checked as it comes and handed on as a delta, and when
+/// this node's lease goes it lists again.
 public final class EtcdRegistry: Sendable {
     let client: EtcdClient
     let settings: EtcdSettings
@@ -107,9 +112,6 @@ public final class EtcdRegistry: Sendable {
     let subnetFile: String
     let log: Logger
     let own = Mutex<OwnLease?>(nil)
-    /// Every key under `<prefix>/subnets/` (this node's too), as checked at its
-    /// last revision. The registry keeps the parsed lease, not its value; see `StoredLease`.
-    let stored = Mutex<[String: StoredLease]>([:])
 
     public init(settings: EtcdSettings, node: String, publicIP: IPv4Address, ttl: Int64, subnetFile: String, log: Logger) throws {
         self.client = try makeEtcdClient(settings)
@@ -190,27 +192,20 @@ public final class EtcdRegistry: Sendable {
                 guard let network else { continue }
                 let clock = ContinuousClock()
                 let started = clock.now
-                let (kvs, revision) = try await client.list(prefix: subnets)
+                var (kvs, revision) = try await client.list(prefix: subnets)
                 let listed = clock.now
                 var leases = Dictionary(kvs.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
                 // Every lease is checked (parsed) on the other core while this node takes its lease.
                 async let prechecked = Self.check(kvs, network: network)
                 try await ensureLease(network: network, leases: &leases)
-                let checks = await prechecked
-                // From here on the registry keeps the checked leases, not the listed values.
-                stored.withLock { store in
-                    store = [:]
-                    store.reserveCapacity(leases.count)
-                    for kv in leases.values {
-                        let result = checks[kv.key].flatMap { $0.revision == kv.modRevision ? $0.result : nil }
-                        store[kv.key] = StoredLease(kv, result: result ?? Flannel.check(LeaseEntry(kv), network: network))
-                    }
-                }
-                leases = [:]
+                var checks = await prechecked
                 let leased = clock.now
                 emit(.connection(true, nil))
-                emit(state(network: network, reported: &reportedInvalid))
-                log.debug("listed", metadata: ["leases": "\(kvs.count)", "revision": "\(revision)", "list": "\(listed - started)",
+                emit(state(network: network, leases: leases, checks: checks, reported: &reportedInvalid))
+                // Nothing of the list outlives the state it made.
+                let listedCount = kvs.count
+                (kvs, leases, checks) = ([], [:], [:])
+                log.debug("listed", metadata: ["leases": "\(listedCount)", "revision": "\(revision)", "list": "\(listed - started)",
                                                "lease": "\(leased - listed)", "view": "\(clock.now - leased)"])
                 delay = .milliseconds(250)
 
@@ -218,9 +213,12 @@ public final class EtcdRegistry: Sendable {
                 // Batches that arrive while a state is being built are taken together:
                 // a burst of transactions costs one view, not one per transaction.
                 let watch = Conflator(client.watch(prefix: everything, startRevision: next))
+                var relist = false
                 while let batches = try await watch.next() {
                     var lost = false
                     var changed: Set<String> = []
+                    // The check of each key's last put in these batches (none: deleted).
+                    var checks: [String: (revision: Int64, result: Result<Lease, SkippedLease>)] = [:]
                     for event in batches.lazy.flatMap(\.events) {
                         if event.key == configKey {
                             let value: [UInt8]? = if case .put(let kv) = event { kv.value } else { nil }
@@ -230,10 +228,8 @@ public final class EtcdRegistry: Sendable {
                         guard event.key.hasPrefix(subnets) else { continue }
                         changed.insert(event.key)
                         switch event {
-                        case .put(let kv):
-                            let lease = StoredLease(kv, result: Flannel.check(LeaseEntry(kv), network: network))
-                            stored.withLock { $0[kv.key] = lease }
-                        case .delete(let key, _): _ = stored.withLock { $0.removeValue(forKey: key) }
+                        case .put(let kv): checks[kv.key] = (kv.modRevision, Flannel.check(LeaseEntry(kv), network: network))
+                        case .delete(let key, _): checks[key] = nil
                         }
                         if let mine = ownLease, event.key == mine.key {
                             if case .put(let kv) = event, (try? Lease.parse(key: kv.key, value: kv.value))?.attributes.publicIP == publicIP {
@@ -247,21 +243,15 @@ public final class EtcdRegistry: Sendable {
                         let key = ownLease?.key ?? ""
                         log.warning("this node's lease was deleted or taken over in etcd; taking a lease again", metadata: ["key": "\(key)"])
                         own.withLock { $0 = nil }
-                        var leases = stored.withLock { store in
-                            Dictionary(uniqueKeysWithValues: store.map { ($0.key, $0.value.keyValue(key: $0.key)) })
-                        }
-                        try await ensureLease(network: network, leases: &leases)
-                        if let mine = ownLease, let kv = leases[mine.key] {
-                            let lease = StoredLease(kv, result: Flannel.check(LeaseEntry(kv), network: network))
-                            stored.withLock { $0[kv.key] = lease }
-                        }
+                        // The list takes a lease again and reports the whole state.
+                        relist = true
+                        break
                     }
-                    if lost {
-                        emit(state(network: network, reported: &reportedInvalid))
-                    } else if !changed.isEmpty {
-                        emit(delta(keys: changed, reported: &reportedInvalid))
+                    if !changed.isEmpty {
+                        emit(delta(keys: changed, checks: checks, reported: &reportedInvalid))
                     }
                 }
+                if relist { continue }
                 throw EtcdError(.connectionLost, endpoint: settings.endpoints.joined(separator: ","), operation: "watch",
                                 key: everything, message: "the watch ended")
             } catch let error as EtcdError where error.compactRevision != nil {
@@ -315,53 +305,52 @@ public final class EtcdRegistry: Sendable {
         }
     }
 
-    /// The leases at `keys` changed (the watch loop checked each as it came):
-    /// each is reported as a peer to add or change, or a key to remove.
-    func delta(keys: Set<String>, reported: inout [String: Int64]) -> RegistryEvent {
+    /// The leases at `keys` changed, `checks` holds the check of each one put
+    /// (none: deleted): each is reported as a peer to add or change, or a key to
+    /// remove. Invalid leases are counted by `reported`, which holds every one.
+    func delta(keys: Set<String>, checks: [String: (revision: Int64, result: Result<Lease, SkippedLease>)],
+               reported: inout [String: Int64]) -> RegistryEvent {
         let own = ownLease?.key
         var upserts: [NodeRecord] = []
         var removals: [String] = []
-        let invalid = stored.withLock { store -> Int in
-            for key in keys.sorted() where key != own {
-                guard let lease = store[key] else {
-                    reported[key] = nil
-                    removals.append(key)
-                    continue
-                }
-                switch lease.result {
-                case .success(let lease):
-                    reported[key] = nil
-                    upserts.append(lease.record)
-                case .failure(let skipped):
-                    removals.append(key)
-                    if reported[key] != lease.revision {
-                        reported[key] = lease.revision
-                        log.warning("lease skipped", metadata: ["key": "\(Flannel.printable(skipped.key))",
-                                                                "error": "\(Flannel.printable(skipped.reason, limit: 512))"])
-                    }
+        for key in keys.sorted() where key != own {
+            guard let (revision, result) = checks[key] else {
+                reported[key] = nil
+                removals.append(key)
+                continue
+            }
+            switch result {
+            case .success(let lease):
+                reported[key] = nil
+                upserts.append(lease.record)
+            case .failure(let skipped):
+                removals.append(key)
+                if reported[key] != revision {
+                    reported[key] = revision
+                    log.warning("lease skipped", metadata: ["key": "\(Flannel.printable(skipped.key))",
+                                                            "error": "\(Flannel.printable(skipped.reason, limit: 512))"])
                 }
             }
-            return store.count { $0.key != own && $0.value.value != nil }
         }
-        return .peers(upserts: upserts, removals: removals, invalidLeases: invalid)
+        return .peers(upserts: upserts, removals: removals, invalidLeases: reported.count)
     }
 
-    /// The cluster view from the leases (`Flannel.clusterView`, as `sync` builds
-    /// it, with each lease's stored check); skipped ones are logged once per revision of their key.
-    func state(network: NetworkConfig, reported: inout [String: Int64]) -> RegistryEvent {
+    /// The cluster view from the listed leases (`Flannel.clusterView`, as `sync`
+    /// builds it, with `checks` made while the lease was taken); skipped ones are
+    /// logged once per revision of their key.
+    func state(network: NetworkConfig, leases: [String: KeyValue], checks: [String: (revision: Int64, result: Result<Lease, SkippedLease>)],
+               reported: inout [String: Int64]) -> RegistryEvent {
         guard let mine = ownLease else { fatalError("state without a lease") }
-        let (result, revisions) = stored.withLock { store in
-            // The entries carry no value: every key's check is the store's.
-            let entries = store.map { LeaseEntry(key: $0.key, value: [], etcdLease: $0.value.etcdLease, revision: $0.value.revision) }
-            let view = Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP,
-                                           own: (mine.key, mine.subnet)) { entry in
-                store[entry.key]?.result ?? Flannel.check(entry, network: network)
-            }
-            return (view, view.skipped.map { store[$0.key]?.revision ?? 0 })
+        let entries = leases.values.map(LeaseEntry.init)
+        let result = Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP,
+                                         own: (mine.key, mine.subnet)) { entry in
+            if let hit = checks[entry.key], hit.revision == entry.revision { return hit.result }
+            return Flannel.check(entry, network: network)
         }
         var seen: Set<String> = []
-        for (skipped, revision) in zip(result.skipped, revisions) {
+        for skipped in result.skipped {
             seen.insert(skipped.key)
+            let revision = leases[skipped.key]?.modRevision ?? 0
             if reported[skipped.key] != revision {
                 reported[skipped.key] = revision
                 log.warning("lease skipped", metadata: ["key": "\(Flannel.printable(skipped.key))",
@@ -370,36 +359,6 @@ public final class EtcdRegistry: Sendable {
         }
         reported = reported.filter { seen.contains($0.key) }
         return .state(result.view, invalidLeases: result.skipped.count)
-    }
-}
-
-/// A key under `<prefix>/subnets/` as the registry keeps it between events:
-/// the result of its check (the parsed lease, or why it is skipped), not its
-/// value. The value stays only when the check failed: a lease that does not
-/// parse may still be this node's (`LeaseAllocator.acquire` reads it again).
-/// A class, so the table of 50,000 keys holds a pointer per key, not the lease.
-final class StoredLease: Sendable {
-    let revision: Int64
-    let etcdLease: Int64
-    let result: Result<Lease, SkippedLease>
-    /// The raw value, when the check failed.
-    let value: [UInt8]?
-
-    init(_ kv: KeyValue, result: Result<Lease, SkippedLease>) {
-        revision = kv.modRevision
-        etcdLease = kv.lease
-        self.result = result
-        if case .failure = result { value = kv.value } else { value = nil }
-    }
-
-    /// The key as etcd had it, for `ensureLease`: a parsed lease's value is
-    /// written again in flanneld's form (its public IP, its attributes).
-    func keyValue(key: String) -> KeyValue {
-        let bytes: [UInt8] = switch result {
-        case .success(let lease): Array(lease.attributes.json.utf8)
-        case .failure: value ?? []
-        }
-        return KeyValue(key: key, value: bytes, createRevision: 0, modRevision: revision, version: 1, lease: etcdLease)
     }
 }
 
