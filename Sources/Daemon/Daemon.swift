@@ -73,6 +73,7 @@ public final class Daemon: @unchecked Sendable {
     /// the group down gracefully, in reverse order: the registry stops first,
     /// the reconciler finishes its pass last. The forwarding state stays.
     public func run() async -> Int32 {
+        Self.tuneMalloc()
         var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
         if let address = config.daemon.metricsAddress {
             do {
@@ -104,6 +105,18 @@ public final class Daemon: @unchecked Sendable {
             return 1
         }
         return 0
+    }
+
+    /// glibc's allocator, for a daemon that holds tens of MiB in a few large
+    /// tables: at most two arenas (glibc makes up to eight per core, one for each
+    /// thread that finds the others locked, and each keeps what its threads freed),
+    /// and blocks from 256 KiB up mapped on their own (a table that grows hands
+    /// its old storage back at once; glibc's own threshold climbs to 32 MiB after
+    /// the first such block is freed, and then they stay in the heap).
+    /// Measured at 50,000 peers: VmHWM 94 -> 88 MiB.
+    static func tuneMalloc() {
+        _ = mallopt(-8 /* M_ARENA_MAX */, 2)
+        _ = mallopt(-3 /* M_MMAP_THRESHOLD */, 256 * 1024)
     }
 
     /// The coordinator's work: start the registry, hand what it reports to the

@@ -98,6 +98,11 @@ public struct LeaseAllocator: Sendable {
 /// from the list's revision so no change is lost. After a compaction or a broken
 /// connection it lists again. It never reports an empty cluster because etcd is
 /// unreachable: it reports the connection and keeps the last state.
+///
+/// It keeps no lease between events (at 50,000 leases their values and parsed
+/// form were 40 MiB): the list's leases make the first state and are dropped,
+/// each watch event is checked as it comes and handed on as a delta, and when
+/// this node's lease goes it lists again.
 public final class EtcdRegistry: Sendable {
     let client: EtcdClient
     let settings: EtcdSettings
@@ -107,8 +112,6 @@ public final class EtcdRegistry: Sendable {
     let subnetFile: String
     let log: Logger
     let own = Mutex<OwnLease?>(nil)
-    /// Each lease as last checked, by key, with the revision it was checked at.
-    let checked = Mutex<[String: (revision: Int64, result: Result<Lease, SkippedLease>)]>([:])
 
     public init(settings: EtcdSettings, node: String, publicIP: IPv4Address, ttl: Int64, subnetFile: String, log: Logger) throws {
         self.client = try makeEtcdClient(settings)
@@ -189,18 +192,20 @@ public final class EtcdRegistry: Sendable {
                 guard let network else { continue }
                 let clock = ContinuousClock()
                 let started = clock.now
-                let (kvs, revision) = try await client.list(prefix: subnets)
+                var (kvs, revision) = try await client.list(prefix: subnets)
                 let listed = clock.now
                 var leases = Dictionary(kvs.map { ($0.key, $0) }, uniquingKeysWith: { a, _ in a })
                 // Every lease is checked (parsed) on the other core while this node takes its lease.
                 async let prechecked = Self.check(kvs, network: network)
                 try await ensureLease(network: network, leases: &leases)
-                let checks = await prechecked
-                checked.withLock { cache in for (key, value) in checks { cache[key] = value } }
+                var checks = await prechecked
                 let leased = clock.now
                 emit(.connection(true, nil))
-                emit(state(network: network, leases: leases, reported: &reportedInvalid))
-                log.debug("listed", metadata: ["leases": "\(kvs.count)", "revision": "\(revision)", "list": "\(listed - started)",
+                emit(state(network: network, leases: leases, checks: checks, reported: &reportedInvalid))
+                // Nothing of the list outlives the state it made.
+                let listedCount = kvs.count
+                (kvs, leases, checks) = ([], [:], [:])
+                log.debug("listed", metadata: ["leases": "\(listedCount)", "revision": "\(revision)", "list": "\(listed - started)",
                                                "lease": "\(leased - listed)", "view": "\(clock.now - leased)"])
                 delay = .milliseconds(250)
 
@@ -208,9 +213,12 @@ public final class EtcdRegistry: Sendable {
                 // Batches that arrive while a state is being built are taken together:
                 // a burst of transactions costs one view, not one per transaction.
                 let watch = Conflator(client.watch(prefix: everything, startRevision: next))
+                var relist = false
                 while let batches = try await watch.next() {
                     var lost = false
                     var changed: Set<String> = []
+                    // The check of each key's last put in these batches (none: deleted).
+                    var checks: [String: (revision: Int64, result: Result<Lease, SkippedLease>)] = [:]
                     for event in batches.lazy.flatMap(\.events) {
                         if event.key == configKey {
                             let value: [UInt8]? = if case .put(let kv) = event { kv.value } else { nil }
@@ -220,8 +228,8 @@ public final class EtcdRegistry: Sendable {
                         guard event.key.hasPrefix(subnets) else { continue }
                         changed.insert(event.key)
                         switch event {
-                        case .put(let kv): leases[kv.key] = kv
-                        case .delete(let key, _): leases[key] = nil
+                        case .put(let kv): checks[kv.key] = (kv.modRevision, Flannel.check(LeaseEntry(kv), network: network))
+                        case .delete(let key, _): checks[key] = nil
                         }
                         if let mine = ownLease, event.key == mine.key {
                             if case .put(let kv) = event,
@@ -236,14 +244,15 @@ public final class EtcdRegistry: Sendable {
                         let key = ownLease?.key ?? ""
                         log.warning("this node's lease was deleted or taken over in etcd; taking a lease again", metadata: ["key": "\(key)"])
                         own.withLock { $0 = nil }
-                        try await ensureLease(network: network, leases: &leases)
+                        // The list takes a lease again and reports the whole state.
+                        relist = true
+                        break
                     }
-                    if lost {
-                        emit(state(network: network, leases: leases, reported: &reportedInvalid))
-                    } else if !changed.isEmpty {
-                        emit(delta(network: network, keys: changed, leases: leases, reported: &reportedInvalid))
+                    if !changed.isEmpty {
+                        emit(delta(keys: changed, checks: checks, reported: &reportedInvalid))
                     }
                 }
+                if relist { continue }
                 throw EtcdError(.connectionLost, endpoint: settings.endpoints.joined(separator: ","), operation: "watch",
                                 key: everything, message: "the watch ended")
             } catch let error as EtcdError where error.compactRevision != nil {
@@ -298,57 +307,47 @@ public final class EtcdRegistry: Sendable {
         }
     }
 
-    /// The leases at `keys` changed: each is checked again (as `state` would),
-    /// and reported as a peer to add or change, or a key to remove.
-    func delta(network: NetworkConfig, keys: Set<String>, leases: [String: KeyValue], reported: inout [String: Int64]) -> RegistryEvent {
+    /// The leases at `keys` changed, `checks` holds the check of each one put
+    /// (none: deleted): each is reported as a peer to add or change, or a key to
+    /// remove. Invalid leases are counted by `reported`, which holds every one.
+    func delta(keys: Set<String>, checks: [String: (revision: Int64, result: Result<Lease, SkippedLease>)],
+               reported: inout [String: Int64]) -> RegistryEvent {
         let own = ownLease?.key
         var upserts: [NodeRecord] = []
         var removals: [String] = []
-        let invalid = checked.withLock { cache -> Int in
-            for key in keys.sorted() where key != own {
-                guard let kv = leases[key] else {
-                    cache[key] = nil
-                    reported[key] = nil
-                    removals.append(key)
-                    continue
-                }
-                let entry = LeaseEntry(key: kv.key, value: kv.value, etcdLease: kv.lease, revision: kv.modRevision)
-                let result: Result<Lease, SkippedLease>
-                if let hit = cache[key], hit.revision == kv.modRevision { result = hit.result } else {
-                    result = Flannel.check(entry, network: network)
-                    cache[key] = (kv.modRevision, result)
-                }
-                switch result {
-                case .success(let lease):
-                    reported[key] = nil
-                    upserts.append(lease.record)
-                case .failure(let skipped):
-                    removals.append(key)
-                    if reported[key] != kv.modRevision {
-                        reported[key] = kv.modRevision
-                        log.warning("lease skipped", metadata: ["key": "\(Flannel.printable(skipped.key))",
-                                                                "error": "\(Flannel.printable(skipped.reason, limit: 512))"])
-                    }
+        for key in keys.sorted() where key != own {
+            guard let (revision, result) = checks[key] else {
+                reported[key] = nil
+                removals.append(key)
+                continue
+            }
+            switch result {
+            case .success(let lease):
+                reported[key] = nil
+                upserts.append(lease.record)
+            case .failure(let skipped):
+                removals.append(key)
+                if reported[key] != revision {
+                    reported[key] = revision
+                    log.warning("lease skipped", metadata: ["key": "\(Flannel.printable(skipped.key))",
+                                                            "error": "\(Flannel.printable(skipped.reason, limit: 512))"])
                 }
             }
-            return cache.values.count { if case .failure = $0.result { true } else { false } }
         }
-        return .peers(upserts: upserts, removals: removals, invalidLeases: invalid)
+        return .peers(upserts: upserts, removals: removals, invalidLeases: reported.count)
     }
 
-    func state(network: NetworkConfig, leases: [String: KeyValue], reported: inout [String: Int64]) -> RegistryEvent {
+    /// The cluster view from the listed leases (`Flannel.clusterView`, as `sync`
+    /// builds it, with `checks` made while the lease was taken); skipped ones are
+    /// logged once per revision of their key.
+    func state(network: NetworkConfig, leases: [String: KeyValue], checks: [String: (revision: Int64, result: Result<Lease, SkippedLease>)],
+               reported: inout [String: Int64]) -> RegistryEvent {
         guard let mine = ownLease else { fatalError("state without a lease") }
-        let entries = leases.values.map { LeaseEntry(key: $0.key, value: $0.value, etcdLease: $0.lease, revision: $0.modRevision) }
-        let result = checked.withLock { cache in
-            // A key is parsed again only when it changed (the network is fixed for this registry's life).
-            cache = cache.filter { leases[$0.key]?.modRevision == $0.value.revision }
-            return Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP,
-                                       own: (mine.key, mine.subnet)) { entry in
-                if let hit = cache[entry.key] { return hit.result }
-                let result = Flannel.check(entry, network: network)
-                cache[entry.key] = (entry.revision, result)
-                return result
-            }
+        let entries = leases.values.map(LeaseEntry.init)
+        let result = Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP,
+                                         own: (mine.key, mine.subnet)) { entry in
+            if let hit = checks[entry.key], hit.revision == entry.revision { return hit.result }
+            return Flannel.check(entry, network: network)
         }
         var seen: Set<String> = []
         for skipped in result.skipped {
@@ -363,6 +362,10 @@ public final class EtcdRegistry: Sendable {
         reported = reported.filter { seen.contains($0.key) }
         return .state(result.view, invalidLeases: result.skipped.count)
     }
+}
+
+extension LeaseEntry {
+    init(_ kv: KeyValue) { self.init(key: kv.key, value: kv.value, etcdLease: kv.lease, revision: kv.modRevision) }
 }
 
 // MARK: the network configuration changing under a running node

@@ -36,15 +36,21 @@ final class Reconciler: @unchecked Sendable {
         var events: [KernelEvent] = []
         var stop = false
 
-        /// Kernel events waiting, at most this many: past it a full pass
-        /// (one dump) is cheaper than the events, and bounds the memory.
-        static let maxEvents = 16_384
+        /// Kernel events waiting, at least this many: past the limit a full
+        /// pass (one dump) is cheaper than the events, and bounds the memory.
+        static let minEventLimit = 16_384
+
+        /// The limit for a picture of `entries` entries: a pass that writes
+        /// them all gets back one event per write (its own echoes), and those
+        /// alone must not cost a full pass (at 50,000 peers, tens of MiB more
+        /// than the events: the dump, the full desired state and its plan).
+        static func eventLimit(entries: Int) -> Int { max(minEventLimit, entries + entries / 4) }
 
         /// Queues kernel events, unless a full pass is due anyway (its dump
         /// comes after them, and sees what they say).
-        mutating func take(_ more: [KernelEvent]) {
+        mutating func take(_ more: [KernelEvent], limit: Int) {
             guard full.isEmpty && view == nil && config == nil else { return }
-            if events.count + more.count > Self.maxEvents {
+            if events.count + more.count > limit {
                 events = []
                 full.insert("kernel")
             } else {
@@ -62,6 +68,8 @@ final class Reconciler: @unchecked Sendable {
     /// Guarded by `condition`.
     private var inbox = Work()
     private var exited: (@Sendable () -> Void)?
+    /// Kernel events waiting, at most (`Work.eventLimit`).
+    private var eventLimit = Work.minEventLimit
     private var hasExited = false
 
     // Owned by the reconciler's thread from `start` on.
@@ -176,6 +184,11 @@ final class Reconciler: @unchecked Sendable {
             var previous: [String: NodeRecord] = [:]
             for key in work.removals { previous[key] = peers.removeValue(forKey: key) }
             for (key, record) in work.upserts { previous[key] = peers.updateValue(record, forKey: key) }
+            // Up to four entries a peer (VXLAN's FDB entry, neighbor, nexthop, route), each a write and its echo.
+            let limit = Work.eventLimit(entries: 4 * peers.count)
+            condition.lock()
+            eventLimit = limit
+            condition.unlock()
             let now = ContinuousClock.now
             if now >= resyncAt {
                 full.insert("resync")
@@ -255,7 +268,7 @@ final class Reconciler: @unchecked Sendable {
             do {
                 try monitor.start(events: { [weak self] events in
                                       self?.log.trace("kernel events", metadata: ["count": "\(events.count)", "first": "\(events.first.map { "\($0)" } ?? "")"])
-                                      self?.post { $0.take(events) }
+                                      self?.post { [weak self] in $0.take(events, limit: self?.eventLimit ?? Work.minEventLimit) }
                                   },
                                   lost: { [weak self] why in
                                       self?.log.warning("kernel events lost; a full pass follows", metadata: ["why": "\(why)"])
@@ -319,9 +332,8 @@ final class Reconciler: @unchecked Sendable {
             }
             return
         }
-        let programmed = desired.accepted
         let table = TunnelTable(network: network.network, subnetLen: network.subnetLen, local: local.subnet,
-                                peers: peers.values.filter { programmed.contains($0.origin) }.map { ($0.subnet, $0.publicIP) })
+                                peers: peers.values.filter { desired.isProgrammed($0.origin) }.map { ($0.subnet, $0.publicIP) })
         if remade, let tunnel {
             tunnel.stop()
             self.tunnel = nil
@@ -452,6 +464,10 @@ final class Reconciler: @unchecked Sendable {
 /// returns freed heap memory to the system.
 @_silgen_name("malloc_trim")
 func malloc_trim(_ pad: Int) -> Int32
+
+/// glibc's `mallopt` (malloc.h, as `malloc_trim`).
+@_silgen_name("mallopt")
+func mallopt(_ parameter: Int32, _ value: Int32) -> Int32
 
 /// Waits on the reconciler's thread for async work (nft through swift-subprocess):
 /// the work runs on the pool, which holds no thread while the child runs; only

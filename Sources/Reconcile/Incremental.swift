@@ -9,18 +9,22 @@ import Model
 // peer that collides with another, an ambiguous event) it hands to a full pass.
 
 /// What the kernel holds of what the agent owns, by key.
+///
+/// Sized for 50,000 peers: each table stores its entries packed (an FDB entry
+/// as its destination, a neighbor as its MAC, ...: 12 to 28 bytes a slot instead
+/// of 28 to 48), see `PackedTable`.
 public struct KernelPicture: Sendable {
     public var device: LinkState?
     public var addresses: [IPv4Prefix]
     /// The first remote of each MAC; the other remotes (only `bridge fdb append`
     /// makes them) in `extraFDB`.
-    public var fdb: [MACAddress: FDBEntry] = [:]
-    public var extraFDB: [MACAddress: [FDBEntry]] = [:]
-    public var neighbors: [IPv4Address: Neighbor] = [:]
-    public var nexthops: [UInt32: Nexthop] = [:]
-    public var routes: [RouteKey: Route] = [:]
+    public internal(set) var fdb = PackedTable<FDBEntry>()
+    public internal(set) var extraFDB: [MACAddress: [FDBEntry]] = [:]
+    public internal(set) var neighbors = PackedTable<Neighbor>()
+    public internal(set) var nexthops = PackedTable<Nexthop>()
+    public internal(set) var routes = PackedTable<Route>()
     /// Routes with a key another route has too (kept apart, like extra remotes).
-    public var extraRoutes: [RouteKey: [Route]] = [:]
+    public internal(set) var extraRoutes: [RouteKey: [Route]] = [:]
     public var nexthopUsers: [UInt32: String]
 
     public init(_ snapshot: KernelSnapshot) {
@@ -31,8 +35,10 @@ public struct KernelPicture: Sendable {
         for entry in snapshot.fdb {
             if fdb[entry.mac] == nil { fdb[entry.mac] = entry } else { extraFDB[entry.mac, default: []].append(entry) }
         }
-        neighbors = Dictionary(snapshot.neighbors.map { ($0.ip, $0) }, uniquingKeysWith: { a, _ in a })
-        nexthops = Dictionary(snapshot.nexthops.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        neighbors.reserveCapacity(snapshot.neighbors.count)
+        for entry in snapshot.neighbors where neighbors[entry.ip] == nil { neighbors[entry.ip] = entry }
+        nexthops.reserveCapacity(snapshot.nexthops.count)
+        for entry in snapshot.nexthops where nexthops[entry.id] == nil { nexthops[entry.id] = entry }
         routes.reserveCapacity(snapshot.routes.count)
         for route in snapshot.routes {
             if routes[route.key] == nil { routes[route.key] = route } else { extraRoutes[route.key, default: []].append(route) }
@@ -98,7 +104,7 @@ public struct KernelPicture: Sendable {
         case .nexthop(let n):
             nexthops[n.id] = nil
             // The kernel deletes the routes that use a nexthop with it, and says nothing.
-            for (key, route) in routes where route.nexthopID == n.id { dropRoute(route, at: key) }
+            for (key, route) in routes.filter({ $0.value.nexthopID == n.id }) { dropRoute(route, at: key) }
             for (key, extra) in extraRoutes { for route in extra where route.nexthopID == n.id { dropRoute(route, at: key) } }
         case .route(let r):
             let key = r.key
@@ -167,7 +173,7 @@ public struct KernelPicture: Sendable {
             var keys = [key]
             if case .nexthop(let n) = entry {
                 // The kernel deletes the routes that use a nexthop with it, and says nothing.
-                keys += routes.values.filter { $0.nexthopID == n.id }.map { .route($0.key) }
+                keys += routes.filter { $0.value.nexthopID == n.id }.map { .route($0.key) }
             }
             drop(entry)
             return event.own ? .ignored : .touched(keys)
@@ -194,25 +200,146 @@ public struct KernelPicture: Sendable {
     }
 }
 
+/// A table of kernel entries by key that stores each entry packed: what the
+/// agent writes (a permanent FDB entry, a nexthop via a gateway, ...) in a few
+/// bytes; any other entry whole, beside. Reads and writes whole entries, and
+/// packs an entry only when unpacking gives it back equal, so nothing is lost
+/// whatever fields the entry gains.
+public struct PackedTable<Value: Packable>: Sendable, Sequence {
+    public typealias Key = Value.Key
+    var packed: [Key: Value.Packed] = [:]
+    /// Entries the packed form cannot hold.
+    var whole: [Key: Value] = [:]
+
+    public init() {}
+
+    public subscript(key: Key) -> Value? {
+        get {
+            if let entry = packed[key] { return Value(key: key, packed: entry) }
+            return whole.isEmpty ? nil : whole[key]
+        }
+        set {
+            if let newValue, let entry = newValue.packed, Value(key: key, packed: entry) == newValue {
+                packed[key] = entry
+                if !whole.isEmpty { whole[key] = nil }
+            } else {
+                if let newValue { whole[key] = newValue } else if !whole.isEmpty { whole[key] = nil }
+                packed[key] = nil
+            }
+        }
+    }
+
+    public var count: Int { packed.count + whole.count }
+
+    mutating func reserveCapacity(_ count: Int) { packed.reserveCapacity(count) }
+
+    public func makeIterator() -> AnyIterator<(key: Key, value: Value)> {
+        var packed = self.packed.makeIterator()
+        var whole = self.whole.makeIterator()
+        return AnyIterator {
+            if let (key, entry) = packed.next() { return (key, Value(key: key, packed: entry)) }
+            return whole.next()
+        }
+    }
+}
+
+/// A kernel entry with a packed form for `PackedTable`.
+public protocol Packable: Equatable, Sendable {
+    associatedtype Key: Hashable, Sendable
+    associatedtype Packed: Sendable
+    /// The packed form, if this entry has one (the table checks that it unpacks equal).
+    var packed: Packed? { get }
+    init(key: Key, packed: Packed)
+}
+
+extension FDBEntry: Packable {
+    /// A permanent remote on the device's own port and VNI: its destination.
+    public var packed: IPv4Address? { permanent && port == nil && vni == nil && via == nil ? dst : nil }
+    public init(key: MACAddress, packed: IPv4Address) { self.init(mac: key, dst: packed) }
+}
+
+extension Neighbor: Packable {
+    /// A permanent neighbor: its MAC.
+    public var packed: MACAddress? { permanent ? mac : nil }
+    public init(key: IPv4Address, packed: MACAddress) { self.init(ip: key, mac: packed) }
+}
+
+/// A nexthop via a gateway on a device, not a group.
+public struct PackedNexthop: Sendable {
+    var gateway: IPv4Address
+    var deviceIndex: Int32
+    var onlink: Bool
+    var proto: UInt8
+}
+
+extension Nexthop: Packable {
+    public var packed: PackedNexthop? {
+        guard let gateway, let deviceIndex, group == nil else { return nil }
+        return PackedNexthop(gateway: gateway, deviceIndex: deviceIndex, onlink: onlink, proto: proto)
+    }
+
+    public init(key: UInt32, packed: PackedNexthop) {
+        self.init(id: key, gateway: packed.gateway, onlink: packed.onlink, proto: packed.proto, deviceIndex: packed.deviceIndex)
+    }
+}
+
+/// A route without its key, its optional fields' presence in `flags`.
+public struct PackedRoute: Sendable {
+    var gateway: UInt32
+    var nexthopID: UInt32
+    var deviceIndex: Int32
+    /// 1: gateway, 2: nexthop id, 4: device index, 8: onlink.
+    var flags: UInt8
+    var proto: UInt8
+    var type: UInt8
+    var scope: UInt8
+}
+
+extension Route: Packable {
+    public var packed: PackedRoute? {
+        var flags: UInt8 = onlink ? 8 : 0
+        if gateway != nil { flags |= 1 }
+        if nexthopID != nil { flags |= 2 }
+        if deviceIndex != nil { flags |= 4 }
+        return PackedRoute(gateway: gateway?.value ?? 0, nexthopID: nexthopID ?? 0, deviceIndex: deviceIndex ?? 0, flags: flags,
+                           proto: proto, type: type, scope: scope)
+    }
+
+    public init(key: RouteKey, packed: PackedRoute) {
+        self.init(dst: key.dst, gateway: packed.flags & 1 != 0 ? IPv4Address(packed.gateway) : nil,
+                  nexthopID: packed.flags & 2 != 0 ? packed.nexthopID : nil, onlink: packed.flags & 8 != 0, proto: packed.proto,
+                  priority: key.priority, deviceIndex: packed.flags & 4 != 0 ? packed.deviceIndex : nil, type: packed.type,
+                  scope: packed.scope)
+    }
+}
+
 /// The desired state by key, with what the daemon needs to update it one peer
 /// at a time: which peers are programmed, and which claims (subnet, public IP,
 /// name, VTEP MAC) more than one peer makes.
 ///
-/// Sized for 50,000 peers: the peers themselves are the caller's (it passes the
-/// previous record of a changed lease), a programmed peer's entries are the
-/// backend's for it (computed again on removal, not stored), and claims are kept
-/// as hashes. Two claims with the same hash look like a collision, which only
-/// sends that lease to a full pass.
+/// Sized for 50,000 peers: it stores the programmed peers, not their entries.
+/// Every entry a backend makes for a peer is a function of the peer record (and
+/// of the host facts the backend was built with), so each key names the peer
+/// that wants it, and the entry itself is the backend's for that peer, derived
+/// when the diff asks (`want(_:)`). Claims are kept as hashes: two claims with
+/// the same hash look like a collision, which only sends that lease to a full pass.
 public struct DesiredIndex: Sendable {
     public let checks: PeerChecks
     public var device: VXLANDevice? { checks.backend.device }
     public let deviceName: String
-    public var fdb: [MACAddress: FDBEntry] = [:]
-    public var neighbors: [IPv4Address: Neighbor] = [:]
-    public var nexthops: [UInt32: Nexthop] = [:]
-    public var routes: [RouteKey: Route] = [:]
-    /// The origins (lease keys) of the programmed peers.
-    public private(set) var accepted: Set<String> = []
+    /// The backend's own entries, not a peer's (udp: the route of the whole network into its device).
+    var own: [RouteKey: Route] = [:]
+    /// The programmed peers, by slot; a slot in `free` holds a peer no longer programmed.
+    var programmed: [NodeRecord] = []
+    var free: [Int32] = []
+    /// The slot of each programmed peer, by origin (lease key).
+    var slots: [String: Int32] = [:]
+    /// The slot of the peer that wants each key, one table per kind of key
+    /// (their keys are 4 to 12 bytes; one table keyed by `EntryKey` would be 16).
+    var byMAC: [MACAddress: Int32] = [:]
+    var byAddress: [IPv4Address: Int32] = [:]
+    var byNexthop: [UInt32: Int32] = [:]
+    var byRoute: [RouteKey: Int32] = [:]
     public private(set) var skipped: [SkippedPeer]
     /// The hash of every claim of every peer of the view, programmed or not;
     /// those made more than once, with their count.
@@ -220,7 +347,7 @@ public struct DesiredIndex: Sendable {
     var claimedAgain: [Int: Int] = [:]
     let localClaims: Set<Int>
 
-    public var peerCount: Int { accepted.count }
+    public var peerCount: Int { slots.count }
 
     /// Indexes a desired state computed in full from `view`.
     public init(desired: DesiredState, view: ClusterView, host: HostFacts) {
@@ -230,11 +357,37 @@ public struct DesiredIndex: Sendable {
         skipped = desired.skipped
         claimed.reserveCapacity(view.peers.count * 4)
         for peer in view.peers { claim(peer, 1) }
-        // The backend's own entries (udp: the route of the whole network into its device).
-        for case .route(let r) in checks.backend.deviceEntries { routes[r.key] = r }
+        for case .route(let r) in checks.backend.deviceEntries { own[r.key] = r }
         let programmed = Set(desired.peerOrigins)
-        accepted.reserveCapacity(programmed.count)
+        let count = programmed.count
+        self.programmed.reserveCapacity(count)
+        slots.reserveCapacity(count)
+        byMAC.reserveCapacity(count)
+        byAddress.reserveCapacity(count)
+        byNexthop.reserveCapacity(count)
+        byRoute.reserveCapacity(count)
         for peer in view.peers where programmed.contains(peer.origin) { _ = add(peer) }
+    }
+
+    /// Whether the peer with this origin is programmed.
+    public func isProgrammed(_ origin: String) -> Bool { slots[origin] != nil }
+
+    /// The entry the desired state holds at `key`: the backend's entry with that
+    /// key for the peer that wants it; nil when no programmed peer does.
+    public func want(_ key: EntryKey) -> Entry? {
+        if case .route(let route) = key, let mine = own[route] { return .route(mine) }
+        let slot: Int32? = switch key {
+        case .fdb(let mac): byMAC[mac]
+        case .neighbor(let ip): byAddress[ip]
+        case .nexthop(let id): byNexthop[id]
+        case .route(let route): byRoute[route]
+        }
+        guard let slot else { return nil }
+        var found: Entry?
+        checks.backend.forEachEntry(programmed[Int(slot)]) { entry in
+            if found == nil, entry.key == key { found = entry }
+        }
+        return found
     }
 
     mutating func claim(_ peer: NodeRecord, _ delta: Int) {
@@ -250,19 +403,35 @@ public struct DesiredIndex: Sendable {
         }
     }
 
-    /// Programs a peer: its entries into the index; returns their keys.
+    /// Sets (or clears, with nil) who wants `key`; clearing leaves a key another slot took.
+    mutating func point(_ key: EntryKey, to slot: Int32?, from old: Int32? = nil) {
+        func set<K: Hashable>(_ table: inout [K: Int32], _ k: K) {
+            if let slot { table[k] = slot } else if table[k] == old { table[k] = nil }
+        }
+        switch key {
+        case .fdb(let mac): set(&byMAC, mac)
+        case .neighbor(let ip): set(&byAddress, ip)
+        case .nexthop(let id): set(&byNexthop, id)
+        case .route(let route): set(&byRoute, route)
+        }
+    }
+
+    /// Programs a peer: it takes a slot, its keys point to it; returns the keys.
     mutating func add(_ record: NodeRecord) -> [EntryKey] {
-        accepted.insert(record.origin)
+        let slot: Int32
+        if let reused = free.popLast() {
+            slot = reused
+            programmed[Int(slot)] = record
+        } else {
+            slot = Int32(programmed.count)
+            programmed.append(record)
+        }
+        slots[record.origin] = slot
         var keys: [EntryKey] = []
         checks.backend.forEachEntry(record) { entry in
-            switch entry {
-            case .fdb(let e): fdb[e.mac] = e
-            case .neighbor(let n): neighbors[n.ip] = n
-            case .nexthop(let n): nexthops[n.id] = n
-            case .route(let r): routes[r.key] = r
-            case .address: break
-            }
-            if let key = entry.key { keys.append(key) }
+            guard let key = entry.key else { return }
+            point(key, to: slot)
+            keys.append(key)
         }
         return keys
     }
@@ -288,21 +457,19 @@ public struct DesiredIndex: Sendable {
         var touched = Set<EntryKey>()
         var gone = Set<String>()
         func remove(_ origin: String) -> Bool {
-            guard !gone.contains(origin), let old = previous[origin] else { return !accepted.contains(origin) }
-            guard accepted.contains(origin), alone(old) else { return false }
+            guard !gone.contains(origin), let old = previous[origin] else { return slots[origin] == nil }
+            guard let slot = slots[origin], alone(old) else { return false }
             gone.insert(origin)
             claim(old, -1)
-            accepted.remove(origin)
-            checks.backend.forEachEntry(old) { entry in
-                switch entry {
-                case .fdb(let e): fdb[e.mac] = nil
-                case .neighbor(let n): neighbors[n.ip] = nil
-                case .nexthop(let n): nexthops[n.id] = nil
-                case .route(let r): routes[r.key] = nil
-                case .address: break
-                }
-                if let key = entry.key { touched.insert(key) }
+            slots[origin] = nil
+            checks.backend.forEachEntry(programmed[Int(slot)]) { entry in
+                guard let key = entry.key else { return }
+                point(key, to: nil, from: slot)
+                touched.insert(key)
             }
+            // The record's strings go with it; the slot is taken again by the next peer.
+            programmed[Int(slot)] = NodeRecord(name: "", publicIP: IPv4Address(0), subnet: IPv4Prefix(IPv4Address(0), 0))
+            free.append(slot)
             return true
         }
         for origin in removals { guard remove(origin) else { return nil } }
@@ -329,13 +496,16 @@ extension Differ {
         let proto = desired.checks.settings.proto
         let renderer = Renderer(deviceName: desired.deviceName, proto: proto, deviceIndex: deviceIndex)
         for key in keys {
+            let wanted = desired.want(key)
             switch key {
             case .fdb(let mac):
-                changes += fdbChanges(want: desired.fdb[mac], have: picture.fdbRemotes(mac))
+                let want: FDBEntry? = if case .fdb(let e)? = wanted { e } else { nil }
+                changes += fdbChanges(want: want, have: picture.fdbRemotes(mac))
             case .neighbor(let ip):
-                if let change = neighborChange(want: desired.neighbors[ip], have: picture.neighbors[ip]) { changes.append(change) }
+                let want: Neighbor? = if case .neighbor(let n)? = wanted { n } else { nil }
+                if let change = neighborChange(want: want, have: picture.neighbors[ip]) { changes.append(change) }
             case .nexthop(let id):
-                if let want = desired.nexthops[id] {
+                if case .nexthop(let want)? = wanted {
                     if let change = nexthopChange(want: want, have: picture.nexthops[id], deviceIndex: deviceIndex) { changes.append(change) }
                 } else if let have = picture.nexthops[id] {
                     if let user = picture.nexthopUsers[id] {
@@ -346,7 +516,7 @@ extension Differ {
                 }
             case .route(let routeKey):
                 let have = picture.routesAt(routeKey)
-                if let want = desired.routes[routeKey] {
+                if case .route(let want)? = wanted {
                     if let change = routeChange(want: want, have: have.first, deviceIndex: deviceIndex, proto: proto) { changes.append(change) }
                     changes += have.dropFirst().map { .remove(.route($0)) }
                 } else {

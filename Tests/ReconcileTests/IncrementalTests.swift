@@ -264,6 +264,70 @@ struct IncrementalTests {
                                    network: Fixture.network.network) == .fullPass("device flannel.1 changed"))
     }
 
+    @Test("the desired index derives, for every key, the entry the full desired state holds; a peer gone takes its keys, the next peer its slot",
+          arguments: RouteLayout.allCases)
+    func derivedEntries(layout: RouteLayout) throws {
+        let settings = AgentSettings(layout: layout)
+        let peers = (2...60).map { Self.peer($0) }
+        let full = DesiredState(view: Self.view(peers), host: Self.host(), settings: settings)
+        var index = DesiredIndex(desired: full, view: Self.view(peers), host: Self.host())
+        func entries(_ desired: DesiredState) -> [Entry] {
+            desired.fdb.map(Entry.fdb) + desired.neighbors.map(Entry.neighbor) + desired.nexthops.map(Entry.nexthop)
+                + desired.routes.map(Entry.route)
+        }
+        for entry in entries(full) { #expect(index.want(try #require(entry.key)) == entry) }
+        #expect(index.want(.fdb(MACAddress(value: 0x0200_0000_00ff))) == nil)
+        #expect(index.want(.route(Route(dst: IPv4Prefix("10.244.99.0/24")!, gateway: nil, proto: 152).key)) == nil)
+
+        // Peer 7 goes, peer 70 comes (in peer 7's slot).
+        let gone = Self.peer(7), new = Self.peer(70)
+        let updated = index.update(upserts: [new], removals: [gone.origin], previous: [gone.origin: gone])
+        let touched = try #require(updated)
+        let before = DesiredState(view: Self.view([gone]), host: Self.host(), settings: settings)
+        let after = DesiredState(view: Self.view([new]), host: Self.host(), settings: settings)
+        #expect(touched == Set(entries(before).compactMap(\.key) + entries(after).compactMap(\.key)))
+        for entry in entries(before) { #expect(index.want(try #require(entry.key)) == nil) }
+        for entry in entries(after) { #expect(index.want(try #require(entry.key)) == entry) }
+        #expect(index.peerCount == peers.count)
+    }
+
+    @Test("the packed picture gives back every entry it took, those it cannot pack too")
+    func packedTables() {
+        let ip = IPv4Address("198.18.1.2")!
+        let macs = (1...4).map { MACAddress(value: 0x0200_0000_0000 | UInt64($0)) }
+        var fdb = PackedTable<FDBEntry>()
+        let remotes = [FDBEntry(mac: macs[0], dst: ip), FDBEntry(mac: macs[1], dst: ip, permanent: false),
+                       FDBEntry(mac: macs[2], dst: ip, port: 4789, vni: 2, via: 3)]
+        for entry in remotes { fdb[entry.mac] = entry }
+        #expect(remotes.allSatisfy { fdb[$0.mac] == $0 } && fdb.count == 3)
+        // A whole entry replaced by one that packs, and the other way round.
+        fdb[macs[1]] = FDBEntry(mac: macs[1], dst: ip)
+        fdb[macs[0]] = remotes[1].with(mac: macs[0])
+        #expect(fdb[macs[1]] == FDBEntry(mac: macs[1], dst: ip) && fdb[macs[0]] == remotes[1].with(mac: macs[0]) && fdb.count == 3)
+        fdb[macs[2]] = nil
+        #expect(fdb[macs[2]] == nil && fdb[macs[3]] == nil && fdb.count == 2)
+        #expect(Set(fdb.map(\.value)) == [FDBEntry(mac: macs[1], dst: ip), remotes[1].with(mac: macs[0])])
+
+        var neighbors = PackedTable<Neighbor>()
+        let stale = Neighbor(ip: ip, mac: macs[0], permanent: false)
+        neighbors[ip] = stale
+        #expect(neighbors[ip] == stale)
+
+        var nexthops = PackedTable<Nexthop>()
+        let hops = [Nexthop(id: 1, gateway: ip, proto: 152, deviceIndex: 7), Nexthop(id: 2, gateway: ip, onlink: false, proto: 4),
+                    Nexthop(id: 3, gateway: nil, proto: 152, group: [1, 2])]
+        for hop in hops { nexthops[hop.id] = hop }
+        #expect(hops.allSatisfy { nexthops[$0.id] == $0 })
+
+        var routes = PackedTable<Route>()
+        let all = [Route(dst: IPv4Prefix("10.244.2.0/24")!, gateway: ip, nexthopID: 5, proto: 152, deviceIndex: 7),
+                   Route(dst: IPv4Prefix("10.244.3.0/24")!, gateway: nil, nexthopID: nil, onlink: false, proto: 4, priority: 9,
+                         deviceIndex: nil, type: 6, scope: 253)]
+        for route in all { routes[route.key] = route }
+        #expect(all.allSatisfy { routes[$0.key] == $0 })
+        #expect(Set(routes.map(\.value)) == Set(all))
+    }
+
     /// Random leases and random tampering, seeded: after every pass the kernel is
     /// what a full sync of the same view leaves (a full diff finds nothing).
     @Test("randomized: every incremental pass leaves the kernel as a full sync would", arguments: 1...20)
@@ -321,5 +385,13 @@ struct SeededRandom: RandomNumberGenerator {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+}
+
+extension FDBEntry {
+    func with(mac: MACAddress) -> FDBEntry {
+        var entry = self
+        entry.mac = mac
+        return entry
     }
 }
