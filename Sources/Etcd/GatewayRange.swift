@@ -2,8 +2,8 @@ import Foundation
 
 // The answer to a range request (a get, the list of every lease), read straight
 // from the answer's bytes: base64 decoded into the values' own arrays, no
-// intermediate string per field. JSONDecoder read a list of 10,000 leases in
-// about 40 ms; this reader does it in a few.
+// intermediate string per field. A list of 10,000 leases (3.2 MB) took
+// JSONDecoder 170-250 ms on the shared 2-core machine, this reader 16-30 ms.
 
 extension Gateway {
     /// What `list` and `get` take from a range answer.
@@ -36,13 +36,14 @@ extension Gateway {
     }
 
     /// A range answer read from its bytes, for the answers etcd writes. It answers
-    /// only when its answer is sure to be `RangeAnswer(decoding:)`'s: nil for
-    /// anything it does not read itself (an escape or a byte that is not ASCII in
-    /// a string, invalid JSON, nesting deeper than 32, a field of another type
-    /// than etcd writes or null, a field given twice, base64 that is not in its
-    /// canonical padded form, an int64 that is not `-?digits` in a string), and
-    /// the caller asks JSONDecoder, which then gives the answer or the error.
-    /// Fuzz/Targets/etcd.swift holds both to the same answer.
+    /// only when its answer is sure to be `RangeAnswer(decoding:)`'s (fields
+    /// matched exactly, unknown ones skipped, null as missing), and gives nil for
+    /// anything it does not read itself: an escape or a byte that is not ASCII in
+    /// a string, invalid JSON, nesting deeper than 32, a known field of another
+    /// type than etcd writes or given twice, base64 not in its canonical padded
+    /// form, an int64 that is not `-?digits` in a string (at most 19 digits, in
+    /// range). The caller then asks JSONDecoder, which gives the answer or the
+    /// error. Fuzz/Targets/etcd.swift holds both to the same answer.
     struct RangeReader {
         let bytes: UnsafeBufferPointer<UInt8>
         var position = 0
