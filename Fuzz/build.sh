@@ -105,6 +105,6 @@ for t in "${TARGETS[@]}"; do
             # rest of the module needs AsyncHTTPClient and NIO. EtcdClientStub
             # stands in for the client class those files extend.
             target etcd -- Fuzz/Targets/etcd.swift Fuzz/Targets/EtcdClientStub.swift Sources/Etcd/GatewayJSON.swift \
-                Sources/Etcd/GatewayDecoding.swift Sources/Etcd/EtcdTypes.swift Sources/Etcd/EtcdError.swift ;;
+                Sources/Etcd/GatewayDecoding.swift Sources/Etcd/GatewayRange.swift Sources/Etcd/EtcdTypes.swift Sources/Etcd/EtcdError.swift ;;
     esac
 done

@@ -3,7 +3,8 @@
 // (range, put, delete, txn, lease grant/keepalive/time-to-live/revoke, error
 // bodies; a streamed answer by its first line, as `call` does), and split into
 // lines as a watch stream is, each line through `watchBatch`. A batch must
-// give a resume revision, as the daemon asks of it.
+// give a resume revision, as the daemon asks of it. The byte-level range reader
+// (list, get) answers as JSONDecoder or not at all.
 import Foundation
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -15,6 +16,10 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     if let range = try? decoder.decode(Gateway.RangeResponse.self, from: data) {
         let kvs = (range.kvs ?? []).map(\.keyValue)
         _ = (kvs.map(\.string), range.header?.rev, range.count?.value, range.more)
+    }
+    // The byte-level range reader answers as JSONDecoder or not at all.
+    if let read = data.withUnsafeBytes(Gateway.RangeReader.read) {
+        precondition(read == (try? Gateway.RangeAnswer(decoding: data)), "the range reader parts from JSONDecoder")
     }
     _ = (try? decoder.decode(Gateway.PutResponse.self, from: data))?.header?.rev
     _ = (try? decoder.decode(Gateway.DeleteRangeResponse.self, from: data))?.deleted?.value

@@ -3,9 +3,10 @@
 // daemon does with every key under <prefix>/subnets/. What parses must round-trip:
 // flanneld's key for the subnet names the same subnet, and the JSON we write
 // for the attributes parses back to them. subnet.env's parser reads the value too.
+// The byte-level lease reader answers as the general one or not at all.
 import Foundation
 import Reconcile
-import Registry
+@testable import Registry
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
@@ -17,6 +18,10 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     if let subnet = Flannel.subnet(ofLeaseKey: key) {
         let written = Flannel.leaseKey(prefix: Flannel.defaultPrefix, subnet: subnet)
         precondition(Flannel.subnet(ofLeaseKey: written) == subnet, "lease key round trip: \(key) -> \(written)")
+    }
+    let general = Result { () throws(ConfigError) -> LeaseAttributes in try LeaseAttributes.parseFields(value, key: key) }
+    if let read = value.withUnsafeBufferPointer(LeaseReader.attributes) {
+        precondition(general == .success(read), "the lease reader parts from the general reader: \(read)")
     }
     do {
         let lease = try Lease.parse(key: key, value: value, etcdLease: 7)

@@ -42,8 +42,9 @@ public enum Flannel {
     public static func heldSubnet(byLeaseKey key: String) -> IPv4Prefix? {
         if let subnets = subnets(ofLeaseKey: key) { return subnets.ipv4 }
         var name = lastSegment(key)
-        if let ampersand = name.lastIndex(of: "&") { name = name[..<ampersand] }
-        guard let dash = name.lastIndex(of: "-"), let length = decimal(name[name.index(after: dash)...], max: 32) else { return nil }
+        if let ampersand = name.utf8.lastIndex(of: UInt8(ascii: "&")) { name = name[..<ampersand] }
+        guard let dash = name.utf8.lastIndex(of: UInt8(ascii: "-")),
+              let length = decimal(name[name.utf8.index(after: dash)...], max: 32) else { return nil }
         // The digits and dots before the length; their last four parts are the address.
         let run = name[..<dash].utf8.reversed().prefix { ($0 >= 48 && $0 <= 57) || $0 == 46 }
         let parts = String(decoding: run.reversed(), as: UTF8.self).split(separator: ".", omittingEmptySubsequences: false).suffix(4)
@@ -51,42 +52,55 @@ public enum Flannel {
         return address.value == 0 && length == 0 ? nil : IPv4Prefix(address, UInt8(length))
     }
 
+    // A key is read by its UTF-8 bytes, not its Characters (a join reads 10,000
+    // of them; grapheme breaking cost more than the rest). The same answers: the
+    // separators are ASCII, and every part is read by a parser of ASCII digits,
+    // dots or hex, so where a separator followed by a combining mark makes the
+    // two readings part ways, both find no subnet. (Except `heldSubnet`, which
+    // drops what follows the last '&': with a combining mark after it, it now
+    // holds the subnet before it, as flanneld's pattern does.)
+
     static func lastSegment(_ key: String) -> Substring {
-        guard let slash = key.lastIndex(of: "/") else { return key[...] }
-        return key[key.index(after: slash)...]
+        guard let slash = key.utf8.lastIndex(of: UInt8(ascii: "/")) else { return key[...] }
+        return key[key.utf8.index(after: slash)...]
     }
 
     static func subnets(ofName name: Substring) -> LeaseKeySubnets? {
-        let parts = name.split(separator: "&", maxSplits: 1, omittingEmptySubsequences: false)
-        guard let ipv4 = ipv4Part(parts[0]) else { return nil }
-        guard parts.count == 2 else { return LeaseKeySubnets(ipv4: ipv4, ipv6: nil) }
-        guard let ipv6 = ipv6Part(parts[1]) else { return nil }
+        let ampersand = name.utf8.firstIndex(of: UInt8(ascii: "&"))
+        guard let ipv4 = ipv4Part(name[..<(ampersand ?? name.endIndex)]) else { return nil }
+        guard let ampersand else { return LeaseKeySubnets(ipv4: ipv4, ipv6: nil) }
+        guard let ipv6 = ipv6Part(name[name.utf8.index(after: ampersand)...]) else { return nil }
         if ipv4.address.value == 0 && ipv4.length == 0 { return LeaseKeySubnets(ipv4: nil, ipv6: ipv6) }
         return LeaseKeySubnets(ipv4: ipv4, ipv6: ipv6)
     }
 
     /// `a.b.c.d-len`: flannel reads the length as a decimal (leading zeros allowed).
     static func ipv4Part(_ text: Substring) -> IPv4Prefix? {
-        guard let dash = text.lastIndex(of: "-"), let address = IPv4Address(text[..<dash]),
-              let length = decimal(text[text.index(after: dash)...], max: 32) else { return nil }
+        guard let dash = text.utf8.lastIndex(of: UInt8(ascii: "-")), let address = IPv4Address(text[..<dash]),
+              let length = decimal(text[text.utf8.index(after: dash)...], max: 32) else { return nil }
         return IPv4Prefix(address, UInt8(length))
     }
 
     /// `fd00:10:244:d::-64`: flannel's pattern allows lower-case hex digits and colons
     /// only, and a length up to 127 (it parses it into 7 bits).
     static func ipv6Part(_ text: Substring) -> IPv6Prefix? {
-        guard let dash = text.lastIndex(of: "-") else { return nil }
+        guard let dash = text.utf8.lastIndex(of: UInt8(ascii: "-")) else { return nil }
         let addressText = text[..<dash]
         let allowed = addressText.utf8.allSatisfy { ($0 >= 48 && $0 <= 58) || ($0 >= 97 && $0 <= 102) }
         guard allowed, let address = IPv6Address(addressText),
-              let length = decimal(text[text.index(after: dash)...], max: 127) else { return nil }
+              let length = decimal(text[text.utf8.index(after: dash)...], max: 127) else { return nil }
         return IPv6Prefix(address, UInt8(length))
     }
 
+    /// One to four ASCII digits, at most `max`.
     static func decimal(_ text: Substring, max: Int) -> Int? {
-        guard !text.isEmpty, text.utf8.count <= 4, text.utf8.allSatisfy({ $0 >= 48 && $0 <= 57 }),
-              let value = Int(text), value <= max else { return nil }
-        return value
+        var value = 0, count = 0
+        for byte in text.utf8 {
+            guard byte >= 48 && byte <= 57, count < 4 else { return nil }
+            value = value * 10 + Int(byte - 48)
+            count += 1
+        }
+        return count > 0 && value <= max ? value : nil
     }
 
     static func trimmed(_ prefix: String) -> String {
@@ -241,6 +255,15 @@ public struct LeaseAttributes: Sendable, Hashable {
     /// backend's lease (what finds this node's own lease after a backend switch:
     /// flanneld reuses a lease by its PublicIP alone).
     public static func parse(_ value: [UInt8], key: String, backendType want: String? = "vxlan") throws(ConfigError) -> LeaseAttributes {
+        // The lease every vxlan node writes, read from its bytes; anything else (and
+        // every error) is the general reader's.
+        if want == "vxlan" || want == nil, let attributes = value.withUnsafeBufferPointer(LeaseReader.attributes) { return attributes }
+        return try parseFields(value, key: key, backendType: want)
+    }
+
+    /// `parse` through the general JSON reader: the answer for every value, and
+    /// the only one for a value `LeaseReader` does not read.
+    static func parseFields(_ value: [UInt8], key: String, backendType want: String? = "vxlan") throws(ConfigError) -> LeaseAttributes {
         // JSONFields reads it as Go's decoder does (`.flanneld`): names in any case,
         // the last of duplicate keys wins; a byte order mark or a trailing comma is invalid JSON.
         let fields = try JSONFields.parse(Data(value), source: key, dialect: .flanneld)
