@@ -16,7 +16,7 @@ OUT="${FUZZ_BUILD:-.build-fuzz}"
 OPT="${FUZZ_OPT:--O}"
 SANITIZE="${FUZZ_SANITIZE:-fuzzer,address}"
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(config lease etcd netlink)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(config lease etcd netlink tunnel)
 
 mkdir -p "$OUT/obj" "$OUT/modules" "$OUT/bin"
 SWIFTC="${SWIFTC:-swiftc}"
@@ -24,7 +24,8 @@ SWIFTC="${SWIFTC:-swiftc}"
 toolchain_clang="$(dirname "$(command -v "$SWIFTC")")/clang"
 CLANG="${CLANG:-$([ -x "$toolchain_clang" ] && echo "$toolchain_clang" || echo clang)}"
 FLAGS=(-swift-version 6 -parse-as-library -sanitize="$SANITIZE" "$OPT" -g
-       -I "$OUT/modules" -I Sources/CLibMnl -Xcc "-fmodule-map-file=$OUT/modules/CNetlinkShim.modulemap")
+       -I "$OUT/modules" -I Sources/CLibMnl -Xcc "-fmodule-map-file=$OUT/modules/CNetlinkShim.modulemap"
+       -Xcc "-fmodule-map-file=$OUT/modules/CTunnelShim.modulemap")
 
 # Rebuild $1 when it is missing or older than any of the other arguments.
 stale() {
@@ -40,6 +41,17 @@ printf 'module CNetlinkShim {\n    header "%s"\n    export *\n}\n' "$shim_header
 cmp -s "$OUT/modules/CNetlinkShim.modulemap.new" "$OUT/modules/CNetlinkShim.modulemap" 2>/dev/null \
     || mv "$OUT/modules/CNetlinkShim.modulemap.new" "$OUT/modules/CNetlinkShim.modulemap"
 rm -f "$OUT/modules/CNetlinkShim.modulemap.new"
+# The same for the TUN/UDP shim (Dataplane makes udp's TUN device with it).
+tunnel_header="$PWD/Sources/CTunnelShim/include/vxa_tunnel.h"
+printf 'module CTunnelShim {\n    header "%s"\n    export *\n}\n' "$tunnel_header" > "$OUT/modules/CTunnelShim.modulemap.new"
+cmp -s "$OUT/modules/CTunnelShim.modulemap.new" "$OUT/modules/CTunnelShim.modulemap" 2>/dev/null \
+    || mv "$OUT/modules/CTunnelShim.modulemap.new" "$OUT/modules/CTunnelShim.modulemap"
+rm -f "$OUT/modules/CTunnelShim.modulemap.new"
+if stale "$OUT/obj/CTunnelShim.o" Sources/CTunnelShim/tunnel.c "$tunnel_header"; then
+    echo "fuzz: compiling CTunnelShim"
+    "$CLANG" -c -O1 -g -fsanitize=fuzzer-no-link,address -I Sources/CTunnelShim/include Sources/CTunnelShim/tunnel.c \
+        -o "$OUT/obj/CTunnelShim.o"
+fi
 if stale "$OUT/obj/CNetlinkShim.o" Sources/CNetlinkShim/shim.c "$shim_header"; then
     echo "fuzz: compiling CNetlinkShim"
     "$CLANG" -c -O1 -g -fsanitize=fuzzer-no-link,address $(pkg-config --cflags libmnl) \
@@ -78,8 +90,8 @@ for t in "${TARGETS[@]}"; do
     case $t in
         config|lease) need_registry=1 ;;
         netlink) need_netlink=1 ;;
-        etcd) ;;
-        *) echo "fuzz: unknown target $t (config, lease, etcd, netlink)" >&2; exit 2 ;;
+        etcd|tunnel) ;;
+        *) echo "fuzz: unknown target $t (config, lease, etcd, netlink, tunnel)" >&2; exit 2 ;;
     esac
 done
 if [ $need_netlink = 1 ] || [ $need_registry = 1 ]; then
@@ -99,7 +111,10 @@ for t in "${TARGETS[@]}"; do
         config|lease)
             target "$t" Registry Reconcile Model -- "Fuzz/Targets/$t.swift" ;;
         netlink)
-            target netlink Dataplane Model Netlink CNetlinkShim -- Fuzz/Targets/netlink.swift ;;
+            target netlink Dataplane Model Netlink CNetlinkShim CTunnelShim -- Fuzz/Targets/netlink.swift ;;
+        tunnel)
+            # The udp data path's packet work (pure: no system call, no C shim).
+            target tunnel -- Fuzz/Targets/tunnel.swift Sources/Tunnel/Packets.swift ;;
         etcd)
             # Etcd's Foundation-only files, compiled into the target itself: the
             # rest of the module needs AsyncHTTPClient and NIO. EtcdClientStub

@@ -5,14 +5,14 @@
 # git). Exits non-zero when any target found a problem; the reproducer's path
 # is printed (rerun it with: .build-fuzz/bin/fuzz-<target> <file>).
 #
-# Usage: Fuzz/run.sh [target...]   (default: config lease etcd netlink)
+# Usage: Fuzz/run.sh [target...]   (default: config lease etcd netlink tunnel)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 OUT="${FUZZ_BUILD:-.build-fuzz}"
 SECONDS_EACH="${FUZZ_SECONDS:-60}"
 TARGETS=("$@")
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(config lease etcd netlink)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(config lease etcd netlink tunnel)
 
 Fuzz/build.sh "${TARGETS[@]}" || exit 1
 
@@ -28,6 +28,7 @@ for t in "${TARGETS[@]}"; do
     echo "fuzz: $t for ${SECONDS_EACH}s (log: $log)"
     max_len=16384
     [ "$t" = netlink ] && max_len=65536
+    [ "$t" = tunnel ] && max_len=65538
     dict=""
     [ -f "Fuzz/dict/$t.dict" ] && dict="-dict=Fuzz/dict/$t.dict"
     "$OUT/bin/fuzz-$t" -max_total_time="$SECONDS_EACH" -timeout=10 -rss_limit_mb=2048 -max_len=$max_len \

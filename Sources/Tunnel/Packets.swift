@@ -143,6 +143,16 @@ public enum IPv4Packet {
         UInt16(bigEndian: p.loadUnaligned(fromByteOffset: 6, as: UInt16.self)) & 0x1fff == 0
     }
 
+    /// Whether `length` bytes at `p` are one IPv4 packet a peer may send: version
+    /// 4, a header of 20 to 60 bytes that fits, a total length equal to the
+    /// datagram's, a right header checksum.
+    @inline(__always)
+    public static func isValid(_ p: UnsafeRawPointer, length: Int) -> Bool {
+        guard length >= 20, version(p) == 4 else { return false }
+        let header = headerLength(p)
+        return header >= 20 && header <= length && totalLength(p) == length && Checksum.validIPv4(p)
+    }
+
     /// Decrements the TTL with the header checksum updated (RFC 1624), as
     /// flannel's proxy does on each side; false (nothing changed) when the TTL
     /// would reach zero: the packet is dropped.

@@ -369,9 +369,7 @@ public final class Tunnel: Sendable {
                 let packet = input + offset
                 let length = min(step, n - offset)
                 offset += length
-                guard length >= 20, IPv4Packet.version(packet) == 4, IPv4Packet.headerLength(packet) >= 20,
-                      IPv4Packet.headerLength(packet) <= length, IPv4Packet.totalLength(packet) == length,
-                      Checksum.validIPv4(packet) else {
+                guard IPv4Packet.isValid(packet, length: length) else {
                     counters.drop(.malformed)
                     continue
                 }
