@@ -269,7 +269,12 @@ public final class Tunnel: Sendable {
         }
         while !stopping.load(ordering: .relaxed) {
             let n = vxa_tun_read(tun, input, inCapacity, 250)
-            guard n > 0 else { continue }
+            guard n > 0 else {
+                // The device went (deleted under the queue: the control plane makes it again
+                // and restarts the tunnel): wait, do not spin.
+                if n < 0 && n != -Int(EAGAIN) { usleep(10_000) }
+                continue
+            }
             let packet = input + VirtioHeader.size
             let length = n - VirtioHeader.size
             guard length >= 20, IPv4Packet.version(packet) == 4, IPv4Packet.headerLength(packet) >= 20,
@@ -359,7 +364,10 @@ public final class Tunnel: Sendable {
         }
         while !stopping.load(ordering: .relaxed) {
             let n = vxa_udp_recv(udp, input, capacity, &address, &port, &segment, 250)
-            guard n > 0 else { continue }
+            guard n > 0 else {
+                if n < 0 && n != -Int(EAGAIN) { usleep(10_000) }
+                continue
+            }
             let sender = UInt32(bigEndian: address)
             let table = self.table.withLock { $0 }
             let step = max(1, Int(segment))

@@ -124,4 +124,28 @@ struct UDPBackendTests {
             }
         }
     }
+
+    @Test("flannel0 and its route are the agent's: a deleted route, a changed MTU, the device deleted outright: repaired, the data path attached again, pods ping")
+    func repair() throws {
+        try requireKernel()
+        let cluster = try DaemonCluster(hosts: 2, network: Self.network)
+        defer { cluster.close() }
+        for host in 1...2 { try cluster.start(host) }
+        try cluster.waitUntil("both data paths run") { (1...2).allSatisfy { cluster.log($0).contains("udp data path started") } }
+        let pods = try (1...2).map(cluster.addPod)
+        func pings() throws -> Bool { try run("ip netns exec \(cluster.ns(1))-p1 ping -c 1 -W 1 \(pods[1])").status == 0 }
+        try cluster.waitUntil("pods ping") { try pings() }
+        let ns = cluster.ns(1)
+        try sh("ip -n \(ns) route del 10.244.0.0/16 dev flannel0")
+        try cluster.waitUntil("the route is back") { try sh("ip -n \(ns) route show proto vxlan-agent").contains("10.244.0.0/16 dev flannel0") }
+        try sh("ip -n \(ns) link set flannel0 mtu 1300")
+        try cluster.waitUntil("the MTU is back") { try sh("ip -n \(ns) link show flannel0").contains("mtu 1472") }
+        try sh("ip -n \(ns) link del flannel0")
+        try cluster.waitUntil("flannel0 is made again and its queues attached") {
+            let link = try sh("ip -n \(ns) -d link show flannel0 2>/dev/null || true")
+            return link.contains("numqueues") && !link.contains("numqueues 0 ") && cluster.log(1).components(separatedBy: "udp data path started").count == 3
+        }
+        try cluster.waitUntil("pods ping again") { try pings() }
+        #expect(try sh("ip -n \(ns) -d link show flannel0").contains("vnet_hdr on multi_queue"))
+    }
 }
