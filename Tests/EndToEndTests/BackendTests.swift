@@ -46,6 +46,14 @@ struct BackendTests {
         let dry = try host.agent("diff --config \(config)")
         #expect(dry.status == 2, "changes pending: \(dry.stdout)\(dry.stderr)")
         #expect(dry.stdout.contains("+ route 10.244.2.0/24 nhid 1985478658 via 198.18.0.2 dev eth0"), "\(dry.stdout)")
+        // The JSON plan: each change with its peer; no device (host-gw keeps none).
+        let json = try host.agent("diff --output json --config \(config)")
+        let plan = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any], "\(json.stdout)")
+        #expect(plan["device"] == nil)
+        let changes = try #require(plan["changes"] as? [[String: Any]])
+        #expect(changes.contains { $0["object"] as? String == "route 10.244.3.0/24 nhid 1985478659 via 198.18.0.3 dev eth0"
+                                   && $0["peer"] as? String == "node-3" && $0["action"] as? String == "add" }, "\(changes)")
+        #expect((plan["skippedPeers"] as? [[String: Any]])?.first?["name"] as? String == "node-4")
         // Exit status 3: applied, with a peer skipped (the warning on standard error says why).
         let first = try host.agent("sync --config \(config)")
         #expect(first.status == 3, "\(first.stdout)\(first.stderr)")
