@@ -40,8 +40,13 @@ deps-bench:
 build: deps-build
 	$(SWIFT) build
 
+# The release binary links the Swift runtime and Foundation statically: a
+# process starts without the dynamic loader resolving a dozen Swift libraries
+# (`sync` is a whole process, run from cron). It then needs only libc, libm,
+# libstdc++, libgcc_s, libz and libmnl from the system. Only the executable
+# (the test support target imports Testing, which has no static build).
 release: deps-build
-	$(SWIFT) build -c release
+	$(SWIFT) build -c release --static-swift-stdlib --product vxlan-agent
 
 # Every test: pure ones, netlink golden bytes, the real kernel in private
 # namespaces (root), a real etcd, and clusters of namespaces with real CNI pods.

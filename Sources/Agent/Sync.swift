@@ -71,17 +71,34 @@ public struct Syncer {
         return link
     }
 
+    /// What a pass read from the host before it planned: the underlay, the
+    /// kernel's snapshot and the host's facts. It depends on the network, this
+    /// node and the settings only, not on the peers (`sync` reads it while the
+    /// inventory's nodes are validated).
+    public struct Observation: Sendable {
+        public var snapshot: KernelSnapshot
+        public var host: HostFacts
+        public var layout: RouteLayout
+        public var deviceName: String
+        /// (name, seconds) of each phase so far.
+        public var timings: [(String, Double)]
+    }
+
+    /// Whether `observe` would read the same with `other`: the same network, this
+    /// node, interface and settings (the peers do not matter).
+    public func observes(like other: Syncer) -> Bool {
+        view.network == other.view.network && view.local == other.view.local && interface == other.interface
+            && layout == other.layout && deviceName == other.deviceName && proto == other.proto
+    }
+
     /// Computes the plan, and applies it unless `dryRun`.
     public func run(dataplane: Dataplane, dryRun: Bool) throws -> SyncOutcome {
-        let clock = ContinuousClock()
-        var mark = clock.now
-        var timings: [(String, Double)] = []
-        func lap(_ name: String) {
-            let now = clock.now
-            let elapsed = now - mark
-            timings.append((name, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
-            mark = now
-        }
+        try run(dataplane: dataplane, observation: observe(dataplane: dataplane), dryRun: dryRun)
+    }
+
+    /// Reads the host: the underlay, the snapshot, the route layout. Writes nothing.
+    public func observe(dataplane: Dataplane) throws -> Observation {
+        var laps = Laps()
         let local = view.local
         if view.network.network.contains(local.publicIP) {
             throw SyncError("publicIP \(local.publicIP) of this node \(local.name) (\(local.origin)) is inside the pod network "
@@ -104,7 +121,7 @@ public struct Syncer {
                             + "the underlay \(underlay.name): peers route this node's pods to it, so it must be (behind NAT, use vxlan)")
         }
         let name = deviceName ?? view.network.deviceName
-        lap("underlay")
+        laps.lap("underlay")
         // The snapshot's nexthop dump tells whether the kernel has nexthop objects
         // (no second dump to probe); nothing is written before the layout is checked.
         // A node that switched backends removes the device of the one it ran before.
@@ -112,12 +129,11 @@ public struct Syncer {
             : [(name: NetworkConfig.tunName, kind: "tun")]
         let snapshot = try dataplane.snapshot(deviceName: name, proto: proto, hostAddresses: hostAddresses,
                                               leftovers: leftovers.filter { $0.name != name })
-        lap("snapshot")
+        laps.lap("snapshot")
         let layout = self.layout ?? (dataplane.supportsNexthops ? .nexthop : .classic)
         if layout == .nexthop && !dataplane.supportsNexthops {
             throw SyncError("routeLayout nexthop: this kernel has no nexthop objects (Linux 5.3+); use \"classic\" or \"auto\"")
         }
-        let settings = AgentSettings(proto: proto, layout: layout, deviceName: deviceName)
         let deviceIndex = snapshot.device?.index
         var addresses = Set<IPv4Address>(minimumCapacity: hostAddresses.count)
         var underlayPrefixes: [IPv4Prefix] = []
@@ -127,10 +143,20 @@ public struct Syncer {
         }
         let host = HostFacts(underlay: underlay, addresses: addresses, foreignRoutes: snapshot.foreignRoutes,
                              underlayPrefixes: underlayPrefixes)
+        return Observation(snapshot: snapshot, host: host, layout: layout, deviceName: name, timings: laps.timings)
+    }
+
+    /// Plans against what `observe` read (by this syncer, or one that `observes(like:)`
+    /// it), and applies the plan unless `dryRun`.
+    public func run(dataplane: Dataplane, observation: Observation, dryRun: Bool) throws -> SyncOutcome {
+        var laps = Laps()
+        let (snapshot, host, layout, name) = (observation.snapshot, observation.host, observation.layout, observation.deviceName)
+        let settings = AgentSettings(proto: proto, layout: layout, deviceName: deviceName)
         let desired = DesiredState(view: view, host: host, settings: settings)
-        lap("desired")
+        laps.lap("desired")
         let plan = try Differ.plan(desired: desired, snapshot: snapshot)
-        lap("diff")
+        laps.lap("diff")
+        let underlay = host.underlay
         var output = PlanOutput(renderer: Renderer(deviceName: name, proto: proto, deviceIndex: snapshot.device?.index,
                                                    otherDevices: Dictionary([(underlay.index, underlay.name)] + snapshot.leftovers.map { ($0.index, $0.name) },
                                                                             uniquingKeysWith: { a, _ in a })),
@@ -140,15 +166,29 @@ public struct Syncer {
             let applied = dataplane.apply(plan.changes, deviceName: name)
             output.renderer.deviceIndex = applied.deviceIndex ?? snapshot.device?.index
             report = applied
-            lap("apply")
+            laps.lap("apply")
             installProtocolName(proto)
         }
         var outcome = SyncOutcome(plan: plan, desired: desired, output: output, report: report, layout: layout)
-        outcome.timings = timings
+        outcome.timings = observation.timings + laps.timings
         outcome.snapshot = snapshot
         outcome.host = host
         outcome.deviceIndex = output.renderer.deviceIndex
         return outcome
+    }
+}
+
+/// Phase timings: (name, seconds since the previous lap).
+private struct Laps {
+    let clock = ContinuousClock()
+    var mark = ContinuousClock.now
+    var timings: [(String, Double)] = []
+
+    mutating func lap(_ name: String) {
+        let now = clock.now
+        let elapsed = now - mark
+        timings.append((name, Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18))
+        mark = now
     }
 }
 

@@ -159,6 +159,54 @@ public struct AgentConfig: Sendable, Hashable {
     }
 
     public static func parse(_ data: Data, source: String) throws(ConfigError) -> AgentConfig {
+        try stage(data, source: source).validated()
+    }
+
+    /// A configuration read up to its `nodes`: the document parsed, every
+    /// top-level field and the network validated; the nodes (10,000 of them take
+    /// most of the time) are validated by `validated()`, which `sync` runs while
+    /// it reads the kernel. Errors come in the order `parse` gives them.
+    public struct Staged: Sendable {
+        /// The configuration without its nodes (all of it with etcd).
+        public let partial: AgentConfig
+        let entries: [JSONFields]
+        let rangeGiven: Bool
+
+        /// The whole configuration: every node validated (duplicates included).
+        public func validated() throws(ConfigError) -> AgentConfig {
+            guard let network = partial.network, !entries.isEmpty else { return partial }
+            var config = partial
+            config.nodes = try AgentConfig.nodes(entries, network: network, rangeGiven: rangeGiven)
+            return config
+        }
+
+        /// What `view(node:)` will very likely answer for `nodeName`, read from
+        /// its entry alone without validating the others: the network, this
+        /// node's record (no peers) and its underlay interface. nil when the
+        /// registry is etcd, or the entry is not found or not plainly readable.
+        /// A guess to start reading the kernel with: compare it with the real view.
+        public func provisionalView(node nodeName: String) -> (view: ClusterView, interface: String?)? {
+            guard let network = partial.network else { return nil }
+            for index in entries.indices {
+                let object = entries[index].object
+                guard let at = object.keys.firstIndex(of: "name"), case .string(let name) = object.values[at],
+                      name == nodeName else { continue }
+                guard let fields = AgentConfig.nodeStrings(object), let ipText = fields.publicIP, let ip = IPv4Address(ipText),
+                      let subnetText = fields.subnet, let subnet = IPv4Prefix(subnetText) else { return nil }
+                var mac: MACAddress?
+                if let text = fields.vtepMAC {
+                    guard let parsed = MACAddress(text) else { return nil }
+                    mac = parsed
+                }
+                let record = NodeRecord(name: name, publicIP: ip, subnet: subnet, vtepMAC: mac, origin: "nodes[\(index)]")
+                return (ClusterView(network: network, local: record, peers: []), fields.interface ?? partial.interface)
+            }
+            return nil
+        }
+    }
+
+    /// `parse` up to the nodes.
+    public static func stage(_ data: Data, source: String) throws(ConfigError) -> Staged {
         let raw = try RawConfig.decode(data, source: source)
         let root = raw.root
         try root.rejectUnknownKeys(topLevelKeys)
@@ -184,9 +232,10 @@ public struct AgentConfig: Sendable, Hashable {
                 throw root.error("network", "comes from etcd (<prefix>/config) when the registry is etcd; remove it here")
             }
             guard let publicIP else { throw root.error("publicIP", "is required with the etcd registry (this node's underlay address)") }
-            return AgentConfig(source: source, node: node, network: nil, nodes: [], etcd: try parseEtcd(etcdFields),
-                               publicIP: publicIP, interface: interface, routeLayout: routeLayout, deviceName: deviceName,
-                               daemon: daemon)
+            let config = AgentConfig(source: source, node: node, network: nil, nodes: [], etcd: try parseEtcd(etcdFields),
+                                     publicIP: publicIP, interface: interface, routeLayout: routeLayout, deviceName: deviceName,
+                                     daemon: daemon)
+            return Staged(partial: config, entries: [], rangeGiven: false)
         }
         guard let networkFields = try root.object("network") else { throw root.error("network", "is required") }
         let network = try NetworkConfig.parse(networkFields)
@@ -194,7 +243,13 @@ public struct AgentConfig: Sendable, Hashable {
         let rangeGiven = networkFields.has("SubnetMin") || networkFields.has("SubnetMax")
         guard let entries = raw.nodes else { throw root.error("nodes", "is required") }
         guard !entries.isEmpty else { throw root.error("nodes", "is empty: list at least this node") }
+        let config = AgentConfig(source: source, node: node, network: network, nodes: [], etcd: nil, publicIP: publicIP,
+                                 interface: interface, routeLayout: routeLayout, deviceName: deviceName, daemon: daemon)
+        return Staged(partial: config, entries: entries, rangeGiven: rangeGiven)
+    }
 
+    /// The inventory's nodes, validated one by one and against each other.
+    static func nodes(_ entries: [JSONFields], network: NetworkConfig, rangeGiven: Bool) throws(ConfigError) -> [InventoryNode] {
         var nodes: [InventoryNode] = []
         nodes.reserveCapacity(entries.count)
         // Values are indexes into `nodes`; the label is built only for an error.
@@ -258,8 +313,7 @@ public struct AgentConfig: Sendable, Hashable {
             macs[effectiveMAC] = index
             nodes.append(InventoryNode(record: record, interface: nodeInterface))
         }
-        return AgentConfig(source: source, node: node, network: network, nodes: nodes, etcd: nil, publicIP: publicIP,
-                           interface: interface, routeLayout: routeLayout, deviceName: deviceName, daemon: daemon)
+        return nodes
     }
 
     /// A node's string fields, read in one pass.

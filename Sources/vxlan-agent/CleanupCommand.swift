@@ -9,6 +9,7 @@ import Registry
 
 struct Cleanup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "cleanup",
         abstract: "Remove everything the agent created: routes, nexthops, the VXLAN (or udp's TUN) device, the masquerade table, "
             + "subnet.env and the CNI configuration.",
         discussion: """

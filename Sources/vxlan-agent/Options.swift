@@ -28,12 +28,22 @@ struct ConfigOptions: ParsableArguments {
 
     func load() throws -> (AgentConfig, String) {
         let config = try AgentConfig.load(path: self.config)
-        let name = node ?? config.node ?? ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? ""
-        return (config, name)
+        return (config, nodeName(config))
     }
 
-    func lock() throws -> SyncLock {
-        try SyncLock(path: lockFile ?? SyncLock.defaultPath, timeout: .milliseconds(Int(lockTimeout * 1000)))
+    /// The configuration read up to its nodes (see `AgentConfig.Staged`), and this node's name.
+    func stage() throws -> (AgentConfig.Staged, String) {
+        let staged = try AgentConfig.stage(AgentConfig.readFile(config), source: config)
+        return (staged, nodeName(staged.partial))
+    }
+
+    func nodeName(_ config: AgentConfig) -> String {
+        node ?? config.node ?? ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? ""
+    }
+
+    /// Takes the lock, waiting up to `--lock-timeout` (or `timeout`).
+    func lock(timeout: Duration? = nil) throws -> SyncLock {
+        try SyncLock(path: lockFile ?? SyncLock.defaultPath, timeout: timeout ?? .milliseconds(Int(lockTimeout * 1000)))
     }
 }
 

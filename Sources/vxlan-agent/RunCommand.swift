@@ -6,6 +6,7 @@ import Logging
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "run",
         abstract: "Keep this node in sync continuously (the daemon).",
         discussion: """
         Reconciles when the registry changes (etcd watch), when the kernel loses or gains something of the agent's \

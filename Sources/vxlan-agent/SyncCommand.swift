@@ -10,6 +10,7 @@ import Registry
 
 struct Sync: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "sync",
         abstract: "Make the kernel match the configuration, once (for cron); --dry-run shows the diff.",
         discussion: """
         Creates or repairs the VXLAN device, and for every other node its FDB entry, neighbor and route; \
@@ -48,6 +49,7 @@ struct Sync: AsyncParsableCommand {
 
 struct Diff: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "diff",
         abstract: "Show what a sync would change (alias of sync --dry-run). Exit 0 in sync, 2 changes pending, 1 error.")
 
     @OptionGroup var options: ConfigOptions
@@ -73,26 +75,51 @@ struct Diff: AsyncParsableCommand {
 func runSync(options: ConfigOptions, dryRun: Bool, output: OutputFormat, verbose: Bool, layoutOverride: String?,
              timings: Bool = false) async throws -> Int32 {
     let started = ContinuousClock.now
-    // Validation first: a bad configuration never reaches the kernel.
-    let (config, nodeName) = try options.load()
+    // Validation first: a bad configuration never reaches the kernel. The nodes of
+    // a static inventory (most of the reading) are validated on another thread
+    // while this one reads the kernel for this node (`early`): the kernel is only
+    // read, its writes wait for the whole configuration.
+    let (staged, nodeName) = try options.stage()
+    var layout = staged.partial.routeLayout
+    if let layoutOverride { layout = layoutOverride == "auto" ? nil : RouteLayout(rawValue: layoutOverride) }
+    let staging = ContinuousClock.now
+    let validation = Task.detached { () throws -> (AgentConfig, Duration) in
+        let clock = ContinuousClock()
+        var config: AgentConfig!
+        let elapsed = try clock.measure { config = try staged.validated() }
+        return (config, elapsed)
+    }
+    let early = observeEarly(staged: staged, nodeName: nodeName, layout: layout, options: options, dryRun: dryRun)
+    let observed = ContinuousClock.now
+    let (config, validating) = try await validation.value
     let loaded = ContinuousClock.now
+
     let source = try clusterSource(config: config, node: nodeName, log: Logger(label: "vxlan-agent"))
     let (view, warnings) = try await source.read()
-    let interface = source.interface
     for warning in warnings { warn("warning: \(warning)") }
-    var layout = config.routeLayout
-    if let layoutOverride { layout = layoutOverride == "auto" ? nil : RouteLayout(rawValue: layoutOverride) }
-    let lock = dryRun ? nil : try options.lock()
+    let syncer = Syncer(view: view, interface: source.interface, layout: layout, deviceName: config.deviceName)
+    let outcome: SyncOutcome
+    var lock = early?.lock
     defer { withExtendedLifetime(lock) {} }
-
-    let dataplane = try Dataplane()
-    let syncer = Syncer(view: view, interface: interface, layout: layout, deviceName: config.deviceName)
-    let outcome = try syncer.run(dataplane: dataplane, dryRun: dryRun)
+    if let early, case .success(let observation) = early.observation, syncer.observes(like: early.syncer) {
+        outcome = try syncer.run(dataplane: early.dataplane, observation: observation, dryRun: dryRun)
+    } else {
+        // Not read early, or read for a node the whole configuration does not
+        // confirm, or the read failed: as before, one step after the other (a
+        // failure is then reported in its usual order).
+        if lock == nil && !dryRun { lock = try options.lock() }
+        outcome = try syncer.run(dataplane: early?.dataplane ?? Dataplane(), dryRun: dryRun)
+    }
     let plan = outcome.plan
     let out = outcome.output
     if timings {
         func ms(_ d: Duration) -> String { String(format: "%.1f", Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1e3) }
-        var parts = ["config \(ms(loaded - started)) ms"]
+        var parts = ["config \(ms(staging - started)) ms"]
+        if early != nil {
+            parts.append("nodes \(ms(validating)) ms (alongside the kernel's \(ms(observed - staging)) ms, then waited \(ms(loaded - observed)) ms)")
+        } else {
+            parts.append("nodes \(ms(validating)) ms")
+        }
         parts += outcome.timings.map { "\($0.0) \(String(format: "%.1f", $0.1 * 1e3)) ms" }
         parts.append("total \(ms(ContinuousClock.now - started)) ms")
         warn("timings: " + parts.joined(separator: ", "))
@@ -121,4 +148,31 @@ func runSync(options: ConfigOptions, dryRun: Bool, output: OutputFormat, verbose
         print(out.summary(plan, applied: true, writes: report.writes, failures: failures.count))
     }
     return failures.isEmpty && plan.skipped.isEmpty ? ExitStatus.ok : ExitStatus.partial
+}
+
+/// The kernel read for this node before the inventory's other nodes are
+/// validated: the lock (unless dry-run), the dataplane and what `observe` read.
+struct EarlyObservation {
+    var lock: SyncLock?
+    var dataplane: Dataplane
+    var syncer: Syncer
+    var observation: Result<Syncer.Observation, any Error>
+}
+
+/// Reads the kernel for the node `staged` very likely has (a static inventory
+/// whose entry for `nodeName` reads plainly), or nil: then nothing is read early.
+/// Never waits for the lock: when another sync holds it, `runSync` waits for it
+/// after validating the configuration, as it always did.
+func observeEarly(staged: AgentConfig.Staged, nodeName: String, layout: RouteLayout?, options: ConfigOptions,
+                  dryRun: Bool) -> EarlyObservation? {
+    guard let (view, interface) = staged.provisionalView(node: nodeName) else { return nil }
+    var lock: SyncLock?
+    if !dryRun {
+        guard let taken = try? options.lock(timeout: .zero) else { return nil }
+        lock = taken
+    }
+    guard let dataplane = try? Dataplane() else { return nil }
+    let syncer = Syncer(view: view, interface: interface, layout: layout, deviceName: staged.partial.deviceName)
+    return EarlyObservation(lock: lock, dataplane: dataplane, syncer: syncer,
+                            observation: Result { try syncer.observe(dataplane: dataplane) })
 }

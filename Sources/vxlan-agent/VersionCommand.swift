@@ -4,6 +4,7 @@ import Foundation
 
 struct Version: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "version",
         abstract: "Print the version and what this kernel and process can do.")
 
     func run() throws {

@@ -138,6 +138,32 @@ struct SyncTests {
         #expect(missing.stderr.contains("absent.json: the configuration file does not exist"))
     }
 
+    /// `sync` reads the kernel for this node while the other nodes are validated:
+    /// an error of the configuration still comes first, and nothing is written.
+    @Test("a bad inventory is reported before what the kernel said, and before waiting for a held lock")
+    func configErrorFirst() throws {
+        try requireKernel()
+        let host = try TestHost()
+        defer { host.close() }
+        let badPeer = #"{"name": "node-9", "publicIP": "198.19.0.9", "subnet": "10.245.9.0/24"}"#
+        // This node's publicIP is on no interface here (the kernel read fails), and a peer is bad.
+        let elsewhere = inventory(peers: 2, extraNodes: badPeer).replacingOccurrences(of: #""publicIP": "198.18.0.1""#,
+                                                                                       with: #""publicIP": "198.18.0.77""#)
+        for verb in ["sync", "diff"] {
+            let result = try host.agent("\(verb) --config \(try host.write("elsewhere.json", elsewhere))")
+            #expect(result.status == 1)
+            #expect(result.stderr.contains("nodes[3].subnet: 10.245.9.0/24 is outside the network 10.244.0.0/16"), "\(result.stderr)")
+        }
+        // Another sync holds the lock: the bad file is reported at once, not after the lock timeout (exit 75).
+        let fd = open("\(host.directory)/sync.lock", O_RDWR | O_CREAT, 0o644)
+        try #require(fd >= 0 && flock(fd, LOCK_EX) == 0)
+        defer { close(fd) }
+        let held = try host.agent("sync --config \(try host.write("bad.json", inventory(peers: 2, extraNodes: badPeer))) --lock-timeout 0.5")
+        #expect(held.status == 1)
+        #expect(held.stderr.contains("nodes[3].subnet: 10.245.9.0/24 is outside the network 10.244.0.0/16"), "\(held.stderr)")
+        #expect(try host.json("ip -j link show flannel.1 2>/dev/null || echo []").isEmpty)
+    }
+
     @Test("a peer wrong on its own is skipped and reported, the rest programmed, exit 3")
     func wrongPeerSkipped() throws {
         try requireKernel()
