@@ -44,7 +44,7 @@ struct UDPBackendTests {
         // iperf3 completes (throughput is the bench's business), with its bytes counted by both data paths.
         if FileManager.default.isExecutableFile(atPath: "/usr/bin/iperf3") {
             try sh("ip netns exec \(cluster.ns(2))-p1 iperf3 -s -1 -D; sleep 0.5")
-            let iperf = try run("ip netns exec \(cluster.ns(1))-p1 iperf3 -c \(pods[1]) -t 2 -J")
+            let iperf = try run("ip netns exec \(cluster.ns(1))-p1 iperf3 -c \(pods[1]) -t 1 -J")
             #expect(iperf.status == 0, "\(iperf.stderr)")
             let sent = try cluster.metrics(1)["vxlan_agent_tunnel_bytes_total", ["direction": "tx"]] ?? 0
             let received = try cluster.metrics(2)["vxlan_agent_tunnel_bytes_total", ["direction": "rx"]] ?? 0
@@ -119,7 +119,7 @@ struct UDPBackendTests {
         if FileManager.default.isExecutableFile(atPath: "/usr/bin/iperf3") {
             for reverse in ["", "-R"] {
                 try sh("ip netns exec \(pod2[2]) iperf3 -s -1 -D; sleep 0.5")
-                let iperf = try run("ip netns exec \(pod1[2]) iperf3 -c \(pod2[3]) -t 2 \(reverse)")
+                let iperf = try run("ip netns exec \(pod1[2]) iperf3 -c \(pod2[3]) -t 1 \(reverse)")
                 #expect(iperf.status == 0, "iperf3 \(reverse): \(iperf.stdout)\(iperf.stderr)")
             }
         }

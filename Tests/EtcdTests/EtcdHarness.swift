@@ -249,8 +249,12 @@ func withEtcd<T>(tls: Bool = false, _ body: (EtcdServer) async throws -> T) asyn
 }
 
 /// Runs `body` with a client, shut down afterwards whether `body` succeeded or not.
+/// Its deadlines are 15 s, not the daemon's 5: these tests check answers, not
+/// liveness (WatchLivenessTests does, with its own), and under the whole suite
+/// on 2 cores (kernel tests, iperf3 through the udp tunnel, a dozen etcds) an
+/// etcd was seen taking more than 5 s to answer a watch's progress request.
 func withClient<T>(_ endpoints: [String], tls: EtcdTLS? = nil, _ body: (EtcdClient) async throws -> T) async throws -> T {
-    let client = try EtcdClient(endpoints: endpoints, tls: tls)
+    let client = try EtcdClient(endpoints: endpoints, tls: tls, requestTimeout: .seconds(15), watchProgressInterval: .seconds(5))
     do {
         let result = try await body(client)
         try await client.shutdown()
