@@ -68,6 +68,9 @@ let package = Package(
         .target(name: "Daemon", dependencies: [
             "Agent", "Model", "Dataplane", "Netlink", "CLibMnl", "Reconcile", "Registry", "Etcd", "Tunnel",
             .product(name: "Logging", package: "swift-log"),
+            // The Kubernetes Node API (KubeClient.swift).
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             .product(name: "NIOCore", package: "swift-nio"),

@@ -23,6 +23,9 @@ public protocol ClusterSource: Sendable {
 
 /// The source the configuration file chooses for `node`.
 public func clusterSource(config: AgentConfig, node: String, log: Logger) throws -> any ClusterSource {
+    if let kubernetes = config.kubernetes {
+        return try KubeSource(config: config, settings: kubernetes, node: node, log: log)
+    }
     if let etcd = config.etcd {
         guard let publicIP = config.publicIP else { throw DaemonError("\(config.source): publicIP is required with etcd") }
         return EtcdSource(config: config, settings: etcd, node: node, publicIP: publicIP, log: log)
