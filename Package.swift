@@ -96,6 +96,14 @@ let package = Package(
             "Etcd", "Daemon", "Registry", "Reconcile", "Model", "Dataplane", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The Kubernetes subnet manager against an in-process fake of the Node API.
+        .testTarget(name: "KubeTests", dependencies: [
+            "Daemon", "Registry", "Reconcile", "Model", "TestSupport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
         // Namespaces, commands and gating shared by the kernel tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),
     ],

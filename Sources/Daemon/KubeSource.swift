@@ -232,7 +232,10 @@ public final class KubeSource: ClusterSource {
 
     /// What `run` keeps between events: the peers it reported, this node's
     /// Node, and the Nodes skipped (by name: the resourceVersion logged).
-    struct Tracked {
+    /// One `run`'s, on its task only.
+    final class Tracked {
+        var version = ""
+        var resumed = false
         var peers: [String: NodeRecord] = [:]
         var skipped: [String: String] = [:]
         var own: KubeNode?
@@ -253,7 +256,7 @@ public final class KubeSource: ClusterSource {
         }
         log.info("starting the kube subnet manager", metadata: ["node": "\(node)", "server": "\(credentials.server)",
                                                                 "credentials": "\(credentials.origin)"])
-        var tracked = Tracked()
+        let tracked = Tracked()
         var conditionSet = false
         var delay = Duration.milliseconds(250)
         while !Task.isCancelled {
@@ -261,33 +264,30 @@ public final class KubeSource: ClusterSource {
                 let (nodes, listVersion) = try await client.listNodes()
                 emit(.connection(true, nil))
                 delay = .milliseconds(250)
-                var version = listVersion
+                tracked.version = listVersion
                 tracked.peers = [:]
                 tracked.local = nil
                 tracked.own = nodes.first { $0.name == node }
-                for item in nodes where item.name != node { track(item, in: &tracked) }
-                try await becomeReady(&tracked, client: client, emit: emit, force: true)
+                for item in nodes where item.name != node { track(item, in: tracked) }
+                try await becomeReady(tracked, client: client, emit: emit, force: true)
                 if tracked.local != nil, settings.setNodeNetworkUnavailable, !conditionSet {
                     _ = try await client.patchNodeStatus(node, patch: KubeNodes.networkAvailablePatch())
                     conditionSet = true
                     log.info("NetworkUnavailable condition set to False", metadata: ["node": "\(node)"])
                 }
-                log.debug("listed nodes", metadata: ["nodes": "\(nodes.count)", "resourceVersion": "\(version)"])
-                // Watch until 410 Gone; a watch the server ends is resumed from the last version.
+                log.debug("listed nodes", metadata: ["nodes": "\(nodes.count)", "resourceVersion": "\(listVersion)"])
+                // Watch until 410 Gone; a watch the server ends is resumed from the
+                // last version, and so is one that breaks, once: a second break
+                // before any event is an outage (reported, then a list).
+                tracked.resumed = false
                 while !Task.isCancelled {
-                    try await client.watchNodes(from: version) { event in
-                        switch event {
-                        case .bookmark(let rv):
-                            version = rv
-                        case .added(let item), .modified(let item):
-                            version = item.resourceVersion
-                            try await self.apply(item, deleted: false, &tracked, client: client, emit: emit)
-                        case .deleted(let item):
-                            version = item.resourceVersion
-                            try await self.apply(item, deleted: true, &tracked, client: client, emit: emit)
-                        case .error:
-                            break
-                        }
+                    do {
+                        try await watch(client: client, tracked, emit: emit)
+                        tracked.resumed = false
+                    } catch let error as KubeError where error.status == nil && !tracked.resumed && !Task.isCancelled {
+                        tracked.resumed = true
+                        log.info("the watch broke; resuming it from the last resourceVersion",
+                                 metadata: ["error": "\(error)", "resourceVersion": "\(tracked.version)"])
                     }
                     if tracked.local != nil, settings.setNodeNetworkUnavailable, !conditionSet {
                         _ = try await client.patchNodeStatus(node, patch: KubeNodes.networkAvailablePatch())
@@ -297,7 +297,7 @@ public final class KubeSource: ClusterSource {
             } catch let error as KubeError where error.isGone {
                 log.info("the watch's resourceVersion expired (410 Gone); listing the Nodes again", metadata: ["error": "\(error)"])
             } catch {
-                if Task.isCancelled { break }
+                if Task.isCancelled { continue }
                 emit(.connection(false, "\(error)"))
                 log.error("the Kubernetes API is unavailable; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
                 try? await Task.sleep(for: delay)
@@ -307,10 +307,29 @@ public final class KubeSource: ClusterSource {
         await client.shutdown()
     }
 
+    /// One watch from `version`, applying each event as it comes.
+    func watch(client: KubeClient, _ tracked: Tracked, emit: @escaping @Sendable (RegistryEvent) -> Void) async throws {
+        try await client.watchNodes(from: tracked.version) { event in
+            tracked.resumed = false
+            switch event {
+            case .bookmark(let rv):
+                tracked.version = rv
+            case .added(let item), .modified(let item):
+                tracked.version = item.resourceVersion
+                try await self.apply(item, deleted: false, tracked, client: client, emit: emit)
+            case .deleted(let item):
+                tracked.version = item.resourceVersion
+                try await self.apply(item, deleted: true, tracked, client: client, emit: emit)
+            case .error:
+                break
+            }
+        }
+    }
+
     /// Records another node's Node in `tracked`; returns the change to report
     /// (an upsert, a removal, or nothing).
     @discardableResult
-    func track(_ item: KubeNode, deleted: Bool = false, in tracked: inout Tracked) -> (upsert: NodeRecord?, removal: String?) {
+    func track(_ item: KubeNode, deleted: Bool = false, in tracked: Tracked) -> (upsert: NodeRecord?, removal: String?) {
         let key = KubeNodes.origin(item.name)
         let result = deleted ? nil : KubeNodes.peer(item, annotations: annotations, network: network)
         switch result {
@@ -335,7 +354,7 @@ public final class KubeSource: ClusterSource {
         return tracked.peers.removeValue(forKey: item.name) != nil ? (nil, key) : (nil, nil)
     }
 
-    func apply(_ item: KubeNode, deleted: Bool, _ tracked: inout Tracked, client: KubeClient,
+    func apply(_ item: KubeNode, deleted: Bool, _ tracked: Tracked, client: KubeClient,
                emit: @escaping @Sendable (RegistryEvent) -> Void) async throws {
         if item.name == node {
             if deleted {
@@ -344,10 +363,10 @@ public final class KubeSource: ClusterSource {
                 return
             }
             tracked.own = item
-            try await becomeReady(&tracked, client: client, emit: emit, force: false)
+            try await becomeReady(tracked, client: client, emit: emit, force: false)
             return
         }
-        let change = track(item, deleted: deleted, in: &tracked)
+        let change = track(item, deleted: deleted, in: tracked)
         // Until this node is ready nothing has been reported: the state that makes it ready carries every peer.
         guard tracked.local != nil, change.upsert != nil || change.removal != nil else { return }
         emit(.peers(upserts: change.upsert.map { [$0] } ?? [], removals: change.removal.map { [$0] } ?? [],
@@ -357,7 +376,7 @@ public final class KubeSource: ClusterSource {
     /// Reports the whole state when this node is ready (its Node has a podCIDR)
     /// and its record changed (or `force`: after a list), writing its
     /// annotations first; logs once why it waits otherwise.
-    func becomeReady(_ tracked: inout Tracked, client: KubeClient, emit: @escaping @Sendable (RegistryEvent) -> Void,
+    func becomeReady(_ tracked: Tracked, client: KubeClient, emit: @escaping @Sendable (RegistryEvent) -> Void,
                      force: Bool) async throws {
         let local: NodeRecord
         switch KubeNodes.local(tracked.own, name: node, network: network, configuredIP: config.publicIP, annotations: annotations) {
