@@ -32,11 +32,14 @@ final class FakeKubeAPI: Sendable {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let channel: any Channel
 
-    var url: String { "http://127.0.0.1:\(channel.localAddress!.port!)" }
+    let host: String
+    var url: String { "http://\(host):\(channel.localAddress!.port!)" }
 
-    init() async throws {
+    /// Synchronous: the listening socket is made on the calling thread (in its network namespace).
+    init(host: String = "127.0.0.1") throws {
+        self.host = host
         let holder = Holder()
-        channel = try await ServerBootstrap(group: group)
+        channel = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
@@ -44,7 +47,7 @@ final class FakeKubeAPI: Sendable {
                     try channel.pipeline.syncOperations.addHandler(Handler(api: holder))
                 }
             }
-            .bind(host: "127.0.0.1", port: 0).get()
+            .bind(host: host, port: 0).wait()
         holder.api.withLock { $0 = self }
     }
 

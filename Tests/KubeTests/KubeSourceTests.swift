@@ -29,7 +29,7 @@ final class KubeFixture: Sendable {
     let task = Mutex<Task<Void, Never>?>(nil)
 
     init(backend: String = "vxlan") async throws {
-        api = try await FakeKubeAPI()
+        api = try FakeKubeAPI()
         directory = NSTemporaryDirectory() + "vxa-kube-\(getpid())-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         try #"{"Network": "10.244.0.0/16", "Backend": {"Type": "\#(backend)"}}"#
