@@ -51,7 +51,11 @@ final class FakeKubeAPI: Sendable {
         holder.api.withLock { $0 = self }
     }
 
+    let isShutDown = Mutex(false)
+
+    /// Idempotent.
     func shutdown() async {
+        guard !isShutDown.withLock({ let was = $0; $0 = true; return was }) else { return }
         breakWatches()
         try? await channel.close()
         try? await group.shutdownGracefully()
