@@ -243,6 +243,9 @@ public final class KubeClient: Sendable {
         var configuration = HTTPClient.Configuration(tlsConfiguration: tls, redirectConfiguration: .disallow,
                                                      timeout: .init(connect: timeout, read: timeout), decompression: .disabled)
         configuration.httpVersion = .http1Only
+        // A refused connection or a failed handshake is an answer now (with the
+        // TLS error's text), not a wait for the request's deadline.
+        configuration.connectionPool.retryConnectionEstablishment = false
         unary = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
         configuration.timeout = .init(connect: timeout, read: nil)
         streams = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)

@@ -2,6 +2,7 @@ import Foundation
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import NIOSSL
 import Synchronization
 
 /// An in-process fake of the Kubernetes Node API, over HTTP/1.1 (no TLS) on
@@ -33,16 +34,20 @@ final class FakeKubeAPI: Sendable {
     let channel: any Channel
 
     let host: String
-    var url: String { "http://\(host):\(channel.localAddress!.port!)" }
+    let scheme: String
+    var url: String { "\(scheme)://\(host):\(channel.localAddress!.port!)" }
 
     /// Synchronous: the listening socket is made on the calling thread (in its network namespace).
-    init(host: String = "127.0.0.1") throws {
+    /// With `tls`, HTTPS (and a client certificate required when the context asks for one).
+    init(host: String = "127.0.0.1", tls: NIOSSLContext? = nil) throws {
         self.host = host
+        scheme = tls == nil ? "http" : "https"
         let holder = Holder()
         channel = try ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline()
                     try channel.pipeline.syncOperations.addHandler(Handler(api: holder))
                 }
