@@ -268,6 +268,9 @@ public final class KubeSource: ClusterSource {
                 tracked.peers = [:]
                 tracked.local = nil
                 tracked.own = nodes.first { $0.name == node }
+                // Nodes deleted while the watch was away are no longer skipped ones.
+                let names = Set(nodes.map(\.name))
+                tracked.skipped = tracked.skipped.filter { names.contains($0.key) }
                 for item in nodes where item.name != node { track(item, in: tracked) }
                 try await becomeReady(tracked, client: client, emit: emit, force: true)
                 if tracked.local != nil, settings.setNodeNetworkUnavailable, !conditionSet {

@@ -4,6 +4,7 @@ import Model
 import Reconcile
 import Registry
 import Testing
+import TestSupport
 
 /// Node JSON as the API server returns it, with flannel's annotations as flanneld writes them.
 func nodeJSON(_ name: String, podCIDR: String? = "10.244.2.0/24", annotations: [String: String], internalIP: String? = nil) -> [String: Any] {
@@ -163,5 +164,21 @@ let flannel = "flannel.alpha.coreos.com/"
             let error = #expect(throws: ConfigError.self) { try AgentConfig.parse(Data(text.utf8), source: "agent.json") }
             #expect(error?.field.contains(field) == true, "\(String(describing: error))")
         }
+    }
+
+    /// The configuration deploy/kube-daemonset.yaml mounts is one the agent reads.
+    @Test func theDaemonSetsConfigurationParses() throws {
+        let yaml = try String(contentsOfFile: packageRoot + "/deploy/kube-daemonset.yaml", encoding: .utf8)
+        var block: [String] = [], inside = false
+        for line in yaml.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line.hasSuffix("config.json: |") { inside = true; continue }
+            if inside {
+                guard line.hasPrefix("    ") else { break }
+                block.append(String(line.dropFirst(4)))
+            }
+        }
+        let config = try AgentConfig.parse(Data(block.joined(separator: "\n").utf8), source: "kube-daemonset.yaml config.json")
+        #expect(config.kubernetes == KubernetesSettings())
+        #expect(config.publicIP == nil)
     }
 }
