@@ -283,10 +283,14 @@ public final class KubeClient: Sendable {
     }
 
     /// Every Node, and the list's resourceVersion (where a watch starts).
-    public func listNodes() async throws(KubeError) -> (nodes: [KubeNode], resourceVersion: String) {
+    /// `fromCache`: `resourceVersion=0`, served from the API server's watch
+    /// cache (client-go's first list; no read of etcd); otherwise a consistent
+    /// read (after a 410, so the state never goes back in time).
+    public func listNodes(fromCache: Bool = false) async throws(KubeError) -> (nodes: [KubeNode], resourceVersion: String) {
         let operation = "list nodes"
         do {
-            let response = try await unary.execute(try request("/api/v1/nodes"), timeout: TimeAmount(requestTimeout))
+            let path = fromCache ? "/api/v1/nodes?resourceVersion=0" : "/api/v1/nodes"
+            let response = try await unary.execute(try request(path), timeout: TimeAmount(requestTimeout))
             guard response.status == .ok else { throw await statusError(operation, response) }
             let body = try await response.body.collect(upTo: Self.maxBodyBytes)
             struct List: Decodable {

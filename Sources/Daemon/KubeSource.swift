@@ -259,9 +259,11 @@ public final class KubeSource: ClusterSource {
         let tracked = Tracked()
         var conditionSet = false
         var delay = Duration.milliseconds(250)
+        var listed = false
         while !Task.isCancelled {
             do {
-                let (nodes, listVersion) = try await client.listNodes()
+                let (nodes, listVersion) = try await client.listNodes(fromCache: !listed)
+                listed = true
                 emit(.connection(true, nil))
                 delay = .milliseconds(250)
                 tracked.version = listVersion
