@@ -241,7 +241,8 @@ public final class KubeSource: ClusterSource {
         var own: KubeNode?
         /// This node's record as last reported (nil: not ready, nothing reported).
         var local: NodeRecord?
-        var annotated = false
+        /// NetworkUnavailable set to False (once per run, as flanneld's CompleteLease).
+        var conditionSet = false
         var waitingLogged = false
     }
 
@@ -257,7 +258,6 @@ public final class KubeSource: ClusterSource {
         log.info("starting the kube subnet manager", metadata: ["node": "\(node)", "server": "\(credentials.server)",
                                                                 "credentials": "\(credentials.origin)"])
         let tracked = Tracked()
-        var conditionSet = false
         var delay = Duration.milliseconds(250)
         var listed = false
         while !Task.isCancelled {
@@ -275,11 +275,6 @@ public final class KubeSource: ClusterSource {
                 tracked.skipped = tracked.skipped.filter { names.contains($0.key) }
                 for item in nodes where item.name != node { track(item, in: tracked) }
                 try await becomeReady(tracked, client: client, emit: emit, force: true)
-                if tracked.local != nil, settings.setNodeNetworkUnavailable, !conditionSet {
-                    _ = try await client.patchNodeStatus(node, patch: KubeNodes.networkAvailablePatch())
-                    conditionSet = true
-                    log.info("NetworkUnavailable condition set to False", metadata: ["node": "\(node)"])
-                }
                 log.debug("listed nodes", metadata: ["nodes": "\(nodes.count)", "resourceVersion": "\(listVersion)"])
                 // Watch until 410 Gone; a watch the server ends is resumed from the
                 // last version, and so is one that breaks, once: a second break
@@ -293,10 +288,6 @@ public final class KubeSource: ClusterSource {
                         tracked.resumed = true
                         log.info("the watch broke; resuming it from the last resourceVersion",
                                  metadata: ["error": "\(error)", "resourceVersion": "\(tracked.version)"])
-                    }
-                    if tracked.local != nil, settings.setNodeNetworkUnavailable, !conditionSet {
-                        _ = try await client.patchNodeStatus(node, patch: KubeNodes.networkAvailablePatch())
-                        conditionSet = true
                     }
                 }
             } catch let error as KubeError where error.isGone {
@@ -407,5 +398,10 @@ public final class KubeSource: ClusterSource {
         tracked.local = local
         let peers = tracked.peers.values.sorted { $0.origin < $1.origin }
         emit(.state(ClusterView(network: network, local: local, peers: peers), invalidLeases: tracked.skipped.count))
+        if settings.setNodeNetworkUnavailable && !tracked.conditionSet {
+            tracked.own = try await client.patchNodeStatus(node, patch: KubeNodes.networkAvailablePatch())
+            tracked.conditionSet = true
+            log.info("NetworkUnavailable condition set to False", metadata: ["node": "\(node)"])
+        }
     }
 }

@@ -170,6 +170,9 @@ func annotated(_ name: String, ip: String, subnet: String?, backend: String = "v
             #expect(fixture.peers == ["node/n2": "198.18.0.2 10.244.2.0/24"])
             try await eventually("host-gw annotations") { fixture.api.node("n1").map(annotationsOf)?[flannel + "backend-type"] == "host-gw" }
             #expect(annotationsOf(try #require(fixture.api.node("n1")))[flannel + "backend-data"] == "null")
+            try await eventually("NetworkUnavailable False once ready") {
+                conditionsOf(fixture.api.node("n1")).contains { $0["type"] as? String == "NetworkUnavailable" && $0["status"] as? String == "False" }
+            }
         } catch {}
         await fixture.close()
     }
