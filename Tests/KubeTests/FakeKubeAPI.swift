@@ -203,7 +203,7 @@ final class FakeKubeAPI: Sendable {
                 guard let node = state.nodes[parts[3]] else { return Self.status(.notFound, "nodes \"\(parts[3])\" not found") }
                 return Answer(status: .ok, body: node)
             }
-        case (.PATCH, 4), (.PATCH, 5) where parts[4] == "status":
+        case (.PATCH, let count) where count == 4 || (count == 5 && parts[4] == "status"):
             if authorization == "Bearer \(readOnlyToken)" {
                 return Self.status(.forbidden, "nodes \"\(parts[3])\" is forbidden: User cannot patch resource \"nodes/status\"")
             }
