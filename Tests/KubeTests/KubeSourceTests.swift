@@ -134,6 +134,8 @@ func annotated(_ name: String, ip: String, subnet: String?, backend: String = "v
             #expect(own[flannel + "backend-data"] == #"{"VNI":1,"VtepMAC":"\#(MACAddress.vtep(vni: 1, publicIP: IPv4Address("198.18.0.1")!))"}"#)
             try await eventually("NetworkUnavailable False") { conditionsOf(fixture.api.node("n1")).contains { $0["type"] as? String == "NetworkUnavailable" && $0["status"] as? String == "False" && $0["reason"] as? String == "FlannelIsUp" } }
             #expect(fixture.api.requests.contains { $0.hasPrefix("PATCH /api/v1/nodes/n1/status") })
+            #expect(fixture.api.requests.filter { $0.hasPrefix("PATCH") }.allSatisfy { $0 == "PATCH /api/v1/nodes/n1/status" },
+                    "only through nodes/status, the right flannel's RBAC grants")
 
             fixture.api.put(annotated("n3", ip: "198.18.0.3", subnet: "10.244.3.0/24"))
             try await eventually("n3 added") { fixture.peers["node/n3"] == "198.18.0.3 10.244.3.0/24" }
