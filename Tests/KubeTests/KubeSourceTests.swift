@@ -286,6 +286,24 @@ func annotated(_ name: String, ip: String, subnet: String?, backend: String = "v
         #expect(credentials.server == "https://198.18.0.254:6443")
         #expect(credentials.token == "abc'def")
         #expect(credentials.caPEM.map { String(decoding: $0, as: UTF8.self) }?.hasPrefix("-----BEGIN CERTIFICATE-----") == true)
+        // JSON is YAML too.
+        let json = try Kubeconfig.parse(#"{"clusters": [{"name": "c", "cluster": {"server": "https://[fd00::1]:6443", "insecure-skip-tls-verify": true}}], "users": [{"name": "u", "user": {"token": "t"}}], "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}], "current-context": "x"}"#)
+        let fromJSON = try Kubeconfig.credentials(json, path: "/k.json")
+        #expect(fromJSON.server == "https://[fd00::1]:6443" && fromJSON.token == "t" && fromJSON.insecureSkipTLSVerify)
+        // In-cluster: the service's address, the token file (read again for each request), the CA.
+        let account = NSTemporaryDirectory() + "vxa-kube-sa-\(getpid())"
+        try FileManager.default.createDirectory(atPath: account, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: account) }
+        try "token-1\n".write(toFile: account + "/token", atomically: true, encoding: .utf8)
+        try "-----BEGIN CERTIFICATE-----\n".write(toFile: account + "/ca.crt", atomically: true, encoding: .utf8)
+        let inCluster = try KubeCredentials.resolve(KubernetesSettings(), environment: ["KUBERNETES_SERVICE_HOST": "10.96.0.1",
+                                                                                         "KUBERNETES_SERVICE_PORT": "443"],
+                                                    serviceAccount: account)
+        #expect(inCluster.server == "https://10.96.0.1:443")
+        #expect(try inCluster.currentToken() == "token-1")
+        try "token-2\n".write(toFile: account + "/token", atomically: true, encoding: .utf8)
+        #expect(try inCluster.currentToken() == "token-2", "a rotated token is read again")
+        #expect(inCluster.caPEM != nil)
         // In-cluster without the environment: an error that says what to set.
         #expect { try KubeCredentials.resolve(KubernetesSettings(), environment: [:], serviceAccount: "/nonexistent") } throws: {
             "\($0)".contains("KUBERNETES_SERVICE_HOST")
