@@ -5,7 +5,7 @@ import Reconcile
 import Registry
 
 /// Where the cluster comes from: the static inventory in the file, or flannel's
-/// leases in etcd (Kubernetes Node objects will be a third). Every command reads
+/// leases in etcd, or Kubernetes Node objects (`KubeSource`). Every command reads
 /// the cluster through one: `sync` and `diff` once (`read`), the daemon
 /// continuously (`run`). Leases become a cluster view through one function,
 /// `Flannel.clusterView`, whichever reads them.
