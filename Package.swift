@@ -68,6 +68,9 @@ let package = Package(
         .target(name: "Daemon", dependencies: [
             "Agent", "Model", "Dataplane", "Netlink", "CLibMnl", "Reconcile", "Registry", "Etcd", "Tunnel",
             .product(name: "Logging", package: "swift-log"),
+            // The Kubernetes Node API (KubeClient.swift).
+            .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -92,6 +95,15 @@ let package = Package(
         .testTarget(name: "EtcdTests", dependencies: [
             "Etcd", "Daemon", "Registry", "Reconcile", "Model", "Dataplane", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
+        ]),
+        // The Kubernetes subnet manager against an in-process fake of the Node API.
+        .testTarget(name: "KubeTests", dependencies: [
+            "Daemon", "Registry", "Reconcile", "Model", "TestSupport",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ]),
         // Namespaces, commands and gating shared by the kernel tests.
         .target(name: "TestSupport", path: "Tests/TestSupport"),

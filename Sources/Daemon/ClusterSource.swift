@@ -5,7 +5,7 @@ import Reconcile
 import Registry
 
 /// Where the cluster comes from: the static inventory in the file, or flannel's
-/// leases in etcd (Kubernetes Node objects will be a third). Every command reads
+/// leases in etcd, or Kubernetes Node objects (`KubeSource`). Every command reads
 /// the cluster through one: `sync` and `diff` once (`read`), the daemon
 /// continuously (`run`). Leases become a cluster view through one function,
 /// `Flannel.clusterView`, whichever reads them.
@@ -23,6 +23,9 @@ public protocol ClusterSource: Sendable {
 
 /// The source the configuration file chooses for `node`.
 public func clusterSource(config: AgentConfig, node: String, log: Logger) throws -> any ClusterSource {
+    if let kubernetes = config.kubernetes {
+        return try KubeSource(config: config, settings: kubernetes, node: node, log: log)
+    }
     if let etcd = config.etcd {
         guard let publicIP = config.publicIP else { throw DaemonError("\(config.source): publicIP is required with etcd") }
         return EtcdSource(config: config, settings: etcd, node: node, publicIP: publicIP, log: log)

@@ -29,6 +29,57 @@ public struct EtcdSettings: Sendable, Hashable {
     static let keys: Set<String> = ["endpoints", "prefix", "caFile", "certFile", "keyFile"]
 }
 
+/// flannel's Kubernetes subnet manager (`--kube-subnet-mgr`): each node's subnet
+/// is its Node's `spec.podCIDR`, its backend data are annotations on its Node,
+/// and the network configuration is flannel's net-conf.json in a file.
+public struct KubernetesSettings: Sendable, Hashable {
+    /// The API server (`--kube-api-url`); nil: the kubeconfig's, or in-cluster.
+    public var apiURL: String?
+    /// A kubeconfig file (`--kubeconfig-file`); nil: in-cluster (the pod's service account).
+    public var kubeconfig: String?
+    /// The annotations' prefix (`--kube-annotation-prefix`).
+    public var annotationPrefix: String = "flannel.alpha.coreos.com"
+    /// flannel's net-conf.json (`--net-config-path`).
+    public var netConfPath: String = "/etc/kube-flannel/net-conf.json"
+    /// Set the Node's NetworkUnavailable condition to False once this node is
+    /// up (`--set-node-network-unavailable`, true in flanneld).
+    public var setNodeNetworkUnavailable: Bool = true
+
+    public init(apiURL: String? = nil, kubeconfig: String? = nil, annotationPrefix: String = "flannel.alpha.coreos.com",
+                netConfPath: String = "/etc/kube-flannel/net-conf.json", setNodeNetworkUnavailable: Bool = true) {
+        self.apiURL = apiURL
+        self.kubeconfig = kubeconfig
+        self.annotationPrefix = annotationPrefix
+        self.netConfPath = netConfPath
+        self.setNodeNetworkUnavailable = setNodeNetworkUnavailable
+    }
+
+    static let keys: Set<String> = ["apiURL", "kubeconfig", "annotationPrefix", "netConfPath", "setNodeNetworkUnavailable"]
+
+    /// flannel's `newAnnotations`: at most one slash; without one, a slash is
+    /// added; a prefix that does not end in "/" or "-" gets a "-"; the result is
+    /// `fqdn/[a-z0-9_-]*-`. nil: not a prefix flanneld accepts.
+    public static func annotationBase(_ prefix: String) -> String? {
+        var prefix = prefix
+        let slashes = prefix.filter { $0 == "/" }.count
+        if slashes > 1 { return nil }
+        if slashes == 0 { prefix += "/" }
+        if !prefix.hasSuffix("/") && !prefix.hasSuffix("-") { prefix += "-" }
+        let parts = prefix.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
+        guard parts.count == 2 else { return nil }
+        func word(_ text: Substring) -> Bool {
+            !text.isEmpty && text.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "_" || $0 == "-" }
+        }
+        // fqdn: two or more words joined by dots.
+        let labels = parts[0].split(separator: ".", omittingEmptySubsequences: false)
+        guard labels.count >= 2, labels.allSatisfy(word) else { return nil }
+        // After the slash: nothing, or a word ending in "-".
+        let tail = parts[1]
+        guard tail.isEmpty || (tail.hasSuffix("-") && word(tail)) else { return nil }
+        return prefix
+    }
+}
+
 /// What the daemon (`vxlan-agent run`) does besides the forwarding state.
 public struct DaemonSettings: Sendable, Hashable {
     /// flannel's subnet.env; written atomically after each pass that reached the kernel.
@@ -69,6 +120,8 @@ public struct AgentConfig: Sendable, Hashable {
     public var nodes: [InventoryNode]
     /// The etcd registry, if the file chooses it.
     public var etcd: EtcdSettings?
+    /// Kubernetes Node objects (flannel's `--kube-subnet-mgr`), if the file chooses them.
+    public var kubernetes: KubernetesSettings?
     /// This node's public IP (required with etcd; with an inventory it is the node's entry).
     public var publicIP: IPv4Address?
     /// The underlay interface (default: the one holding the public IP).
@@ -80,7 +133,7 @@ public struct AgentConfig: Sendable, Hashable {
     public var daemon = DaemonSettings()
 
     static let topLevelKeys: Set<String> = [
-        "node", "network", "nodes", "routeLayout", "device", "etcd", "publicIP", "interface",
+        "node", "network", "nodes", "routeLayout", "device", "etcd", "kubernetes", "publicIP", "interface",
         "subnetFile", "cniConfFile", "cniBridge", "ipMasq", "metricsAddress", "resyncInterval", "leaseTTL",
     ]
     static let nodeKeys: Set<String> = ["name", "publicIP", "subnet", "vtepMAC", "interface"]
@@ -226,6 +279,19 @@ public struct AgentConfig: Sendable, Hashable {
         if let node, let problem = nodeNameProblem(node) { throw root.error("node", problem) }
         let publicIP = try root.ipv4("publicIP")
 
+        if let kubeFields = try root.object("kubernetes") {
+            if raw.nodes != nil { throw root.error("kubernetes", "cannot be used with \"nodes\": choose one registry") }
+            if root.has("etcd") { throw root.error("kubernetes", "cannot be used with \"etcd\": choose one registry") }
+            if root.has("network") {
+                throw root.error("network", "comes from kubernetes.netConfPath (flannel's net-conf.json) with the kubernetes registry; remove it here")
+            }
+            // publicIP is optional: without it, the Node's public-ip-overwrite
+            // annotation, then its first InternalIP, name this node's address.
+            var config = AgentConfig(source: source, node: node, network: nil, nodes: [], etcd: nil, publicIP: publicIP,
+                                     interface: interface, routeLayout: routeLayout, deviceName: deviceName, daemon: daemon)
+            config.kubernetes = try parseKubernetes(kubeFields)
+            return config
+        }
         if let etcdFields = try root.object("etcd") {
             if raw.nodes != nil { throw root.error("etcd", "cannot be used with \"nodes\": choose one registry") }
             if root.has("network") {
@@ -403,6 +469,36 @@ public struct AgentConfig: Sendable, Hashable {
         if (settings.certFile == nil) != (settings.keyFile == nil) {
             throw fields.error(settings.certFile == nil ? "certFile" : "keyFile", "is required with \(settings.certFile == nil ? "keyFile" : "certFile")")
         }
+        return settings
+    }
+
+    static func parseKubernetes(_ fields: JSONFields) throws(ConfigError) -> KubernetesSettings {
+        try fields.rejectUnknownKeys(KubernetesSettings.keys)
+        var settings = KubernetesSettings()
+        if let url = try fields.string("apiURL") {
+            let rest = url.hasPrefix("http://") ? url.dropFirst(7) : url.hasPrefix("https://") ? url.dropFirst(8) : nil
+            guard let rest, !rest.isEmpty, !rest.contains(" ") else {
+                throw fields.error("apiURL", "\(quoted(url)) is not an API server URL (https://host:port)")
+            }
+            settings.apiURL = url
+        }
+        if let path = try fields.string("kubeconfig") {
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                throw fields.error("kubeconfig", "\(escaped(path)) \(FileManager.default.fileExists(atPath: path) ? "cannot be read" : "does not exist")")
+            }
+            settings.kubeconfig = path
+        }
+        if let prefix = try fields.string("annotationPrefix") {
+            guard KubernetesSettings.annotationBase(prefix) != nil else {
+                throw fields.error("annotationPrefix", "\(quoted(prefix)) is not an annotation prefix flanneld accepts (fqdn/[a-z0-9_-]*, at most one slash)")
+            }
+            settings.annotationPrefix = prefix
+        }
+        if let path = try fields.string("netConfPath") {
+            guard path.hasPrefix("/") else { throw fields.error("netConfPath", "\(quoted(path)) must be an absolute path") }
+            settings.netConfPath = path
+        }
+        settings.setNodeNetworkUnavailable = try fields.bool("setNodeNetworkUnavailable") ?? true
         return settings
     }
 

@@ -1,0 +1,176 @@
+import Foundation
+import Synchronization
+import Testing
+import TestSupport
+
+/// setns(fd, CLONE_NEWNET), looked up (Glibc exports it only under _GNU_SOURCE).
+private func enterNamespace(_ path: String) -> Bool {
+    typealias SetNS = @convention(c) (Int32, Int32) -> Int32
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "setns") else { return false }
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    return unsafeBitCast(symbol, to: SetNS.self)(fd, 0x4000_0000) == 0
+}
+
+/// Runs `body` on a thread of its own inside the network namespace `name`
+/// (a socket made there stays there: the fake API server listens in it).
+private func inNamespace<T: Sendable>(_ name: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        let thread = Thread {
+            guard enterNamespace("/var/run/netns/\(name)") else {
+                continuation.resume(throwing: CommandFailure(command: "setns \(name)", status: errno, output: String(cString: strerror(errno))))
+                return
+            }
+            continuation.resume(with: Swift.Result { try body() })
+        }
+        thread.start()
+    }
+}
+
+/// Three hosts of a cluster.sh cluster, each running `vxlan-agent run` with the
+/// kubernetes registry against the fake API server, which listens in the
+/// underlay namespace on 198.18.0.254: the agents annotate their Nodes, read
+/// each other's, and the pods ping across every backend.
+@Suite("vxlan-agent run against the fake Kubernetes API, in a cluster of namespaces", kernelTests, .serialized)
+struct KubeClusterTests {
+    static let counter = Mutex(0)
+
+    @Test(arguments: ["vxlan", "host-gw", "udp"])
+    func podsPing(backend: String) async throws {
+        try requireKernel()
+        try #require(FileManager.default.isExecutableFile(atPath: "/usr/lib/cni/bridge"), "containernetworking-plugins is required")
+        let n = Self.counter.withLock { $0 += 1; return $0 }
+        let prefix = "vxa-kc\(getpid() % 100_000)-\(n)"
+        let cluster = "\(packageRoot)/Tests/cluster/cluster.sh"
+        let directory = "/run/\(prefix)"
+        var daemons: [pid_t] = []
+        var api: FakeKubeAPI?
+        defer {
+            for pid in daemons { kill(pid, SIGTERM); _ = waitForExit(pid) }
+            _ = try? run("bash \(cluster) down \(prefix)")
+        }
+        try sh("bash \(cluster) up \(prefix) 3 1")
+        try sh("ip -n \(prefix)-ul addr add 198.18.0.254/24 dev br0")
+        // The fake's socket is made inside the underlay namespace, on a thread that entered it.
+        let fake = try await inNamespace("\(prefix)-ul") {
+            try FakeKubeAPI(host: "198.18.0.254")
+        }
+        api = fake
+        defer { Task { [api] in await api?.shutdown() } }
+        for host in 1...3 {
+            fake.put(nodeJSON("h\(host)", podCIDR: "10.244.\(host).0/24", annotations: [:], internalIP: "198.18.0.\(host)"))
+        }
+        let kubeconfig = "\(directory)/kubeconfig"
+        try """
+        apiVersion: v1
+        kind: Config
+        clusters:
+        - name: fake
+          cluster:
+            server: \(fake.url)
+        users:
+        - name: flannel
+          user:
+            token: \(fake.token)
+        contexts:
+        - name: fake
+          context: {cluster: fake, user: flannel}
+        current-context: fake
+        """.write(toFile: kubeconfig, atomically: true, encoding: .utf8)
+        let backendJSON = backend == "udp" ? #"{"Type": "udp", "Port": 8285}"# : backend == "vxlan" ? #"{"Type": "vxlan", "VNI": 1, "Port": 8472}"# : #"{"Type": "host-gw"}"#
+        try #"{"Network": "10.244.0.0/16", "Backend": \#(backendJSON)}"#.write(toFile: "\(directory)/net-conf.json", atomically: true, encoding: .utf8)
+        for host in 1...3 {
+            let hostDirectory = "\(directory)/h\(host)"
+            try FileManager.default.createDirectory(atPath: hostDirectory, withIntermediateDirectories: true)
+            // No publicIP: the Node's InternalIP, as in a DaemonSet sharing one file.
+            try """
+            {"node": "h\(host)", "kubernetes": {"kubeconfig": "\(kubeconfig)", "netConfPath": "\(directory)/net-conf.json"},
+             "subnetFile": "\(hostDirectory)/subnet.env", "cniConfFile": "", "metricsAddress": ""}
+            """.write(toFile: "\(hostDirectory).json", atomically: true, encoding: .utf8)
+            daemons.append(try spawn(["ip", "netns", "exec", "\(prefix)-h\(host)", agentBinary, "run", "--config", "\(hostDirectory).json",
+                                      "--lock-file", "\(hostDirectory)/sync.lock", "--log-level", "debug"],
+                                     stdout: "\(hostDirectory).log"))
+        }
+        func logs() -> String {
+            (1...3).map { "h\($0):\n" + ((try? String(contentsOfFile: "\(directory)/h\($0).log", encoding: .utf8)) ?? "") }.joined(separator: "\n")
+        }
+        // Each agent annotated its own Node as flanneld does.
+        try await eventually("every Node annotated", seconds: 30) {
+            (1...3).allSatisfy { fake.node("h\($0)").map(annotationsOf)?[flannel + "kube-subnet-manager"] == "true" }
+        }
+        for host in 1...3 {
+            let annotations = annotationsOf(fake.node("h\(host)")!)
+            #expect(annotations[flannel + "public-ip"] == "198.18.0.\(host)")
+            #expect(annotations[flannel + "backend-type"] == (backend == "udp" ? "" : backend))
+        }
+        try await eventually("NetworkUnavailable False on every Node", seconds: 30) {
+            (1...3).allSatisfy { host in
+                conditionsOf(fake.node("h\(host)")).contains { $0["type"] as? String == "NetworkUnavailable" && $0["status"] as? String == "False" }
+            }
+        }
+        // Pods ping (retried until the agents have programmed their peers).
+        var ping = try run("bash \(cluster) ping \(prefix)")
+        let deadline = Date().addingTimeInterval(30)
+        while ping.status != 0 && Date() < deadline {
+            try await Task.sleep(for: .milliseconds(500))
+            ping = try run("bash \(cluster) ping \(prefix)")
+        }
+        #expect(ping.status == 0, "\(ping.stdout)\(ping.stderr)\n\(logs())")
+        // `diff` reads the Nodes once (no watch, no patch) and finds h1 in sync with them.
+        let patches = fake.requests.filter { $0.hasPrefix("PATCH") }.count
+        let diff = try run("ip netns exec \(prefix)-h1 \(agentBinary) diff --config \(directory)/h1.json --lock-file \(directory)/h1/diff.lock")
+        if backend == "udp" {
+            // Every peer in sync. What udp's diff reports here is a neighbor entry on flannel0
+            // (0.0.0.0, no peer's), a matter of the udp backend's diff, not of the registry.
+            #expect(diff.stdout.contains("0 to add, 0 to change"), "\(diff.stdout)\(diff.stderr)")
+        } else {
+            #expect(diff.status == 0, "\(diff.stdout)\(diff.stderr)")
+        }
+        #expect(fake.requests.filter { $0.hasPrefix("PATCH") }.count == patches)
+        if backend != "udp" {
+            // Nodes added one at a time: each reaches h1's routes. The time from the fake's
+            // update to the route in `ip -ts monitor route` is printed, not asserted. (udp has
+            // one route for the network: its peers live in the data path.)
+            let monitorLog = "\(directory)/h1-monitor.log"
+            let monitor = try spawn(["ip", "-n", "\(prefix)-h1", "-ts", "monitor", "route"], stdout: monitorLog)
+            defer { kill(monitor, SIGTERM); _ = waitForExit(monitor) }
+            try await Task.sleep(for: .milliseconds(200))
+            let formatter = DateFormatter()
+            formatter.dateFormat = "yyyy-MM-dd'T'HH:mm:ss.SSSSSS"
+            formatter.timeZone = .current
+            var latencies: [Double] = []
+            for k in 10..<30 {
+                let subnet = "10.244.\(k).0/24"
+                let put = Date()
+                fake.put(annotated("h\(k)", ip: "198.18.0.\(k)", subnet: subnet, backend: backend))
+                var line: Substring?
+                try await eventually("h\(k)'s subnet reaches h1", seconds: 30) {
+                    line = (try? String(contentsOfFile: monitorLog, encoding: .utf8))?.split(separator: "\n").first { $0.contains(" \(subnet) ") || $0.contains("] \(subnet)") }
+                    return line != nil
+                }
+                if let line, line.hasPrefix("["), let end = line.firstIndex(of: "]"),
+                   let stamp = formatter.date(from: String(line[line.index(after: line.startIndex)..<end])) {
+                    latencies.append(stamp.timeIntervalSince(put) * 1000)
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            latencies.sort()
+            #expect(latencies.count == 20)
+            if !latencies.isEmpty {
+                print("kube \(backend): a Node added to its route in a peer's kernel (ip -ts monitor): "
+                      + String(format: "p50 %.1f ms, max %.1f ms over %d", latencies[latencies.count / 2], latencies.last!, latencies.count))
+            }
+        }
+        // A Node deleted: h1 stops reaching its pod (its agent still runs), h2's is still reached.
+        let pods = try sh("bash \(cluster) pods \(prefix)").split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+        let pod3 = try #require(pods.first { $0.first == "3" }?.last), pod2 = try #require(pods.first { $0.first == "2" }?.last)
+        fake.delete("h3")
+        try await eventually("h1 no longer reaches h3's pod", seconds: 30) {
+            try run("ip netns exec \(prefix)-h1-p1 ping -c 1 -W 1 \(pod3)").status != 0
+        }
+        #expect(try run("ip netns exec \(prefix)-h1-p1 ping -c 1 -W 2 \(pod2)").status == 0, "h2 is still reached")
+        if backend != "udp" { #expect(!(try sh("ip -n \(prefix)-h1 route show proto vxlan-agent").contains("10.244.3.0/24"))) }
+        await fake.shutdown()
+    }
+}
