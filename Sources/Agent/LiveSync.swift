@@ -81,7 +81,11 @@ public final class LiveSync {
         // middle leaves it half-updated, and the next pass is then a full one.
         invalidate()
         var keys = Set<EntryKey>()
+        let hasVXLAN = desired.device != nil
         for event in events {
+            // Neighbors and FDB entries are only the VXLAN device's (the kernel keeps a
+            // NOARP neighbor of its own on udp's TUN device).
+            if !hasVXLAN, case .entry(let entry) = event.subject, entry.isNeighborOrFDB { continue }
             switch picture.note(event, proto: proto, network: network, followsRoutes: desired.checks.backend.followsRoutes) {
             case .ignored: continue
             case .touched(let touched): keys.formUnion(touched)
@@ -107,5 +111,14 @@ public final class LiveSync {
         self.picture = picture
         self.desired = desired
         return .applied(changes: changes, report: report, kept: kept)
+    }
+}
+
+extension Entry {
+    var isNeighborOrFDB: Bool {
+        switch self {
+        case .neighbor, .fdb: true
+        default: false
+        }
     }
 }

@@ -246,13 +246,17 @@ public final class Dataplane: KernelDataplane {
                         }
                     }, parse: { Parse.address($0).flatMap { $0.index == index ? $0.prefix : nil } })
                 }
-                snapshot.neighbors = try socket.dump("dump neighbors of \(deviceName)", type: UInt16(RTM_GETNEIGH), build: { m in
-                    m.familyHeader(ndmsg.self) { $0.ndm_family = UInt8(AF_INET) }
-                    m.put(UInt16(NDA_IFINDEX), u32: UInt32(bitPattern: index))
-                }, parse: { Parse.neighbor($0).flatMap { $0.index == index ? $0.neighbor : nil } })
-                snapshot.fdb = try socket.dump("dump fdb of \(deviceName)", type: UInt16(RTM_GETNEIGH), build: { m in
-                    m.familyHeader(ndmsg.self) { $0.ndm_family = UInt8(AF_BRIDGE) }
-                }, parse: { Parse.fdb($0).flatMap { $0.index == index ? $0.entry : nil } })
+                // Neighbors and FDB entries are the VXLAN device's; on udp's TUN device the
+                // kernel keeps a NOARP neighbor of its own (0.0.0.0), which is not the agent's.
+                if device?.kind == "vxlan" {
+                    snapshot.neighbors = try socket.dump("dump neighbors of \(deviceName)", type: UInt16(RTM_GETNEIGH), build: { m in
+                        m.familyHeader(ndmsg.self) { $0.ndm_family = UInt8(AF_INET) }
+                        m.put(UInt16(NDA_IFINDEX), u32: UInt32(bitPattern: index))
+                    }, parse: { Parse.neighbor($0).flatMap { $0.index == index ? $0.neighbor : nil } })
+                    snapshot.fdb = try socket.dump("dump fdb of \(deviceName)", type: UInt16(RTM_GETNEIGH), build: { m in
+                        m.familyHeader(ndmsg.self) { $0.ndm_family = UInt8(AF_BRIDGE) }
+                    }, parse: { Parse.fdb($0).flatMap { $0.index == index ? $0.entry : nil } })
+                }
             }
             var groups: [Nexthop] = []
             if nexthopSupport != false {

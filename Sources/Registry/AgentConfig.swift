@@ -290,7 +290,7 @@ public struct AgentConfig: Sendable, Hashable {
             var config = AgentConfig(source: source, node: node, network: nil, nodes: [], etcd: nil, publicIP: publicIP,
                                      interface: interface, routeLayout: routeLayout, deviceName: deviceName, daemon: daemon)
             config.kubernetes = try parseKubernetes(kubeFields)
-            return config
+            return Staged(partial: config, entries: [], rangeGiven: false)
         }
         if let etcdFields = try root.object("etcd") {
             if raw.nodes != nil { throw root.error("etcd", "cannot be used with \"nodes\": choose one registry") }

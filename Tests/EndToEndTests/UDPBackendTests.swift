@@ -51,6 +51,10 @@ struct UDPBackendTests {
             #expect(sent > 1_000_000 && received > 1_000_000, "tx \(sent), rx \(received)")
         }
 
+        // After traffic the kernel holds a NOARP neighbor of its own on flannel0: not the agent's, not a change.
+        let diff = try run("ip netns exec \(cluster.ns(1)) \(agentBinary) diff --config \(cluster.configPath(1))")
+        #expect(diff.status == 0 && diff.stdout.hasPrefix("in sync"), "\(diff.stdout)\(diff.stderr)")
+
         // A datagram from an address that holds no lease is dropped and counted, not delivered.
         try sh("ip -n \(cluster.ns(3)) addr add 198.18.0.66/24 dev eth0")
         try sh("""
