@@ -61,7 +61,7 @@ public final class Daemon: @unchecked Sendable {
         self.options = options
         self.log = log
         config = try AgentConfig.load(path: options.configPath)
-        node = options.node ?? config.node ?? ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? ""
+        node = AgentConfig.nodeName(flag: options.node, config: config)
         (events, continuation) = AsyncStream.makeStream(of: Event.self)
     }
 

@@ -219,6 +219,15 @@ public struct AgentConfig: Sendable, Hashable {
     /// top-level field and the network validated; the nodes (10,000 of them take
     /// most of the time) are validated by `validated()`, which `sync` runs while
     /// it reads the kernel. Errors come in the order `parse` gives them.
+    /// This node's name: `--node`, else `NODE_NAME` (what flanneld reads, set by a
+    /// DaemonSet from the downward API), else the file's `node`, else the host name
+    /// up to its first dot.
+    public static func nodeName(flag: String?, config: AgentConfig, environment: [String: String] = ProcessInfo.processInfo.environment) -> String {
+        if let flag { return flag }
+        if let name = environment["NODE_NAME"], !name.isEmpty { return name }
+        return config.node ?? ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? ""
+    }
+
     public struct Staged: Sendable {
         /// The configuration without its nodes (all of it with etcd).
         public let partial: AgentConfig

@@ -38,7 +38,7 @@ struct ConfigOptions: ParsableArguments {
     }
 
     func nodeName(_ config: AgentConfig) -> String {
-        node ?? config.node ?? ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? ""
+        AgentConfig.nodeName(flag: node, config: config)
     }
 
     /// Takes the lock, waiting up to `--lock-timeout` (or `timeout`).

@@ -171,20 +171,25 @@ struct EtcdClusterTests {
         try trio.startAgent(leaseTTL: 30)
         try trio.waitUntil("the agent takes a lease and is healthy", seconds: 30) { try trio.healthy() && trio.connected() }
         let lease = try trio.ownLease()
+        // Four peers' subnets, none of them the one the agent took (it picks at random: 211 was seen).
+        let picked = (211...250).filter { !lease.key.hasSuffix("/10.244.\($0).0-24") }.prefix(4)
+        let (a, b, c, d) = (picked[picked.startIndex], picked[picked.startIndex + 1], picked[picked.startIndex + 2],
+                            picked[picked.startIndex + 3])
+        func net(_ n: Int) -> String { "10.244.\(n).0/24" }
         func put(_ n: Int, members: [Int]? = nil) throws {
             try trio.write("put /coreos.com/network/subnets/10.244.\(n).0-24 '\(flannelLease("198.18.0.\(n)", mac: String(format: "22:33:44:55:66:%02x", n)))'",
                            members: members)
         }
-        try put(211)
-        try trio.waitUntil("the first peer is programmed") { try trio.routes() == ["10.244.211.0/24"] }
+        try put(a)
+        try trio.waitUntil("the first peer is programmed") { try trio.routes() == [net(a)] }
 
         // 1. The leader is killed (SIGKILL): a quorum remains, a new leader is elected.
         let leader = try trio.leader()
         let before = try trio.agentMembers()
         trio.stop(leader, signal: SIGKILL)
-        try put(212)
+        try put(b)
         try trio.waitUntil("a lease written after the leader died is programmed", seconds: 30) {
-            try trio.routes().contains("10.244.212.0/24")
+            try trio.routes().contains(net(b))
         }
         try trio.waitUntil("connected and healthy with two members") { try trio.connected() && trio.healthy() }
         try trio.start(leader)
@@ -195,11 +200,11 @@ struct EtcdClusterTests {
         let cut = try #require(try trio.agentMembers().first, "the agent holds no connection to etcd")
         try partition(trio.ns(cut))
         let others = EtcdTrio.members.filter { $0 != cut }
-        try put(213, members: others)
-        try trio.write("del /coreos.com/network/subnets/10.244.211.0-24", members: others)
+        try put(c, members: others)
+        try trio.write("del /coreos.com/network/subnets/10.244.\(a).0-24", members: others)
         try trio.waitUntil("the put and the delete written during the partition are programmed", seconds: 40) {
             let routes = try trio.routes()
-            return routes.contains("10.244.213.0/24") && !routes.contains("10.244.211.0/24")
+            return routes.contains(net(c)) && !routes.contains(net(a))
         }
         try trio.waitUntil("connected and healthy through the quorum") { try trio.connected() && trio.healthy() }
         // (Idle pooled connections to the cut member may linger, half-open: the agent no longer uses them.)
@@ -214,14 +219,14 @@ struct EtcdClusterTests {
             let health = try trio.http("/healthz")
             return health.contains("503") && health.contains("registry unreachable")
         }
-        #expect(try trio.routes() == ["10.244.212.0/24", "10.244.213.0/24"], "an outage flushes nothing")
+        #expect(try trio.routes() == [net(b), net(c)], "an outage flushes nothing")
         for member in EtcdTrio.members { try trio.start(member) }
-        try put(214)
+        try put(d)
         try trio.waitUntil("a lease written right after the restart is programmed", seconds: 40) {
-            try trio.routes().contains("10.244.214.0/24")
+            try trio.routes().contains(net(d))
         }
         try trio.waitUntil("connected and healthy again") { try trio.connected() && trio.healthy() }
-        #expect(try trio.routes() == ["10.244.212.0/24", "10.244.213.0/24", "10.244.214.0/24"])
+        #expect(try trio.routes() == [net(b), net(c), net(d)])
 
         // The same key under the same etcd lease throughout, still alive.
         let after = try trio.ownLease()

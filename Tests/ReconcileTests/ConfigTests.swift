@@ -281,3 +281,15 @@ struct EqualFoldTests {
         #expect(JSONDialect.equalFold(a, b) == (a == b || JSONDialect.fold(a) == JSONDialect.fold(b)))
     }
 }
+
+@Suite("this node's name")
+struct NodeNameTests {
+    @Test("--node, else NODE_NAME (flanneld's, from a DaemonSet), else the file's node, else the host name")
+    func precedence() throws {
+        let withNode = try AgentConfig.parse(Data(#"{"node": "from-file", "network": {"Network": "10.244.0.0/16"}, "nodes": [{"name": "from-file", "publicIP": "198.18.0.1", "subnet": "10.244.1.0/24"}]}"#.utf8), source: "inv.json")
+        #expect(AgentConfig.nodeName(flag: "from-flag", config: withNode, environment: ["NODE_NAME": "from-env"]) == "from-flag")
+        #expect(AgentConfig.nodeName(flag: nil, config: withNode, environment: ["NODE_NAME": "from-env"]) == "from-env")
+        #expect(AgentConfig.nodeName(flag: nil, config: withNode, environment: ["NODE_NAME": ""]) == "from-file")
+        #expect(AgentConfig.nodeName(flag: nil, config: withNode, environment: [:]) == "from-file")
+    }
+}
