@@ -45,6 +45,9 @@ public struct DaemonSettings: Sendable, Hashable {
     public var resyncInterval: Duration = .seconds(60)
     /// The TTL of this node's etcd lease; renewed well before it runs out.
     public var leaseTTL: Int64 = 86_400
+    /// How long before it runs out the lease is renewed, in seconds (flanneld's
+    /// --subnet-lease-renew-margin, 60 minutes); at most two thirds of the TTL.
+    public var leaseRenewMargin: Int64 = 3600
 
     public init() {}
 
