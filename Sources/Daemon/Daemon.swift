@@ -31,6 +31,9 @@ public final class Daemon: @unchecked Sendable {
         /// A configuration made elsewhere (`vxlan-agent flanneld`'s command line)
         /// instead of the file at `configPath`; SIGHUP then has nothing to reload.
         public var preloaded: AgentConfig?
+        /// Applied to every configuration read (at start and on SIGHUP): the
+        /// command resolves the file's interface selection on the kernel here.
+        public var prepare: (@Sendable (AgentConfig) throws -> AgentConfig)?
 
         public init(configPath: String, node: String?, lockPath: String) {
             self.configPath = configPath
@@ -63,7 +66,8 @@ public final class Daemon: @unchecked Sendable {
     public init(options: Options, log: Logger) throws {
         self.options = options
         self.log = log
-        config = try options.preloaded ?? AgentConfig.load(path: options.configPath)
+        let loaded = try options.preloaded ?? AgentConfig.load(path: options.configPath)
+        config = try options.prepare?(loaded) ?? loaded
         node = options.node ?? config.node ?? ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? ""
         (events, continuation) = AsyncStream.makeStream(of: Event.self)
     }
@@ -214,6 +218,7 @@ public final class Daemon: @unchecked Sendable {
         var next: AgentConfig
         do {
             next = try AgentConfig.load(path: options.configPath)
+            if let prepare = options.prepare { next = try prepare(next) }
         } catch {
             log.error("reload failed; keeping the running configuration", metadata: ["error": "\(error)"])
             return

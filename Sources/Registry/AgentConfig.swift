@@ -76,6 +76,11 @@ public struct AgentConfig: Sendable, Hashable {
     public var publicIP: IPv4Address?
     /// The underlay interface (default: the one holding the public IP).
     public var interface: String?
+    /// Instead of `interface`: choose it as flanneld does (`interfaces`,
+    /// `interfaceRegex`, `interfaceCanReach`: flanneld's --iface, --iface-regex,
+    /// --iface-can-reach). `resolvingInterface(on:)` turns it into `interface`
+    /// (and, with etcd and no publicIP, the public IP) when the kernel is at hand.
+    public var interfaceSelection: InterfaceSelection?
     /// nil: nexthop objects where the kernel has them, classic routes otherwise.
     public var routeLayout: RouteLayout?
     /// Overrides the device name `flannel.<VNI>`.
@@ -84,6 +89,7 @@ public struct AgentConfig: Sendable, Hashable {
 
     static let topLevelKeys: Set<String> = [
         "node", "network", "nodes", "routeLayout", "device", "etcd", "publicIP", "interface",
+        "interfaces", "interfaceRegex", "interfaceCanReach",
         "subnetFile", "cniConfFile", "cniBridge", "ipMasq", "metricsAddress", "resyncInterval", "leaseTTL",
     ]
     static let nodeKeys: Set<String> = ["name", "publicIP", "subnet", "vtepMAC", "interface"]
@@ -176,6 +182,7 @@ public struct AgentConfig: Sendable, Hashable {
         if let deviceName, let problem = interfaceNameProblem(deviceName) { throw root.error("device", problem) }
         let interface = try root.string("interface")
         if let interface, let problem = interfaceNameProblem(interface) { throw root.error("interface", problem) }
+        let selection = try parseInterfaceSelection(root, interface: interface)
         let daemon = try parseDaemon(root)
         let node = try root.string("node")
         if let node, let problem = nodeNameProblem(node) { throw root.error("node", problem) }
@@ -186,10 +193,12 @@ public struct AgentConfig: Sendable, Hashable {
             if root.has("network") {
                 throw root.error("network", "comes from etcd (<prefix>/config) when the registry is etcd; remove it here")
             }
-            guard let publicIP else { throw root.error("publicIP", "is required with the etcd registry (this node's underlay address)") }
+            guard publicIP != nil || selection != nil else {
+                throw root.error("publicIP", "is required with the etcd registry (this node's underlay address), unless interfaces, interfaceRegex or interfaceCanReach choose it")
+            }
             return AgentConfig(source: source, node: node, network: nil, nodes: [], etcd: try parseEtcd(etcdFields),
-                               publicIP: publicIP, interface: interface, routeLayout: routeLayout, deviceName: deviceName,
-                               daemon: daemon)
+                               publicIP: publicIP, interface: interface, interfaceSelection: selection, routeLayout: routeLayout,
+                               deviceName: deviceName, daemon: daemon)
         }
         guard let networkFields = try root.object("network") else { throw root.error("network", "is required") }
         let network = try NetworkConfig.parse(networkFields)
@@ -262,7 +271,54 @@ public struct AgentConfig: Sendable, Hashable {
             nodes.append(InventoryNode(record: record, interface: nodeInterface))
         }
         return AgentConfig(source: source, node: node, network: network, nodes: nodes, etcd: nil, publicIP: publicIP,
-                           interface: interface, routeLayout: routeLayout, deviceName: deviceName, daemon: daemon)
+                           interface: interface, interfaceSelection: selection, routeLayout: routeLayout, deviceName: deviceName,
+                           daemon: daemon)
+    }
+
+    /// `interfaces` (names or addresses), `interfaceRegex` (regular expressions),
+    /// `interfaceCanReach` (an IPv4 address): flanneld's --iface, --iface-regex,
+    /// --iface-can-reach, tried in that order. Not with `interface`.
+    static func parseInterfaceSelection(_ root: JSONFields, interface: String?) throws(ConfigError) -> InterfaceSelection? {
+        let names = try root.strings("interfaces") ?? []
+        let regexes = try root.strings("interfaceRegex") ?? []
+        let canReach = try root.string("interfaceCanReach")
+        guard !names.isEmpty || !regexes.isEmpty || canReach != nil else {
+            for key in ["interfaces", "interfaceRegex"] where root.has(key) { throw root.error(key, "is empty: list at least one, or remove it") }
+            return nil
+        }
+        if interface != nil {
+            let key = !names.isEmpty ? "interfaces" : !regexes.isEmpty ? "interfaceRegex" : "interfaceCanReach"
+            throw root.error(key, "cannot be used with \"interface\": name the interface, or let \(key) choose it")
+        }
+        for (index, name) in names.enumerated() where IPv4Address(name) == nil {
+            if let problem = interfaceNameProblem(name) { throw root.error("interfaces[\(index)]", "\(problem), nor an IPv4 address") }
+        }
+        for (index, pattern) in regexes.enumerated() {
+            do { _ = try Regex(pattern) } catch {
+                throw root.error("interfaceRegex[\(index)]", "\(quoted(pattern)) is not a regular expression: \(error)")
+            }
+        }
+        if let canReach, IPv4Address(canReach) == nil {
+            throw root.error("interfaceCanReach", "\(quoted(canReach)) is not an IPv4 address")
+        }
+        return InterfaceSelection(names: names, regexes: regexes, canReach: canReach)
+    }
+
+    /// The configuration with `interfaceSelection` resolved on `host`: `interface`
+    /// set to the chosen one, and (with etcd and no `publicIP`) the public IP set to
+    /// its address. Unchanged without a selection. The error names the file.
+    public func resolvingInterface(on host: @autoclosure () throws -> HostNetwork) throws -> AgentConfig {
+        guard let selection = interfaceSelection else { return self }
+        let choice: InterfaceSelection.Choice
+        do {
+            choice = try selection.choose(on: try host())
+        } catch {
+            throw ConfigError(source: source, field: "interfaces", message: "\(error)")
+        }
+        var resolved = self
+        resolved.interface = choice.interface.name
+        if etcd != nil && publicIP == nil { resolved.publicIP = choice.address }
+        return resolved
     }
 
     /// A node's string fields, read in one pass.

@@ -291,7 +291,7 @@ extension FlanneldOptions {
         daemon.metricsAddress = healthzPort == 0 ? nil : DaemonSettings.Address(host: healthzIP, port: healthzPort)
         let publicAddress = publicIP.isEmpty ? interfaceIP : IPv4Address(publicIP)!
         return AgentConfig(source: "flanneld command line", node: nil, network: nil, nodes: [], etcd: settings,
-                           publicIP: publicAddress, interface: interface, routeLayout: nil, deviceName: nil, daemon: daemon)
+                           publicIP: publicAddress, interface: interface, interfaceSelection: nil, routeLayout: nil, deviceName: nil, daemon: daemon)
     }
 
     /// The checks that need no kernel (flanneld's own, and ours).

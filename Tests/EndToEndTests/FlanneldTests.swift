@@ -47,6 +47,26 @@ struct InterfaceSelectionKernelTests {
         #expect(result.stdout == expected + "\n")
     }
 
+    @Test("the same keys in the agent's file: sync puts flannel.1 on the interface they choose; nothing matches: an error naming the file, nothing created")
+    func configFile() throws {
+        try requireKernel()
+        let host = try Self.host()
+        defer { host.close() }
+        let chosen = try host.write("regex.json", inventory(peers: 2).replacingOccurrences(of: #"{"node": "node-1","#,
+                                                                                        with: #"{"node": "node-1", "interfaces": ["nosuch"], "interfaceRegex": ["^eth2$"],"#))
+        let sync = try host.agent("sync --config \(chosen)")
+        #expect(sync.status == 0, "\(sync.stderr)")
+        #expect(try host.exec("ip -d link show flannel.1").stdout.contains(" dev eth2 "))
+        try sh("ip -n \(host.namespace) link del flannel.1")
+
+        let none = try host.write("none.json", inventory(peers: 2).replacingOccurrences(of: #"{"node": "node-1","#,
+                                                                                      with: #"{"node": "node-1", "interfaces": ["nosuch"],"#))
+        let failed = try host.agent("sync --config \(none)")
+        #expect(failed.status == 1)
+        #expect(failed.stderr.contains(none) && failed.stderr.contains("nosuch"), "\(failed.stderr)")
+        #expect(try host.exec("ip link show flannel.1").status != 0, "nothing was created")
+    }
+
     @Test("no default route and nothing named; nothing matches: an error that says what was tried", arguments: [
         (false, "", "no IPv4 default route"),
         (true, "--iface nosuch --iface-regex '^zz'", "--iface nosuch: no interface \"nosuch\"; --iface-regex ^zz: could not match pattern ^zz"),

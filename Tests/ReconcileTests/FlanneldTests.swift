@@ -1,5 +1,6 @@
 import Foundation
 import Model
+import Reconcile
 import Registry
 import Testing
 
@@ -200,5 +201,58 @@ struct InterfaceSelectionTests {
         #expect {
             _ = try InterfaceSelection().choose(on: host)
         } throws: { "\($0)".contains("--iface") }
+    }
+}
+
+/// The same selection in the agent's own file: `interfaces`, `interfaceRegex`, `interfaceCanReach`.
+@Suite("interface selection keys in the configuration file")
+struct InterfaceSelectionConfigTests {
+    static let etcd = #"{"etcd": {"endpoints": ["http://127.0.0.1:2379"]}, "#
+
+    @Test("the keys parse; with etcd they make publicIP optional; resolving sets the interface and the public IP")
+    func parses() throws {
+        let config = try AgentConfig.parse(Data((Self.etcd + #""interfaces": ["nosuch", "198.19.0.1"], "interfaceRegex": ["^eth"], "interfaceCanReach": "198.19.70.1"}"#).utf8),
+                                           source: "agent.json")
+        #expect(config.interfaceSelection == InterfaceSelection(names: ["nosuch", "198.19.0.1"], regexes: ["^eth"], canReach: "198.19.70.1"))
+        #expect(config.publicIP == nil)
+        let resolved = try config.resolvingInterface(on: InterfaceSelectionTests.host)
+        #expect(resolved.interface == "eth1")
+        #expect(resolved.publicIP == IPv4Address("198.19.0.1"))
+
+        let pinned = try AgentConfig.parse(Data((Self.etcd + #""publicIP": "203.0.113.5", "interfaceRegex": ["^eth1$"]}"#).utf8), source: "agent.json")
+            .resolvingInterface(on: InterfaceSelectionTests.host)
+        #expect(pinned.interface == "eth1")
+        #expect(pinned.publicIP == IPv4Address("203.0.113.5"), "a publicIP in the file stays (NAT)")
+    }
+
+    @Test("bad keys name the field", arguments: [
+        (#""interface": "eth0", "interfaces": ["eth1"]"#, "interfaces"),
+        (#""interfaces": []"#, "interfaces"),
+        (#""interfaces": ["a/b"]"#, "interfaces[0]"),
+        (#""interfaceRegex": ["("]"#, "interfaceRegex[0]"),
+        (#""interfaceCanReach": "gateway""#, "interfaceCanReach"),
+    ])
+    func refuses(_ keys: String, _ field: String) {
+        #expect {
+            _ = try AgentConfig.parse(Data((Self.etcd + #""publicIP": "198.18.0.1", "# + keys + "}").utf8), source: "agent.json")
+        } throws: { error in
+            guard let error = error as? ConfigError else { return false }
+            return error.field == field && error.source == "agent.json"
+        }
+    }
+
+    @Test("etcd without publicIP and without a selection is still an error")
+    func publicIPRequired() {
+        #expect {
+            _ = try AgentConfig.parse(Data((Self.etcd + "}").replacingOccurrences(of: ", }", with: "}").utf8), source: "agent.json")
+        } throws: { ($0 as? ConfigError)?.field == "publicIP" }
+    }
+
+    @Test("nothing matches on this host: the error names the file")
+    func unresolved() throws {
+        let config = try AgentConfig.parse(Data((Self.etcd + #""interfaces": ["wlan9"]}"#).utf8), source: "agent.json")
+        #expect {
+            _ = try config.resolvingInterface(on: InterfaceSelectionTests.host)
+        } throws: { "\($0)".contains("agent.json") && "\($0)".contains("wlan9") }
     }
 }
