@@ -93,3 +93,26 @@ uninstall:
 
 clean:
 	rm -rf .build .build-fuzz Benchmarks/bin
+
+# The Debian package: packaging/deb/build.sh builds the release binary (Swift
+# runtime linked statically), the man pages and completions from the argument
+# parser, and .build/deb/vxlan-agent_<version>_<arch>.deb with dpkg-deb; lintian
+# must report no error (its warnings are explained in Docs/operations.md).
+DEB_PACKAGES := $(BUILD_PACKAGES) dpkg-dev lintian binutils
+
+.PHONY: deb deps-deb
+deps-deb:
+	$(call ensure_packages,$(DEB_PACKAGES))
+
+deb: deps-deb
+	SWIFT=$(SWIFT) bash packaging/deb/build.sh .build/deb
+	lintian --fail-on error --info .build/deb/vxlan-agent_*.deb
+
+# The package test (Tests/EndToEndTests/PackageTests.swift) runs the same script,
+# in its own build directory (.build-deb: `swift test` holds .build's lock).
+TEST_PACKAGES += dpkg-dev lintian binutils
+
+.PHONY: clean-deb
+clean: clean-deb
+clean-deb:
+	rm -rf .build-deb
