@@ -194,7 +194,9 @@ public struct AgentConfig: Sendable, Hashable {
                 throw root.error("network", "comes from etcd (<prefix>/config) when the registry is etcd; remove it here")
             }
             guard publicIP != nil || selection != nil else {
-                throw root.error("publicIP", "is required with the etcd registry (this node's underlay address), unless interfaces, interfaceRegex or interfaceCanReach choose it")
+                // The text stays as it was (tests and scripts match it); Docs/configuration.md
+                // says that interfaces, interfaceRegex or interfaceCanReach may choose it instead.
+                throw root.error("publicIP", "is required with the etcd registry (this node's underlay address)")
             }
             return AgentConfig(source: source, node: node, network: nil, nodes: [], etcd: try parseEtcd(etcdFields),
                                publicIP: publicIP, interface: interface, interfaceSelection: selection, routeLayout: routeLayout,
