@@ -50,11 +50,15 @@ release: deps-build
 
 # Every test: pure ones, netlink golden bytes, the real kernel in private
 # namespaces (root), a real etcd, and clusters of namespaces with real CNI pods.
-# A short fuzz round first, so the test runner's summary is the last word.
+# A short fuzz round first, so the test runner's summary is the last word. The
+# Debian package is built before the tests (its release build alone, not beside
+# the parallel tests); the package test (PackageTests) checks that .deb, and
+# builds one itself (in .build-deb) when run without it.
 test: deps-test
 	$(MAKE) fuzz-smoke
+	$(MAKE) deb
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	VXA_DEB="$$(ls .build/deb/vxlan-agent_*.deb)" $(SWIFT) test --skip-build
 
 # libFuzzer targets (Fuzz/): the configuration, lease, etcd gateway JSON and
 # netlink reply parsers, built with swiftc -sanitize=fuzzer,address into
@@ -98,3 +102,26 @@ uninstall:
 
 clean:
 	rm -rf .build .build-fuzz Benchmarks/bin
+
+# The Debian package: packaging/deb/build.sh builds the release binary (Swift
+# runtime linked statically), the man pages and completions from the argument
+# parser, and .build/deb/vxlan-agent_<version>_<arch>.deb with dpkg-deb; lintian
+# must report no error (its warnings are explained in Docs/operations.md).
+DEB_PACKAGES := $(BUILD_PACKAGES) dpkg-dev lintian binutils
+
+.PHONY: deb deps-deb
+deps-deb:
+	$(call ensure_packages,$(DEB_PACKAGES))
+
+deb: deps-deb
+	SWIFT=$(SWIFT) bash packaging/deb/build.sh .build/deb
+	lintian --fail-on error --info .build/deb/vxlan-agent_*.deb
+
+# The package test (Tests/EndToEndTests/PackageTests.swift) runs the same script,
+# in its own build directory (.build-deb: `swift test` holds .build's lock).
+TEST_PACKAGES += dpkg-dev lintian binutils
+
+.PHONY: clean-deb
+clean: clean-deb
+clean-deb:
+	rm -rf .build-deb

@@ -83,6 +83,7 @@ let package = Package(
         ]),
         .executableTarget(name: "vxlan-agent", dependencies: [
             "Agent", "Daemon", "Model", "Reconcile", "Registry", "Dataplane",
+            "Netlink", "CLibMnl", // interface selection's route lookups (vxlan-agent flanneld)
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

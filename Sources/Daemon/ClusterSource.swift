@@ -85,7 +85,8 @@ public final class EtcdSource: ClusterSource {
     public func started() throws -> EtcdSource {
         EtcdSource(config: config, settings: settings, node: node, publicIP: publicIP, log: log,
                    registry: try EtcdRegistry(settings: settings, node: node, publicIP: publicIP, ttl: config.daemon.leaseTTL,
-                                              subnetFile: config.daemon.subnetFile, log: log))
+                                              subnetFile: config.daemon.subnetFile, log: log,
+                                              renewMargin: config.daemon.leaseRenewMargin))
     }
 
     public func run(emit: @escaping @Sendable (RegistryEvent) -> Void) async {

@@ -28,6 +28,12 @@ public final class Daemon: @unchecked Sendable {
         /// The first wait before a pass is tried again after changes failed or the
         /// lock was busy; doubled for each pass that fails again, up to 5 s.
         public var retryDelay: Duration = .milliseconds(100)
+        /// A configuration made elsewhere (`vxlan-agent flanneld`'s command line)
+        /// instead of the file at `configPath`; SIGHUP then has nothing to reload.
+        public var preloaded: AgentConfig?
+        /// Applied to every configuration read (at start and on SIGHUP): the
+        /// command resolves the file's interface selection on the kernel here.
+        public var prepare: (@Sendable (AgentConfig) throws -> AgentConfig)?
 
         public init(configPath: String, node: String?, lockPath: String) {
             self.configPath = configPath
@@ -60,7 +66,8 @@ public final class Daemon: @unchecked Sendable {
     public init(options: Options, log: Logger) throws {
         self.options = options
         self.log = log
-        config = try AgentConfig.load(path: options.configPath)
+        let loaded = try options.preloaded ?? AgentConfig.load(path: options.configPath)
+        config = try options.prepare?(loaded) ?? loaded
         node = AgentConfig.nodeName(flag: options.node, config: config)
         (events, continuation) = AsyncStream.makeStream(of: Event.self)
     }
@@ -78,7 +85,7 @@ public final class Daemon: @unchecked Sendable {
         if let address = config.daemon.metricsAddress {
             do {
                 let server = try await StatusServer.start(host: address.host, port: address.port, metrics: metrics)
-                log.info("serving /healthz and /metrics", metadata: ["address": "\(address)"])
+                log.info("serving /healthz, /readyz and /metrics", metadata: ["address": "\(address)"])
                 services.append(.init(service: StatusService(server: server)))
             } catch {
                 log.error("\(error)")
@@ -204,9 +211,14 @@ public final class Daemon: @unchecked Sendable {
     }
 
     func reload() {
+        if options.preloaded != nil {
+            log.info("SIGHUP: the configuration comes from the command line; nothing to reload")
+            return
+        }
         var next: AgentConfig
         do {
             next = try AgentConfig.load(path: options.configPath)
+            if let prepare = options.prepare { next = try prepare(next) }
         } catch {
             log.error("reload failed; keeping the running configuration", metadata: ["error": "\(error)"])
             return

@@ -125,12 +125,16 @@ public final class EtcdRegistry: Sendable {
     let node: String
     let publicIP: IPv4Address
     let ttl: Int64
+    /// Seconds before the lease runs out that it is renewed (flanneld: --subnet-lease-renew-margin).
+    let renewMargin: Int64
     let subnetFile: String
     let log: Logger
     let own = Mutex<OwnLease?>(nil)
 
-    public init(settings: EtcdSettings, node: String, publicIP: IPv4Address, ttl: Int64, subnetFile: String, log: Logger) throws {
+    public init(settings: EtcdSettings, node: String, publicIP: IPv4Address, ttl: Int64, subnetFile: String, log: Logger,
+                renewMargin: Int64 = 3600) throws {
         self.client = try makeEtcdClient(settings)
+        self.renewMargin = renewMargin
         self.settings = settings
         self.node = node
         self.publicIP = publicIP
@@ -158,7 +162,7 @@ public final class EtcdRegistry: Sendable {
     /// that fails while etcd is away is tried again every second, not a period
     /// later, so an outage shorter than what is left of the TTL costs nothing.
     func renew() async {
-        let period = Duration.seconds(max(ttl - min(3600, ttl * 2 / 3), 1))
+        let period = Duration.seconds(max(ttl - min(renewMargin, ttl * 2 / 3), 1))
         var wait = period
         while !Task.isCancelled {
             try? await Task.sleep(for: wait)

@@ -117,6 +117,22 @@ public final class Metrics: Sendable {
         }
     }
 
+    /// /readyz: 200 once the registry gave this node its place in the cluster
+    /// (with etcd: the lease is held) and the first sync was applied; it stays
+    /// ready after that (a later failure is /healthz's to report). 503 with the
+    /// reason before.
+    public func readiness() -> (ok: Bool, text: String) {
+        read { s in
+            guard s.registryReady else {
+                return (false, "not ready: waiting for the registry (no lease yet): \(s.registryError ?? s.lastError ?? "starting")\n")
+            }
+            guard s.lastSuccess != nil else {
+                return (false, "not ready: the first sync has not been applied yet: \(s.lastError ?? "starting")\n")
+            }
+            return (true, "ready: subnet \(s.subnet ?? "?"), \(s.peers) peers\n")
+        }
+    }
+
     /// The Prometheus text exposition (format 0.0.4) of this daemon's registry.
     public func render() -> String {
         recordTunnel()

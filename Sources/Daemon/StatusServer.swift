@@ -2,7 +2,7 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// Serves GET /healthz and GET /metrics over HTTP/1.1; one response per
+/// Serves GET /healthz, GET /readyz and GET /metrics over HTTP/1.1; one response per
 /// connection. Nothing else: it listens on loopback by default. /metrics is
 /// the exposition of the daemon's `PrometheusCollectorRegistry` (`Metrics.registry`).
 public final class StatusServer: Sendable {
@@ -61,18 +61,22 @@ final class StatusHandler: ChannelInboundHandler {
             let health = metrics.health()
             status = health.ok ? .ok : .serviceUnavailable
             body = ByteBuffer(string: health.text)
+        case (.GET, "/readyz"), (.HEAD, "/readyz"):
+            let ready = metrics.readiness()
+            status = ready.ok ? .ok : .serviceUnavailable
+            body = ByteBuffer(string: ready.text)
         case (.GET, "/metrics"), (.HEAD, "/metrics"):
             // The registry's own exposition, as swift-prometheus writes it (the
             // data path's counters taken in first: they move with every packet).
             metrics.recordTunnel()
             body = ByteBuffer(bytes: metrics.registry.emitToBuffer())
             type = "text/plain; version=0.0.4; charset=utf-8"
-        case (_, "/healthz"), (_, "/metrics"):
+        case (_, "/healthz"), (_, "/readyz"), (_, "/metrics"):
             status = .methodNotAllowed
             body = ByteBuffer(string: "GET only\n")
         default:
             status = .notFound
-            body = ByteBuffer(string: "not found: try /healthz or /metrics\n")
+            body = ByteBuffer(string: "not found: try /healthz, /readyz or /metrics\n")
         }
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: type)

@@ -96,6 +96,9 @@ public struct DaemonSettings: Sendable, Hashable {
     public var resyncInterval: Duration = .seconds(60)
     /// The TTL of this node's etcd lease; renewed well before it runs out.
     public var leaseTTL: Int64 = 86_400
+    /// How long before it runs out the lease is renewed, in seconds (flanneld's
+    /// --subnet-lease-renew-margin, 60 minutes); at most two thirds of the TTL.
+    public var leaseRenewMargin: Int64 = 3600
 
     public init() {}
 
@@ -126,6 +129,11 @@ public struct AgentConfig: Sendable, Hashable {
     public var publicIP: IPv4Address?
     /// The underlay interface (default: the one holding the public IP).
     public var interface: String?
+    /// Instead of `interface`: choose it as flanneld does (`interfaces`,
+    /// `interfaceRegex`, `interfaceCanReach`: flanneld's --iface, --iface-regex,
+    /// --iface-can-reach). `resolvingInterface(on:)` turns it into `interface`
+    /// (and, with etcd and no publicIP, the public IP) when the kernel is at hand.
+    public var interfaceSelection: InterfaceSelection?
     /// nil: nexthop objects where the kernel has them, classic routes otherwise.
     public var routeLayout: RouteLayout?
     /// Overrides the device name `flannel.<VNI>`.
@@ -134,6 +142,7 @@ public struct AgentConfig: Sendable, Hashable {
 
     static let topLevelKeys: Set<String> = [
         "node", "network", "nodes", "routeLayout", "device", "etcd", "kubernetes", "publicIP", "interface",
+        "interfaces", "interfaceRegex", "interfaceCanReach",
         "subnetFile", "cniConfFile", "cniBridge", "ipMasq", "metricsAddress", "resyncInterval", "leaseTTL",
     ]
     static let nodeKeys: Set<String> = ["name", "publicIP", "subnet", "vtepMAC", "interface"]
@@ -283,6 +292,7 @@ public struct AgentConfig: Sendable, Hashable {
         if let deviceName, let problem = interfaceNameProblem(deviceName) { throw root.error("device", problem) }
         let interface = try root.string("interface")
         if let interface, let problem = interfaceNameProblem(interface) { throw root.error("interface", problem) }
+        let selection = try parseInterfaceSelection(root, interface: interface)
         let daemon = try parseDaemon(root)
         let node = try root.string("node")
         if let node, let problem = nodeNameProblem(node) { throw root.error("node", problem) }
@@ -297,7 +307,8 @@ public struct AgentConfig: Sendable, Hashable {
             // publicIP is optional: without it, the Node's public-ip-overwrite
             // annotation, then its first InternalIP, name this node's address.
             var config = AgentConfig(source: source, node: node, network: nil, nodes: [], etcd: nil, publicIP: publicIP,
-                                     interface: interface, routeLayout: routeLayout, deviceName: deviceName, daemon: daemon)
+                                     interface: interface, interfaceSelection: selection, routeLayout: routeLayout,
+                                     deviceName: deviceName, daemon: daemon)
             config.kubernetes = try parseKubernetes(kubeFields)
             return Staged(partial: config, entries: [], rangeGiven: false)
         }
@@ -306,10 +317,14 @@ public struct AgentConfig: Sendable, Hashable {
             if root.has("network") {
                 throw root.error("network", "comes from etcd (<prefix>/config) when the registry is etcd; remove it here")
             }
-            guard let publicIP else { throw root.error("publicIP", "is required with the etcd registry (this node's underlay address)") }
+            guard publicIP != nil || selection != nil else {
+                // The text stays as it was (tests and scripts match it); Docs/configuration.md
+                // says that interfaces, interfaceRegex or interfaceCanReach may choose it instead.
+                throw root.error("publicIP", "is required with the etcd registry (this node's underlay address)")
+            }
             let config = AgentConfig(source: source, node: node, network: nil, nodes: [], etcd: try parseEtcd(etcdFields),
-                                     publicIP: publicIP, interface: interface, routeLayout: routeLayout, deviceName: deviceName,
-                                     daemon: daemon)
+                                     publicIP: publicIP, interface: interface, interfaceSelection: selection, routeLayout: routeLayout,
+                                     deviceName: deviceName, daemon: daemon)
             return Staged(partial: config, entries: [], rangeGiven: false)
         }
         guard let networkFields = try root.object("network") else { throw root.error("network", "is required") }
@@ -319,7 +334,8 @@ public struct AgentConfig: Sendable, Hashable {
         guard let entries = raw.nodes else { throw root.error("nodes", "is required") }
         guard !entries.isEmpty else { throw root.error("nodes", "is empty: list at least this node") }
         let config = AgentConfig(source: source, node: node, network: network, nodes: [], etcd: nil, publicIP: publicIP,
-                                 interface: interface, routeLayout: routeLayout, deviceName: deviceName, daemon: daemon)
+                                 interface: interface, interfaceSelection: selection, routeLayout: routeLayout, deviceName: deviceName,
+                                 daemon: daemon)
         return Staged(partial: config, entries: entries, rangeGiven: rangeGiven)
     }
 
@@ -389,6 +405,52 @@ public struct AgentConfig: Sendable, Hashable {
             nodes.append(InventoryNode(record: record, interface: nodeInterface))
         }
         return nodes
+    }
+
+    /// `interfaces` (names or addresses), `interfaceRegex` (regular expressions),
+    /// `interfaceCanReach` (an IPv4 address): flanneld's --iface, --iface-regex,
+    /// --iface-can-reach, tried in that order. Not with `interface`.
+    static func parseInterfaceSelection(_ root: JSONFields, interface: String?) throws(ConfigError) -> InterfaceSelection? {
+        let names = try root.strings("interfaces") ?? []
+        let regexes = try root.strings("interfaceRegex") ?? []
+        let canReach = try root.string("interfaceCanReach")
+        guard !names.isEmpty || !regexes.isEmpty || canReach != nil else {
+            for key in ["interfaces", "interfaceRegex"] where root.has(key) { throw root.error(key, "is empty: list at least one, or remove it") }
+            return nil
+        }
+        if interface != nil {
+            let key = !names.isEmpty ? "interfaces" : !regexes.isEmpty ? "interfaceRegex" : "interfaceCanReach"
+            throw root.error(key, "cannot be used with \"interface\": name the interface, or let \(key) choose it")
+        }
+        for (index, name) in names.enumerated() where IPv4Address(name) == nil {
+            if let problem = interfaceNameProblem(name) { throw root.error("interfaces[\(index)]", "\(problem), nor an IPv4 address") }
+        }
+        for (index, pattern) in regexes.enumerated() {
+            do { _ = try Regex(pattern) } catch {
+                throw root.error("interfaceRegex[\(index)]", "\(quoted(pattern)) is not a regular expression: \(error)")
+            }
+        }
+        if let canReach, IPv4Address(canReach) == nil {
+            throw root.error("interfaceCanReach", "\(quoted(canReach)) is not an IPv4 address")
+        }
+        return InterfaceSelection(names: names, regexes: regexes, canReach: canReach)
+    }
+
+    /// The configuration with `interfaceSelection` resolved on `host`: `interface`
+    /// set to the chosen one, and (with etcd and no `publicIP`) the public IP set to
+    /// its address. Unchanged without a selection. The error names the file.
+    public func resolvingInterface(on host: @autoclosure () throws -> HostNetwork) throws -> AgentConfig {
+        guard let selection = interfaceSelection else { return self }
+        let choice: InterfaceSelection.Choice
+        do {
+            choice = try selection.choose(on: try host())
+        } catch {
+            throw ConfigError(source: source, field: "interfaces", message: "\(error)")
+        }
+        var resolved = self
+        resolved.interface = choice.interface.name
+        if etcd != nil && publicIP == nil { resolved.publicIP = choice.address }
+        return resolved
     }
 
     /// A node's string fields, read in one pass.

@@ -28,7 +28,7 @@ struct Cleanup: AsyncParsableCommand {
 
     func run() async throws {
         try await guarded {
-            let (config, nodeName) = try options.load()
+            let (config, nodeName) = try options.load(strict: false)
             let deviceName = try await deviceName(config)
             let lock = dryRun ? nil : try options.lock()
             defer { withExtendedLifetime(lock) {} }

@@ -26,8 +26,13 @@ struct ConfigOptions: ParsableArguments {
         if config.isEmpty { throw ValidationError("--config must name a file") }
     }
 
-    func load() throws -> (AgentConfig, String) {
-        let config = try AgentConfig.load(path: self.config)
+    /// The file, with its interface selection (`interfaces`, `interfaceRegex`,
+    /// `interfaceCanReach`) resolved on this host's kernel; `strict: false` keeps
+    /// the file as it is when that fails (cleanup must work without the underlay).
+    func load(strict: Bool = true) throws -> (AgentConfig, String) {
+        let file = try AgentConfig.load(path: self.config)
+        let config = strict ? try file.resolvingInterface(on: try HostNetworkReader.read())
+            : ((try? file.resolvingInterface(on: try HostNetworkReader.read())) ?? file)
         return (config, nodeName(config))
     }
 

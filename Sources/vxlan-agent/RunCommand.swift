@@ -31,8 +31,10 @@ struct Run: AsyncParsableCommand {
         let log = Logger(label: "vxlan-agent")
         let daemon: Daemon
         do {
-            daemon = try Daemon(options: .init(configPath: options.config, node: options.node,
-                                               lockPath: options.lockFile ?? SyncLock.defaultPath), log: log)
+            var daemonOptions = Daemon.Options(configPath: options.config, node: options.node,
+                                               lockPath: options.lockFile ?? SyncLock.defaultPath)
+            daemonOptions.prepare = { try $0.resolvingInterface(on: try HostNetworkReader.read()) }
+            daemon = try Daemon(options: daemonOptions, log: log)
         } catch {
             log.critical("cannot start", metadata: ["error": "\(error)"])
             throw ExitCode(ExitStatus.error)

@@ -91,7 +91,10 @@ func runSync(options: ConfigOptions, dryRun: Bool, output: OutputFormat, verbose
     }
     let early = observeEarly(staged: staged, nodeName: nodeName, layout: layout, options: options, dryRun: dryRun)
     let observed = ContinuousClock.now
-    let (config, validating) = try await validation.value
+    let (validated, validating) = try await validation.value
+    // `interfaces`, `interfaceRegex`, `interfaceCanReach` chosen on this host's kernel
+    // (the early read then does not match, and the kernel is read again for the choice).
+    let config = try validated.resolvingInterface(on: try HostNetworkReader.read())
     let loaded = ContinuousClock.now
 
     let source = try clusterSource(config: config, node: nodeName, log: Logger(label: "vxlan-agent"))

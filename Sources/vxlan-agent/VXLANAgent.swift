@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 
 /// Exit codes, documented in Docs/operations.md.
 enum ExitStatus {
@@ -26,6 +27,20 @@ struct VXLANAgent: AsyncParsableCommand {
         changes failed, 75 another sync holds the lock. See Docs/operations.md.
         """,
         version: version,
-        subcommands: [Sync.self, Diff.self, Run.self, Cleanup.self, Version.self]
+        subcommands: [Sync.self, Diff.self, Run.self, Cleanup.self, Version.self, FlanneldCommand.self, InterfaceCommand.self]
     )
+
+    /// Started as `flanneld` (a symlink), or as `vxlan-agent flanneld ...`: flanneld's
+    /// command line, read with Go's flag syntax, not ArgumentParser's.
+    static func main() async {
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if FlanneldLauncher.startedAsFlanneld {
+            Foundation.exit(await FlanneldLauncher.run(program: "flanneld", arguments: arguments, environment: ProcessInfo.processInfo.environment))
+        }
+        if arguments.first == "flanneld" {
+            Foundation.exit(await FlanneldLauncher.run(program: "vxlan-agent flanneld", arguments: Array(arguments.dropFirst()),
+                                            environment: ProcessInfo.processInfo.environment))
+        }
+        await Self.main(nil)
+    }
 }
