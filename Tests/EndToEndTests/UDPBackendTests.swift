@@ -16,7 +16,7 @@ struct UDPBackendTests {
         for host in 1...3 { try cluster.start(host) }
         try cluster.waitUntil("every daemon's data path runs") {
             (1...3).allSatisfy { cluster.log($0).contains("udp data path started") }
-                && (1...3).allSatisfy { FileManager.default.fileExists(atPath: "\(cluster.hostDirectory($0))/subnet.env") }
+                && (1...3).allSatisfy { FileManager.default.fileExists(atPath: "\(cluster.hostDirectory($0))/cni.conflist") }
         }
         // flanneld's udp lease: no BackendType, no BackendData.
         let leases = try cluster.leases()
@@ -135,7 +135,11 @@ struct UDPBackendTests {
         let cluster = try DaemonCluster(hosts: 2, network: Self.network)
         defer { cluster.close() }
         for host in 1...2 { try cluster.start(host) }
-        try cluster.waitUntil("both data paths run") { (1...2).allSatisfy { cluster.log($0).contains("udp data path started") } }
+        // The data path starts in the first full pass, just before subnet.env and the CNI configuration are written.
+        try cluster.waitUntil("both data paths run and their files are written") {
+            (1...2).allSatisfy { cluster.log($0).contains("udp data path started")
+                && FileManager.default.fileExists(atPath: "\(cluster.hostDirectory($0))/cni.conflist") }
+        }
         let pods = try (1...2).map(cluster.addPod)
         func pings() throws -> Bool { try run("ip netns exec \(cluster.ns(1))-p1 ping -c 1 -W 1 \(pods[1])").status == 0 }
         try cluster.waitUntil("pods ping") { try pings() }
