@@ -7,8 +7,8 @@ import Registry
 import Synchronization
 import Testing
 
-/// Waits (generously) until `condition` holds.
-func eventually(_ what: String, seconds: Double = 20, _ condition: () throws -> Bool) async throws {
+/// Waits (generously: under the whole suite on 2 cores, 20 s was once not enough for a first list) until `condition` holds.
+func eventually(_ what: String, seconds: Double = 60, _ condition: () throws -> Bool) async throws {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
         if try condition() { return }
