@@ -19,7 +19,7 @@ import Glibc
 /// breaks, a dump is interrupted. Everything above the socket (batching, ACK
 /// matching, dump retries, the phases of `Dataplane.apply` and its dependency
 /// skipping) meets the failure as it would in production.
-@Suite("Sync over a faulty netlink transport", kernelTests)
+@Suite("Sync over a faulty netlink transport", kernelTests, .blocking)
 struct FaultInjectionTests {
     /// node-1 of `inventory(peers:skip:)`, with its route layout.
     static func syncer(peers: Int, skip: Set<Int> = [], layout: RouteLayout? = .nexthop) throws -> Syncer {
@@ -381,7 +381,7 @@ final class RandomSource {
 /// when it must) over the same faulty transport: leases come and go while the
 /// kernel refuses requests and exchanges break; once the failures stop, the
 /// daemon's own passes converge, and the kernel is what a clean sync leaves.
-@Suite("The daemon's passes over a faulty netlink transport", kernelTests)
+@Suite("The daemon's passes over a faulty netlink transport", kernelTests, .blocking)
 struct LiveSyncFaultTests {
     @Test("random lease changes under random failures converge within 3 clean passes")
     func leasesUnderFailures() throws {

@@ -10,7 +10,7 @@ import TestSupport
 /// The Dataplane layer alone against the real kernel, each test in a private
 /// namespace with a veth pair as underlay. Everything read back through our
 /// snapshot is checked again, independently, with `ip -j` and `bridge -j`.
-@Suite("Dataplane on a real kernel", kernelTests)
+@Suite("Dataplane on a real kernel", kernelTests, .blocking)
 struct KernelTests {
     static let proto: UInt8 = 152
     /// Failures in the plan's words, as `sync` prints them.

@@ -6,7 +6,7 @@ import TestSupport
 /// namespace for `sync` (routes, skips, switching backends, repair), the
 /// daemon re-deciding a peer's side when the underlay's routes change, and a
 /// segment of three hosts with real pods and daemons against etcd.
-@Suite("host-gw and DirectRouting on a real kernel", kernelTests, .serialized)
+@Suite("host-gw and DirectRouting on a real kernel", kernelTests, .blocking, .serialized)
 struct BackendTests {
     /// An inventory for node-1 (198.18.0.1 on eth0's 198.18.0.0/24) with peers
     /// 198.18.0.2-3 on the segment and 198.19.0.4 behind a router (198.18.0.254).

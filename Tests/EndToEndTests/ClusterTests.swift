@@ -4,7 +4,7 @@ import TestSupport
 
 /// The demo's cluster as a test: three hosts, two real CNI pods each, pings
 /// across VXLAN, a host leaving the inventory.
-@Suite("a cluster of namespaces with real CNI pods", kernelTests)
+@Suite("a cluster of namespaces with real CNI pods", kernelTests, .blocking)
 struct ClusterTests {
     @Test("make demo passes: every pod reaches every pod on the other hosts, a removed host's routes are gone")
     func demo() throws {
@@ -21,7 +21,7 @@ struct ClusterTests {
     }
 }
 
-@Suite("the benchmark harness", kernelTests)
+@Suite("the benchmark harness", kernelTests, .blocking)
 struct BenchmarkSmokeTests {
     @Test("make bench's harness runs at N = 100 and reports zero writes for a no-op sync")
     func smoke() throws {

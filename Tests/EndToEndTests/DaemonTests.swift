@@ -197,7 +197,7 @@ func flannelLease(_ ip: String, mac: String, vni: Int = 1) -> String {
 /// The MAC vxlan-agent derives for 198.18.0.N and VNI 1.
 func derivedMAC(_ host: Int) -> String { String(format: "0e:01:c6:12:00:%02x", host) }
 
-@Suite("vxlan-agent run: daemons against a real etcd", kernelTests, .serialized)
+@Suite("vxlan-agent run: daemons against a real etcd", kernelTests, .blocking, .serialized)
 struct DaemonTests {
     @Test("three daemons: distinct leases in flannel's format, pods ping across hosts, a node joins and leaves, a flanneld lease is programmed")
     func threeDaemons() throws {

@@ -159,7 +159,7 @@ final class EtcdTrio {
     }
 }
 
-@Suite("vxlan-agent run against a 3-member etcd cluster", kernelTests, .serialized)
+@Suite("vxlan-agent run against a 3-member etcd cluster", kernelTests, .blocking, .serialized)
 struct EtcdClusterTests {
     @Test("leader killed, the agent's member partitioned, all three restarted: the agent keeps its lease, keeps watching, loses no update, and health and metrics tell the truth")
     func threeMembers() throws {

@@ -3,7 +3,7 @@ import Testing
 import TestSupport
 
 /// `vxlan-agent interface`: flanneld's interface selection against a real kernel.
-@Suite("interface selection in a namespace", kernelTests)
+@Suite("interface selection in a namespace", kernelTests, .blocking)
 struct InterfaceSelectionKernelTests {
     /// eth0 198.18.0.1/24 with the default route; eth2 198.19.0.1/24 (and a second
     /// address) with a route to 198.19.64.0/18 behind 198.19.0.254.
@@ -84,7 +84,7 @@ struct InterfaceSelectionKernelTests {
 
 /// The binary started as `flanneld` (a symlink) with flanneld's flags, beside a
 /// `vxlan-agent run`, against one etcd.
-@Suite("flanneld's command line against a real etcd", kernelTests, .serialized)
+@Suite("flanneld's command line against a real etcd", kernelTests, .blocking, .serialized)
 struct FlanneldDaemonTests {
     @Test("started as flanneld with flanneld's flags and FLANNELD_IFACE: it takes a lease, programs the peer, writes flanneld's subnet.env, serves /readyz")
     func dropIn() throws {

@@ -7,7 +7,7 @@ import TestSupport
 /// as `diff` against one host that a good inventory programmed once. Every case
 /// must exit as expected, name the file or field at fault, and leave the kernel
 /// byte for byte as it was.
-@Suite("hostile inventories: refused with the field named, the kernel untouched", kernelTests)
+@Suite("hostile inventories: refused with the field named, the kernel untouched", kernelTests, .blocking)
 struct HostileInventoryTests {
     enum Family: String, CaseIterable, Sendable {
         case json = "JSON syntax", types = "wrong types", network = "network config", nodes, files, cli = "CLI flags", peers = "skipped peers"

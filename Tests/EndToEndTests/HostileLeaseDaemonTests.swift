@@ -6,7 +6,7 @@ import TestSupport
 /// etcd and a real kernel: every hostile lease written in one transaction next to
 /// two good ones, with `vxlan-agent run` watching, restarted (the list path), and
 /// `diff`/`sync` reading the same etcd.
-@Suite("hostile leases in etcd: vxlan-agent run, diff and sync", kernelTests, .serialized)
+@Suite("hostile leases in etcd: vxlan-agent run, diff and sync", kernelTests, .blocking, .serialized)
 struct HostileLeaseDaemonTests {
     /// Writes `entries` in one etcd transaction (the JSON gateway, keys and values base64).
     func put(_ cluster: DaemonCluster, _ entries: [HostileLeases.Entry]) throws {

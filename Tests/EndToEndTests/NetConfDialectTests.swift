@@ -6,7 +6,7 @@ import TestSupport
 /// reads it (Go's encoding/json), so a cluster of flanneld and vxlan-agent nodes
 /// agrees on it: of duplicate keys the last wins, and keys match case-insensitively.
 /// (In our own files a duplicate key is an error: HostileInventoryTests.)
-@Suite("net-conf in etcd, read as flanneld reads it", kernelTests, .serialized)
+@Suite("net-conf in etcd, read as flanneld reads it", kernelTests, .blocking, .serialized)
 struct NetConfDialectTests {
     @Test("duplicate and lower-case keys in <prefix>/config: the last wins (VNI 7), as in flanneld; daemons program each other on flannel.7")
     func lastKeyWins() throws {

@@ -5,7 +5,7 @@ import TestSupport
 /// `make deb`'s script, end to end: it builds the package (in .build-deb: `swift
 /// test` holds .build's lock), lintian finds no error, and the package unpacked
 /// into a throwaway root runs from there, as vxlan-agent and as flanneld.
-@Suite("the Debian package", .serialized)
+@Suite("the Debian package", .serialized, .blocking)
 struct PackageTests {
     @Test("packaging/deb/build.sh: a .deb with the binary, units, man pages, completions, conffiles and Depends on Debian's libraries only; lintian: no errors; --version runs from a dpkg -x root")
     func package() throws {

@@ -6,7 +6,7 @@ import TestSupport
 /// kernel tampering: what a process that is killed, stopped, raced or
 /// signalled leaves behind is completed by the next run, and a running daemon
 /// repairs what `sync` repairs.
-@Suite("Hardening: process faults, and the daemon repairs tampering", kernelTests)
+@Suite("Hardening: process faults, and the daemon repairs tampering", kernelTests, .blocking)
 struct ProcessFaultTests {
     /// A `vxlan-agent run` on a static inventory in `host`, logging to a file.
     final class Daemon {

@@ -21,7 +21,7 @@ func heal(_ ns: String) {
     _ = try? run("ip netns exec \(ns) nft delete table inet vxa-partition")
 }
 
-@Suite("vxlan-agent run: registry faults against a real etcd", kernelTests, .serialized)
+@Suite("vxlan-agent run: registry faults against a real etcd", kernelTests, .blocking, .serialized)
 struct RegistryFaultTests {
     @Test("a silent partition from etcd (drops both ways; etcd gives up on the connection, its RST lost) is noticed: registry_connected 0, /healthz 503; healed, a lease written meanwhile is programmed")
     func silentPartition() throws {

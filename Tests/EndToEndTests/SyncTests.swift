@@ -3,7 +3,7 @@ import Testing
 import TestSupport
 
 /// `vxlan-agent sync` and its dry-run against the real kernel, one host namespace each.
-@Suite("sync on a real kernel", kernelTests)
+@Suite("sync on a real kernel", kernelTests, .blocking)
 struct SyncTests {
     @Test("a sync programs every peer; a second sync issues zero kernel writes and the kernel sees no event")
     func noopSyncWritesNothing() throws {

@@ -7,7 +7,7 @@ import TestSupport
 /// attribute the kernel reports, drifted. For each: `diff` names the change
 /// (exit 2), one `sync` repairs it (exit 0), the next `diff` is empty, and what
 /// `ip`/`bridge` show is byte for byte what it was after the first sync.
-@Suite("Hardening: kernel tampering is seen and repaired", kernelTests)
+@Suite("Hardening: kernel tampering is seen and repaired", kernelTests, .blocking)
 struct TamperingTests {
     struct Case: Sendable, CustomStringConvertible {
         var description: String

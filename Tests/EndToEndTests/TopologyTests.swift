@@ -6,7 +6,7 @@ import TestSupport
 /// Tests/cluster/cluster.sh's topologies, which issue 11's tests stand on: a
 /// segment of hosts, and segments joined by a router, where a route lookup of
 /// a host on the other segment has a gateway and one on the same segment has none.
-@Suite("cluster.sh: segments and a router", kernelTests)
+@Suite("cluster.sh: segments and a router", kernelTests, .blocking)
 struct TopologyTests {
     static let counter = Mutex(0)
     static let script = "\(packageRoot)/Tests/cluster/cluster.sh"

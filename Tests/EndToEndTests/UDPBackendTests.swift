@@ -4,7 +4,7 @@ import TestSupport
 
 /// flannel's udp backend end to end: daemons against etcd, the data path in
 /// user space between real CNI pods.
-@Suite("the udp backend: flannel0 and the data path in user space", kernelTests, .serialized)
+@Suite("the udp backend: flannel0 and the data path in user space", kernelTests, .blocking, .serialized)
 struct UDPBackendTests {
     static let network = #"{"Network": "10.244.0.0/16", "Backend": {"Type": "udp"}}"#
 

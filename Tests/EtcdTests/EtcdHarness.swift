@@ -198,7 +198,8 @@ final class EtcdServer: Sendable {
         var last = ""
         while ContinuousClock.now < deadline {
             guard let pid = pid.withLock({ $0 }), Glibc.kill(pid, 0) == 0 else { break }
-            let (status, output) = try run(etcdctl + ["endpoint", "health"])
+            let argv = etcdctl + ["endpoint", "health"]
+            let (status, output) = try await offThePool { try run(argv) }   // etcdctl takes ~0.1 s: not on a cooperative thread
             // Healthy, and it is ours: a port found free can be taken by another
             // test's etcd first; ours then exits (address in use) while that one answers.
             if status == 0 {

@@ -8,7 +8,7 @@ import TestSupport
 // the test's own (`ip netns exec NS` in front of nft: the root namespace's
 // firewall is never touched).
 
-@Suite("Masquerade: nft through swift-subprocess", kernelTests)
+@Suite("Masquerade: nft through swift-subprocess", kernelTests, .blocking)
 struct MasqueradeTests {
     static let network = IPv4Prefix("10.244.0.0/16")!
 

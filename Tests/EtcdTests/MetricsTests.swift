@@ -8,7 +8,7 @@ import Tunnel
 // metric Docs/operations.md lists, with its type, and the values the daemon
 // recorded. Each Metrics has a registry of its own.
 
-@Suite("/metrics: swift-metrics into the daemon's own Prometheus registry")
+@Suite("/metrics: swift-metrics into the daemon's own Prometheus registry", .blocking)
 struct MetricsTests {
     /// What two reconcile passes and a registry blip leave behind.
     static func recorded() -> Metrics {

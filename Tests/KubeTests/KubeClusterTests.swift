@@ -32,7 +32,7 @@ private func inNamespace<T: Sendable>(_ name: String, _ body: @escaping @Sendabl
 /// kubernetes registry against the fake API server, which listens in the
 /// underlay namespace on 198.18.0.254: the agents annotate their Nodes, read
 /// each other's, and the pods ping across every backend.
-@Suite("vxlan-agent run against the fake Kubernetes API, in a cluster of namespaces", kernelTests, .serialized)
+@Suite("vxlan-agent run against the fake Kubernetes API, in a cluster of namespaces", kernelTests, .blocking, .serialized)
 struct KubeClusterTests {
     static let counter = Mutex(0)
 

@@ -45,7 +45,7 @@ struct KubeCertificates {
 /// The client over TLS: the cluster CA from the kubeconfig (inline data), the
 /// client certificate from files next to it, and a server whose CA is not the
 /// kubeconfig's refused.
-@Suite(.serialized) struct KubeTLSTests {
+@Suite(.serialized, .blocking) struct KubeTLSTests {
     @Test func kubeconfigWithCADataAndClientCertificate() async throws {
         let directory = NSTemporaryDirectory() + "vxa-kube-tls-\(getpid())-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

@@ -87,7 +87,7 @@ func inNamespace<T>(_ namespace: String, _ body: @escaping @Sendable () throws -
     return try box.result!.get()
 }
 
-@Suite("the udp backend's data path between two namespaces", kernelTests, .serialized)
+@Suite("the udp backend's data path between two namespaces", kernelTests, .blocking, .serialized)
 struct TunnelKernelTests {
     @Test("ping both ways; TCP moves 64 KiB writes as merged segments; every packet counted")
     func pingAndTCP() throws {
