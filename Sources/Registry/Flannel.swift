@@ -144,53 +144,6 @@ public struct LeaseKeySubnets: Sendable, Hashable {
     }
 }
 
-/// An IPv6 address (from flannel's dual-stack leases; nothing programs it yet).
-public struct IPv6Address: Hashable, Sendable, CustomStringConvertible {
-    public var high: UInt64
-    public var low: UInt64
-
-    public init(high: UInt64, low: UInt64) {
-        self.high = high
-        self.low = low
-    }
-
-    /// Parses IPv6 text as inet_pton does (`fd00::3`, `::ffff:198.18.0.1`).
-    public init?(_ text: some StringProtocol) {
-        var storage = in6_addr()
-        let parsed = String(text).withCString { inet_pton(AF_INET6, $0, &storage) }
-        guard parsed == 1 else { return nil }
-        let bytes = withUnsafeBytes(of: storage) { Array($0) }
-        high = bytes[0..<8].reduce(0) { $0 << 8 | UInt64($1) }
-        low = bytes[8..<16].reduce(0) { $0 << 8 | UInt64($1) }
-    }
-
-    public var bytes: [UInt8] {
-        (0..<8).map { UInt8(high >> (56 - 8 * UInt64($0)) & 0xff) } + (0..<8).map { UInt8(low >> (56 - 8 * UInt64($0)) & 0xff) }
-    }
-
-    /// RFC 5952 text, as inet_ntop writes it.
-    public var description: String {
-        var storage = in6_addr()
-        withUnsafeMutableBytes(of: &storage) { $0.copyBytes(from: bytes) }
-        var buffer = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
-        guard inet_ntop(AF_INET6, &storage, &buffer, socklen_t(buffer.count)) != nil else { return "?" }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-}
-
-/// An IPv6 prefix as a lease key writes it (`fd00:10:244:d::/64`).
-public struct IPv6Prefix: Hashable, Sendable, CustomStringConvertible {
-    public var address: IPv6Address
-    public var length: UInt8
-
-    public init(_ address: IPv6Address, _ length: UInt8) {
-        self.address = address
-        self.length = length
-    }
-
-    public var description: String { "\(address)/\(length)" }
-}
-
 /// What a flannel lease says about its node (`LeaseAttrs` with the vxlan
 /// backend's `BackendData`).
 public struct LeaseAttributes: Sendable, Hashable {
