@@ -150,6 +150,13 @@ public struct MACAddress: Hashable, Comparable, Sendable, TextCodable {
         MACAddress(value: 0x0e << 40 | UInt64(vni & 0xff) << 32 | UInt64(publicIP.value))
     }
 
+    /// The stable VTEP MAC of a node's IPv6 device (`flannel-v6.<VNI>`): `0a:VV:`
+    /// and the last four bytes of its public IPv6 address (another first byte
+    /// than the IPv4 device's, so the two devices of one node never share a MAC).
+    public static func vtep(vni: UInt32, publicIPv6: IPv6Address) -> MACAddress {
+        MACAddress(value: 0x0a << 40 | UInt64(vni & 0xff) << 32 | (publicIPv6.low & 0xffff_ffff))
+    }
+
 }
 
 /// A value written in JSON as its text form (`"10.244.1.0/24"`), decoded with

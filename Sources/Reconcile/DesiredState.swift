@@ -9,13 +9,48 @@ public struct NodeRecord: Sendable, Hashable {
     public var vtepMAC: MACAddress?
     /// Where the record came from, for messages (`inventory.json nodes[2]`, an etcd key).
     public var origin: String
+    /// Dual stack: the node's IPv6 half (subnet, underlay address, the IPv6
+    /// device's VTEP MAC), nil on an IPv4-only node. Kept out of line: an
+    /// IPv4-only cluster of 50,000 peers pays one pointer per record.
+    public var ipv6: IPv6Half? {
+        get { ipv6Storage?.value }
+        set { ipv6Storage = newValue.map(Box.init) }
+    }
+    private var ipv6Storage: Box?
 
-    public init(name: String, publicIP: IPv4Address, subnet: IPv4Prefix, vtepMAC: MACAddress? = nil, origin: String = "") {
+    /// A node's IPv6 half.
+    public struct IPv6Half: Sendable, Hashable {
+        public var subnet: IPv6Prefix
+        public var publicIP: IPv6Address
+        /// The VTEP MAC the node announced (`BackendV6Data.VtepMAC`); nil: derived.
+        public var vtepMAC: MACAddress?
+
+        public init(subnet: IPv6Prefix, publicIP: IPv6Address, vtepMAC: MACAddress? = nil) {
+            self.subnet = subnet
+            self.publicIP = publicIP
+            self.vtepMAC = vtepMAC
+        }
+
+        public func mac(vni: UInt32) -> MACAddress { vtepMAC ?? .vtep(vni: vni, publicIPv6: publicIP) }
+        /// The node's IPv6 VTEP address: the first address of its IPv6 subnet.
+        public var vtepAddress: IPv6Address { subnet.network }
+    }
+
+    private final class Box: Sendable, Hashable {
+        let value: IPv6Half
+        init(_ value: IPv6Half) { self.value = value }
+        static func == (a: Box, b: Box) -> Bool { a.value == b.value }
+        func hash(into hasher: inout Hasher) { hasher.combine(value) }
+    }
+
+    public init(name: String, publicIP: IPv4Address, subnet: IPv4Prefix, vtepMAC: MACAddress? = nil, origin: String = "",
+                ipv6: IPv6Half? = nil) {
         self.name = name
         self.publicIP = publicIP
         self.subnet = subnet
         self.vtepMAC = vtepMAC
         self.origin = origin
+        self.ipv6Storage = ipv6.map(Box.init)
     }
 
     public func mac(vni: UInt32) -> MACAddress { vtepMAC ?? .vtep(vni: vni, publicIP: publicIP) }
