@@ -3,6 +3,8 @@ public struct VXLANDevice: Hashable, Sendable {
     public var name: String
     public var vni: UInt32
     public var localIP: IPv4Address
+    /// The IPv6 device's local address (`IFLA_VXLAN_LOCAL6`); `localIP` is then 0.0.0.0.
+    public var localIPv6: IPv6Address?
     /// The interface index of the underlay device (the one holding `localIP`).
     public var underlayIndex: Int32
     /// The underlay's name, for messages only.
@@ -17,10 +19,11 @@ public struct VXLANDevice: Hashable, Sendable {
 
     public init(name: String, vni: UInt32, localIP: IPv4Address, underlayIndex: Int32, underlayName: String,
                 port: UInt16 = 8472, learning: Bool = false, mtu: UInt32, mac: MACAddress,
-                options: VXLANOptions = .defaults) {
+                options: VXLANOptions = .defaults, localIPv6: IPv6Address? = nil) {
         self.name = name
         self.vni = vni
         self.localIP = localIP
+        self.localIPv6 = localIPv6
         self.underlayIndex = underlayIndex
         self.underlayName = underlayName
         self.port = port
@@ -34,7 +37,7 @@ public struct VXLANDevice: Hashable, Sendable {
     /// kernel refuses to change several of these in place, and a recreate is
     /// the one path that is the same for all of them).
     public func sameIdentity(as other: VXLANDevice) -> Bool {
-        vni == other.vni && localIP == other.localIP && underlayIndex == other.underlayIndex
+        vni == other.vni && localIP == other.localIP && localIPv6 == other.localIPv6 && underlayIndex == other.underlayIndex
             && port == other.port && learning == other.learning && options.differences(from: other.options).isEmpty
     }
 
@@ -42,7 +45,10 @@ public struct VXLANDevice: Hashable, Sendable {
     public func identityDifferences(from old: VXLANDevice) -> String {
         var parts: [String] = []
         if vni != old.vni { parts.append("vni \(old.vni) -> \(vni)") }
-        if localIP != old.localIP { parts.append("local \(old.localIP) -> \(localIP)") }
+        if localIP != old.localIP || localIPv6 != old.localIPv6 {
+            parts.append("local \(old.localIPv6.map(String.init(describing:)) ?? "\(old.localIP)") -> "
+                         + "\(localIPv6.map(String.init(describing:)) ?? "\(localIP)")")
+        }
         if underlayIndex != old.underlayIndex { parts.append("dev \(old.underlayName) -> \(underlayName)") }
         if port != old.port { parts.append("dstport \(old.port) -> \(port)") }
         if learning != old.learning { parts.append(learning ? "nolearning -> learning" : "learning -> nolearning") }
@@ -243,13 +249,14 @@ public struct LinkState: Hashable, Sendable {
     }
 }
 
-/// A permanent ARP entry on the VXLAN device: the peer's VTEP address -> its VTEP MAC.
-public struct Neighbor: Hashable, Sendable {
-    public var ip: IPv4Address
+/// A permanent ARP (IPv6: NDP) entry on the VXLAN device: the peer's VTEP address -> its VTEP MAC.
+public struct NeighborOf<A: IPFamilyAddress>: Hashable, Sendable {
+    public var ip: A
     public var mac: MACAddress
     public var permanent: Bool
 
-    public init(ip: IPv4Address, mac: MACAddress, permanent: Bool = true) {
+    @inlinable
+    public init(ip: A, mac: MACAddress, permanent: Bool = true) {
         self.ip = ip
         self.mac = mac
         self.permanent = permanent
@@ -262,9 +269,11 @@ public struct Neighbor: Hashable, Sendable {
 /// the identity. `port`, `vni` and `via` are nil when the kernel reports none,
 /// which means the device's own port and VNI and no pinned interface; that is
 /// what the agent writes, so an entry that carries any of them is wrong.
-public struct FDBEntry: Hashable, Sendable {
+///
+/// The family is the underlay's: an IPv6 device's remotes are IPv6 addresses.
+public struct FDBEntryOf<A: IPFamilyAddress>: Hashable, Sendable {
     public var mac: MACAddress
-    public var dst: IPv4Address
+    public var dst: A
     public var permanent: Bool
     /// `NDA_PORT`: a UDP port other than the device's.
     public var port: UInt16?
@@ -273,7 +282,8 @@ public struct FDBEntry: Hashable, Sendable {
     /// `NDA_IFINDEX` (`via DEV`): the interface the encapsulated packet must leave by.
     public var via: Int32?
 
-    public init(mac: MACAddress, dst: IPv4Address, permanent: Bool = true,
+    @inlinable
+    public init(mac: MACAddress, dst: A, permanent: Bool = true,
                 port: UInt16? = nil, vni: UInt32? = nil, via: Int32? = nil) {
         self.mac = mac
         self.dst = dst
@@ -285,9 +295,9 @@ public struct FDBEntry: Hashable, Sendable {
 }
 
 /// A nexthop object: `id N via GW dev flannel.1 onlink proto P`.
-public struct Nexthop: Hashable, Sendable {
+public struct NexthopOf<A: IPFamilyAddress>: Hashable, Sendable {
     public var id: UInt32
-    public var gateway: IPv4Address?
+    public var gateway: A?
     public var onlink: Bool
     public var proto: UInt8
     /// The output interface; nil for groups and blackholes.
@@ -295,7 +305,8 @@ public struct Nexthop: Hashable, Sendable {
     /// The member ids of a nexthop group (`group 1/2`); nil for a single nexthop.
     public var group: [UInt32]?
 
-    public init(id: UInt32, gateway: IPv4Address?, onlink: Bool = true, proto: UInt8, deviceIndex: Int32? = nil,
+    @inlinable
+    public init(id: UInt32, gateway: A?, onlink: Bool = true, proto: UInt8, deviceIndex: Int32? = nil,
                 group: [UInt32]? = nil) {
         self.id = id
         self.gateway = gateway
@@ -306,10 +317,10 @@ public struct Nexthop: Hashable, Sendable {
     }
 }
 
-/// An IPv4 route in the main table.
-public struct Route: Hashable, Sendable {
-    public var dst: IPv4Prefix
-    public var gateway: IPv4Address?
+/// A route in the main table.
+public struct RouteOf<A: IPFamilyAddress>: Hashable, Sendable {
+    public var dst: A.Prefix
+    public var gateway: A?
     /// Set for routes that use a nexthop object.
     public var nexthopID: UInt32?
     public var onlink: Bool
@@ -322,7 +333,8 @@ public struct Route: Hashable, Sendable {
     /// `RT_SCOPE_*`: 0 universe (ours), 253 link (connected networks).
     public var scope: UInt8
 
-    public init(dst: IPv4Prefix, gateway: IPv4Address?, nexthopID: UInt32? = nil, onlink: Bool = true,
+    @inlinable
+    public init(dst: A.Prefix, gateway: A?, nexthopID: UInt32? = nil, onlink: Bool = true,
                 proto: UInt8, priority: UInt32 = 0, deviceIndex: Int32? = nil, type: UInt8 = 1, scope: UInt8 = 0) {
         self.scope = scope
         self.dst = dst
@@ -336,29 +348,37 @@ public struct Route: Hashable, Sendable {
     }
 
     /// The route's identity in the kernel (table main, tos 0): destination and metric.
-    public var key: RouteKey { RouteKey(dst: dst, priority: priority) }
+    @inlinable
+    public var key: RouteKeyOf<A> { RouteKeyOf(dst: dst, priority: priority) }
 }
 
-public struct RouteKey: Hashable, Sendable, Comparable {
-    public var dst: IPv4Prefix
+public struct RouteKeyOf<A: IPFamilyAddress>: Hashable, Sendable, Comparable {
+    public var dst: A.Prefix
     public var priority: UInt32
 
-    public static func < (a: RouteKey, b: RouteKey) -> Bool { (a.dst, a.priority) < (b.dst, b.priority) }
+    @inlinable
+    public init(dst: A.Prefix, priority: UInt32) {
+        self.dst = dst
+        self.priority = priority
+    }
+
+    @inlinable
+    public static func < (a: RouteKeyOf, b: RouteKeyOf) -> Bool { (a.dst, a.priority) < (b.dst, b.priority) }
 
     /// See `mixedHash`: the diff keys every route by this.
     @inlinable
     public func _rawHashValue(seed: Int) -> Int {
-        mixedHash((UInt64(dst.address.value) << 8 | UInt64(dst.length)) ^ UInt64(priority) &* 0x9e37_79b9_7f4a_7c15, seed: seed)
+        mixedHash(dst.hashBits ^ UInt64(priority) &* 0x9e37_79b9_7f4a_7c15, seed: seed)
     }
 }
 
 /// One entry the agent keeps on (or for) its device.
-public enum Entry: Hashable, Sendable {
-    case address(IPv4Prefix)
-    case fdb(FDBEntry)
-    case neighbor(Neighbor)
-    case nexthop(Nexthop)
-    case route(Route)
+public enum EntryOf<A: IPFamilyAddress>: Hashable, Sendable {
+    case address(A.Prefix)
+    case fdb(FDBEntryOf<A>)
+    case neighbor(NeighborOf<A>)
+    case nexthop(NexthopOf<A>)
+    case route(RouteOf<A>)
 
     /// The kind in iproute2's words: `fdb`, `neigh`, `nexthop`, `route`, `address`.
     public var kind: String {
@@ -377,7 +397,7 @@ public enum Entry: Hashable, Sendable {
 ///
 /// The rare, large cases are `indirect` so a plan of 200,000 changes stores
 /// each inline in the size of one entry.
-public enum Change: Hashable, Sendable {
+public enum ChangeOf<A: IPFamilyAddress>: Hashable, Sendable {
     /// The udp backend's TUN device: made persistent with its queues' flags, its MTU set, up.
     indirect case createTUN(TUNDevice)
     /// Its MTU, or its link state, differ; changed in place.
@@ -388,14 +408,14 @@ public enum Change: Hashable, Sendable {
     /// MTU, MAC or link state differ; changed in place.
     indirect case updateDevice(from: LinkState, to: VXLANDevice)
     indirect case deleteDevice(LinkState)
-    case add(Entry)
-    indirect case replace(from: Entry, to: Entry)
-    case remove(Entry)
+    case add(EntryOf<A>)
+    indirect case replace(from: EntryOf<A>, to: EntryOf<A>)
+    case remove(EntryOf<A>)
 }
 
-extension Change {
+extension ChangeOf {
     /// The entry an entry change acts on (the new one for replace).
-    public var target: Entry? {
+    public var target: EntryOf<A>? {
         switch self {
         case .add(let entry), .replace(_, let entry), .remove(let entry): entry
         default: nil
@@ -406,16 +426,16 @@ extension Change {
 /// What the kernel holds of what the agent owns: its device, the device's
 /// addresses, FDB and neighbor entries, the nexthops of its protocol, and the
 /// main-table routes of its protocol or on its device.
-public struct KernelSnapshot: Sendable, Hashable {
+public struct KernelSnapshotOf<A: IPFamilyAddress>: Sendable, Hashable {
     public var device: LinkState?
-    public var addresses: [IPv4Prefix]
-    public var fdb: [FDBEntry]
-    public var neighbors: [Neighbor]
-    public var nexthops: [Nexthop]
-    public var routes: [Route]
+    public var addresses: [A.Prefix]
+    public var fdb: [FDBEntryOf<A>]
+    public var neighbors: [NeighborOf<A>]
+    public var nexthops: [NexthopOf<A>]
+    public var routes: [RouteOf<A>]
     /// Main-table routes of other protocols on other devices: never touched, but
     /// a peer whose subnet collides with one is skipped.
-    public var foreignRoutes: [Route] = []
+    public var foreignRoutes: [RouteOf<A>] = []
     /// Devices of the agent's other backends, of their kind (`flannel0` of kind
     /// tun when the agent runs vxlan or host-gw; `flannel.<VNI>` of kind vxlan
     /// when it runs udp): left by a node that switched backends, and removed.
@@ -426,8 +446,8 @@ public struct KernelSnapshot: Sendable, Hashable {
     /// route or shrink that group: the agent keeps it.
     public var nexthopUsers: [UInt32: String] = [:]
 
-    public init(device: LinkState? = nil, addresses: [IPv4Prefix] = [], fdb: [FDBEntry] = [],
-                neighbors: [Neighbor] = [], nexthops: [Nexthop] = [], routes: [Route] = []) {
+    public init(device: LinkState? = nil, addresses: [A.Prefix] = [], fdb: [FDBEntryOf<A>] = [],
+                neighbors: [NeighborOf<A>] = [], nexthops: [NexthopOf<A>] = [], routes: [RouteOf<A>] = []) {
         self.device = device
         self.addresses = addresses
         self.fdb = fdb
@@ -436,8 +456,27 @@ public struct KernelSnapshot: Sendable, Hashable {
         self.routes = routes
     }
 
-    public static let empty = KernelSnapshot()
+    public static var empty: KernelSnapshotOf { KernelSnapshotOf() }
 }
+
+// The IPv4 instances keep the names the agent had before dual stack; the
+// IPv6 ones carry a 6.
+public typealias Neighbor = NeighborOf<IPv4Address>
+public typealias FDBEntry = FDBEntryOf<IPv4Address>
+public typealias Nexthop = NexthopOf<IPv4Address>
+public typealias Route = RouteOf<IPv4Address>
+public typealias RouteKey = RouteKeyOf<IPv4Address>
+public typealias Entry = EntryOf<IPv4Address>
+public typealias Change = ChangeOf<IPv4Address>
+public typealias KernelSnapshot = KernelSnapshotOf<IPv4Address>
+public typealias Neighbor6 = NeighborOf<IPv6Address>
+public typealias FDBEntry6 = FDBEntryOf<IPv6Address>
+public typealias Nexthop6 = NexthopOf<IPv6Address>
+public typealias Route6 = RouteOf<IPv6Address>
+public typealias RouteKey6 = RouteKeyOf<IPv6Address>
+public typealias Entry6 = EntryOf<IPv6Address>
+public typealias Change6 = ChangeOf<IPv6Address>
+public typealias KernelSnapshot6 = KernelSnapshotOf<IPv6Address>
 
 /// How routes to peers are written.
 public enum RouteLayout: String, Sendable, Hashable, Codable, CaseIterable {
