@@ -25,11 +25,23 @@
 #                      segment has a gateway, one on its own segment has none);
 #                      pods and cni0 as above
 #
+# With --dual (`up PREFIX LAYOUT PODS --dual`) every host and pod is dual stack
+# as well (IPv4 exactly as above):
+#
+#   PREFIX-hI          eth0 also 2001:2::I/64 (routed: 2001:2:S::I/64, default
+#                      route via the router's 2001:2:S::fe); IPv6 forwarding on
+#   PREFIX-hI-pJ       pods also on fd00:10:244:X::/64 (X = I in hex), cni0 =
+#                      fd00:10:244:X::1; a route for fd00:10:244::/56 via it
+#
+# IPv6 underlay addresses come from 2001:2::/48 (RFC 5180's benchmarking range,
+# as 198.18.0.0/15 is IPv4's); DAD is off (no tentative addresses to wait out).
+#
 # The root namespace's links, routes, sysctls and firewall are never changed:
 # every command runs inside one of the cluster's namespaces.
 #
 # Usage:
-#   cluster.sh up PREFIX LAYOUT [PODS_PER_HOST]   build it (fails if PREFIX exists);
+#   cluster.sh up PREFIX LAYOUT [PODS_PER_HOST] [--dual]
+#                                                 build it (fails if PREFIX exists);
 #                                                 LAYOUT is NHOSTS (one segment, e.g. 3)
 #                                                 or A+B[+C...] (segments and a router)
 #   cluster.sh down PREFIX                        remove it all; safe to repeat,
@@ -37,22 +49,27 @@
 #   cluster.sh hosts PREFIX                       one "HOST NAMESPACE ADDRESS SEGMENT" line
 #                                                 per host (segment 0: the one-segment layout)
 #   cluster.sh pods PREFIX                        one "HOST POD NAMESPACE IP" line per pod
+#                                                 (dual stack: "HOST POD NAMESPACE IP IPV6")
 #   cluster.sh exec PREFIX WHERE CMD [ARG]...     run CMD in a namespace; WHERE is
 #                                                 I or hI (host I), hI-pJ (pod), ul,
 #                                                 ulS (segment S), rt (the router)
 #   cluster.sh inventory [PREFIX] [LAYOUT] [--without I]... [--backend vxlan|host-gw|udp]
-#                        [--direct-routing]
+#                        [--direct-routing] [--dual]
 #                                                 vxlan-agent's config for the cluster
 #                                                 (LAYOUT defaults to PREFIX's); the
 #                                                 net-conf's Backend is {"Type": "vxlan",
 #                                                 "VNI": 1, "Port": 8472} (default),
 #                                                 with "DirectRouting": true,
 #                                                 {"Type": "host-gw"}, or
-#                                                 {"Type": "udp", "Port": 8285}
-#   cluster.sh ping PREFIX [--all] [--without I]...
+#                                                 {"Type": "udp", "Port": 8285};
+#                                                 --dual: EnableIPv6, IPv6Network
+#                                                 fd00:10:244::/56 and each node's
+#                                                 publicIPv6 and subnetV6
+#   cluster.sh ping PREFIX [--all] [--without I]... [--v6]
 #                                                 every pod pings every pod on the other
 #                                                 hosts (--all: also on its own host);
 #                                                 a matrix, exit 1 if any ping failed
+#                                                 (--v6: their IPv6 addresses)
 #   cluster.sh namespaces PREFIX                  the cluster's namespaces
 #
 # As a library: `source cluster.sh` defines cluster_up, cluster_down, cluster_hosts,
@@ -178,8 +195,31 @@ cluster_ns() (
 
 # The CNI network config for host I's pods (cniVersion 1.0.0: this plugin
 # version supports 0.1.0 - 1.0.0, see `CNI_COMMAND=VERSION /usr/lib/cni/bridge`).
-_cluster_cni_conf() { # host-index ipam-dir
-    local i=$1 dir=$2
+_cluster_cni_conf() { # host-index ipam-dir [dual]
+    local i=$1 dir=$2 dual=${3:-0} x
+    x=$(printf '%x' "$i")
+    if [ "$dual" = 1 ]; then
+        cat <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "pods-h$i",
+  "type": "bridge",
+  "bridge": "cni0",
+  "isGateway": true,
+  "ipMasq": false,
+  "hairpinMode": false,
+  "mtu": $CLUSTER_POD_MTU,
+  "ipam": {
+    "type": "host-local",
+    "ranges": [[{"subnet": "10.244.$i.0/24", "gateway": "10.244.$i.1"}],
+               [{"subnet": "fd00:10:244:$x::/64", "gateway": "fd00:10:244:$x::1"}]],
+    "routes": [{"dst": "10.244.0.0/16", "gw": "10.244.$i.1"}, {"dst": "fd00:10:244::/56", "gw": "fd00:10:244:$x::1"}],
+    "dataDir": "$dir"
+  }
+}
+JSON
+        return
+    fi
     cat <<JSON
 {
   "cniVersion": "1.0.0",
@@ -203,14 +243,17 @@ JSON
 # Calls a CNI plugin as a runtime does: CNI_* in the environment, the network
 # config on stdin, the result on stdout. It runs inside the HOST namespace, so
 # the bridge cni0 and the host end of the veth land there; CNI_NETNS names the pod.
-_cluster_cni() { # command host-ns pod-ns host-index ipam-dir
-    local cmd=$1 host=$2 pod=$3 i=$4 dir=$5
-    _cluster_cni_conf "$i" "$dir" | ip netns exec "$host" env \
+_cluster_cni() { # command host-ns pod-ns host-index ipam-dir [dual]
+    local cmd=$1 host=$2 pod=$3 i=$4 dir=$5 dual=${6:-0}
+    _cluster_cni_conf "$i" "$dir" "$dual" | ip netns exec "$host" env \
         CNI_COMMAND="$cmd" CNI_CONTAINERID="$pod" CNI_NETNS="/var/run/netns/$pod" \
         CNI_IFNAME=eth0 CNI_PATH="$CLUSTER_CNI_PATH" "$CLUSTER_CNI_PATH/bridge"
 }
 
 cluster_up() (
+    local dual=0 args=() a
+    for a in "$@"; do if [ "$a" = --dual ]; then dual=1; else args+=("$a"); fi; done
+    set -- "${args[@]}"
     _cluster_check_prefix "${1:-}"
     _cluster_check_layout "${2:-}"
     _cluster_check_int PODS_PER_HOST "${3:-0}" 0 250
@@ -236,12 +279,18 @@ cluster_up() (
 
     _cluster_do mkdir -p "$dir/ipam"
     # NHOSTS for the callers that read it; LAYOUT for inventory and hosts.
-    printf 'NHOSTS=%s\nPODS_PER_HOST=%s\nLAYOUT=%s\n' "$hosts" "$pods" "$layout" > "$dir/cluster.env"
+    printf 'NHOSTS=%s\nPODS_PER_HOST=%s\nLAYOUT=%s\nDUAL=%s\n' "$hosts" "$pods" "$layout" "$dual" > "$dir/cluster.env"
 
     # The underlay: one bridge per segment, no addresses ("PREFIX-ul" in the
     # one-segment layout, "PREFIX-ulS" in a routed one). IPv6 off everywhere,
     # so no router solicitations or DAD chatter in captures.
     local v6off=(net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1)
+    # Dual stack: IPv6 on where it has addresses, without DAD (no tentative
+    # addresses) and without router advertisements.
+    local v6on=(net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+                net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0)
+    local hostv6=("${v6off[@]}") podv6=("${v6off[@]}")
+    if [ $dual = 1 ]; then hostv6=("${v6on[@]}" net.ipv6.conf.all.forwarding=1); podv6=("${v6on[@]}"); fi
     local segments s ul
     segments=$(printf '%s\n' "$table" | awk '{print $2}' | sort -un)
     for s in $segments; do
@@ -257,12 +306,13 @@ cluster_up() (
     if [[ $layout == *+* ]]; then
         local rt="$prefix-rt"
         _cluster_do ip netns add "$rt"
-        _cluster_do ip netns exec "$rt" sysctl -qw "${v6off[@]}" net.ipv4.ip_forward=1
+        _cluster_do ip netns exec "$rt" sysctl -qw "${hostv6[@]}" net.ipv4.ip_forward=1
         _cluster_do ip -n "$rt" link set lo up
         for s in $segments; do
             _cluster_do ip -n "$prefix-ul$s" link add rt type veth peer name "eth$s" netns "$rt"
             _cluster_do ip -n "$prefix-ul$s" link set rt master br0 up
             _cluster_do ip -n "$rt" addr add "198.18.$s.254/24" dev "eth$s"
+            if [ $dual = 1 ]; then _cluster_do ip -n "$rt" addr add "2001:2:$s::fe/64" dev "eth$s" nodad; fi
             _cluster_do ip -n "$rt" link set "eth$s" up
         done
     fi
@@ -273,7 +323,7 @@ cluster_up() (
         h="$prefix-h$i"
         if [ "$s" = 0 ]; then ul="$prefix-ul"; else ul="$prefix-ul$s"; fi
         _cluster_do ip netns add "$h"
-        _cluster_do ip netns exec "$h" sysctl -qw "${v6off[@]}" net.ipv4.ip_forward=1
+        _cluster_do ip netns exec "$h" sysctl -qw "${hostv6[@]}" net.ipv4.ip_forward=1
         _cluster_do ip -n "$h" link set lo up
         _cluster_do ip -n "$ul" link add "h$i" type veth peer name eth0 netns "$h"
         _cluster_do ip -n "$ul" link set "h$i" master br0 up
@@ -282,12 +332,20 @@ cluster_up() (
         if [ "$gateway" != - ]; then
             _cluster_do ip -n "$h" route add default via "$gateway" dev eth0
         fi
+        if [ $dual = 1 ]; then
+            if [ "$s" = 0 ]; then
+                _cluster_do ip -n "$h" addr add "2001:2::$(printf '%x' "$i")/64" dev eth0 nodad
+            else
+                _cluster_do ip -n "$h" addr add "2001:2:$s::$(printf '%x' "$i")/64" dev eth0 nodad
+                _cluster_do ip -n "$h" -6 route add default via "2001:2:$s::fe" dev eth0
+            fi
+        fi
         for (( j = 1; j <= pods; j++ )); do
             p="$h-p$j"
             _cluster_do ip netns add "$p"
-            _cluster_do ip netns exec "$p" sysctl -qw "${v6off[@]}"
+            _cluster_do ip netns exec "$p" sysctl -qw "${podv6[@]}"
             _cluster_do ip -n "$p" link set lo up
-            if ! out=$(_cluster_cni ADD "$h" "$p" "$i" "$dir/ipam" 2>&1); then
+            if ! out=$(_cluster_cni ADD "$h" "$p" "$i" "$dir/ipam" "$dual" 2>&1); then
                 _cluster_err "CNI ADD for $p failed: $out"
                 exit 1
             fi
@@ -361,12 +419,18 @@ cluster_down() (
 # ("none" for a pod whose CNI ADD failed).
 cluster_pods() (
     _cluster_check_prefix "${1:-}"
-    local prefix=$1 ns rest ip
+    local prefix=$1 ns rest ip ip6 dual
+    dual=$(sed -n 's/^DUAL=//p' "$(cluster_dir "$prefix")/cluster.env" 2>/dev/null || true)
     for ns in $(cluster_namespaces "$prefix"); do
         rest=${ns#"$prefix"-h}
         [[ $rest == *-p* ]] || continue
         ip=$(ip -n "$ns" -4 -o addr show dev eth0 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}' || true)
-        echo "${rest%-p*} ${rest#*-p} $ns ${ip:-none}"
+        if [ "$dual" = 1 ]; then
+            ip6=$(ip -n "$ns" -6 -o addr show dev eth0 scope global 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}' || true)
+            echo "${rest%-p*} ${rest#*-p} $ns ${ip:-none} ${ip6:-none}"
+        else
+            echo "${rest%-p*} ${rest#*-p} $ns ${ip:-none}"
+        fi
     done | sort -k1,1n -k2,2n
 )
 
@@ -381,7 +445,7 @@ cluster_exec() {
 # vxlan-agent's configuration for the hosts of LAYOUT (minus --without ones):
 # the same file on every host, each picks itself with --node node-I.
 cluster_inventory() (
-    local layout="" without=" " backend=vxlan direct=0 i seg address gateway nodes="" sep="" conf
+    local layout="" without=" " backend=vxlan direct=0 dual=0 i seg address gateway nodes="" sep="" conf v6conf="" x address6
     # The PREFIX is optional (the file depends on the layout only); without a
     # LAYOUT it is read from PREFIX's cluster.env.
     if [[ ${1:-} =~ ^[A-Za-z] ]]; then
@@ -405,6 +469,7 @@ cluster_inventory() (
                 esac
                 shift 2 ;;
             --direct-routing) direct=1; shift ;;
+            --dual) dual=1; shift ;;
             *) _cluster_err "inventory: unknown argument '$1'"; exit 2 ;;
         esac
     done
@@ -420,14 +485,22 @@ cluster_inventory() (
         host-gw) conf='{"Type": "host-gw"}' ;;
         udp) conf='{"Type": "udp", "Port": 8285}' ;;
     esac
+    # flannel's dual-stack keys; each node's IPv6 half as cluster.sh up --dual made it.
+    [ $dual = 0 ] || v6conf=', "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "IPv6SubnetLen": 64'
     while read -r i seg address gateway; do
         [[ $without == *" $i "* ]] && continue
-        nodes+="$sep    {\"name\": \"node-$i\", \"publicIP\": \"$address\", \"subnet\": \"10.244.$i.0/24\"}"
+        nodes+="$sep    {\"name\": \"node-$i\", \"publicIP\": \"$address\", \"subnet\": \"10.244.$i.0/24\""
+        if [ $dual = 1 ]; then
+            x=$(printf '%x' "$i")
+            if [ "$seg" = 0 ]; then address6="2001:2::$x"; else address6="2001:2:$seg::$x"; fi
+            nodes+=", \"publicIPv6\": \"$address6\", \"subnetV6\": \"fd00:10:244:$x::/64\""
+        fi
+        nodes+="}"
         sep=$',\n'
     done < <(_cluster_layout_hosts "$layout")
     cat <<JSON
 {
-  "network": {"Network": "10.244.0.0/16", "SubnetLen": 24, "Backend": $conf},
+  "network": {"Network": "10.244.0.0/16", "SubnetLen": 24$v6conf, "Backend": $conf},
   "nodes": [
 $nodes
   ]
@@ -439,11 +512,12 @@ JSON
 # "ok", "FAIL", "-" (itself), "(local)" (same host, not pinged without --all).
 cluster_ping() (
     _cluster_check_prefix "${1:-}"
-    local prefix=$1 all=0 without=" "
+    local prefix=$1 all=0 without=" " v6=0
     shift
     while [ $# -gt 0 ]; do
         case $1 in
             --all) all=1; shift ;;
+            --v6) v6=1; shift ;;
             --without) _cluster_check_int "--without host" "${2:-}" 1 250; without="$without$((10#$2)) "; shift 2 ;;
             *) _cluster_err "ping: unknown argument '$1'"; exit 2 ;;
         esac
@@ -451,26 +525,32 @@ cluster_ping() (
     local pods=() line
     while read -r line; do
         set -- $line
+        if [ $v6 = 1 ]; then
+            [ -n "${5:-}" ] || { _cluster_err "ping --v6: $prefix is not dual stack (cluster.sh up ... --dual)"; exit 2; }
+            line="$1 $2 $3 $5"
+        fi
         [[ $without == *" $1 "* ]] || pods+=("$line")
     done < <(cluster_pods "$prefix")
     [ ${#pods[@]} -gt 0 ] || { _cluster_err "ping: $prefix has no pods"; exit 1; }
     local src dst sh sns sip tried=0 failed=0 cell
-    printf '  %-13s' 'from \ to'
-    for dst in "${pods[@]}"; do set -- $dst; printf '%-12s' "$4"; done
+    local width=12
+    [ $v6 = 0 ] || width=20
+    printf "  %-$((width + 1))s" 'from \ to'
+    for dst in "${pods[@]}"; do set -- $dst; printf "%-${width}s" "$4"; done
     echo
     for src in "${pods[@]}"; do
         set -- $src; sh=$1 sns=$3 sip=$4
-        printf '  %-13s' "$sip"
+        printf "  %-$((width + 1))s" "$sip"
         for dst in "${pods[@]}"; do
             set -- $dst
             if [ "$3" = "$sns" ]; then cell="-"
             elif [ "$1" = "$sh" ] && [ $all = 0 ]; then cell="(local)"
             else
                 tried=$((tried + 1))
-                if ip netns exec "$sns" ping -n -q -c 1 -W 2 "$4" > /dev/null 2>&1; then cell="ok"
+                if ip netns exec "$sns" ping -n -q -c 1 -W 2 "$4" > /dev/null 2>&1; then cell="ok"   # ping reads both families
                 else cell="FAIL"; failed=$((failed + 1)); fi
             fi
-            printf '%-12s' "$cell"
+            printf "%-${width}s" "$cell"
         done
         echo
     done
