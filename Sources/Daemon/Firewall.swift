@@ -15,6 +15,9 @@ import SystemPackage
 ///   over VXLAN;
 /// - forwarding to and from the pod network accepted.
 ///
+/// Dual stack adds the same rules for the IPv6 network in `ip6 vxlan-agent`
+/// (flannel's MasqIP6Rules: multicast is ff00::/8).
+///
 /// The forward chain accepts in our own table only: a drop policy in another
 /// table (Docker's iptables FORWARD) still applies (nftables runs every table's
 /// base chains).
@@ -22,47 +25,70 @@ public enum Masquerade {
     public static let table = "vxlan-agent"
 
     public static func ruleset(network: IPv4Prefix, subnet: IPv4Prefix) -> String {
+        ruleset(family: "ip", match: "ip", network: "\(network)", subnet: "\(subnet)", multicast: "224.0.0.0/4")
+    }
+
+    /// The IPv6 half of a dual-stack node: the same rules in `ip6 vxlan-agent`.
+    public static func ruleset6(network: IPv6Prefix, subnet: IPv6Prefix) -> String {
+        ruleset(family: "ip6", match: "ip6", network: "\(network)", subnet: "\(subnet)", multicast: "ff00::/8")
+    }
+
+    static func ruleset(family: String, match ip: String, network: String, subnet: String, multicast: String) -> String {
         """
-        table ip \(table) {
+        table \(family) \(table) {
             chain postrouting {
                 type nat hook postrouting priority srcnat; policy accept;
-                ip saddr \(network) ip daddr \(network) return comment "pod to pod: never NAT"
-                ip saddr \(network) ip daddr 224.0.0.0/4 return comment "multicast: never NAT"
-                ip saddr \(network) masquerade fully-random comment "pod to outside"
-                ip saddr != \(network) ip daddr \(subnet) return comment "outside to this node's pods: keep the source"
-                ip saddr != \(network) ip daddr \(network) masquerade fully-random comment "host to other nodes' pods"
+                \(ip) saddr \(network) \(ip) daddr \(network) return comment "pod to pod: never NAT"
+                \(ip) saddr \(network) \(ip) daddr \(multicast) return comment "multicast: never NAT"
+                \(ip) saddr \(network) masquerade fully-random comment "pod to outside"
+                \(ip) saddr != \(network) \(ip) daddr \(subnet) return comment "outside to this node's pods: keep the source"
+                \(ip) saddr != \(network) \(ip) daddr \(network) masquerade fully-random comment "host to other nodes' pods"
             }
             chain forward {
                 type filter hook forward priority filter; policy accept;
-                ip saddr \(network) accept
-                ip daddr \(network) accept
+                \(ip) saddr \(network) accept
+                \(ip) daddr \(network) accept
             }
         }
 
         """
     }
 
-    /// The whole transaction: create-if-missing, delete, define. One `nft -f`.
-    public static func transaction(network: IPv4Prefix, subnet: IPv4Prefix) -> String {
+    /// The whole transaction: create-if-missing, delete, define, for both
+    /// families (an IPv4-only node deletes an `ip6` table a dual-stack run left).
+    /// One `nft -f`.
+    public static func transaction(network: IPv4Prefix, subnet: IPv4Prefix,
+                                   ipv6: (network: IPv6Prefix, subnet: IPv6Prefix)? = nil) -> String {
         "table ip \(table)\ndelete table ip \(table)\n" + ruleset(network: network, subnet: subnet)
+            + "table ip6 \(table)\ndelete table ip6 \(table)\n" + (ipv6.map { ruleset6(network: $0.network, subnet: $0.subnet) } ?? "")
     }
 
-    /// Installs (or replaces) the table.
-    public static func apply(network: IPv4Prefix, subnet: IPv4Prefix) async throws {
-        try await nft(["-f", "-"], input: transaction(network: network, subnet: subnet))
+    /// Installs (or replaces) the tables.
+    public static func apply(network: IPv4Prefix, subnet: IPv4Prefix,
+                             ipv6: (network: IPv6Prefix, subnet: IPv6Prefix)? = nil) async throws {
+        try await nft(["-f", "-"], input: transaction(network: network, subnet: subnet, ipv6: ipv6))
     }
 
-    /// Removes the table; true if there was one.
+    /// Removes the tables (IPv4's, and IPv6's if there is one); true if there was any.
     @discardableResult
     public static func remove() async throws -> Bool {
-        guard await exists() else { return false }
-        try await nft(["delete", "table", "ip", table])
-        return true
+        var removed = false
+        for family in ["ip", "ip6"] where await exists(family: family) {
+            try await nft(["delete", "table", family, table])
+            removed = true
+        }
+        return removed
     }
 
-    /// Whether the table is there (false also when nft cannot be run).
+    /// Whether a table is there (false also when nft cannot be run).
     public static func exists() async -> Bool {
-        (try? await nft(["list", "table", "ip", table])) != nil
+        let ip = await exists(family: "ip")
+        let ip6 = await exists(family: "ip6")
+        return ip || ip6
+    }
+
+    static func exists(family: String) async -> Bool {
+        (try? await nft(["list", "table", family, table])) != nil
     }
 
     /// What runs nft: empty for nft itself; tests put `ip netns exec NS` in front,

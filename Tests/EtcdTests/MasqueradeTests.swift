@@ -45,6 +45,33 @@ struct MasqueradeTests {
         #expect(try Self.rootHasTable() == root, "the root namespace's nftables are as they were")
     }
 
+    @Test("dual stack: the same rules in ip6 vxlan-agent (multicast ff00::/8); an IPv4-only apply removes it; remove takes both")
+    func dualStack() async throws {
+        try requireKernel()
+        let root = try Self.rootHasTable()
+        let host = try TestHost()
+        defer { host.close() }
+        let ip = try sh("command -v ip").trimmingCharacters(in: .whitespacesAndNewlines)
+        try await Masquerade.$launcher.withValue([ip, "netns", "exec", host.namespace]) {
+            let v6 = (network: IPv6Prefix("fd00:10:244::/56")!, subnet: IPv6Prefix("fd00:10:244:1::/64")!)
+            try await Masquerade.apply(network: Self.network, subnet: IPv4Prefix("10.244.1.0/24")!, ipv6: v6)
+            let table6 = try host.exec("nft list table ip6 vxlan-agent").stdout
+            #expect(table6.contains("ip6 saddr fd00:10:244::/56 ip6 daddr fd00:10:244::/56 return"), "\(table6)")
+            #expect(table6.contains("ip6 saddr fd00:10:244::/56 ip6 daddr ff00::/8 return"), "\(table6)")
+            #expect(table6.contains("ip6 saddr != fd00:10:244::/56 ip6 daddr fd00:10:244:1::/64 return"), "\(table6)")
+            #expect(table6.contains("masquerade fully-random"), "\(table6)")
+            #expect(try host.exec("nft list table ip vxlan-agent").stdout.contains("ip daddr 10.244.1.0/24 return"))
+
+            try await Masquerade.apply(network: Self.network, subnet: IPv4Prefix("10.244.1.0/24")!)
+            #expect(try host.exec("nft list table ip6 vxlan-agent").status != 0, "IPv6 turned off: its table goes")
+            try await Masquerade.apply(network: Self.network, subnet: IPv4Prefix("10.244.1.0/24")!, ipv6: v6)
+            #expect(try await Masquerade.remove())
+            #expect(try host.exec("nft list tables").stdout.isEmpty, "both tables removed")
+            #expect(await !Masquerade.exists())
+        }
+        #expect(try Self.rootHasTable() == root, "the root namespace's nftables are as they were")
+    }
+
     @Test("nft's own message is in the error, with the command that failed")
     func failure() async throws {
         try requireKernel()
