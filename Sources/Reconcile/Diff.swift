@@ -226,7 +226,8 @@ public enum Differ {
         }
         removedRoutes = routes.values.sorted(by: { $0.key < $1.key })
         // Duplicate keys (the same destination twice, e.g. two tables) are dropped by the dictionary: keep them listed.
-        if current.routes.count != Set(current.routes.map(\.key)).count {
+        // A closure, not a key path: a key path into a generic struct is read through the runtime, per route.
+        if current.routes.count != Set(current.routes.map { $0.key }).count {
             var seen = Set<RouteKeyOf<A>>()
             for route in current.routes where !seen.insert(route.key).inserted { removedRoutes.append(route) }
         }
@@ -251,7 +252,7 @@ public enum Differ {
     /// The remotes of one MAC against the one wanted (nil: none wanted).
     public static func fdbChanges<A: IPFamilyAddress>(want: FDBEntryOf<A>?, have: [FDBEntryOf<A>]) -> [ChangeOf<A>] {
         guard let want else { return have.map { .remove(.fdb($0)) } }
-        if have.contains(want) { return have.filter { $0 != want }.map { .remove(.fdb($0)) } }
+        if have.contains(where: { same($0, want) }) { return have.filter { !same($0, want) }.map { .remove(.fdb($0)) } }
         if let first = have.first { return [.replace(from: .fdb(first), to: .fdb(want))] + have.dropFirst().map { .remove(.fdb($0)) } }
         return [.add(.fdb(want))]
     }
@@ -259,7 +260,7 @@ public enum Differ {
     /// A neighbor: permanent, the right MAC.
     public static func neighborChange<A: IPFamilyAddress>(want: NeighborOf<A>?, have: NeighborOf<A>?) -> ChangeOf<A>? {
         switch (want, have) {
-        case (let want?, let have?): have == want ? nil : .replace(from: .neighbor(have), to: .neighbor(want))
+        case (let want?, let have?): same(have, want) ? nil : .replace(from: .neighbor(have), to: .neighbor(want))
         case (let want?, nil): .add(.neighbor(want))
         case (nil, let have?): .remove(.neighbor(have))
         case (nil, nil): nil
@@ -281,6 +282,18 @@ public enum Differ {
     public static func routeChange<A: IPFamilyAddress>(want: RouteOf<A>, have: RouteOf<A>?, deviceIndex: Int32?, proto: UInt8) -> ChangeOf<A>? {
         guard let have else { return .add(.route(want)) }
         return matches(have, want, deviceIndex: deviceIndex, proto: proto) ? nil : .replace(from: .route(have), to: .route(want))
+    }
+
+    // Field by field: the synthesized `==` of Model's generic structs is not
+    // inlinable into this module, so it would be an unspecialized call per entry.
+    @inline(__always)
+    static func same<A: IPFamilyAddress>(_ a: FDBEntryOf<A>, _ b: FDBEntryOf<A>) -> Bool {
+        a.mac == b.mac && a.dst == b.dst && a.permanent == b.permanent && a.port == b.port && a.vni == b.vni && a.via == b.via
+    }
+
+    @inline(__always)
+    static func same<A: IPFamilyAddress>(_ a: NeighborOf<A>, _ b: NeighborOf<A>) -> Bool {
+        a.ip == b.ip && a.mac == b.mac && a.permanent == b.permanent
     }
 
     static func keptLine<A: IPFamilyAddress>(_ nexthop: NexthopOf<A>, user: String, renderer: Renderer) -> String {
