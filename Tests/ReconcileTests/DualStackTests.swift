@@ -476,3 +476,24 @@ struct HostGW6Tests {
         #expect(lines.contains("+ route fd00:10:244:9::/64 nhid 1985544201 via fd00:10:244:9:: dev flannel-v6.1 onlink metric 1024"))
     }
 }
+
+@Suite("Dual stack: IPv6 keys hash cheaply, and apart")
+struct IPv6HashTests {
+    @Test("addresses crafted to agree when their halves are folded together still hash apart, whatever the seed")
+    func craftedAddresses() {
+        let k: UInt64 = 0x9e37_79b9_7f4a_7c15
+        let target: UInt64 = 0x2001_0002_dead_beef
+        // Each a distinct address with high &* k ^ low == target: one bucket for a fold-then-mix hash.
+        let crafted = (1...64).map { i -> IPv6Address in
+            let high = 0x2001_0002_0000_0000 | UInt64(i)
+            return IPv6Address(high: high, low: target ^ (high &* k))
+        }
+        for seed in [0, 1, -7, 0x5eed] {
+            let hashes = Set(crafted.map { $0._rawHashValue(seed: seed) })
+            #expect(hashes.count == crafted.count, "seed \(seed)")
+        }
+        #expect(Set(crafted).count == 64)
+        let prefixes = crafted.map { IPv6Prefix($0, 128) } + crafted.map { IPv6Prefix($0, 127) }
+        #expect(Set(prefixes.map { $0._rawHashValue(seed: 3) }).count == prefixes.count)
+    }
+}
