@@ -87,17 +87,34 @@ public enum Differ {
     }
 
     /// The IPv6 plane's diff (dual stack: `flannel-v6.<VNI>`), by the same rules
-    /// and the same code as the IPv4 plane's. What the kernel gives every IPv6
-    /// device of its own accord is left alone: its link-local address
-    /// (`fe80::/64` from the MAC) and that address's route (`fe80::/64 dev
-    /// flannel-v6.1 proto kernel`), as flanneld leaves them.
+    /// and the same code as the IPv4 plane's. What the kernel gives an IPv6
+    /// device of its own accord is left alone, as flanneld leaves it: the
+    /// link-local address (`fe80::/64` from the MAC), and the prefix route of
+    /// each address (`fe80::/64` and `fd00:10:244:1::/128 dev flannel-v6.1 proto
+    /// kernel metric 256`: IPv6 adds one even for a /128, measured). A stray
+    /// address is removed, and its prefix route goes with it.
     public static func plan(desired: DesiredState6, snapshot: KernelSnapshot6) throws(ReconcileError) -> Plan6 {
-        var snapshot = snapshot
-        snapshot.addresses.removeAll { $0.address.isLinkLocal }
-        snapshot.routes.removeAll { $0.proto != desired.settings.proto && $0.dst.network.isLinkLocal && $0.dst.length >= 10 }
+        let snapshot = withoutKernelOwn(snapshot)
         return try plan(device: desired.device, tun: nil, deviceName: desired.deviceName, address: desired.address,
                         fdb: desired.fdb, neighbors: desired.neighbors, nexthops: desired.nexthops, routes: desired.routes,
                         proto: desired.settings.proto, skipped: desired.skipped, peerCount: desired.peerCount, snapshot: snapshot)
+    }
+
+    /// `RTPROT_KERNEL`: routes the kernel derives from addresses.
+    static let kernelProtocol: UInt8 = 2
+
+    /// The IPv6 snapshot without what the kernel keeps on an IPv6 device by itself.
+    static func withoutKernelOwn(_ snapshot: KernelSnapshot6) -> KernelSnapshot6 {
+        var snapshot = snapshot
+        if !snapshot.routes.isEmpty {
+            let prefixes = Set(snapshot.addresses.map { IPv6Prefix($0.network, $0.length) })
+            snapshot.routes.removeAll {
+                $0.proto == kernelProtocol && $0.gateway == nil && $0.nexthopID == nil
+                    && ($0.dst.network.isLinkLocal || prefixes.contains($0.dst))
+            }
+        }
+        snapshot.addresses.removeAll { $0.address.isLinkLocal }
+        return snapshot
     }
 
     /// The diff of one family's plane. Generic, but called only from the two
@@ -312,7 +329,7 @@ public enum Differ {
     public static func cleanup(snapshot: KernelSnapshot) -> Plan { cleanupPlan(snapshot) }
 
     /// The same for the IPv6 plane (`flannel-v6.<VNI>`).
-    public static func cleanup(snapshot: KernelSnapshot6) -> Plan6 { cleanupPlan(snapshot) }
+    public static func cleanup(snapshot: KernelSnapshot6) -> Plan6 { cleanupPlan(withoutKernelOwn(snapshot)) }
 
     static func cleanupPlan<A: IPFamilyAddress>(_ snapshot: KernelSnapshotOf<A>) -> PlanOf<A> {
         var changes: [ChangeOf<A>] = snapshot.routes.map { .remove(.route($0)) } + snapshot.nexthops.map { .remove(.nexthop($0)) }

@@ -41,6 +41,9 @@ enum Fixture6 {
             routes: desired.routes.map { var r = $0; if r.nexthopID == nil { r.deviceIndex = r.deviceIndex ?? index }; return r })
         snapshot.routes.append(Route6(dst: IPv6Prefix("fe80::/64")!, gateway: nil, onlink: false, proto: 2, priority: 256,
                                       deviceIndex: index))
+        if let address = desired.address {
+            snapshot.routes.append(Route6(dst: address, gateway: nil, onlink: false, proto: 2, priority: 256, deviceIndex: index))
+        }
         return snapshot
     }
 
@@ -266,7 +269,7 @@ struct Diff6Tests {
         #expect(plan.changes.count == 2 + 3 * 2)
     }
 
-    @Test("a kernel that holds the plane (and the device's link-local address and route) needs nothing",
+    @Test("a kernel that holds the plane (and the device's link-local address, and the kernel's prefix routes) needs nothing",
           arguments: RouteLayout.allCases)
     func inSync(layout: RouteLayout) throws {
         let desired = try Fixture6.desired(peers, layout: layout)
@@ -274,7 +277,7 @@ struct Diff6Tests {
         #expect(plan.isEmpty)
     }
 
-    @Test("tampered entries are repaired; strays on the device removed; the device's link-local address and route kept")
+    @Test("tampered entries are repaired; strays on the device removed; the kernel's link-local address and prefix routes kept")
     func tampered() throws {
         let desired = try Fixture6.desired(peers)
         var kernel = Fixture6.kernel(holding: desired)
@@ -288,6 +291,11 @@ struct Diff6Tests {
         kernel.neighbors.append(Neighbor6(ip: IPv6Address("fd00:10:244:99::")!, mac: MACAddress("0a:00:00:00:00:99")!, permanent: false))
         kernel.fdb.append(FDBEntry6(mac: MACAddress("0a:00:00:00:00:99")!, dst: IPv6Address("2001:2::99")!))
         kernel.addresses.append(IPv6Prefix("fd00:10:244:1::5/64")!)
+        kernel.routes.append(Route6(dst: IPv6Prefix("fd00:10:244:1::/64")!, gateway: nil, onlink: false, proto: 2, priority: 256,
+                                    deviceIndex: Fixture6.index))
+        // A route of the kernel's protocol that no address of the device explains is a stray like any other.
+        kernel.routes.append(Route6(dst: IPv6Prefix("fd00:10:244:98::/64")!, gateway: nil, onlink: false, proto: 2, priority: 256,
+                                    deviceIndex: Fixture6.index))
         kernel.foreignRoutes.append(Route6(dst: IPv6Prefix("2001:db8::/32")!, gateway: IPv6Address("2001:2::fe")!, onlink: false,
                                            proto: 4, priority: 1024, deviceIndex: 2))
         let plan = try Differ.plan(desired: desired, snapshot: kernel)
@@ -300,6 +308,7 @@ struct Diff6Tests {
             "- neigh fd00:10:244:99:: lladdr 0a:00:00:00:00:99 dev flannel-v6.1 (not permanent)",
             "~ nexthop id 1985544194 via fd00:10:244:2:: dev flannel-v6.1 onlink (was: nexthop id 1985544194 via fd00:10:244:99:: dev flannel-v6.1 onlink)",
             "+ route fd00:10:244:3::/64 nhid 1985544195 via fd00:10:244:3:: dev flannel-v6.1 onlink metric 1024",
+            "- route fd00:10:244:98::/64 dev flannel-v6.1 proto kernel metric 256",
             "- route fd00:10:244:99::/64 dev flannel-v6.1 proto boot metric 1024",
         ])
         // Applied, the kernel holds the plane again.
@@ -364,6 +373,7 @@ struct Diff6Tests {
         let plan = Differ.cleanup(snapshot: Fixture6.kernel(holding: try Fixture6.desired(peers)))
         #expect(Fixture6.lines(plan).first == "- route fd00:10:244:2::/64 nhid 1985544194 via fd00:10:244:2:: dev flannel-v6.1 onlink metric 1024")
         #expect(Fixture6.lines(plan).last == "- link flannel-v6.1")
+        #expect(plan.changes.count == 2 + 2 + 1, "the kernel's own routes go with the device, unnamed")
     }
 }
 
