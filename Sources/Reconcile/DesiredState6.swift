@@ -82,14 +82,13 @@ public struct DesiredState6: Sendable, Hashable {
             if let half = peer.ipv6 {
                 withHalf.append((peer, half))
             } else {
-                skipped.append(SkippedPeer(name: peer.name, origin: peer.origin,
-                                           reason: "no IPv6 subnet and public IPv6 (an IPv4-only lease)", ipv6: true))
+                skipped.append(SkippedPeer(name: peer.name, origin: peer.origin, reason: PeerChecks6.noIPv6Half, ipv6: true))
             }
         }
         withHalf.sort { ($0.half.subnet, $0.peer.name) < ($1.half.subnet, $1.peer.name) }
         for (peer, half) in withHalf {
             func skip(_ reason: String) { skipped.append(SkippedPeer(name: peer.name, origin: peer.origin, reason: reason, ipv6: true)) }
-            if let reason = checks.reason(peer, half) { skip(reason); continue }
+            if let reason = checks.reason(peer) { skip(reason); continue }
             let own = checks.backend.claim(half)
             func taken(_ claim: PeerClaim6?) -> Bool {
                 guard let claim, let other = owner(claim) else { return false }
@@ -412,6 +411,9 @@ public struct PeerChecks6: Sendable {
         backend.localClaims + [.subnet(localHalf.subnet), .publicIP(localHalf.publicIP), .name(local.name)]
     }
 
+    /// Why a peer without an IPv6 half is not in the IPv6 plane.
+    public static let noIPv6Half = "no IPv6 subnet and public IPv6 (an IPv4-only lease)"
+
     /// Why an address cannot carry VXLAN to a peer (`is link-local`, ...); nil for a global unicast address.
     static func notGlobalUnicast(_ ip: IPv6Address) -> String? {
         if ip.isUnspecified { return "is not a unicast address" }
@@ -423,7 +425,8 @@ public struct PeerChecks6: Sendable {
     }
 
     /// Why the peer's IPv6 half cannot be programmed, whatever the other peers are; nil if it can.
-    public func reason(_ peer: NodeRecord, _ half: NodeRecord.IPv6Half) -> String? {
+    public func reason(_ peer: NodeRecord) -> String? {
+        guard let half = peer.ipv6 else { return Self.noIPv6Half }
         let ip = half.publicIP
         if let why = Self.notGlobalUnicast(ip) { return "publicIPv6 \(ip) \(why)" }
         if host.ipv6Addresses.contains(ip) { return "publicIPv6 \(ip) is an address of this host" }
