@@ -204,3 +204,19 @@ public struct IPv6Prefix: Hashable, Comparable, Sendable, TextCodable {
     public static func parse(_ text: String) -> IPv6Prefix? { IPv6Prefix(text) }
     public static var expectedForm: String { "an IPv6 prefix (fd00:10:244::/56)" }
 }
+
+// The cheap hash of the integer-like keys (see `mixedHash`), for the IPv6 plane's
+// dictionaries: both halves go through the seeded mix in turn, so two addresses
+// collide for every seed only when they are equal (folding the halves into one
+// word first would let a crafted set of leases share one bucket whatever the seed).
+extension IPv6Address {
+    @inlinable
+    public func _rawHashValue(seed: Int) -> Int { mixedHash(low, seed: mixedHash(high, seed: seed)) }
+}
+
+extension IPv6Prefix {
+    @inlinable
+    public func _rawHashValue(seed: Int) -> Int {
+        mixedHash(UInt64(length), seed: mixedHash(address.low, seed: mixedHash(address.high, seed: seed)))
+    }
+}

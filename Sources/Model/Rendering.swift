@@ -56,7 +56,13 @@ public struct Renderer: Sendable {
         return "if\(index)"
     }
 
-    public func describe(_ entry: Entry) -> String {
+    public func describe(_ entry: Entry) -> String { describeEntry(entry) }
+    /// An IPv6 plane's entry: the same words, IPv6 addresses as iproute2 prints them.
+    public func describe(_ entry: Entry6) -> String { describeEntry(entry) }
+
+    /// Either family's entry (the concrete overloads above are what other
+    /// modules call: this is specialized here for each family).
+    public func describeEntry<A: IPFamilyAddress>(_ entry: EntryOf<A>) -> String {
         switch entry {
         case .address(let prefix):
             return "address \(prefix) dev \(deviceName)"
@@ -84,7 +90,7 @@ public struct Renderer: Sendable {
     }
 
     /// ` port P vni V via DEV`, as `bridge fdb` prints what differs from the device's defaults.
-    func fdbExtras(_ fdb: FDBEntry) -> String {
+    func fdbExtras<A: IPFamilyAddress>(_ fdb: FDBEntryOf<A>) -> String {
         var text = ""
         if let port = fdb.port { text += " port \(port)" }
         if let vni = fdb.vni { text += " vni \(vni)" }
@@ -93,7 +99,8 @@ public struct Renderer: Sendable {
     }
 
     public func describe(_ device: VXLANDevice) -> String {
-        "link \(device.name) type vxlan id \(device.vni) local \(device.localIP) dev \(device.underlayName) "
+        "link \(device.name) type vxlan id \(device.vni) local \(device.localIPv6.map(\.description) ?? device.localIP.description) "
+            + "dev \(device.underlayName) "
             + "dstport \(device.port) \(device.learning ? "learning" : "nolearning") mtu \(device.mtu) address \(device.mac)"
     }
 
@@ -104,7 +111,10 @@ public struct Renderer: Sendable {
     }
 
     /// One line per change: `+ ` add, `~ ` change, `- ` remove.
-    public func describe(_ change: Change) -> String {
+    public func describe(_ change: Change) -> String { describeChange(change) }
+    public func describe(_ change: Change6) -> String { describeChange(change) }
+
+    public func describeChange<A: IPFamilyAddress>(_ change: ChangeOf<A>) -> String {
         switch change {
         case .createTUN(let device):
             return "+ " + describe(device)
@@ -127,17 +137,20 @@ public struct Renderer: Sendable {
         case .deleteDevice(let link):
             return "- link \(link.name)"
         case .add(let entry):
-            return "+ " + describe(entry)
+            return "+ " + describeEntry(entry)
         case .replace(let old, let new):
-            return "~ " + describe(new) + " (was: " + describeDifference(old, new) + ")"
+            return "~ " + describeEntry(new) + " (was: " + describeDifference(old, new) + ")"
         case .remove(let entry):
-            return "- " + describe(entry)
+            return "- " + describeEntry(entry)
         }
     }
 
     /// A change in words a person types (`add route ...`, `replace fdb ...`,
     /// `remove neigh ...`, `add link ...`): what a failure message names.
-    public func words(_ change: Change) -> String {
+    public func words(_ change: Change) -> String { changeWords(change) }
+    public func words(_ change: Change6) -> String { changeWords(change) }
+
+    public func changeWords<A: IPFamilyAddress>(_ change: ChangeOf<A>) -> String {
         switch change {
         case .createTUN(let device): "add " + describe(device)
         case .updateTUN(_, let device): "change link \(device.name)"
@@ -145,19 +158,19 @@ public struct Renderer: Sendable {
         case .recreateDevice(_, let device): "recreate " + describe(device)
         case .updateDevice(_, let device): "change link \(device.name)"
         case .deleteDevice(let link): "remove link \(link.name)"
-        case .add(let entry): "add " + describe(entry)
-        case .replace(_, let entry): "replace " + describe(entry)
-        case .remove(let entry): "remove " + describe(entry)
+        case .add(let entry): "add " + describeEntry(entry)
+        case .replace(_, let entry): "replace " + describeEntry(entry)
+        case .remove(let entry): "remove " + describeEntry(entry)
         }
     }
 
-    func describeDifference(_ old: Entry, _ new: Entry) -> String {
+    func describeDifference<A: IPFamilyAddress>(_ old: EntryOf<A>, _ new: EntryOf<A>) -> String {
         switch (old, new) {
         case (.fdb(let a), .fdb(let b)) where a.mac == b.mac && a.permanent == b.permanent:
             a.dst != b.dst ? "dst \(a.dst)" + fdbExtras(a) : String(fdbExtras(a).dropFirst())
         case (.neighbor(let a), .neighbor(let b)) where a.mac != b.mac: "lladdr \(a.mac)"
         case (.neighbor(let a), .neighbor(let b)) where a.permanent != b.permanent: a.permanent ? "permanent" : "not permanent"
-        default: describe(old)
+        default: describeEntry(old)
         }
     }
 }

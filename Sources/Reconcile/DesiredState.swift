@@ -83,12 +83,24 @@ public struct HostFacts: Sendable, Hashable {
     /// The underlay's own networks (its addresses with their prefix lengths).
     public var underlayPrefixes: [IPv4Prefix]
 
+    /// Dual stack: the interface that holds this node's public IPv6 address
+    /// (nil: the same as `underlay`, as flannel's one external interface).
+    public var ipv6Underlay: LinkState?
+    /// Every IPv6 address on the host.
+    public var ipv6Addresses: Set<IPv6Address>
+    /// Main-table IPv6 routes that are not the agent's (IPv6 peer validation).
+    public var ipv6ForeignRoutes: [Route6]
+
     public init(underlay: LinkState, addresses: Set<IPv4Address> = [], foreignRoutes: [Route] = [],
-                underlayPrefixes: [IPv4Prefix] = []) {
+                underlayPrefixes: [IPv4Prefix] = [], ipv6Underlay: LinkState? = nil, ipv6Addresses: Set<IPv6Address> = [],
+                ipv6ForeignRoutes: [Route6] = []) {
         self.underlay = underlay
         self.addresses = addresses
         self.foreignRoutes = foreignRoutes
         self.underlayPrefixes = underlayPrefixes
+        self.ipv6Underlay = ipv6Underlay
+        self.ipv6Addresses = ipv6Addresses
+        self.ipv6ForeignRoutes = ipv6ForeignRoutes
     }
 }
 
@@ -97,8 +109,12 @@ public struct SkippedPeer: Sendable, Hashable, CustomStringConvertible {
     public var name: String
     public var origin: String
     public var reason: String
+    /// Left out of the IPv6 plane only (dual stack): its IPv4 entries are kept.
+    public var ipv6: Bool = false
 
-    public var description: String { "peer \(name)\(origin.isEmpty ? "" : " (\(origin))"): \(reason); skipped" }
+    public var description: String {
+        "peer \(name)\(origin.isEmpty ? "" : " (\(origin))"): \(reason); \(ipv6 ? "left out of the IPv6 plane" : "skipped")"
+    }
 }
 
 /// Settings of the agent itself (not of the cluster).
@@ -108,11 +124,15 @@ public struct AgentSettings: Sendable, Hashable {
     public var layout: RouteLayout
     /// The VXLAN device name; default `flannel.<VNI>`.
     public var deviceName: String?
+    /// Dual stack: the IPv6 VXLAN device's name; default `flannel-v6.<VNI>`, as flannel names it.
+    public var deviceName6: String?
 
-    public init(proto: UInt8 = AgentSettings.defaultProtocol, layout: RouteLayout = .nexthop, deviceName: String? = nil) {
+    public init(proto: UInt8 = AgentSettings.defaultProtocol, layout: RouteLayout = .nexthop, deviceName: String? = nil,
+                deviceName6: String? = nil) {
         self.proto = proto
         self.layout = layout
         self.deviceName = deviceName
+        self.deviceName6 = deviceName6
     }
 
     /// Not named in iproute2's rt_protos (80 is Calico's, 11 zebra, 12 bird, 186 bgp).
@@ -120,6 +140,11 @@ public struct AgentSettings: Sendable, Hashable {
     public static let protocolName = "vxlan-agent"
     /// Nexthop ids are `nexthopIDBase + subnet index`: a range of our own, stable per peer.
     public static let nexthopIDBase: UInt32 = 0x7658_0000
+    /// The IPv6 plane's nexthop ids are `nexthopIDBase6 + IPv6 subnet index`. Nexthop
+    /// ids are one space per namespace for both families: the IPv4 plane's fill
+    /// `nexthopIDBase` + 0...0xffff for up to 65,536 subnets (a /8 of /24s; the
+    /// benchmarks' 50,000 peers), so the IPv6 plane's start one such block higher.
+    public static let nexthopIDBase6: UInt32 = nexthopIDBase + 0x1_0000
 }
 
 /// Everything the agent wants the kernel to hold.

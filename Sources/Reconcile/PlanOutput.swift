@@ -5,10 +5,16 @@ import Model
 public struct PlanOutput: Sendable {
     public var renderer: Renderer
     public var desired: DesiredState?
+    /// Dual stack: the IPv6 plane's renderer (its device's name and index); nil: `renderer`.
+    public var renderer6: Renderer?
+    /// Dual stack: the IPv6 plane's desired state (names the peer of each IPv6 change in JSON).
+    public var desired6: DesiredState6?
 
-    public init(renderer: Renderer, desired: DesiredState? = nil) {
+    public init(renderer: Renderer, desired: DesiredState? = nil, renderer6: Renderer? = nil, desired6: DesiredState6? = nil) {
         self.renderer = renderer
         self.desired = desired
+        self.renderer6 = renderer6
+        self.desired6 = desired6
     }
 
     /// One line per change (`+ `, `~ `, `- `), then one line per skipped peer
@@ -17,17 +23,36 @@ public struct PlanOutput: Sendable {
         plan.changes.map(renderer.describe) + plan.skipped.map { "! \($0)" } + plan.kept.map { "! \($0)" }
     }
 
-    /// `3 to add, 1 to change, 2 to remove (12 peers, 1 skipped)` or `in sync: nothing to do (12 peers)`.
-    public func summary(_ plan: Plan, applied: Bool = false, writes: Int? = nil, failures: Int = 0) -> String {
-        var peers = "\(plan.peerCount) peer\(plan.peerCount == 1 ? "" : "s")"
-        if !plan.skipped.isEmpty { peers += ", \(plan.skipped.count) skipped" }
-        if plan.isEmpty { return "in sync: nothing to do (\(peers)\(writes.map { ", \($0) kernel writes" } ?? ""))" }
-        let c = plan.counts
+    /// Both planes of a dual-stack node: the IPv4 plane's changes, then the
+    /// IPv6 plane's, then the peers left out and the entries kept of both.
+    public func lines(_ plan: Plan, _ plan6: Plan6?) -> [String] {
+        guard let plan6 else { return lines(plan) }
+        let renderer6 = renderer6 ?? renderer
+        return plan.changes.map(renderer.describe) + plan6.changes.map(renderer6.describe)
+            + (plan.skipped + plan6.skipped).map { "! \($0)" } + (plan.kept + plan6.kept).map { "! \($0)" }
+    }
+
+    /// `3 to add, 1 to change, 2 to remove (12 peers, 1 skipped)` or `in sync: nothing to do (12 peers)`;
+    /// with an IPv6 plane the counts are both planes' and its peers follow
+    /// (`(12 peers; IPv6: 11 peers, 1 left out)`).
+    public func summary(_ plan: Plan, _ plan6: Plan6? = nil, applied: Bool = false, writes: Int? = nil, failures: Int = 0) -> String {
+        func peerText(_ count: Int, _ skipped: Int, _ word: String) -> String {
+            "\(count) peer\(count == 1 ? "" : "s")" + (skipped == 0 ? "" : ", \(skipped) \(word)")
+        }
+        var peers = peerText(plan.peerCount, plan.skipped.count, "skipped")
+        if let plan6 { peers += "; IPv6: " + peerText(plan6.peerCount, plan6.skipped.count, "left out") }
+        // With two planes, what counts both is set apart from the IPv6 plane's peers.
+        let separator = plan6 == nil ? ", " : "; "
+        if plan.isEmpty && plan6?.isEmpty ?? true {
+            return "in sync: nothing to do (\(peers)\(writes.map { "\(separator)\($0) kernel writes" } ?? ""))"
+        }
+        let c = plan.counts + (plan6?.counts ?? PlanCounts())
         var text = applied ? "applied: \(c.add) added, \(c.change) changed, \(c.remove) removed"
                            : "\(c.add) to add, \(c.change) to change, \(c.remove) to remove"
-        text += " (\(peers)"
-        if let writes { text += ", \(writes) kernel write\(writes == 1 ? "" : "s")" }
-        if failures > 0 { text += ", \(failures) failed" }
+        var totals: [String] = []
+        if let writes { totals.append("\(writes) kernel write\(writes == 1 ? "" : "s")") }
+        if failures > 0 { totals.append("\(failures) failed") }
+        text += " (\(peers)" + (totals.isEmpty ? "" : separator + totals.joined(separator: ", "))
         return text + ")"
     }
 
@@ -37,15 +62,18 @@ public struct PlanOutput: Sendable {
         var object: String
         var was: String?
         var peer: String?
+        /// The plane: `ipv4` or `ipv6`.
+        var family: String
     }
 
     struct JSONSkipped: Encodable {
         var name: String
         var origin: String
         var reason: String
+        var family: String
     }
 
-    struct JSONSummary: Encodable {
+    struct JSONPlaneSummary: Encodable {
         var add: Int
         var change: Int
         var remove: Int
@@ -53,9 +81,23 @@ public struct PlanOutput: Sendable {
         var skipped: Int
     }
 
+    struct JSONSummary: Encodable {
+        /// Both planes' changes.
+        var add: Int
+        var change: Int
+        var remove: Int
+        /// The IPv4 plane's peers.
+        var peers: Int
+        var skipped: Int
+        /// The IPv6 plane alone (dual stack).
+        var ipv6: JSONPlaneSummary?
+    }
+
     struct JSONPlan: Encodable {
         /// nil for a backend without a device (host-gw).
         var device: String?
+        /// The IPv6 plane's device (dual stack).
+        var device6: String?
         var inSync: Bool
         var applied: Bool
         var summary: JSONSummary
@@ -66,36 +108,56 @@ public struct PlanOutput: Sendable {
         var failures: [String]?
     }
 
-    /// The plan as JSON: `{"device", "inSync", "summary", "changes": [{"action", "kind", "object", "peer"}], "skippedPeers"}`.
-    public func json(_ plan: Plan, applied: Bool = false, writes: Int? = nil, failures: [String]? = nil) -> String {
+    /// The plan as JSON: `{"device", "inSync", "summary", "changes": [{"action", "kind", "object", "peer", "family"}],
+    /// "skippedPeers"}`; with an IPv6 plane also `"device6"` and `summary.ipv6`, and its changes with `"family": "ipv6"`.
+    public func json(_ plan: Plan, _ plan6: Plan6? = nil, applied: Bool = false, writes: Int? = nil,
+                     failures: [String]? = nil) -> String {
         let peers = desired?.peerIndex()
-        let changes = plan.changes.map { change -> JSONChange in
-            switch change {
-            case .createDevice, .createTUN:
-                return JSONChange(action: "add", kind: "link", object: String(renderer.describe(change).dropFirst(2)))
-            case .recreateDevice, .updateDevice, .updateTUN:
-                return JSONChange(action: "change", kind: "link", object: String(renderer.describe(change).dropFirst(2)))
-            case .deleteDevice:
-                return JSONChange(action: "remove", kind: "link", object: String(renderer.describe(change).dropFirst(2)))
-            case .add(let entry):
-                return JSONChange(action: "add", kind: entry.kind, object: renderer.describe(entry), peer: peers?.peer(of: entry))
-            case .replace(let old, let new):
-                return JSONChange(action: "change", kind: new.kind, object: renderer.describe(new), was: renderer.describe(old),
-                                  peer: peers?.peer(of: new))
-            case .remove(let entry):
-                return JSONChange(action: "remove", kind: entry.kind, object: renderer.describe(entry), peer: peers?.peer(of: entry))
-            }
+        var changes = Self.jsonChanges(plan, family: "ipv4", renderer: renderer) { peers?.peer(of: $0) }
+        if let plan6 {
+            let peers6 = desired6?.peerIndex()
+            changes += Self.jsonChanges(plan6, family: "ipv6", renderer: renderer6 ?? renderer) { peers6?.peer(of: $0) }
         }
-        let c = plan.counts
+        let c = plan.counts + (plan6?.counts ?? PlanCounts())
+        let summary6 = plan6.map { p in
+            let c = p.counts
+            return JSONPlaneSummary(add: c.add, change: c.change, remove: c.remove, peers: p.peerCount, skipped: p.skipped.count)
+        }
+        let skipped = plan.skipped.map { JSONSkipped(name: $0.name, origin: $0.origin, reason: $0.reason, family: $0.ipv6 ? "ipv6" : "ipv4") }
+            + (plan6?.skipped ?? []).map { JSONSkipped(name: $0.name, origin: $0.origin, reason: $0.reason, family: "ipv6") }
+        let device6: String? = plan6 == nil || desired6.map({ $0.device == nil }) == true ? nil : (renderer6 ?? renderer).deviceName
         let document = JSONPlan(
-            device: desired.map { $0.device == nil } == true ? nil : renderer.deviceName, inSync: plan.isEmpty && (failures?.isEmpty ?? true), applied: applied,
-            summary: JSONSummary(add: c.add, change: c.change, remove: c.remove, peers: plan.peerCount, skipped: plan.skipped.count),
+            device: desired.map { $0.device == nil } == true ? nil : renderer.deviceName, device6: device6,
+            inSync: plan.isEmpty && (plan6?.isEmpty ?? true) && (failures?.isEmpty ?? true), applied: applied,
+            summary: JSONSummary(add: c.add, change: c.change, remove: c.remove, peers: plan.peerCount, skipped: plan.skipped.count,
+                                 ipv6: summary6),
             changes: changes,
-            skippedPeers: plan.skipped.map { JSONSkipped(name: $0.name, origin: $0.origin, reason: $0.reason) },
-            kept: plan.kept, writes: writes, failures: failures)
+            skippedPeers: skipped,
+            kept: plan.kept + (plan6?.kept ?? []), writes: writes, failures: failures)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         return String(decoding: (try? encoder.encode(document)) ?? Data("{}".utf8), as: UTF8.self)
     }
-}
 
+    static func jsonChanges<A: IPFamilyAddress>(_ plan: PlanOf<A>, family: String, renderer: Renderer,
+                                                peer: (EntryOf<A>) -> String?) -> [JSONChange] {
+        plan.changes.map { change -> JSONChange in
+            let line = renderer.describeChange(change)
+            switch change {
+            case .createDevice, .createTUN:
+                return JSONChange(action: "add", kind: "link", object: String(line.dropFirst(2)), family: family)
+            case .recreateDevice, .updateDevice, .updateTUN:
+                return JSONChange(action: "change", kind: "link", object: String(line.dropFirst(2)), family: family)
+            case .deleteDevice:
+                return JSONChange(action: "remove", kind: "link", object: String(line.dropFirst(2)), family: family)
+            case .add(let entry):
+                return JSONChange(action: "add", kind: entry.kind, object: renderer.describeEntry(entry), peer: peer(entry), family: family)
+            case .replace(let old, let new):
+                return JSONChange(action: "change", kind: new.kind, object: renderer.describeEntry(new), was: renderer.describeEntry(old),
+                                  peer: peer(new), family: family)
+            case .remove(let entry):
+                return JSONChange(action: "remove", kind: entry.kind, object: renderer.describeEntry(entry), peer: peer(entry), family: family)
+            }
+        }
+    }
+}
