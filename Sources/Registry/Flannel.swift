@@ -144,8 +144,7 @@ public enum Flannel {
 public struct LeaseKeySubnets: Sendable, Hashable {
     /// nil for an IPv6-only key.
     public var ipv4: IPv4Prefix?
-    /// The IPv6 subnet of a dual-stack or IPv6-only key (kept for dual stack; the
-    /// agent programs IPv4 only).
+    /// The IPv6 subnet of a dual-stack or IPv6-only key.
     public var ipv6: IPv6Prefix?
 
     public init(ipv4: IPv4Prefix?, ipv6: IPv6Prefix?) {
@@ -162,9 +161,9 @@ public struct LeaseAttributes: Sendable, Hashable {
     public var vni: UInt32?
     /// The vxlan backend's VTEP MAC (`BackendData.VtepMAC`); nil for host-gw, which has no `BackendData`.
     public var vtepMAC: MACAddress?
-    /// A dual-stack node's IPv6 underlay address (`PublicIPv6`), kept for dual stack.
+    /// A dual-stack node's IPv6 underlay address (`PublicIPv6`).
     public var publicIPv6: IPv6Address?
-    /// A dual-stack node's IPv6 VTEP (`BackendV6Data`), when it parses; kept for dual stack.
+    /// A dual-stack node's IPv6 VTEP (`BackendV6Data`), when it parses.
     public var backendV6: VTEP?
 
     /// A VTEP as `BackendData`/`BackendV6Data` describe it.
@@ -275,8 +274,8 @@ public struct LeaseAttributes: Sendable, Hashable {
                 vtep = try parseVTEP(data)
             }
         }
-        // BackendV6Data matters only to an IPv6 VTEP, which this agent does not run:
-        // like an IPv4-only flanneld, a broken one does not cost the IPv4 peer.
+        // BackendV6Data matters only to the IPv6 VTEP: a broken one does not cost the
+        // IPv4 half (`Flannel.check` records why the IPv6 half is left out).
         let v6Data = try? fields.object("BackendV6Data")
         let v6 = v6Data.flatMap { data in try? parseVTEP(data) }
         return LeaseAttributes(publicIP: ip, backendType: type ?? "", vni: vtep?.vni, vtepMAC: vtep?.vtepMAC,
@@ -296,7 +295,7 @@ public struct LeaseAttributes: Sendable, Hashable {
 public struct Lease: Sendable, Hashable {
     public var key: String
     public var subnet: IPv4Prefix
-    /// The IPv6 subnet of a dual-stack key (kept for dual stack; not programmed).
+    /// The IPv6 subnet of a dual-stack key.
     public var ipv6Subnet: IPv6Prefix?
     public var attributes: LeaseAttributes
     /// The etcd lease the key is attached to (0: none).
@@ -317,8 +316,8 @@ public struct Lease: Sendable, Hashable {
     }
 
     /// Parses one key of `<prefix>/subnets/`; the error names the key. A
-    /// dual-stack key gives its IPv4 subnet; an IPv6-only key is refused (this
-    /// agent programs IPv4 only).
+    /// dual-stack key gives both subnets (`Flannel.check` decides whether the IPv6
+    /// half is used); an IPv6-only key is refused (IPv6-only clusters are not run yet).
     public static func parse(key: String, value: [UInt8], etcdLease: Int64 = 0,
                              backendType: String? = "vxlan") throws(ConfigError) -> Lease {
         guard let subnets = Flannel.subnets(ofLeaseKey: key) else {
@@ -327,7 +326,7 @@ public struct Lease: Sendable, Hashable {
         }
         guard let subnet = subnets.ipv4 else {
             throw ConfigError(source: key, field: "", message: "an IPv6-only lease (\(subnets.ipv6.map { "\($0)" } ?? "")): "
-                              + "this agent programs IPv4 only")
+                              + "this agent runs IPv4 and dual-stack clusters, not IPv6-only ones")
         }
         guard subnet.isCanonical else {
             throw ConfigError(source: key, field: "", message: "the key names \(subnet), which is not a subnet "
