@@ -84,7 +84,8 @@ public final class EtcdSource: ClusterSource {
     /// The source with its registry made (its etcd client): what the daemon runs.
     public func started() throws -> EtcdSource {
         EtcdSource(config: config, settings: settings, node: node, publicIP: publicIP, log: log,
-                   registry: try EtcdRegistry(settings: settings, node: node, publicIP: publicIP, ttl: config.daemon.leaseTTL,
+                   registry: try EtcdRegistry(settings: settings, node: node, publicIP: publicIP, publicIPv6: config.publicIPv6,
+                                              ttl: config.daemon.leaseTTL,
                                               subnetFile: config.daemon.subnetFile, log: log,
                                               renewMargin: config.daemon.leaseRenewMargin))
     }

@@ -238,7 +238,7 @@ public final class Daemon: @unchecked Sendable {
             log.warning("device changes take effect on restart", metadata: ["device": "\(config.deviceName ?? "default")"])
             next.deviceName = config.deviceName
         }
-        let registryChanged = next.etcd != config.etcd || next.publicIP != config.publicIP || next.daemon.leaseTTL != config.daemon.leaseTTL
+        let registryChanged = next.etcd != config.etcd || next.publicIP != config.publicIP || next.publicIPv6 != config.publicIPv6 || next.daemon.leaseTTL != config.daemon.leaseTTL
         config = next
         reconciler?.post { $0.config = next }
         if next.etcd == nil || registryChanged {

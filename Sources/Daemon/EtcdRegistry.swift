@@ -18,11 +18,20 @@ public enum RegistryEvent: Sendable {
     case connection(Bool, String?)
 }
 
-/// This node's lease: its key, subnet and etcd lease ID.
+/// This node's lease: its key, subnet(s) and etcd lease ID.
 public struct OwnLease: Sendable, Hashable {
     public var key: String
     public var subnet: IPv4Prefix
     public var id: Int64
+    /// Dual stack: the IPv6 subnet the key names with the IPv4 one.
+    public var ipv6Subnet: IPv6Prefix?
+
+    public init(key: String, subnet: IPv4Prefix, id: Int64, ipv6Subnet: IPv6Prefix? = nil) {
+        self.key = key
+        self.subnet = subnet
+        self.id = id
+        self.ipv6Subnet = ipv6Subnet
+    }
 }
 
 /// Takes and keeps a subnet lease in flannel's layout and semantics:
@@ -31,6 +40,13 @@ public struct OwnLease: Sendable, Hashable {
 /// with `If(Version(key) == 0)` so two nodes never hold one subnet. A subnet is
 /// free when no key holds it, whatever the key's form (IPv4, dual stack, a form
 /// only flanneld reads) or value (a broken value still has a node behind it).
+/// Dual stack, as flanneld: one key names both subnets (`10.244.1.0-24&fd00:10:244:1::-64`),
+/// so both are taken in one transaction; the IPv6 one is picked at random among
+/// the first 100 free between IPv6SubnetMin and IPv6SubnetMax (or the previous
+/// one, subnet.env's FLANNEL_IPV6_SUBNET, when free). Like flanneld's, the
+/// transaction guards the key alone: two nodes that pick the same IPv6 subnet with
+/// different IPv4 ones at the same instant both succeed (the chance is 1 in 100
+/// per simultaneous pair; the peers' checks then see the overlap).
 public struct LeaseAllocator: Sendable {
     public let client: EtcdClient
     public let prefix: String
@@ -45,29 +61,48 @@ public struct LeaseAllocator: Sendable {
     }
 
     /// Acquires a lease, given the keys under `<prefix>/subnets/` as just listed.
-    public func acquire(network: NetworkConfig, existing: [KeyValue], previous: IPv4Prefix?) async throws -> OwnLease {
+    public func acquire(network: NetworkConfig, existing: [KeyValue], previous: IPv4Prefix?,
+                        previousIPv6: IPv6Prefix? = nil) async throws -> OwnLease {
         let held = existing.compactMap { Flannel.heldSubnet(byLeaseKey: $0.key) }
-        // Ours already (same public IP, a subnet flanneld would keep: an IPv4 key, a
-        // /SubnetLen between SubnetMin and SubnetMax): renew it under a fresh etcd
-        // lease, as flanneld does; with several, the previous subnet's. A dual-stack
-        // key is not reused (flanneld finds it incompatible with an IPv4-only
-        // network); it keeps holding its subnet until it expires.
+        // Ours already (same public IP, subnets flanneld would keep: a /SubnetLen
+        // between SubnetMin and SubnetMax, and in a dual-stack network a
+        // /IPv6SubnetLen between IPv6SubnetMin and IPv6SubnetMax, in an IPv4-only one
+        // no IPv6 part): renew it under a fresh etcd lease, as flanneld does; with
+        // several, the previous subnet's. A key of the other form is not reused
+        // (flanneld finds it incompatible with the network); it keeps holding its
+        // subnets until it expires.
         // Only a lease whose value names our address (or escapes something) can be
         // ours: parsing just those keeps a join in a cluster of 10,000 leases from
         // parsing every lease twice.
         let address = Array("\(attributes.publicIP)".utf8)
         let ours = existing.filter { Self.mentions($0.value, address) || $0.value.contains(UInt8(ascii: "\\")) }
-            .sorted { $0.key < $1.key }.compactMap { kv -> (KeyValue, IPv4Prefix)? in
-            guard let lease = try? Lease.parse(key: kv.key, value: kv.value, backendType: nil), lease.ipv6Subnet == nil,
+            .sorted { $0.key < $1.key }.compactMap { kv -> (KeyValue, Lease)? in
+            guard let lease = try? Lease.parse(key: kv.key, value: kv.value, backendType: nil),
+                  Flannel.isOwnable(ipv6: lease.ipv6Subnet, in: network),
                   lease.attributes.publicIP == attributes.publicIP, Flannel.isOwnable(lease.subnet, in: network) else { return nil }
-            return (kv, lease.subnet)
+            return (kv, lease)
         }
-        if let (kv, subnet) = ours.first(where: { $0.1 == previous }) ?? ours.first {
+        if let (kv, lease) = ours.first(where: { $0.1.subnet == previous }) ?? ours.first {
             let id = try await client.grantLease(ttlSeconds: ttl)
             _ = try await client.put(kv.key, value: attributes.json, lease: id)
             // The key moved to the new lease; the old one holds nothing now.
             if kv.lease != 0 && kv.lease != id { try? await client.revoke(lease: kv.lease) }
-            return OwnLease(key: kv.key, subnet: subnet, id: id)
+            return OwnLease(key: kv.key, subnet: lease.subnet, id: id, ipv6Subnet: lease.ipv6Subnet)
+        }
+        var ipv6Candidates: [IPv6Prefix?] = [nil]
+        if let ipv6 = network.ipv6 {
+            let held6 = existing.compactMap { Flannel.heldIPv6Subnet(byLeaseKey: $0.key) }
+            if let previousIPv6, Flannel.isOwnable(ipv6: previousIPv6, in: network), !held6.contains(where: { $0.overlaps(previousIPv6) }) {
+                ipv6Candidates = [previousIPv6]
+            } else {
+                let free = Flannel.freeIPv6Subnets(network: network, held: held6)
+                guard !free.isEmpty else {
+                    throw DaemonError("no free IPv6 subnet: every /\(ipv6.subnetLen) between IPv6SubnetMin \(ipv6.subnetMin) and "
+                                      + "IPv6SubnetMax \(ipv6.subnetMax) of \(ipv6.network) is leased "
+                                      + "(\(existing.count) keys under \(Flannel.subnetsPrefix(prefix: prefix)))")
+                }
+                ipv6Candidates = free.shuffled()
+            }
         }
         let id = try await client.grantLease(ttlSeconds: ttl)
         var candidates = Flannel.freeSubnets(network: network, held: held)
@@ -76,10 +111,11 @@ public struct LeaseAllocator: Sendable {
         } else {
             candidates.shuffle()
         }
-        for subnet in candidates.prefix(16) {
-            let key = Flannel.leaseKey(prefix: prefix, subnet: subnet)
+        for (attempt, subnet) in candidates.prefix(16).enumerated() {
+            let ipv6Subnet = ipv6Candidates[attempt % ipv6Candidates.count]
+            let key = Flannel.leaseKey(prefix: prefix, subnet: subnet, ipv6: ipv6Subnet)
             if try await client.createIfAbsent(key, value: attributes.json, lease: id) {
-                return OwnLease(key: key, subnet: subnet, id: id)
+                return OwnLease(key: key, subnet: subnet, id: id, ipv6Subnet: ipv6Subnet)
             }
             // Another node took it between our list and our transaction: try the next.
         }
@@ -124,6 +160,8 @@ public final class EtcdRegistry: Sendable {
     let settings: EtcdSettings
     let node: String
     let publicIP: IPv4Address
+    /// Dual stack: this node's IPv6 underlay address (the lease's PublicIPv6).
+    let publicIPv6: IPv6Address?
     let ttl: Int64
     /// Seconds before the lease runs out that it is renewed (flanneld: --subnet-lease-renew-margin).
     let renewMargin: Int64
@@ -131,13 +169,14 @@ public final class EtcdRegistry: Sendable {
     let log: Logger
     let own = Mutex<OwnLease?>(nil)
 
-    public init(settings: EtcdSettings, node: String, publicIP: IPv4Address, ttl: Int64, subnetFile: String, log: Logger,
-                renewMargin: Int64 = 3600) throws {
+    public init(settings: EtcdSettings, node: String, publicIP: IPv4Address, publicIPv6: IPv6Address? = nil, ttl: Int64,
+                subnetFile: String, log: Logger, renewMargin: Int64 = 3600) throws {
         self.client = try makeEtcdClient(settings)
         self.renewMargin = renewMargin
         self.settings = settings
         self.node = node
         self.publicIP = publicIP
+        self.publicIPv6 = publicIPv6
         self.ttl = ttl
         self.subnetFile = subnetFile
         self.log = log
@@ -207,6 +246,7 @@ public final class EtcdRegistry: Sendable {
                                           + "(etcdctl put \(configKey) '{\"Network\": \"10.244.0.0/16\", \"Backend\": {\"Type\": \"vxlan\"}}')")
                     }
                     network = try NetworkConfig.parse(Data(configValue.value), source: "etcd \(configKey)")
+                        .checkSupported(source: "etcd \(configKey)", dialect: .flanneld)
                     reportedConfig = .some(configValue.value)
                 }
                 guard let network else { continue }
@@ -295,19 +335,27 @@ public final class EtcdRegistry: Sendable {
 
     /// Makes sure this node holds a lease that is in `leases`; takes one if not.
     func ensureLease(network: NetworkConfig, leases: inout [String: KeyValue]) async throws {
+        let attributes = LeaseAttributes.own(publicIP: publicIP, publicIPv6: publicIPv6, network: network)
         if let mine = ownLease, let kv = leases[mine.key], kv.lease == mine.id,
-           let attributes = (try? Lease.parse(key: kv.key, value: kv.value, backendType: nil))?.attributes,
-           attributes.publicIP == publicIP, attributes.backendType == network.backendType {
+           let held = (try? Lease.parse(key: kv.key, value: kv.value, backendType: nil))?.attributes,
+           held.publicIP == publicIP, held.backendType == network.backendType, held.publicIPv6 == attributes.publicIPv6 {
             return
         }
-        let attributes = LeaseAttributes.own(publicIP: publicIP, network: network)
+        if network.ipv6 != nil, network.backendType != "udp", publicIPv6 == nil {
+            throw DaemonError("the network is dual stack (EnableIPv6) but this node has no IPv6 address: set publicIPv6 "
+                              + "(--public-ipv6), or give the underlay interface a global IPv6 address")
+        }
         let allocator = LeaseAllocator(client: client, prefix: settings.prefix, attributes: attributes, ttl: ttl)
-        let previous = (try? String(contentsOfFile: subnetFile, encoding: .utf8)).flatMap(SubnetEnv.previousSubnet(in:))
+        let file = try? String(contentsOfFile: subnetFile, encoding: .utf8)
+        let previous = file.flatMap(SubnetEnv.previousSubnet(in:))
+        let previousIPv6 = file.flatMap(SubnetEnv.previousIPv6Subnet(in:))
         // In no particular order: acquire sorts the few leases it may reuse.
-        let lease = try await allocator.acquire(network: network, existing: Array(leases.values), previous: previous)
+        let lease = try await allocator.acquire(network: network, existing: Array(leases.values), previous: previous,
+                                                previousIPv6: previousIPv6)
         own.withLock { $0 = lease }
         if let kv = try await client.get(lease.key) { leases[lease.key] = kv }
-        log.info("lease acquired", metadata: ["subnet": "\(lease.subnet)", "key": "\(lease.key)",
+        log.info("lease acquired", metadata: ["subnet": "\(lease.subnet)", "subnet.ipv6": "\(lease.ipv6Subnet.map { "\($0)" } ?? "none")",
+                                               "key": "\(lease.key)",
                                                "lease": "\(String(lease.id, radix: 16))", "ttl": "\(ttl)"])
     }
 
@@ -351,6 +399,10 @@ public final class EtcdRegistry: Sendable {
             case .success(let lease):
                 reported[key] = nil
                 upserts.append(lease.record)
+                if let reason = lease.ipv6Skipped {
+                    log.warning("lease's IPv6 half skipped", metadata: ["key": "\(Flannel.printable(key))",
+                                                                        "error": "\(Flannel.printable(reason, limit: 512))"])
+                }
             case .failure(let skipped):
                 removals.append(key)
                 if reported[key] != revision {
@@ -371,7 +423,7 @@ public final class EtcdRegistry: Sendable {
         guard let mine = ownLease else { fatalError("state without a lease") }
         let entries = leases.values.map(LeaseEntry.init)
         let result = Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP,
-                                         own: (mine.key, mine.subnet)) { entry in
+                                         publicIPv6: publicIPv6, own: (mine.key, mine.subnet)) { entry in
             if let hit = checks[entry.key], hit.revision == entry.revision { return hit.result }
             return Flannel.check(entry, network: network)
         }
@@ -386,6 +438,10 @@ public final class EtcdRegistry: Sendable {
             }
         }
         reported = reported.filter { seen.contains($0.key) }
+        for skipped in result.skippedIPv6 {
+            log.warning("lease's IPv6 half skipped", metadata: ["key": "\(Flannel.printable(skipped.key))",
+                                                                "error": "\(Flannel.printable(skipped.reason, limit: 512))"])
+        }
         return .state(result.view, invalidLeases: result.skipped.count)
     }
 }
@@ -410,7 +466,7 @@ extension EtcdRegistry {
         }
         let parsed: NetworkConfig
         do {
-            parsed = try NetworkConfig.parse(Data(value), source: "etcd \(key)")
+            parsed = try NetworkConfig.parse(Data(value), source: "etcd \(key)").checkSupported(source: "etcd \(key)", dialect: .flanneld)
         } catch {
             log.warning("the network configuration in etcd changed and is not valid; \(keep)",
                         metadata: ["key": "\(key)", "error": "\(error)"])
@@ -437,6 +493,13 @@ extension EtcdRegistry {
         compare("Backend.Port", old.port, new.port) { "\($0)" }
         compare("Backend.MTU", old.mtu, new.mtu) { $0.map { "\($0)" } ?? "default" }
         compare("Backend.DirectRouting", old.directRouting, new.directRouting) { "\($0)" }
+        compare("EnableIPv6", old.ipv6 != nil, new.ipv6 != nil) { "\($0)" }
+        if let a = old.ipv6, let b = new.ipv6 {
+            compare("IPv6Network", a.network, b.network) { "\($0)" }
+            compare("IPv6SubnetLen", a.subnetLen, b.subnetLen) { "\($0)" }
+            compare("IPv6SubnetMin", a.subnetMin, b.subnetMin) { "\($0)" }
+            compare("IPv6SubnetMax", a.subnetMax, b.subnetMax) { "\($0)" }
+        }
         return changes
     }
 }

@@ -12,18 +12,19 @@ public func readEtcdView(config: AgentConfig, node: String) async throws -> (vie
     guard let publicIP = config.publicIP else { throw DaemonError("\(config.source): publicIP is required with etcd") }
     let previous = (try? String(contentsOfFile: config.daemon.subnetFile, encoding: .utf8)).flatMap(SubnetEnv.previousSubnet(in:))
     return try await withEtcd(config) { client, settings in
-        try await read(client: client, settings: settings, node: node, publicIP: publicIP,
+        try await read(client: client, settings: settings, node: node, publicIP: publicIP, publicIPv6: config.publicIPv6,
                        previous: previous, subnetFile: config.daemon.subnetFile)
     }
 }
 
-private func read(client: EtcdClient, settings: EtcdSettings, node: String, publicIP: IPv4Address,
+private func read(client: EtcdClient, settings: EtcdSettings, node: String, publicIP: IPv4Address, publicIPv6: IPv6Address?,
                   previous: IPv4Prefix?, subnetFile: String) async throws -> (view: ClusterView, warnings: [String]) {
     let configKey = Flannel.configKey(prefix: settings.prefix)
     guard let value = try await client.get(configKey) else {
         throw DaemonError("no network configuration at \(configKey) in etcd")
     }
     let network = try NetworkConfig.parse(Data(value.value), source: "etcd \(configKey)")
+        .checkSupported(source: "etcd \(configKey)", dialect: .flanneld)
     let subnets = Flannel.subnetsPrefix(prefix: settings.prefix)
     let (kvs, _) = try await client.list(prefix: subnets)
     let entries = kvs.map { LeaseEntry(key: $0.key, value: $0.value, etcdLease: $0.lease) }
@@ -40,7 +41,7 @@ private func read(client: EtcdClient, settings: EtcdSettings, node: String, publ
                           + "delete the ones that are not")
     }
     let result = Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP,
-                                     own: (own.key, own.subnet))
+                                     publicIPv6: publicIPv6, own: (own.key, own.subnet))
     return (result.view, result.skipped.map(\.description))
 }
 
@@ -49,7 +50,7 @@ public func readEtcdNetwork(config: AgentConfig) async throws -> NetworkConfig {
     try await withEtcd(config) { client, settings in
         let key = Flannel.configKey(prefix: settings.prefix)
         guard let value = try await client.get(key) else { throw DaemonError("no network configuration at \(key) in etcd") }
-        return try NetworkConfig.parse(Data(value.value), source: "etcd \(key)")
+        return try NetworkConfig.parse(Data(value.value), source: "etcd \(key)").checkSupported(source: "etcd \(key)", dialect: .flanneld)
     }
 }
 

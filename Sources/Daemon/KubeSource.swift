@@ -206,7 +206,7 @@ public final class KubeSource: ClusterSource {
         } catch {
             throw DaemonError("failed to read net conf \(settings.netConfPath) (kubernetes.netConfPath, --net-config-path): \(error.message)")
         }
-        network = try NetworkConfig.parse(data, source: settings.netConfPath)
+        network = try NetworkConfig.parse(data, source: settings.netConfPath).checkSupported(source: settings.netConfPath, dialect: .flanneld)
     }
 
     public var interface: String? { config.interface }

@@ -713,6 +713,18 @@ public struct JSONFields: Sendable {
         return address
     }
 
+    public func ipv6(_ key: String) throws(ConfigError) -> IPv6Address? {
+        guard let text = try string(key) else { return nil }
+        guard let address = IPv6Address(text) else { throw error(key, "\(quoted(text)) is not an IPv6 address") }
+        return address
+    }
+
+    public func ipv6Prefix(_ key: String) throws(ConfigError) -> IPv6Prefix? {
+        guard let text = try string(key) else { return nil }
+        guard let prefix = IPv6Prefix(text) else { throw error(key, "\(quoted(text)) is not an IPv6 prefix (fd00:10:244::/56)") }
+        return prefix
+    }
+
     public func prefix(_ key: String) throws(ConfigError) -> IPv4Prefix? {
         guard let text = try string(key) else { return nil }
         guard let prefix = IPv4Prefix(text) else { throw error(key, "\(quoted(text)) is not an IPv4 prefix (a.b.c.d/len)") }

@@ -18,6 +18,31 @@ public struct NetworkConfig: Sendable, Hashable {
     /// vxlan: route directly (no encapsulation) to peers on this host's segment,
     /// over VXLAN to the rest, as flannel's `DirectRouting`.
     public var directRouting: Bool
+    /// Dual stack (`EnableIPv6: true`): the IPv6 pod network and its subnets; nil
+    /// when EnableIPv6 is false (the default).
+    public var ipv6: IPv6Part?
+
+    /// The IPv6 half of a dual-stack network (`IPv6Network`, `IPv6SubnetLen`,
+    /// `IPv6SubnetMin`, `IPv6SubnetMax`), with flannel's defaults.
+    public struct IPv6Part: Sendable, Hashable {
+        public var network: IPv6Prefix
+        public var subnetLen: UInt8
+        /// The first subnet leases are taken from (flannel: the second subnet of IPv6Network).
+        public var subnetMin: IPv6Address
+        /// The last subnet leases are taken from (flannel: the last subnet of IPv6Network).
+        public var subnetMax: IPv6Address
+
+        public init(network: IPv6Prefix, subnetLen: UInt8 = 64, subnetMin: IPv6Address? = nil, subnetMax: IPv6Address? = nil) {
+            self.network = network
+            self.subnetLen = subnetLen
+            let size = Self.size(subnetLen)
+            self.subnetMin = subnetMin ?? IPv6Address(uint128: network.network.uint128 &+ size)
+            self.subnetMax = subnetMax ?? IPv6Address(uint128: network.last.uint128 &- (size &- 1))
+        }
+
+        /// The number of addresses in a /`length` (0 for a /0: 2^128 does not fit).
+        public static func size(_ length: UInt8) -> UInt128 { length == 0 ? 0 : UInt128(1) << (128 - UInt128(length)) }
+    }
 
     public init(network: IPv4Prefix, subnetLen: UInt8 = 24, subnetMin: IPv4Address? = nil, subnetMax: IPv4Address? = nil,
                 backendType: String = "vxlan", vni: UInt32 = 1, port: UInt16 = 8472, mtu: UInt32? = nil,
@@ -78,6 +103,10 @@ public struct NetworkConfig: Sendable, Hashable {
     public static func parse(_ fields: JSONFields) throws(ConfigError) -> NetworkConfig {
         let strict = fields.dialect == .strict
         if strict { try fields.rejectUnknownKeys(keys) }
+        if try fields.bool("EnableIPv4") == false {
+            throw fields.error("EnableIPv4", "false is not supported yet: vxlan-agent runs IPv4 and dual-stack clusters "
+                               + "(EnableIPv6 true with EnableIPv4 true, the default), not IPv6-only ones")
+        }
         guard let network = try fields.prefix("Network") else { throw fields.error("Network", "is required") }
         guard network.isCanonical else {
             throw fields.error("Network", "\(network) has host bits set (did you mean \(network.network)/\(network.length)?)")
@@ -87,12 +116,6 @@ public struct NetworkConfig: Sendable, Hashable {
         }
         guard network.length <= 28 else {
             throw fields.error("Network", "\(network) is too small: the smallest useful network is a /28 (four /30 subnets)")
-        }
-        if try fields.bool("EnableIPv4") == false {
-            throw fields.error("EnableIPv4", "false is not supported: vxlan-agent programs the IPv4 network")
-        }
-        if strict, try fields.bool("EnableIPv6") == true {
-            throw fields.error("EnableIPv6", "true is not supported: vxlan-agent programs the IPv4 network only")
         }
         let subnetLen: UInt8
         if let given = try fields.integer("SubnetLen", in: 0...32), given != 0 {
@@ -121,6 +144,7 @@ public struct NetworkConfig: Sendable, Hashable {
         guard config.subnetMin <= config.subnetMax else {
             throw fields.error("SubnetMin", "\(config.subnetMin) is above SubnetMax \(config.subnetMax): no subnet can be allocated")
         }
+        config.ipv6 = try parseIPv6(fields)
         if let backend = try fields.object("Backend") {
             if strict { try backend.rejectUnknownKeys(backendKeys) }
             if let type = try backend.string("Type") {
@@ -176,6 +200,86 @@ public struct NetworkConfig: Sendable, Hashable {
         return config
     }
 
+    /// IPv6 blocks a pod network must not overlap.
+    static let reservedIPv6Blocks: [(IPv6Prefix, String)] = [
+        (IPv6Prefix(IPv6Address(high: 0, low: 0), 8), "::/8 (reserved: the unspecified and loopback addresses, IPv4-mapped addresses)"),
+        (IPv6Prefix(IPv6Address(high: 0xfe80 << 48, low: 0), 10), "fe80::/10 (link-local: never routed)"),
+        (IPv6Prefix(IPv6Address(high: 0xff00 << 48, low: 0), 8), "ff00::/8 (multicast)"),
+    ]
+
+    /// The IPv6 half, with flannel's validation (pkg/subnet/config.go
+    /// `CheckNetworkConfig`) and defaults; nil unless EnableIPv6 is true.
+    static func parseIPv6(_ fields: JSONFields) throws(ConfigError) -> IPv6Part? {
+        let ipv6Keys = ["IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax"]
+        guard try fields.bool("EnableIPv6") == true else {
+            // flanneld ignores them then; in a file of ours they are a mistake worth naming.
+            if fields.dialect == .strict, let key = ipv6Keys.first(where: { fields.has($0) }) {
+                throw fields.error(key, "is set but EnableIPv6 is not true (set \"EnableIPv6\": true for dual stack, or remove \(key))")
+            }
+            return nil
+        }
+        guard let network = try fields.ipv6Prefix("IPv6Network") else {
+            throw fields.error("IPv6Network", "is required when EnableIPv6 is true (the IPv6 pod network, such as fd00:10:244::/56)")
+        }
+        guard network.isCanonical else {
+            throw fields.error("IPv6Network", "\(network) has host bits set (did you mean \(network.network)/\(network.length)?)")
+        }
+        for (block, why) in reservedIPv6Blocks where block.overlaps(network) {
+            throw fields.error("IPv6Network", "\(network) overlaps \(why); choose a unique local range such as fd00:10:244::/56")
+        }
+        let subnetLen: UInt8
+        if let given = try fields.integer("IPv6SubnetLen", in: 0...128), given != 0 {
+            subnetLen = UInt8(given)
+            guard subnetLen <= 126 else {
+                throw fields.error("IPv6SubnetLen", "\(subnetLen) is too long: at most 126 (a subnet needs room for the VTEP, a bridge and pods)")
+            }
+            guard Int(subnetLen) >= Int(network.length) + 2 else {
+                throw fields.error("IPv6SubnetLen", "\(subnetLen) leaves no room: the network /\(network.length) must hold at least four "
+                                   + "subnets, so IPv6SubnetLen must be at least \(Int(network.length) + 2)")
+            }
+        } else {
+            guard network.length <= 124 else {
+                throw fields.error("IPv6Network", "\(network) is too small: the smallest useful IPv6 network is a /124 (four /126 subnets)")
+            }
+            // flannel's default: a /64 each where the network holds at least four, else a quarter.
+            subnetLen = network.length <= 62 ? 64 : network.length + 2
+        }
+        var part = IPv6Part(network: network, subnetLen: subnetLen)
+        for key in ["IPv6SubnetMin", "IPv6SubnetMax"] {
+            // :: means "not set", as in flannel.
+            guard let address = try fields.ipv6(key), !address.isUnspecified else { continue }
+            guard network.contains(address) else { throw fields.error(key, "\(address) is outside the IPv6 network \(network)") }
+            guard IPv6Prefix(address, subnetLen).isCanonical else {
+                throw fields.error(key, "\(address) is not the start of a /\(subnetLen) subnet (not on an IPv6SubnetLen boundary)")
+            }
+            if key == "IPv6SubnetMin" { part.subnetMin = address } else { part.subnetMax = address }
+        }
+        guard part.subnetMin <= part.subnetMax else {
+            throw fields.error("IPv6SubnetMin", "\(part.subnetMin) is above IPv6SubnetMax \(part.subnetMax): no subnet can be allocated")
+        }
+        return part
+    }
+
+    /// The configuration as this build runs it; the commands call it on every
+    /// configuration they read, before anything else. Dual stack's control plane
+    /// (leases, subnet.env, the CNI configuration) is here, its IPv6 datapath is
+    /// not wired yet: a file of ours (`.strict`) asking for EnableIPv6 is refused;
+    /// a flannel cluster's configuration (`.flanneld`: etcd, net-conf.json) runs
+    /// as it ran before dual stack, IPv4 only (the IPv6 part is dropped), so a
+    /// node joins a dual-stack flanneld cluster in IPv4. `path`: where the network
+    /// sits in the file (`network.`), for the message.
+    public func checkSupported(source: String, path: String = "", dialect: JSONDialect) throws(ConfigError) -> NetworkConfig {
+        guard ipv6 != nil else { return self }
+        guard dialect == .flanneld else {
+            throw ConfigError(source: source, field: path + "EnableIPv6",
+                              message: "true is not supported yet: dual stack's leases and files are ready, but the IPv6 datapath "
+                              + "is not wired yet (remove EnableIPv6, or set it false)")
+        }
+        var ipv4Only = self
+        ipv4Only.ipv6 = nil
+        return ipv4Only
+    }
+
     /// The JSON flannel writes for this configuration.
     public var json: String {
         var backend = "\"Type\": \"\(backendType)\""
@@ -185,7 +289,20 @@ public struct NetworkConfig: Sendable, Hashable {
             if let mtu { backend += ", \"MTU\": \(mtu)" }
             if directRouting { backend += ", \"DirectRouting\": true" }
         }
+        let dual = ipv6.map {
+            "\"EnableIPv6\": true, \"IPv6Network\": \"\($0.network)\", \"IPv6SubnetLen\": \($0.subnetLen), "
+                + "\"IPv6SubnetMin\": \"\($0.subnetMin)\", \"IPv6SubnetMax\": \"\($0.subnetMax)\", "
+        } ?? ""
         return "{\"Network\": \"\(network)\", \"SubnetLen\": \(subnetLen), \"SubnetMin\": \"\(subnetMin)\", "
-            + "\"SubnetMax\": \"\(subnetMax)\", \"Backend\": {\(backend)}}"
+            + "\"SubnetMax\": \"\(subnetMax)\", \(dual)\"Backend\": {\(backend)}}"
+    }
+}
+
+extension IPv6Address {
+    /// The address as one 128-bit number (`high` the upper half).
+    public var uint128: UInt128 { UInt128(high) << 64 | UInt128(low) }
+
+    public init(uint128 value: UInt128) {
+        self.init(high: UInt64(truncatingIfNeeded: value >> 64), low: UInt64(truncatingIfNeeded: value))
     }
 }

@@ -127,6 +127,9 @@ public struct AgentConfig: Sendable, Hashable {
     public var kubernetes: KubernetesSettings?
     /// This node's public IP (required with etcd; with an inventory it is the node's entry).
     public var publicIP: IPv4Address?
+    /// Dual stack: this node's IPv6 underlay address (flanneld's --public-ipv6); nil:
+    /// the underlay interface's global IPv6 address. With an inventory it is the node's entry.
+    public var publicIPv6: IPv6Address?
     /// The underlay interface (default: the one holding the public IP).
     public var interface: String?
     /// Instead of `interface`: choose it as flanneld does (`interfaces`,
@@ -141,11 +144,11 @@ public struct AgentConfig: Sendable, Hashable {
     public var daemon = DaemonSettings()
 
     static let topLevelKeys: Set<String> = [
-        "node", "network", "nodes", "routeLayout", "device", "etcd", "kubernetes", "publicIP", "interface",
+        "node", "network", "nodes", "routeLayout", "device", "etcd", "kubernetes", "publicIP", "publicIPv6", "interface",
         "interfaces", "interfaceRegex", "interfaceCanReach",
         "subnetFile", "cniConfFile", "cniBridge", "ipMasq", "metricsAddress", "resyncInterval", "leaseTTL",
     ]
-    static let nodeKeys: Set<String> = ["name", "publicIP", "subnet", "vtepMAC", "interface"]
+    static let nodeKeys: Set<String> = ["name", "publicIP", "subnet", "vtepMAC", "interface", "publicIPv6", "subnetV6"]
 
     /// The largest configuration file read: 50,000 nodes take about 5 MB.
     public static let maximumFileSize = 64 << 20
@@ -269,7 +272,12 @@ public struct AgentConfig: Sendable, Hashable {
                     guard let parsed = MACAddress(text) else { return nil }
                     mac = parsed
                 }
-                let record = NodeRecord(name: name, publicIP: ip, subnet: subnet, vtepMAC: mac, origin: "nodes[\(index)]")
+                var record = NodeRecord(name: name, publicIP: ip, subnet: subnet, vtepMAC: mac, origin: "nodes[\(index)]")
+                if network.ipv6 != nil, network.backendType != "udp" {
+                    guard let text = fields.subnetV6, let subnet6 = IPv6Prefix(text), let ipText = fields.publicIPv6,
+                          let ip6 = IPv6Address(ipText) else { return nil }
+                    record.ipv6 = NodeRecord.IPv6Half(subnet: subnet6, publicIP: ip6)
+                }
                 return (ClusterView(network: network, local: record, peers: []), fields.interface ?? partial.interface)
             }
             return nil
@@ -297,6 +305,8 @@ public struct AgentConfig: Sendable, Hashable {
         let node = try root.string("node")
         if let node, let problem = nodeNameProblem(node) { throw root.error("node", problem) }
         let publicIP = try root.ipv4("publicIP")
+        let publicIPv6 = try root.ipv6("publicIPv6")
+        if let publicIPv6, let problem = publicIPv6Problem(publicIPv6) { throw root.error("publicIPv6", problem) }
 
         if let kubeFields = try root.object("kubernetes") {
             if raw.nodes != nil { throw root.error("kubernetes", "cannot be used with \"nodes\": choose one registry") }
@@ -310,6 +320,7 @@ public struct AgentConfig: Sendable, Hashable {
                                      interface: interface, interfaceSelection: selection, routeLayout: routeLayout,
                                      deviceName: deviceName, daemon: daemon)
             config.kubernetes = try parseKubernetes(kubeFields)
+            config.publicIPv6 = publicIPv6
             return Staged(partial: config, entries: [], rangeGiven: false)
         }
         if let etcdFields = try root.object("etcd") {
@@ -322,12 +333,14 @@ public struct AgentConfig: Sendable, Hashable {
                 // says that interfaces, interfaceRegex or interfaceCanReach may choose it instead.
                 throw root.error("publicIP", "is required with the etcd registry (this node's underlay address)")
             }
-            let config = AgentConfig(source: source, node: node, network: nil, nodes: [], etcd: try parseEtcd(etcdFields),
+            var config = AgentConfig(source: source, node: node, network: nil, nodes: [], etcd: try parseEtcd(etcdFields),
                                      publicIP: publicIP, interface: interface, interfaceSelection: selection, routeLayout: routeLayout,
                                      deviceName: deviceName, daemon: daemon)
+            config.publicIPv6 = publicIPv6
             return Staged(partial: config, entries: [], rangeGiven: false)
         }
         guard let networkFields = try root.object("network") else { throw root.error("network", "is required") }
+        if publicIPv6 != nil { throw root.error("publicIPv6", "comes from this node's entry in \"nodes\" with a static inventory; remove it here") }
         let network = try NetworkConfig.parse(networkFields)
         // SubnetMin/SubnetMax given in a static inventory: every node's subnet is in the range.
         let rangeGiven = networkFields.has("SubnetMin") || networkFields.has("SubnetMax")
@@ -346,6 +359,7 @@ public struct AgentConfig: Sendable, Hashable {
         // Values are indexes into `nodes`; the label is built only for an error.
         var names: [String: Int] = [:], subnets: [IPv4Prefix: Int] = [:]
         var ips: [IPv4Address: Int] = [:], macs: [MACAddress: Int] = [:]
+        var subnetsV6: [IPv6Prefix: Int] = [:], ipsV6: [IPv6Address: Int] = [:], macsV6: [MACAddress: Int] = [:]
         names.reserveCapacity(entries.count)
         subnets.reserveCapacity(entries.count)
         ips.reserveCapacity(entries.count)
@@ -395,9 +409,49 @@ public struct AgentConfig: Sendable, Hashable {
             // exactly when they are equal: the duplicate check covers overlaps in O(1).
             if let other = subnets[subnet] { throw fail("subnet", "\(subnet) is already used by \(label(other))") }
             if let other = ips[ip] { throw fail("publicIP", "\(ip) is already used by \(label(other))") }
-            let record = NodeRecord(name: name, publicIP: ip, subnet: subnet, vtepMAC: mac, origin: "nodes[\(index)]")
+            var record = NodeRecord(name: name, publicIP: ip, subnet: subnet, vtepMAC: mac, origin: "nodes[\(index)]")
             let effectiveMAC = record.mac(vni: network.vni)
             if let other = macs[effectiveMAC] { throw fail("vtepMAC", "\(effectiveMAC) is already used by \(label(other))") }
+            let v6Subnet = try string("subnetV6", fast?.subnetV6), v6IP = try string("publicIPv6", fast?.publicIPv6)
+            if let ipv6 = network.ipv6, network.backendType != "udp" {
+                guard let subnetText = v6Subnet else { throw fail("subnetV6", "is required: the network is dual stack (EnableIPv6)") }
+                guard let subnet6 = IPv6Prefix(subnetText) else {
+                    throw fail("subnetV6", "\(quoted(subnetText)) is not an IPv6 prefix (fd00:10:244:1::/64)")
+                }
+                guard subnet6.isCanonical else {
+                    throw fail("subnetV6", "\(subnet6) has host bits set (did you mean \(subnet6.network)/\(subnet6.length)?)")
+                }
+                guard subnet6.length == ipv6.subnetLen else {
+                    throw fail("subnetV6", "\(subnet6) is a /\(subnet6.length); the network's IPv6SubnetLen is \(ipv6.subnetLen)")
+                }
+                guard ipv6.network.contains(subnet6) else { throw fail("subnetV6", "\(subnet6) is outside the IPv6 network \(ipv6.network)") }
+                if rangeGiven && !(ipv6.subnetMin...ipv6.subnetMax).contains(subnet6.network) {
+                    throw fail("subnetV6", "\(subnet6) is outside IPv6SubnetMin...IPv6SubnetMax (\(ipv6.subnetMin)...\(ipv6.subnetMax))")
+                }
+                guard let ipText = v6IP else { throw fail("publicIPv6", "is required: the network is dual stack (EnableIPv6)") }
+                guard let ip6 = IPv6Address(ipText) else { throw fail("publicIPv6", "\(quoted(ipText)) is not an IPv6 address") }
+                if let problem = publicIPv6Problem(ip6) { throw fail("publicIPv6", problem) }
+                if ipv6.network.contains(ip6) {
+                    throw fail("publicIPv6", "\(ip6) is inside the IPv6 pod network \(ipv6.network): its packets would be routed back into the overlay")
+                }
+                if let other = subnetsV6[subnet6] { throw fail("subnetV6", "\(subnet6) is already used by \(label(other))") }
+                if let other = ipsV6[ip6] { throw fail("publicIPv6", "\(ip6) is already used by \(label(other))") }
+                let half = NodeRecord.IPv6Half(subnet: subnet6, publicIP: ip6)
+                // The IPv6 VTEP MAC is derived from the address's last four bytes: two
+                // addresses alike there would share one MAC.
+                let mac6 = half.mac(vni: network.vni)
+                if let other = macsV6[mac6] {
+                    throw fail("publicIPv6", "\(ip6) gives the IPv6 VTEP MAC \(mac6) (from its last four bytes), already used by \(label(other))")
+                }
+                subnetsV6[subnet6] = index
+                ipsV6[ip6] = index
+                macsV6[mac6] = index
+                record.ipv6 = half
+            } else if v6Subnet != nil || v6IP != nil {
+                let key = v6Subnet != nil ? "subnetV6" : "publicIPv6"
+                throw fail(key, network.ipv6 == nil ? "is set but the network is not dual stack (set \"EnableIPv6\": true, or remove \(key))"
+                           : "is set but the udp backend carries IPv4 only (remove \(key))")
+            }
             names[name] = index
             subnets[subnet] = index
             ips[ip] = index
@@ -450,12 +504,13 @@ public struct AgentConfig: Sendable, Hashable {
         var resolved = self
         resolved.interface = choice.interface.name
         if etcd != nil && publicIP == nil { resolved.publicIP = choice.address }
+        if (etcd != nil || kubernetes != nil) && publicIPv6 == nil { resolved.publicIPv6 = choice.ipv6Address }
         return resolved
     }
 
     /// A node's string fields, read in one pass.
     struct NodeStrings {
-        var name, publicIP, subnet, vtepMAC, interface: String?
+        var name, publicIP, subnet, vtepMAC, interface, publicIPv6, subnetV6: String?
     }
 
     /// The node's fields when every member is one of `nodeKeys` with a string or
@@ -479,10 +534,21 @@ public struct AgentConfig: Sendable, Hashable {
             case 6 where key == "subnet": fields.subnet = text
             case 7 where key == "vtepMAC": fields.vtepMAC = text
             case 9 where key == "interface": fields.interface = text
+            case 10 where key == "publicIPv6": fields.publicIPv6 = text
+            case 8 where key == "subnetV6": fields.subnetV6 = text
             default: return nil
             }
         }
         return fields
+    }
+
+    /// Why `address` cannot be a node's IPv6 underlay address, or nil.
+    static func publicIPv6Problem(_ address: IPv6Address) -> String? {
+        if address.isUnspecified || address.isLoopback || address.isMulticast || address.isIPv4Mapped {
+            return "\(address) is not a unicast address another host can send to"
+        }
+        if address.isLinkLocal { return "\(address) is link-local: a VXLAN peer needs a global (or unique local) address" }
+        return nil
     }
 
     /// Why `name` cannot be a node name, or nil: names are echoed in messages,
@@ -608,7 +674,7 @@ public struct AgentConfig: Sendable, Hashable {
 
     /// The cluster as `nodeName` sees it; an error names the file if the node is not listed.
     public func view(node nodeName: String) throws(ConfigError) -> (view: ClusterView, interface: String?) {
-        guard let network else {
+        guard let network = try network?.checkSupported(source: source, path: "network.", dialect: .strict) else {
             throw ConfigError(source: source, field: "etcd", message: "the etcd registry has no static view (internal error)")
         }
         // One pass: this node (names are unique), and every other as a peer.

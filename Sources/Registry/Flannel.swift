@@ -11,9 +11,19 @@ public enum Flannel {
     public static func configKey(prefix: String) -> String { trimmed(prefix) + "/config" }
     /// `<prefix>/subnets/`: one key per lease.
     public static func subnetsPrefix(prefix: String) -> String { trimmed(prefix) + "/subnets/" }
-    /// `<prefix>/subnets/10.244.1.0-24`.
-    public static func leaseKey(prefix: String, subnet: IPv4Prefix) -> String {
-        subnetsPrefix(prefix: prefix) + "\(subnet.network)-\(subnet.length)"
+    /// `<prefix>/subnets/10.244.1.0-24`; dual stack `10.244.1.0-24&fd00:10:244:1::-64`
+    /// (flannel's `MakeSubnetKey`: the IPv6 address as Go writes it, `-`, its length).
+    public static func leaseKey(prefix: String, subnet: IPv4Prefix, ipv6: IPv6Prefix? = nil) -> String {
+        subnetsPrefix(prefix: prefix) + "\(subnet.network)-\(subnet.length)" + (ipv6.map { "&\($0.network)-\($0.length)" } ?? "")
+    }
+
+    /// The IPv6 subnet a key keeps from being allocated: the IPv6 part of a
+    /// dual-stack or IPv6-only key, also when its IPv4 part does not parse.
+    public static func heldIPv6Subnet(byLeaseKey key: String) -> IPv6Prefix? {
+        if let subnets = subnets(ofLeaseKey: key) { return subnets.ipv6 }
+        let name = lastSegment(key)
+        guard let ampersand = name.utf8.lastIndex(of: UInt8(ascii: "&")) else { return nil }
+        return ipv6Part(name[name.utf8.index(after: ampersand)...])
     }
 
     /// What a lease key names, in flannel's forms (`MakeSubnetKey`/`ParseSubnetKey`
@@ -134,8 +144,7 @@ public enum Flannel {
 public struct LeaseKeySubnets: Sendable, Hashable {
     /// nil for an IPv6-only key.
     public var ipv4: IPv4Prefix?
-    /// The IPv6 subnet of a dual-stack or IPv6-only key (kept for dual stack; the
-    /// agent programs IPv4 only).
+    /// The IPv6 subnet of a dual-stack or IPv6-only key.
     public var ipv6: IPv6Prefix?
 
     public init(ipv4: IPv4Prefix?, ipv6: IPv6Prefix?) {
@@ -152,9 +161,9 @@ public struct LeaseAttributes: Sendable, Hashable {
     public var vni: UInt32?
     /// The vxlan backend's VTEP MAC (`BackendData.VtepMAC`); nil for host-gw, which has no `BackendData`.
     public var vtepMAC: MACAddress?
-    /// A dual-stack node's IPv6 underlay address (`PublicIPv6`), kept for dual stack.
+    /// A dual-stack node's IPv6 underlay address (`PublicIPv6`).
     public var publicIPv6: IPv6Address?
-    /// A dual-stack node's IPv6 VTEP (`BackendV6Data`), when it parses; kept for dual stack.
+    /// A dual-stack node's IPv6 VTEP (`BackendV6Data`), when it parses.
     public var backendV6: VTEP?
 
     /// A VTEP as `BackendData`/`BackendV6Data` describe it.
@@ -181,12 +190,20 @@ public struct LeaseAttributes: Sendable, Hashable {
     }
 
     /// The lease of this node's own for `network`'s backend: vxlan's VTEP, or host-gw's nothing.
-    public static func own(publicIP: IPv4Address, network: NetworkConfig) -> LeaseAttributes {
+    /// Dual stack (`network.ipv6` and `publicIPv6` given), as flanneld writes it: vxlan adds
+    /// `PublicIPv6` and `BackendV6Data` (the IPv6 device's VNI and VTEP MAC), host-gw
+    /// `PublicIPv6` alone; udp carries IPv4 only and writes neither (flanneld's udp
+    /// backend sets PublicIP alone, whatever the network).
+    public static func own(publicIP: IPv4Address, publicIPv6: IPv6Address? = nil, network: NetworkConfig) -> LeaseAttributes {
+        let ipv6 = network.ipv6 == nil ? nil : publicIPv6
         switch network.backendType {
-        case "host-gw": LeaseAttributes(publicIP: publicIP, backendType: "host-gw", vni: nil, vtepMAC: nil)
+        case "host-gw": return LeaseAttributes(publicIP: publicIP, backendType: "host-gw", vni: nil, vtepMAC: nil, publicIPv6: ipv6)
         // flanneld's udp backend writes no BackendType at all.
-        case "udp": LeaseAttributes(publicIP: publicIP, backendType: "", vni: nil, vtepMAC: nil)
-        default: LeaseAttributes(publicIP: publicIP, vni: network.vni, vtepMAC: .vtep(vni: network.vni, publicIP: publicIP))
+        case "udp": return LeaseAttributes(publicIP: publicIP, backendType: "", vni: nil, vtepMAC: nil)
+        default:
+            return LeaseAttributes(publicIP: publicIP, vni: network.vni, vtepMAC: .vtep(vni: network.vni, publicIP: publicIP),
+                                   publicIPv6: ipv6,
+                                   backendV6: ipv6.map { VTEP(vni: network.vni, vtepMAC: .vtep(vni: network.vni, publicIPv6: $0)) })
         }
     }
 
@@ -257,8 +274,8 @@ public struct LeaseAttributes: Sendable, Hashable {
                 vtep = try parseVTEP(data)
             }
         }
-        // BackendV6Data matters only to an IPv6 VTEP, which this agent does not run:
-        // like an IPv4-only flanneld, a broken one does not cost the IPv4 peer.
+        // BackendV6Data matters only to the IPv6 VTEP: a broken one does not cost the
+        // IPv4 half (`Flannel.check` records why the IPv6 half is left out).
         let v6Data = try? fields.object("BackendV6Data")
         let v6 = v6Data.flatMap { data in try? parseVTEP(data) }
         return LeaseAttributes(publicIP: ip, backendType: type ?? "", vni: vtep?.vni, vtepMAC: vtep?.vtepMAC,
@@ -278,11 +295,17 @@ public struct LeaseAttributes: Sendable, Hashable {
 public struct Lease: Sendable, Hashable {
     public var key: String
     public var subnet: IPv4Prefix
-    /// The IPv6 subnet of a dual-stack key (kept for dual stack; not programmed).
+    /// The IPv6 subnet of a dual-stack key.
     public var ipv6Subnet: IPv6Prefix?
     public var attributes: LeaseAttributes
     /// The etcd lease the key is attached to (0: none).
     public var etcdLease: Int64
+    /// Dual stack: the peer's IPv6 half, as `Flannel.check` found it usable in a
+    /// dual-stack network (nil in an IPv4-only network, or when it is not usable).
+    public var ipv6: NodeRecord.IPv6Half?
+    /// Dual stack: why the lease's IPv6 half is left out while its IPv4 half is
+    /// programmed (no IPv6 subnet in the key, no PublicIPv6, a broken BackendV6Data...).
+    public var ipv6Skipped: String?
 
     public init(key: String, subnet: IPv4Prefix, ipv6Subnet: IPv6Prefix? = nil, attributes: LeaseAttributes, etcdLease: Int64 = 0) {
         self.key = key
@@ -293,8 +316,8 @@ public struct Lease: Sendable, Hashable {
     }
 
     /// Parses one key of `<prefix>/subnets/`; the error names the key. A
-    /// dual-stack key gives its IPv4 subnet; an IPv6-only key is refused (this
-    /// agent programs IPv4 only).
+    /// dual-stack key gives both subnets (`Flannel.check` decides whether the IPv6
+    /// half is used); an IPv6-only key is refused (IPv6-only clusters are not run yet).
     public static func parse(key: String, value: [UInt8], etcdLease: Int64 = 0,
                              backendType: String? = "vxlan") throws(ConfigError) -> Lease {
         guard let subnets = Flannel.subnets(ofLeaseKey: key) else {
@@ -303,7 +326,7 @@ public struct Lease: Sendable, Hashable {
         }
         guard let subnet = subnets.ipv4 else {
             throw ConfigError(source: key, field: "", message: "an IPv6-only lease (\(subnets.ipv6.map { "\($0)" } ?? "")): "
-                              + "this agent programs IPv4 only")
+                              + "this agent runs IPv4 and dual-stack clusters, not IPv6-only ones")
         }
         guard subnet.isCanonical else {
             throw ConfigError(source: key, field: "", message: "the key names \(subnet), which is not a subnet "
@@ -317,7 +340,7 @@ public struct Lease: Sendable, Hashable {
     /// leases carry no node name), with the key as its origin.
     public var record: NodeRecord {
         NodeRecord(name: "\(attributes.publicIP)", publicIP: attributes.publicIP, subnet: subnet,
-                   vtepMAC: attributes.vtepMAC, origin: key)
+                   vtepMAC: attributes.vtepMAC, origin: key, ipv6: ipv6)
     }
 }
 
@@ -352,10 +375,29 @@ public struct SkippedLease: Error, Sendable, Hashable, CustomStringConvertible {
     public var description: String { "lease \(Flannel.printable(key)): \(Flannel.printable(reason, limit: 512)); skipped" }
 }
 
+/// Dual stack: a lease whose IPv4 half is programmed and whose IPv6 half is
+/// left out, and why.
+public struct SkippedIPv6Half: Error, Sendable, Hashable, CustomStringConvertible {
+    public var key: String
+    public var reason: String
+
+    public init(key: String, reason: String) {
+        self.key = key
+        self.reason = reason
+    }
+
+    /// `lease <key>: <reason>; its IPv6 half is skipped (IPv4 is programmed)`, escaped as SkippedLease is.
+    public var description: String {
+        "lease \(Flannel.printable(key)): \(Flannel.printable(reason, limit: 512)); its IPv6 half is skipped (IPv4 is programmed)"
+    }
+}
+
 /// The cluster as the leases describe it, and the leases that could not be used.
 public struct LeaseView: Sendable, Hashable {
     public var view: ClusterView
     public var skipped: [SkippedLease]
+    /// Dual stack: peers kept for IPv4 whose IPv6 half is left out.
+    public var skippedIPv6: [SkippedIPv6Half] = []
 }
 
 /// Why a one-shot command cannot tell which lease is this node's.
@@ -379,9 +421,62 @@ extension Flannel {
             if let vni = lease.attributes.vni, vni != network.vni {
                 return .failure(SkippedLease(key: entry.key, reason: "BackendData.VNI: \(vni), but the network uses VNI \(network.vni)"))
             }
-            return .success(lease)
+            var checked = lease
+            switch ipv6Half(of: lease, value: entry.value, network: network) {
+            case .none: break
+            case .some(.success(let half)): checked.ipv6 = half
+            case .some(.failure(let skipped)): checked.ipv6Skipped = skipped.reason
+            }
+            return .success(checked)
         } catch {
             return .failure(SkippedLease(key: entry.key, reason: error.field.isEmpty ? error.message : "\(error.field): \(error.message)"))
+        }
+    }
+
+    /// A lease's IPv6 half in a dual-stack network, or why it is left out (its IPv4
+    /// half is programmed either way: a dual-stack node whose IPv6 side is broken
+    /// still reaches, and is reached, over IPv4). nil when the network is IPv4 only
+    /// or the backend is udp (flannel's udp carries IPv4 only).
+    static func ipv6Half(of lease: Lease, value: [UInt8], network: NetworkConfig) -> Result<NodeRecord.IPv6Half, SkippedIPv6Half>? {
+        guard let ipv6 = network.ipv6, network.backendType != "udp" else { return nil }
+        func skip(_ reason: String) -> Result<NodeRecord.IPv6Half, SkippedIPv6Half> { .failure(SkippedIPv6Half(key: lease.key, reason: reason)) }
+        guard let subnet = lease.ipv6Subnet else {
+            return skip("the key names no IPv6 subnet (an IPv4-only lease in a dual-stack network)")
+        }
+        guard subnet.isCanonical else {
+            return skip("the key's IPv6 part \(subnet) is not a subnet (host bits set; its subnet is \(subnet.network)/\(subnet.length))")
+        }
+        guard subnet.length == ipv6.subnetLen, ipv6.network.contains(subnet) else {
+            return skip("the key's IPv6 subnet \(subnet) is not a /\(ipv6.subnetLen) inside the IPv6 network \(ipv6.network)")
+        }
+        guard let address = lease.attributes.publicIPv6 else {
+            return skip("PublicIPv6: is missing (null): a dual-stack node says its IPv6 underlay address")
+        }
+        if address.isUnspecified || address.isLoopback || address.isMulticast || address.isLinkLocal || address.isIPv4Mapped {
+            return skip("PublicIPv6: \(address) is not a global unicast address a peer can send to")
+        }
+        if ipv6.network.contains(address) {
+            return skip("PublicIPv6: \(address) is inside the IPv6 pod network \(ipv6.network): its packets would be routed back into the overlay")
+        }
+        guard network.backendType == "vxlan" else { return .success(NodeRecord.IPv6Half(subnet: subnet, publicIP: address)) }
+        guard let vtep = lease.attributes.backendV6 else { return skip(backendV6Problem(value, key: lease.key)) }
+        if let vni = vtep.vni, vni != network.vni {
+            return skip("BackendV6Data.VNI: \(vni), but the network uses VNI \(network.vni)")
+        }
+        return .success(NodeRecord.IPv6Half(subnet: subnet, publicIP: address, vtepMAC: vtep.vtepMAC))
+    }
+
+    /// Why a value's BackendV6Data gave no VTEP (rare: read again for the message).
+    static func backendV6Problem(_ value: [UInt8], key: String) -> String {
+        do {
+            let fields = try JSONFields.parse(Data(value), source: key, dialect: .flanneld)
+            guard let data = try fields.object("BackendV6Data") else {
+                return "BackendV6Data: is missing: a dual-stack vxlan node says its IPv6 VTEP's VtepMAC there"
+            }
+            _ = try LeaseAttributes.parseVTEP(data)
+            return "BackendV6Data: not read"
+        } catch {
+            return error.field.isEmpty ? error.message : "\(error.field): \(error.message)"
         }
     }
 
@@ -392,26 +487,36 @@ extension Flannel {
     /// this host: its public IP, its subnet, duplicates), the rest are skipped with
     /// a reason naming the key.
     public static func clusterView(network: NetworkConfig, leases: [LeaseEntry], node: String, publicIP: IPv4Address,
-                                   own: (key: String, subnet: IPv4Prefix)) -> LeaseView {
-        clusterView(network: network, leases: leases, node: node, publicIP: publicIP, own: own) { check($0, network: network) }
+                                   publicIPv6: IPv6Address? = nil, own: (key: String, subnet: IPv4Prefix)) -> LeaseView {
+        clusterView(network: network, leases: leases, node: node, publicIP: publicIP, publicIPv6: publicIPv6, own: own) {
+            check($0, network: network)
+        }
     }
 
     /// The same, with `checked` giving `check(_:network:)`'s result for a lease (the
     /// daemon keeps them by key and revision: an event does not parse every lease again).
+    /// Dual stack: this node's IPv6 half is its key's IPv6 subnet and `publicIPv6`.
     public static func clusterView(network: NetworkConfig, leases: [LeaseEntry], node: String, publicIP: IPv4Address,
-                                   own: (key: String, subnet: IPv4Prefix),
+                                   publicIPv6: IPv6Address? = nil, own: (key: String, subnet: IPv4Prefix),
                                    checked: (LeaseEntry) -> Result<Lease, SkippedLease>) -> LeaseView {
         var peers: [NodeRecord] = []
         var skipped: [SkippedLease] = []
+        var skippedIPv6: [SkippedIPv6Half] = []
         for entry in leases.sorted(by: { $0.key < $1.key }) where entry.key != own.key {
             switch checked(entry) {
-            case .success(let lease): peers.append(lease.record)
+            case .success(let lease):
+                peers.append(lease.record)
+                if let reason = lease.ipv6Skipped { skippedIPv6.append(SkippedIPv6Half(key: entry.key, reason: reason)) }
             case .failure(let reason): skipped.append(reason)
             }
         }
-        let local = NodeRecord(name: node, publicIP: publicIP, subnet: own.subnet,
+        var local = NodeRecord(name: node, publicIP: publicIP, subnet: own.subnet,
                                vtepMAC: .vtep(vni: network.vni, publicIP: publicIP), origin: own.key)
-        return LeaseView(view: ClusterView(network: network, local: local, peers: peers), skipped: skipped)
+        if network.ipv6 != nil, network.backendType != "udp", let publicIPv6, let subnet = subnets(ofLeaseKey: own.key)?.ipv6 {
+            local.ipv6 = NodeRecord.IPv6Half(subnet: subnet, publicIP: publicIPv6,
+                                             vtepMAC: network.backendType == "vxlan" ? .vtep(vni: network.vni, publicIPv6: publicIPv6) : nil)
+        }
+        return LeaseView(view: ClusterView(network: network, local: local, peers: peers), skipped: skipped, skippedIPv6: skippedIPv6)
     }
 
     /// Every /SubnetLen between SubnetMin and SubnetMax that no held subnet
@@ -449,6 +554,52 @@ extension Flannel {
             && network.subnetMin <= subnet.network && subnet.network <= network.subnetMax
     }
 
+    /// The IPv6 part of a key this node may hold (flannel's `isIPv6SubnetConfigCompat`):
+    /// none in an IPv4-only network; in a dual-stack one, a /IPv6SubnetLen of IPv6Network
+    /// between IPv6SubnetMin and IPv6SubnetMax.
+    public static func isOwnable(ipv6 subnet: IPv6Prefix?, in network: NetworkConfig) -> Bool {
+        guard let ipv6 = network.ipv6 else { return subnet == nil }
+        guard let subnet else { return false }
+        return subnet.isCanonical && subnet.length == ipv6.subnetLen && ipv6.network.contains(subnet)
+            && ipv6.subnetMin <= subnet.network && subnet.network <= ipv6.subnetMax
+    }
+
+    /// Free /IPv6SubnetLen subnets of a dual-stack network, from IPv6SubnetMin up,
+    /// at most `limit` of them (flannel picks at random among the first 100): an
+    /// IPv6 network holds far too many to list. `held`: the IPv6 parts of every key.
+    public static func freeIPv6Subnets(network: NetworkConfig, held: [IPv6Prefix], limit: Int = 100) -> [IPv6Prefix] {
+        guard let ipv6 = network.ipv6 else { return [] }
+        let length = ipv6.subnetLen
+        let size = NetworkConfig.IPv6Part.size(length)
+        var taken: Set<UInt128> = []
+        var wide: [IPv6Prefix] = []
+        for prefix in held where prefix.length > ipv6.network.length && ipv6.network.contains(prefix.address) {
+            if prefix.length >= length {
+                taken.insert(IPv6Prefix(prefix.address, length).network.uint128)
+            } else {
+                wide.append(prefix)
+            }
+        }
+        var result: [IPv6Prefix] = []
+        var value = ipv6.subnetMin.uint128
+        let last = ipv6.subnetMax.uint128
+        while value <= last && result.count < limit {
+            let subnet = IPv6Prefix(IPv6Address(uint128: value), length)
+            if let cover = wide.first(where: { $0.overlaps(subnet) }) {
+                // Past the wide prefix at once (it may hold millions of subnets).
+                let (next, overflow) = cover.last.uint128.addingReportingOverflow(1)
+                if overflow { break }
+                value = max(next, value &+ size)
+                continue
+            }
+            if !taken.contains(value) { result.append(subnet) }
+            let (next, overflow) = value.addingReportingOverflow(size)
+            if overflow || size == 0 { break }
+            value = next
+        }
+        return result
+    }
+
     /// This node's lease for a command that does not hold one itself (`sync`,
     /// `diff`): the lease the daemon would keep (`isOwnable`) with this node's
     /// public IP; with several (someone else claims this IP too), the one for
@@ -457,7 +608,7 @@ extension Flannel {
                                 previousSubnet: IPv4Prefix?) throws(OwnLeaseError) -> Lease {
         let candidates = leases.sorted(by: { $0.key < $1.key }).compactMap { entry -> Lease? in
             guard case .success(let lease) = check(entry, network: network), lease.attributes.publicIP == publicIP,
-                  isOwnable(lease.subnet, in: network) else { return nil }
+                  isOwnable(lease.subnet, in: network), isOwnable(ipv6: lease.ipv6Subnet, in: network) else { return nil }
             return lease
         }
         if let previousSubnet, let lease = candidates.first(where: { $0.subnet == previousSubnet }) { return lease }
@@ -474,22 +625,38 @@ public struct SubnetEnv: Sendable, Hashable {
     public var subnet: IPv4Prefix
     public var mtu: UInt32
     public var ipMasq: Bool
+    /// Dual stack: the IPv6 pod network (`FLANNEL_IPV6_NETWORK`).
+    public var ipv6Network: IPv6Prefix?
+    /// Dual stack: this node's IPv6 subnet (`FLANNEL_IPV6_SUBNET`, its first usable address: `fd00:10:244:1::1/64`).
+    public var ipv6Subnet: IPv6Prefix?
 
-    public init(network: IPv4Prefix, subnet: IPv4Prefix, mtu: UInt32, ipMasq: Bool) {
+    public init(network: IPv4Prefix, subnet: IPv4Prefix, mtu: UInt32, ipMasq: Bool,
+                ipv6Network: IPv6Prefix? = nil, ipv6Subnet: IPv6Prefix? = nil) {
         self.network = network
         self.subnet = subnet
         self.mtu = mtu
         self.ipMasq = ipMasq
+        self.ipv6Network = ipv6Network
+        self.ipv6Subnet = ipv6Subnet
     }
 
+    /// flanneld's `WriteSubnetFile`: the IPv4 pair, the IPv6 pair (dual stack), MTU, IPMASQ.
     public var text: String {
-        """
-        FLANNEL_NETWORK=\(network)
-        FLANNEL_SUBNET=\(IPv4Address(subnet.network.value &+ 1))/\(subnet.length)
-        FLANNEL_MTU=\(mtu)
-        FLANNEL_IPMASQ=\(ipMasq)
+        var text = "FLANNEL_NETWORK=\(network)\nFLANNEL_SUBNET=\(IPv4Address(subnet.network.value &+ 1))/\(subnet.length)\n"
+        if let ipv6Network, let ipv6Subnet {
+            let first = IPv6Address(uint128: ipv6Subnet.network.uint128 &+ 1)
+            text += "FLANNEL_IPV6_NETWORK=\(ipv6Network)\nFLANNEL_IPV6_SUBNET=\(first)/\(ipv6Subnet.length)\n"
+        }
+        return text + "FLANNEL_MTU=\(mtu)\nFLANNEL_IPMASQ=\(ipMasq)\n"
+    }
 
-        """
+    /// The IPv6 subnet a previous run wrote (`FLANNEL_IPV6_SUBNET`), if the file says one.
+    public static func previousIPv6Subnet(in text: String) -> IPv6Prefix? {
+        for line in text.split(separator: "\n") where line.hasPrefix("FLANNEL_IPV6_SUBNET=") {
+            guard let prefix = IPv6Prefix(line.dropFirst("FLANNEL_IPV6_SUBNET=".count)) else { return nil }
+            return IPv6Prefix(prefix.network, prefix.length)
+        }
+        return nil
     }
 
     /// The subnet a previous run wrote, if the file exists and says one.
@@ -512,17 +679,28 @@ public struct CNIConfig: Sendable, Hashable {
     public var network: IPv4Prefix
     public var subnet: IPv4Prefix
     public var mtu: UInt32
+    /// Dual stack: this node's IPv6 subnet, a second host-local range (gateway: its first address).
+    public var ipv6Subnet: IPv6Prefix?
 
-    public init(name: String = "vxlan-agent", bridge: String = "cni0", network: IPv4Prefix, subnet: IPv4Prefix, mtu: UInt32) {
+    public init(name: String = "vxlan-agent", bridge: String = "cni0", network: IPv4Prefix, subnet: IPv4Prefix, mtu: UInt32,
+                ipv6Subnet: IPv6Prefix? = nil) {
         self.name = name
         self.bridge = bridge
         self.network = network
         self.subnet = subnet
         self.mtu = mtu
+        self.ipv6Subnet = ipv6Subnet
     }
 
+    /// One host-local range per family (as flannel's CNI plugin delegates in dual
+    /// stack: `ranges` with two entries), each with its gateway on the bridge. The
+    /// bridge plugin's `isDefaultGateway` routes both families: it adds a default
+    /// route for every address it assigns (0.0.0.0/0 and ::/0), each via its gateway.
     public var text: String {
         let gateway = IPv4Address(subnet.network.value &+ 1)
+        let ranges = "[{\"subnet\": \"\(subnet)\", \"gateway\": \"\(gateway)\"}]" + (ipv6Subnet.map {
+            ", [{\"subnet\": \"\($0.network)/\($0.length)\", \"gateway\": \"\(IPv6Address(uint128: $0.network.uint128 &+ 1))\"}]"
+        } ?? "")
         return """
         {
           "cniVersion": "1.0.0",
@@ -538,7 +716,7 @@ public struct CNIConfig: Sendable, Hashable {
               "mtu": \(mtu),
               "ipam": {
                 "type": "host-local",
-                "ranges": [[{"subnet": "\(subnet)", "gateway": "\(gateway)"}]]
+                "ranges": [\(ranges)]
               }
             }
           ]

@@ -287,6 +287,7 @@ extension FlanneldOptions {
                                      publicIP: publicAddress, interface: interface, interfaceSelection: nil, routeLayout: nil,
                                      deviceName: nil, daemon: daemon)
             config.kubernetes = kubernetes
+            config.publicIPv6 = IPv6Address(publicIPv6)
             return config
         }
         var settings = EtcdSettings()
@@ -312,8 +313,11 @@ extension FlanneldOptions {
         if (settings.certFile == nil) != (settings.keyFile == nil) {
             throw FlanneldError(settings.certFile == nil ? "--etcd-keyfile needs --etcd-certfile" : "--etcd-certfile needs --etcd-keyfile")
         }
-        return AgentConfig(source: "flanneld command line", node: nil, network: nil, nodes: [], etcd: settings,
-                           publicIP: publicAddress, interface: interface, interfaceSelection: nil, routeLayout: nil, deviceName: nil, daemon: daemon)
+        var config = AgentConfig(source: "flanneld command line", node: nil, network: nil, nodes: [], etcd: settings,
+                                 publicIP: publicAddress, interface: interface, interfaceSelection: nil, routeLayout: nil, deviceName: nil,
+                                 daemon: daemon)
+        config.publicIPv6 = IPv6Address(publicIPv6)
+        return config
     }
 
     /// The checks that need no kernel (flanneld's own, and ours).
@@ -325,7 +329,11 @@ extension FlanneldOptions {
             throw FlanneldError("--public-ip: \(quoted(publicIP)) is not an IPv4 address")
         }
         if !publicIPv6.isEmpty {
-            throw FlanneldError("--public-ipv6: vxlan-agent programs IPv4 only (no dual stack); remove the flag")
+            // Go's net.ParseIP takes IPv4 text here too; an IPv6 underlay needs an IPv6 address.
+            guard let address = IPv6Address(publicIPv6) else {
+                throw FlanneldError("--public-ipv6: \(quoted(publicIPv6)) is not an IPv6 address")
+            }
+            if let problem = AgentConfig.publicIPv6Problem(address) { throw FlanneldError("--public-ipv6: \(problem)") }
         }
         if !ifaceCanReach.isEmpty && IPv4Address(ifaceCanReach) == nil {
             throw FlanneldError("--iface-can-reach: \(quoted(ifaceCanReach)) is not an IPv4 address")

@@ -9,12 +9,47 @@ public struct HostInterface: Sendable, Hashable {
     public var mtu: UInt32
     /// Its IPv4 addresses, in the kernel's order (the first is the primary).
     public var addresses: [IPv4Address]
+    /// Its IPv6 addresses, in the kernel's order.
+    public var ipv6Addresses: [IPv6InterfaceAddress]
 
-    public init(index: Int32, name: String, mtu: UInt32, addresses: [IPv4Address]) {
+    public init(index: Int32, name: String, mtu: UInt32, addresses: [IPv4Address], ipv6Addresses: [IPv6InterfaceAddress] = []) {
         self.index = index
         self.name = name
         self.mtu = mtu
         self.addresses = addresses
+        self.ipv6Addresses = ipv6Addresses
+    }
+
+    /// The interface's IPv6 address for a dual-stack underlay, as flannel's
+    /// `GetInterfaceIP6Addrs` picks it (the first global unicast address, unique
+    /// local ones included), and stricter: never link-local (a VXLAN peer cannot
+    /// reach it without a zone), and not a temporary (privacy) address, nor a
+    /// deprecated or tentative one (it may go away, or not work yet). nil: none.
+    public var globalIPv6: IPv6Address? {
+        ipv6Addresses.first { entry in
+            let a = entry.address
+            return !(a.isLinkLocal || a.isLoopback || a.isMulticast || a.isUnspecified || a.isIPv4Mapped)
+                && !entry.temporary && !entry.deprecated && !entry.tentative
+        }?.address
+    }
+}
+
+/// One IPv6 address of an interface, with the kernel's flags that matter for
+/// choosing an underlay address (`ip -6 addr`: temporary, deprecated, tentative).
+public struct IPv6InterfaceAddress: Sendable, Hashable {
+    public var address: IPv6Address
+    /// IFA_F_TEMPORARY: a privacy address, replaced every so often.
+    public var temporary: Bool
+    /// IFA_F_DEPRECATED: its preferred lifetime is over.
+    public var deprecated: Bool
+    /// IFA_F_TENTATIVE or IFA_F_DADFAILED: duplicate address detection not done, or failed.
+    public var tentative: Bool
+
+    public init(address: IPv6Address, temporary: Bool = false, deprecated: Bool = false, tentative: Bool = false) {
+        self.address = address
+        self.temporary = temporary
+        self.deprecated = deprecated
+        self.tentative = tentative
     }
 }
 
@@ -61,6 +96,8 @@ public struct InterfaceSelection: Sendable, Hashable {
     public struct Choice: Sendable, Hashable {
         public var interface: HostInterface
         public var address: IPv4Address
+        /// Dual stack: the interface's global IPv6 address (`HostInterface.globalIPv6`), if it has one.
+        public var ipv6Address: IPv6Address? { interface.globalIPv6 }
     }
 
     /// The interface and address to use, or an error that says what was tried.

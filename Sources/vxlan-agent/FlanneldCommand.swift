@@ -43,7 +43,8 @@ struct InterfaceCommand: ParsableCommand {
         discussion: """
         The same choice `vxlan-agent flanneld` makes at start: each --iface, then each --iface-regex, then \
         --iface-can-reach; with none of them the interface holding --public-ip, else the default route's. \
-        Prints: <name> <address> mtu <MTU>.
+        Prints: <name> <address> mtu <MTU>, and ` ipv6 <address>` when the interface has a global IPv6 \
+        address (what dual stack uses without --public-ipv6: not link-local, temporary, deprecated or tentative).
         """)
 
     @Option(help: "An interface name or address (repeatable; tried in order).")
@@ -59,7 +60,7 @@ struct InterfaceCommand: ParsableCommand {
         let selection = InterfaceSelection(names: iface, regexes: ifaceRegex, canReach: ifaceCanReach, publicIP: publicIP)
         do {
             let choice = try selection.choose(on: try HostNetworkReader.read())
-            print("\(choice.interface.name) \(choice.address) mtu \(choice.interface.mtu)")
+            print("\(choice.interface.name) \(choice.address) mtu \(choice.interface.mtu)" + (choice.ipv6Address.map { " ipv6 \($0)" } ?? ""))
         } catch {
             warn("vxlan-agent: \(error)")
             throw ExitCode(ExitStatus.error)
@@ -95,7 +96,10 @@ enum FlanneldLauncher {
         do {
             try options.validate()
             let choice = try options.interfaceSelection.choose(on: try HostNetworkReader.read())
-            config = try options.agentConfig(interface: choice.interface.name, interfaceIP: choice.address)
+            var chosen = try options.agentConfig(interface: choice.interface.name, interfaceIP: choice.address)
+            // flanneld: without --public-ipv6, the chosen interface's IPv6 address (used in dual stack only).
+            if chosen.publicIPv6 == nil { chosen.publicIPv6 = choice.ipv6Address }
+            config = chosen
         } catch {
             warn("\(program): \(error)")
             return ExitStatus.error

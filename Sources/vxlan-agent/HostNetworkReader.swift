@@ -15,9 +15,25 @@ enum HostNetworkReader {
             _ = m.familyHeader(ifinfomsg.self) { $0.ifi_family = UInt8(AF_UNSPEC) }
         }, parse: Parse.link)
         let addresses = try dataplane.addresses()
+        let ipv6 = try socket.dump("dump IPv6 addresses", type: UInt16(RTM_GETADDR), build: { m in
+            _ = m.familyHeader(ifaddrmsg.self) { $0.ifa_family = UInt8(AF_INET6) }
+        }, parse: { message -> (index: Int32, address: IPv6InterfaceAddress)? in
+            guard message.type == UInt16(RTM_NEWADDR), let header = message.familyHeader(ifaddrmsg.self),
+                  header.ifa_family == UInt8(AF_INET6) else { return nil }
+            return message.withAttributes(afterHeader: MemoryLayout<ifaddrmsg>.size, maxType: UInt16(__IFA_MAX) - 1) { a in
+                guard let bytes = a[UInt16(IFA_ADDRESS)]?.bytes, let address = IPv6Address(bytes: bytes) else { return nil }
+                // IFA_FLAGS holds all 32 bits; the header's field the low eight.
+                let flags = a[UInt16(IFA_FLAGS)]?.u32 ?? UInt32(header.ifa_flags)
+                return (Int32(bitPattern: header.ifa_index),
+                        IPv6InterfaceAddress(address: address, temporary: flags & UInt32(IFA_F_TEMPORARY) != 0,
+                                             deprecated: flags & UInt32(IFA_F_DEPRECATED) != 0,
+                                             tentative: flags & UInt32(IFA_F_TENTATIVE | IFA_F_DADFAILED) != 0))
+            } ?? nil
+        })
         let interfaces = links.map { link in
             HostInterface(index: link.index, name: link.name, mtu: link.mtu,
-                          addresses: addresses.filter { $0.index == link.index }.map(\.prefix.address))
+                          addresses: addresses.filter { $0.index == link.index }.map(\.prefix.address),
+                          ipv6Addresses: ipv6.filter { $0.index == link.index }.map(\.address))
         }
         let defaults = try socket.dump("dump routes", type: UInt16(RTM_GETROUTE), build: { m in
             _ = m.familyHeader(rtmsg.self) { $0.rtm_family = UInt8(AF_INET) }

@@ -67,6 +67,29 @@ struct InterfaceSelectionKernelTests {
         #expect(try host.exec("ip link show flannel.1").status != 0, "nothing was created")
     }
 
+    @Test("dual stack: the chosen interface's IPv6 address, read from the kernel: global, not link-local nor deprecated")
+    func ipv6Address() throws {
+        try requireKernel()
+        let host = try Self.host()
+        defer { host.close() }
+        // TestHost's namespaces have IPv6 off; eth2 gets it back (and a link-local address).
+        // The kernel lists the newer of two global addresses first: the deprecated one is
+        // added last so that it comes first and must be passed over.
+        try sh("""
+        ip netns exec \(host.namespace) sysctl -qw net.ipv6.conf.eth2.disable_ipv6=0
+        ip -n \(host.namespace) addr add fd00:198:19::1/64 dev eth2 nodad
+        ip -n \(host.namespace) addr add fd00:198:19::9/64 dev eth2 nodad preferred_lft 0
+        """)
+        let listed = try host.exec("ip -6 addr show dev eth2").stdout
+        #expect(listed.contains("fd00:198:19::9/64 scope global nodad deprecated"), "\(listed)")
+        #expect(listed.contains("fe80::"), "a link-local address too: \(listed)")
+        let result = try host.exec("\(agentBinary) interface --iface eth2")
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == "eth2 198.19.0.1 mtu 1400 ipv6 fd00:198:19::1\n")
+        let none = try host.exec("\(agentBinary) interface --iface eth0")
+        #expect(none.stdout == "eth0 198.18.0.1 mtu 1500\n", "link-local only: no IPv6 address to use")
+    }
+
     @Test("no default route and nothing named; nothing matches: an error that says what was tried", arguments: [
         (false, "", "no IPv4 default route"),
         (true, "--iface nosuch --iface-regex '^zz'", "--iface nosuch: no interface \"nosuch\"; --iface-regex ^zz: could not match pattern ^zz"),

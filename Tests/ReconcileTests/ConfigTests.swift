@@ -135,7 +135,7 @@ struct ConfigTests {
         Bad(json: #"{"network": {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "GBP": true}}, "nodes": []}"#,
             error: "inv.json: network.Backend.GBP: true is not supported"),
         Bad(json: #"{"network": {"Network": "10.244.0.0/16", "EnableIPv6": true}, "nodes": []}"#,
-            error: "inv.json: network.EnableIPv6: true is not supported"),
+            error: "inv.json: network.IPv6Network: is required when EnableIPv6 is true"),
         Bad(json: #"{"network": {"Network": "10.244.0.0/16", "Backend": {"MTU": 65500}}, "nodes": []}"#,
             error: "inv.json: network.Backend.MTU: 65500 is above 65485"),
         Bad(json: nodes("").replacingOccurrences(of: #""SubnetLen": 24"#, with: #""SubnetLen": 24, "SubnetMin": "10.244.5.0""#),
