@@ -88,6 +88,7 @@ public enum Requests {
         addressOf(prefix, device: device, operation, into: batch)
     }
 
+    @discardableResult
     static func fdbOf<A: IPFamilyAddress>(_ entry: FDBEntryOf<A>, device: Int32, _ operation: Operation, into batch: Batch) -> Int {
         batch.append(type: operation == .replace ? UInt16(RTM_NEWNEIGH) : UInt16(RTM_DELNEIGH),
                      flags: operation == .replace ? createReplace : 0) { m in
@@ -109,6 +110,7 @@ public enum Requests {
         }
     }
 
+    @discardableResult
     static func neighborOf<A: IPFamilyAddress>(_ entry: NeighborOf<A>, device: Int32, _ operation: Operation,
                                                into batch: Batch) -> Int {
         batch.append(type: operation == .replace ? UInt16(RTM_NEWNEIGH) : UInt16(RTM_DELNEIGH),
@@ -123,6 +125,7 @@ public enum Requests {
         }
     }
 
+    @discardableResult
     static func nexthopOf<A: IPFamilyAddress>(_ entry: NexthopOf<A>, device: Int32, _ operation: Operation,
                                               into batch: Batch) -> Int {
         batch.append(type: operation == .replace ? UInt16(RTM_NEWNEXTHOP) : UInt16(RTM_DELNEXTHOP),
@@ -142,6 +145,7 @@ public enum Requests {
         }
     }
 
+    @discardableResult
     static func routeOf<A: IPFamilyAddress>(_ entry: RouteOf<A>, device: Int32, _ operation: Operation, into batch: Batch) -> Int {
         batch.append(type: operation == .replace ? UInt16(RTM_NEWROUTE) : UInt16(RTM_DELROUTE),
                      flags: operation == .replace ? createReplace : 0) { m in
@@ -173,6 +177,7 @@ public enum Requests {
         }
     }
 
+    @discardableResult
     static func addressOf<P: IPFamilyPrefix>(_ prefix: P, device: Int32, _ operation: Operation, into batch: Batch) -> Int {
         batch.append(type: operation == .replace ? UInt16(RTM_NEWADDR) : UInt16(RTM_DELADDR),
                      flags: operation == .replace ? createReplace : 0) { m in
