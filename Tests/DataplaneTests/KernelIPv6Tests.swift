@@ -377,4 +377,60 @@ struct KernelIPv6Tests {
             return false
         }, "an NDP entry that is not permanent is the kernel's")
     }
+
+    @Test("two hosts, this layer alone, over an IPv6 underlay: each programs the other, ping -6 crosses flannel-v6.1",
+          arguments: RouteLayout.allCases)
+    func twoHostsPing(layout: RouteLayout) throws {
+        try requireKernel()
+        let a = try Self.host(local: "2001:2::1")
+        defer { a.close() }
+        let b = try Self.host(local: "2001:2::2")
+        defer { b.close() }
+        // A veth between the two namespaces is the segment they share.
+        try sh("""
+        ip -n \(a.namespace) link add ul0 type veth peer name ul0 netns \(b.namespace)
+        ip -n \(a.namespace) addr add 2001:2:1::1/64 dev ul0 nodad
+        ip -n \(b.namespace) addr add 2001:2:1::2/64 dev ul0 nodad
+        ip -n \(a.namespace) link set ul0 up
+        ip -n \(b.namespace) link set ul0 up
+        """)
+        func program(_ host: TestHost, local: String, own: Int, peer: (ip: String, subnet: Int)) throws {
+            let failures = try host.inNamespace { () throws -> [ChangeFailure6] in
+                let dataplane = try Dataplane()
+                let localIP = IPv6Address(local)!
+                let underlay = try dataplane.underlay(holding: localIP)
+                let device = VXLANDevice(name: Self.name, vni: 1, localIP: .zero, underlayIndex: underlay.index,
+                                         underlayName: underlay.name, mtu: underlay.mtu - 70, mac: .vtep(vni: 1, publicIPv6: localIP),
+                                         localIPv6: localIP)
+                let peerIP = IPv6Address(peer.ip)!
+                let mac = MACAddress.vtep(vni: 1, publicIPv6: peerIP)
+                let gateway = Layout.gateway(peer.subnet)
+                var changes: [Change6] = [
+                    .createDevice(device), .add(.address(IPv6Prefix(Layout.gateway(own), 128))),
+                    .add(.fdb(FDBEntry6(mac: mac, dst: peerIP))), .add(.neighbor(Neighbor6(ip: gateway, mac: mac))),
+                ]
+                if layout == .nexthop {
+                    changes.append(.add(.nexthop(Nexthop6(id: Self.idBase + 100, gateway: gateway, proto: Self.proto))))
+                    changes.append(.add(.route(Route6(dst: IPv6Prefix(gateway, 64), gateway: gateway, nexthopID: Self.idBase + 100,
+                                                      proto: Self.proto, priority: 1024))))
+                } else {
+                    changes.append(.add(.route(Route6(dst: IPv6Prefix(gateway, 64), gateway: gateway, proto: Self.proto, priority: 1024))))
+                }
+                return dataplane.apply(changes, deviceName: Self.name).failures
+            }
+            #expect(failures.isEmpty, "\(failures)")
+        }
+        try program(a, local: "2001:2:1::1", own: 1, peer: ("2001:2:1::2", 2))
+        try program(b, local: "2001:2:1::2", own: 2, peer: ("2001:2:1::1", 1))
+        // The /128 goes through DAD first (as flanneld's does): wait for it, generously.
+        let wait = """
+            bash -c 'for i in $(seq 40); do ip -6 addr show dev \(Self.name) tentative | grep -q inet6 || exit 0; sleep 0.25; done; exit 1'
+            """
+        #expect(try a.exec(wait).status == 0 && b.exec(wait).status == 0, "an address stayed tentative")
+        let ping = try a.exec("ping -6 -c 2 -W 2 -I fd00:10:244:1:: fd00:10:244:2::")
+        #expect(ping.status == 0, "\(ping.stdout)\(ping.stderr)")
+        #expect(ping.stdout.contains("2 received"))
+        let back = try b.exec("ping -6 -c 1 -W 2 -I fd00:10:244:2:: fd00:10:244:1::")
+        #expect(back.status == 0, "\(back.stdout)\(back.stderr)")
+    }
 }
