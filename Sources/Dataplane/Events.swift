@@ -91,9 +91,10 @@ public struct KernelEvents: Sendable {
                 return (Parse.fdbOf(message) as (index: Int32, entry: FDBEntryOf<A>)?).map { event(.entry(.fdb($0.entry)), deleted: deleted) }
             }
             guard let (_, neighbor) = Parse.neighborOf(message) as (index: Int32, neighbor: NeighborOf<A>)? else { return nil }
-            // NDP makes, ages and drops entries of its own on the IPv6 device
-            // (REACHABLE, STALE, FAILED...): only permanent ones are the agent's,
-            // and the deletion of one (it was permanent) is the agent's concern.
+            // NDP makes and ages entries of its own on the IPv6 device (REACHABLE,
+            // STALE, INCOMPLETE...): only permanent ones are the agent's. Every
+            // deletion is passed on: the kernel reports a deleted permanent entry
+            // as FAILED (measured), and one NDP dropped changes nothing in the diff.
             if isIPv6 && !neighbor.permanent && !deleted { return nil }
             return event(.entry(.neighbor(neighbor)), deleted: deleted)
         case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE):
