@@ -4,7 +4,7 @@
 // and walked with forEachMessage; each NLMSG_ERROR goes through
 // vxa_parse_error (errno, sequence, extended-ACK text), every other message
 // through each of the typed parsers (a dump of links, addresses, neighbors,
-// FDB entries, nexthops, routes), and what parses is rendered.
+// FDB entries, nexthops, routes; of both families), and what parses is rendered.
 import CNetlinkShim
 import CLibMnl
 @testable import Dataplane
@@ -33,6 +33,12 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
         if let (index, entry) = Parse.fdb(message) { _ = "\(index) \(entry)" }
         if let nexthop = Parse.nexthop(message) { _ = "\(nexthop)" }
         if let (table, route) = Parse.route(message) { _ = "\(table) \(route)" }
+        // The IPv6 plane's readers (dual stack).
+        if let (index, prefix) = Parse.address6(message) { _ = "\(index) \(prefix)" }
+        if let (index, neighbor) = Parse.neighbor6(message) { _ = "\(index) \(neighbor)" }
+        if let (index, entry) = Parse.fdb6(message) { _ = "\(index) \(entry)" }
+        if let nexthop = Parse.nexthop6(message) { _ = "\(nexthop)" }
+        if let (table, route) = Parse.route6(message) { _ = "\(table) \(route)" }
         return true
     }
     return 0

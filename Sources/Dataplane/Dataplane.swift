@@ -28,7 +28,8 @@ public enum DataplaneError: Error, Sendable, Hashable, CustomStringConvertible {
 /// One change the kernel refused, or that was skipped because what it depends on failed.
 /// It carries no text: whoever shows the plan renders it with the plan's words
 /// (`PlanOutput.describe(_:)` in Agent), so a failure reads like the plan line it failed.
-public struct ChangeFailure: Sendable, Hashable, CustomStringConvertible {
+/// Generic over the plane's family: `ChangeFailure` (IPv4), `ChangeFailure6`.
+public struct ChangeFailureOf<A: IPFamilyAddress>: Sendable, Hashable, CustomStringConvertible {
     /// Why, typed: a caller decides on it (retry at once, back off, report).
     public enum Cause: Sendable, Hashable {
         /// The kernel answered this request with an error.
@@ -39,7 +40,7 @@ public struct ChangeFailure: Sendable, Hashable, CustomStringConvertible {
         case skipped
     }
 
-    public var change: Change
+    public var change: ChangeOf<A>
     public var cause: Cause
     /// Why a skipped change was not sent (`its fdb entry for 0e:... failed`); nil otherwise.
     public var reason: String?
@@ -47,7 +48,7 @@ public struct ChangeFailure: Sendable, Hashable, CustomStringConvertible {
     /// For debugging; people see `PlanOutput.describe(_:)`.
     public var description: String { "\(change): \(cause)\(reason.map { ", \($0)" } ?? "")" }
 
-    public init(change: Change, cause: Cause, reason: String? = nil) {
+    public init(change: ChangeOf<A>, cause: Cause, reason: String? = nil) {
         self.change = change
         self.cause = cause
         self.reason = reason
@@ -81,16 +82,22 @@ public struct ChangeFailure: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
+public typealias ChangeFailure = ChangeFailureOf<IPv4Address>
+public typealias ChangeFailure6 = ChangeFailureOf<IPv6Address>
+
 /// What applying a plan did.
-public struct ApplyReport: Sendable, Hashable {
+public struct ApplyReportOf<A: IPFamilyAddress>: Sendable, Hashable {
     /// Netlink requests sent (each is one kernel write).
     public var writes = 0
-    public var failures: [ChangeFailure] = []
+    public var failures: [ChangeFailureOf<A>] = []
     /// The device index after the device changes, if the device exists.
     public var deviceIndex: Int32?
 
     public init() {}
 }
+
+public typealias ApplyReport = ApplyReportOf<IPv4Address>
+public typealias ApplyReport6 = ApplyReportOf<IPv6Address>
 
 /// The kernel as the reconciler sees it: a snapshot of what the agent owns, and
 /// a way to apply changes. The real one talks netlink; tests may use a fake.
@@ -147,6 +154,15 @@ public final class Dataplane: KernelDataplane {
         }
     }
 
+    /// Every IPv6 address of the host: (interface index, prefix), link-local ones included.
+    public func addresses6() throws(DataplaneError) -> [(index: Int32, prefix: IPv6Prefix)] {
+        try wrap { () throws(NetlinkError) in
+            try socket.dump("dump IPv6 addresses", type: UInt16(RTM_GETADDR), build: { m in
+                m.familyHeader(ifaddrmsg.self) { $0.ifa_family = UInt8(AF_INET6) }
+            }, parse: Parse.address6)
+        }
+    }
+
     /// The link with interface index `index`, or nil if there is none.
     public func link(index: Int32) throws(DataplaneError) -> LinkState? {
         do {
@@ -169,6 +185,18 @@ public final class Dataplane: KernelDataplane {
                          addresses known: [(index: Int32, prefix: IPv4Prefix)]? = nil) throws(DataplaneError) -> LinkState {
         let all: [(index: Int32, prefix: IPv4Prefix)]
         if let known { all = known } else { all = try addresses() }
+        return try underlay(holding: ip, in: all)
+    }
+
+    /// The link that holds the IPv6 address `ip`: the IPv6 device's underlay.
+    public func underlay(holding ip: IPv6Address,
+                         addresses known: [(index: Int32, prefix: IPv6Prefix)]? = nil) throws(DataplaneError) -> LinkState {
+        let all: [(index: Int32, prefix: IPv6Prefix)]
+        if let known { all = known } else { all = try addresses6() }
+        return try underlay(holding: ip, in: all)
+    }
+
+    private func underlay<P: IPFamilyPrefix>(holding ip: P.Address, in all: [(index: Int32, prefix: P)]) throws(DataplaneError) -> LinkState {
         guard let index = all.first(where: { $0.prefix.address == ip })?.index else {
             throw .notFound("no interface holds \(ip): the VXLAN local address must be an address of this host")
         }
@@ -219,7 +247,28 @@ public final class Dataplane: KernelDataplane {
     /// without nexthop objects refuses it, and the snapshot then has none.
     public func snapshot(deviceName: String, proto: UInt8, hostAddresses: [(index: Int32, prefix: IPv4Prefix)]?,
                          leftovers: [(name: String, kind: String)] = []) throws(DataplaneError) -> KernelSnapshot {
-        var snapshot = KernelSnapshot()
+        try snapshotOf(deviceName: deviceName, proto: proto, hostAddresses: hostAddresses, leftovers: leftovers)
+    }
+
+    /// The IPv6 plane's snapshot (`flannel-v6.<VNI>`): the device, its IPv6
+    /// addresses but the kernel's own link-local one, its permanent neighbors (NDP's
+    /// own entries, REACHABLE, STALE, router..., are the kernel's), its FDB entries
+    /// (IPv6 remotes), the IPv6 nexthops of `proto`, the main table's IPv6 routes of
+    /// `proto` or on the device but the kernel's own there (proto kernel: fe80::/64
+    /// and each address's own route; multicast and local routes live in table
+    /// local), the other IPv6 routes as foreign, and who else uses our nexthops.
+    /// `hostAddresses`: the host's IPv6 addresses when the caller has dumped them.
+    public func snapshot6(deviceName: String, proto: UInt8,
+                          hostAddresses: [(index: Int32, prefix: IPv6Prefix)]? = nil) throws(DataplaneError) -> KernelSnapshot6 {
+        try snapshotOf(deviceName: deviceName, proto: proto, hostAddresses: hostAddresses, leftovers: [])
+    }
+
+    static let fe80 = IPv6Prefix(IPv6Address(high: 0xfe80_0000_0000_0000, low: 0), 64)
+
+    func snapshotOf<A: IPFamilyAddress>(deviceName: String, proto: UInt8, hostAddresses: [(index: Int32, prefix: A.Prefix)]?,
+                                        leftovers: [(name: String, kind: String)]) throws(DataplaneError) -> KernelSnapshotOf<A> {
+        let isIPv6 = A.family == UInt8(AF_INET6)
+        var snapshot = KernelSnapshotOf<A>()
         let device = try link(named: deviceName)
         snapshot.device = device
         // Only a VXLAN or TUN device can be the agent's: what is on a device of
@@ -232,7 +281,7 @@ public final class Dataplane: KernelDataplane {
         // thread of its own with its own socket while this one dumps the rest:
         // the kernel fills dump replies in the receiving thread, so on two cores
         // the snapshot takes the longer half, not the sum.
-        let routeDump = parallelDumps && socket.interposer == nil ? RouteDump.start(sameNamespaceAs: socket.fileDescriptor) : nil
+        let routeDump = parallelDumps && socket.interposer == nil ? RouteDump<A>.start(sameNamespaceAs: socket.fileDescriptor) : nil
         defer { routeDump?.join() }
         try wrap { () throws(NetlinkError) in
             if let index {
@@ -241,30 +290,37 @@ public final class Dataplane: KernelDataplane {
                 } else {
                     snapshot.addresses = try socket.dump("dump addresses of \(deviceName)", type: UInt16(RTM_GETADDR), build: { m in
                         m.familyHeader(ifaddrmsg.self) {
-                            $0.ifa_family = UInt8(AF_INET)
+                            $0.ifa_family = A.family
                             $0.ifa_index = UInt32(bitPattern: index)
                         }
-                    }, parse: { Parse.address($0).flatMap { $0.index == index ? $0.prefix : nil } })
+                    }, parse: { (Parse.addressOf($0) as (index: Int32, prefix: A.Prefix)?).flatMap { $0.index == index ? $0.prefix : nil } })
                 }
+                // The kernel gives the IPv6 device a link-local address of its own.
+                if isIPv6 { snapshot.addresses.removeAll { ($0 as? IPv6Prefix)?.address.isLinkLocal == true } }
                 // Neighbors and FDB entries are the VXLAN device's; on udp's TUN device the
                 // kernel keeps a NOARP neighbor of its own (0.0.0.0), which is not the agent's.
                 if device?.kind == "vxlan" {
                     snapshot.neighbors = try socket.dump("dump neighbors of \(deviceName)", type: UInt16(RTM_GETNEIGH), build: { m in
-                        m.familyHeader(ndmsg.self) { $0.ndm_family = UInt8(AF_INET) }
+                        m.familyHeader(ndmsg.self) { $0.ndm_family = A.family }
                         m.put(UInt16(NDA_IFINDEX), u32: UInt32(bitPattern: index))
-                    }, parse: { Parse.neighbor($0).flatMap { $0.index == index ? $0.neighbor : nil } })
+                    }, parse: { message -> NeighborOf<A>? in
+                        guard let (at, neighbor) = Parse.neighborOf(message) as (index: Int32, neighbor: NeighborOf<A>)?,
+                              at == index else { return nil }
+                        // NDP makes entries of its own (REACHABLE, STALE, FAILED, routers): not the agent's.
+                        return isIPv6 && !neighbor.permanent ? nil : neighbor
+                    })
                     snapshot.fdb = try socket.dump("dump fdb of \(deviceName)", type: UInt16(RTM_GETNEIGH), build: { m in
                         m.familyHeader(ndmsg.self) { $0.ndm_family = UInt8(AF_BRIDGE) }
-                    }, parse: { Parse.fdb($0).flatMap { $0.index == index ? $0.entry : nil } })
+                    }, parse: { (Parse.fdbOf($0) as (index: Int32, entry: FDBEntryOf<A>)?).flatMap { $0.index == index ? $0.entry : nil } })
                 }
             }
-            var groups: [Nexthop] = []
+            var groups: [NexthopOf<A>] = []
             if nexthopSupport != false {
-                func dumpNexthops() throws(NetlinkError) -> [Nexthop] {
+                func dumpNexthops() throws(NetlinkError) -> [NexthopOf<A>] {
                     try socket.dump("dump nexthops", type: UInt16(RTM_GETNEXTHOP), build: { m in
                         m.familyHeader(nhmsg.self) { $0.nh_family = UInt8(AF_UNSPEC) }
-                    }, parse: { message -> Nexthop? in
-                        guard let nexthop = Parse.nexthop(message) else { return nil }
+                    }, parse: { message -> NexthopOf<A>? in
+                        guard let nexthop = Parse.nexthopOf(message) as NexthopOf<A>? else { return nil }
                         if nexthop.proto == proto && nexthop.group == nil { return nexthop }
                         if nexthop.group != nil { groups.append(nexthop) }
                         return nil
@@ -291,14 +347,16 @@ public final class Dataplane: KernelDataplane {
                     }
                 }
             }
-            let routes: [Route], otherTables: [(UInt32, Route)]
+            let routes: [RouteOf<A>], otherTables: [(UInt32, RouteOf<A>)]
             if let routeDump {
                 (routes, otherTables) = try routeDump.result(orDumpOn: socket)
             } else {
-                (routes, otherTables) = try RouteDump.routes(socket)
+                (routes, otherTables) = try RouteDump<A>.routes(socket)
             }
             for route in routes {
                 if route.proto == proto || (index != nil && route.deviceIndex == index) {
+                    if isIPv6, index != nil, route.deviceIndex == index, route.proto == UInt8(RTPROT_KERNEL),
+                       Self.isKernelOwn(route.dst, addresses: snapshot.addresses) { continue }
                     snapshot.routes.append(route)
                 } else {
                     snapshot.foreignRoutes.append(route)
@@ -310,9 +368,16 @@ public final class Dataplane: KernelDataplane {
         return snapshot
     }
 
+    /// A route the kernel makes on the IPv6 device itself: fe80::/64 (its
+    /// link-local address), or an address's own route (the /128 for a /128).
+    static func isKernelOwn<P: IPFamilyPrefix>(_ dst: P, addresses: [P]) -> Bool {
+        if let dst = dst as? IPv6Prefix, dst == fe80 { return true }
+        return addresses.contains { P($0.network, $0.length) == dst }
+    }
+
     /// Which of our nexthops something else uses, and the first such user.
-    static func nexthopUsers(ours: [Nexthop], groups: [Nexthop], foreignRoutes: [Route],
-                             otherTables: [(UInt32, Route)]) -> [UInt32: String] {
+    static func nexthopUsers<A: IPFamilyAddress>(ours: [NexthopOf<A>], groups: [NexthopOf<A>], foreignRoutes: [RouteOf<A>],
+                                                 otherTables: [(UInt32, RouteOf<A>)]) -> [UInt32: String] {
         let ids = Set(ours.map(\.id))
         guard !ids.isEmpty else { return [:] }
         var users: [UInt32: String] = [:]
@@ -338,8 +403,20 @@ public final class Dataplane: KernelDataplane {
     /// A failed FDB entry skips the neighbors that use its MAC, a failed neighbor
     /// the nexthops and routes via its address, a failed nexthop its routes.
     public func apply(_ changes: [Change], deviceName: String) -> ApplyReport {
-        var report = ApplyReport()
-        var phases = Phases(changes)
+        applyOf(changes, deviceName: deviceName)
+    }
+
+    /// The IPv6 plane's changes (`flannel-v6.<VNI>`), in the same phases and with
+    /// the same reporting. A created IPv6 device (`localIPv6` set) gets
+    /// `accept_ra` 0, as flanneld sets it: router advertisements on the overlay
+    /// must not give the node addresses or routes.
+    public func apply(_ changes: [Change6], deviceName: String) -> ApplyReport6 {
+        applyOf(changes, deviceName: deviceName)
+    }
+
+    func applyOf<A: IPFamilyAddress>(_ changes: [ChangeOf<A>], deviceName: String) -> ApplyReportOf<A> {
+        var report = ApplyReportOf<A>()
+        var phases = Phases<A>(changes)
 
         var deviceIndex: Int32? = phases.knownDeviceIndex
         // 1. Removed routes and nexthops.
@@ -352,7 +429,7 @@ public final class Dataplane: KernelDataplane {
             switch change {
             case .createTUN(let new):
                 report.writes += 2
-                if let failure = createTUN(new) { report.failures.append(ChangeFailure(change: change, cause: .refused(failure))) }
+                if let failure = createTUN(new) { report.failures.append(ChangeFailureOf(change: change, cause: .refused(failure))) }
                 continue
             case .updateTUN(let old, let new):
                 Requests.updateLink(index: old.index, mtu: old.mtu == new.mtu ? nil : new.mtu, mac: nil, up: false, into: batch)
@@ -373,10 +450,14 @@ public final class Dataplane: KernelDataplane {
             do {
                 let failures = try socket.send(batch, chunkBytes: chunkBytes)
                 if let failure = failures.first {
-                    report.failures.append(ChangeFailure(change: change, cause: .refused(failure.error)))
+                    report.failures.append(ChangeFailureOf(change: change, cause: .refused(failure.error)))
+                } else if case .createDevice(let new) = change, new.localIPv6 != nil, let failure = Self.disableAcceptRA(new.name) {
+                    report.failures.append(ChangeFailureOf(change: change, cause: .refused(failure)))
+                } else if case .recreateDevice(_, let new) = change, new.localIPv6 != nil, let failure = Self.disableAcceptRA(new.name) {
+                    report.failures.append(ChangeFailureOf(change: change, cause: .refused(failure)))
                 }
             } catch {
-                report.failures.append(ChangeFailure(change: change, cause: .exchange(error)))
+                report.failures.append(ChangeFailureOf(change: change, cause: .exchange(error)))
             }
         }
         if phases.needsDevice {
@@ -403,7 +484,7 @@ public final class Dataplane: KernelDataplane {
             if let missing {
                 // What needs the device is skipped; entries on other devices
                 // (DirectRouting's routes on the underlay) are still written.
-                report.failures += phases.deviceEntryChanges.map { ChangeFailure(change: $0, cause: .skipped, reason: missing) }
+                report.failures += phases.deviceEntryChanges.map { ChangeFailureOf(change: $0, cause: .skipped, reason: missing) }
                 phases.dropDeviceEntries()
                 deviceIndex = nil
             }
@@ -413,7 +494,7 @@ public final class Dataplane: KernelDataplane {
         let index = deviceIndex ?? 0
 
         // 3. Adds and replaces, in dependency order, skipping dependents of failures.
-        var failedMACs = Set<MACAddress>(), failedGateways = Set<IPv4Address>(), failedNexthops = Set<UInt32>()
+        var failedMACs = Set<MACAddress>(), failedGateways = Set<A>(), failedNexthops = Set<UInt32>()
         // Addresses: the new one, then the stale ones, before anything else. After
         // a renumbering this node's old VTEP address may be a peer's gateway now,
         // and the kernel refuses a nexthop via a local address ("Nexthop has
@@ -460,17 +541,18 @@ public final class Dataplane: KernelDataplane {
         return report
     }
 
-    private func skipping(_ changes: [Change], report: inout ApplyReport, reason: (Entry) -> String?) -> [Change] {
+    private func skipping<A: IPFamilyAddress>(_ changes: [ChangeOf<A>], report: inout ApplyReportOf<A>,
+                                              reason: (EntryOf<A>) -> String?) -> [ChangeOf<A>] {
         changes.filter { change in
             guard let entry = change.target, let why = reason(entry) else { return true }
-            report.failures.append(ChangeFailure(change: change, cause: .skipped, reason: why))
+            report.failures.append(ChangeFailureOf(change: change, cause: .skipped, reason: why))
             return false
         }
     }
 
     /// Sends entry changes as one batch; returns the entries that failed.
     @discardableResult
-    private func send(_ changes: [Change], device: Int32, report: inout ApplyReport) -> [Entry] {
+    private func send<A: IPFamilyAddress>(_ changes: [ChangeOf<A>], device: Int32, report: inout ApplyReportOf<A>) -> [EntryOf<A>] {
         guard !changes.isEmpty else { return [] }
         let batch = Batch(expectedMessages: changes.count)
         for change in changes {
@@ -491,12 +573,12 @@ public final class Dataplane: KernelDataplane {
             }
             return failures.map { failure in
                 let change = changes[failure.index]
-                report.failures.append(ChangeFailure(change: change, cause: .refused(failure.error)))
+                report.failures.append(ChangeFailureOf(change: change, cause: .refused(failure.error)))
                 return change.target!
             }
         } catch {
             // The exchange broke: which requests landed is unknown; report them all.
-            report.failures += changes.map { ChangeFailure(change: $0, cause: .exchange(error)) }
+            report.failures += changes.map { ChangeFailureOf(change: $0, cause: .exchange(error)) }
             return changes.compactMap(\.target)
         }
     }
@@ -538,6 +620,30 @@ public final class Dataplane: KernelDataplane {
         return write(fd, "1", 1) == 1 ? nil : NetlinkError(operation: "write \(path)", code: errno)
     }
 
+    /// `net.ipv6.conf.DEV.accept_ra = 0` in the namespace of the calling thread,
+    /// as flanneld sets it on its devices (`newVXLANDevice`): the overlay must not
+    /// configure the node from router advertisements.
+    static func disableAcceptRA(_ name: String) -> NetlinkError? {
+        let path = "/proc/sys/net/ipv6/conf/\(name)/accept_ra"
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return NetlinkError(operation: "write \(path)", code: errno) }
+        defer { close(fd) }
+        return write(fd, "0", 1) == 1 ? nil : NetlinkError(operation: "write \(path)", code: errno)
+    }
+
+    /// The device's `accept_ra` (0 off, 1 on, 2 even when forwarding), as the calling
+    /// thread's namespace has it; nil when the device has no IPv6 configuration.
+    public static func acceptRA(_ name: String) -> Int? {
+        let path = "/proc/sys/net/ipv6/conf/\(name)/accept_ra"
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 8)
+        let count = read(fd, &bytes, bytes.count)
+        guard count > 0 else { return nil }
+        return Int(String(decoding: bytes[..<count].prefix { $0 != UInt8(ascii: "\n") }, as: UTF8.self))
+    }
+
     /// Whether `accept_local` is on for the device (what `createTUN` sets; a snapshot reads it).
     public static func acceptLocal(_ name: String) -> Bool {
         let path = "/proc/sys/net/ipv4/conf/\(name)/accept_local"
@@ -548,27 +654,27 @@ public final class Dataplane: KernelDataplane {
         return read(fd, &byte, 1) == 1 && byte == UInt8(ascii: "1")
     }
 
-    static func request(_ entry: Entry, device: Int32, _ operation: Requests.Operation, into batch: Batch) {
+    static func request<A: IPFamilyAddress>(_ entry: EntryOf<A>, device: Int32, _ operation: Requests.Operation, into batch: Batch) {
         switch entry {
-        case .address(let prefix): Requests.address(prefix, device: device, operation, into: batch)
-        case .fdb(let fdb): Requests.fdb(fdb, device: device, operation, into: batch)
-        case .neighbor(let neighbor): Requests.neighbor(neighbor, device: device, operation, into: batch)
-        case .nexthop(let nexthop): Requests.nexthop(nexthop, device: nexthop.deviceIndex ?? device, operation, into: batch)
-        case .route(let route): Requests.route(route, device: route.deviceIndex ?? device, operation, into: batch)
+        case .address(let prefix): Requests.addressOf(prefix, device: device, operation, into: batch)
+        case .fdb(let fdb): Requests.fdbOf(fdb, device: device, operation, into: batch)
+        case .neighbor(let neighbor): Requests.neighborOf(neighbor, device: device, operation, into: batch)
+        case .nexthop(let nexthop): Requests.nexthopOf(nexthop, device: nexthop.deviceIndex ?? device, operation, into: batch)
+        case .route(let route): Requests.routeOf(route, device: route.deviceIndex ?? device, operation, into: batch)
         }
     }
 }
 
 /// A plan sorted into the phases `Dataplane.apply` runs.
-struct Phases {
-    var device: [Change] = []
-    var entryChanges: [Change] = []
-    var upserts: [Change] = []
-    var removes: [Entry] = []
+struct Phases<A: IPFamilyAddress> {
+    var device: [ChangeOf<A>] = []
+    var entryChanges: [ChangeOf<A>] = []
+    var upserts: [ChangeOf<A>] = []
+    var removes: [EntryOf<A>] = []
     var knownDeviceIndex: Int32?
     var deviceWillExist = false
 
-    init(_ changes: [Change]) {
+    init(_ changes: [ChangeOf<A>]) {
         for change in changes {
             switch change {
             case .createDevice, .createTUN:
@@ -602,7 +708,7 @@ struct Phases {
     /// The entry changes that need the agent's device: its addresses, FDB
     /// entries and neighbors, and routes and nexthops that name no other device
     /// (removals of routes and nexthops name none).
-    var deviceEntryChanges: [Change] {
+    var deviceEntryChanges: [ChangeOf<A>] {
         entryChanges.filter { change in
             switch change {
             case .remove(.route), .remove(.nexthop): false
@@ -620,7 +726,7 @@ struct Phases {
     }
 
     /// Whether an entry is written on the agent's device (not on one it names itself).
-    static func onDevice(_ entry: Entry) -> Bool {
+    static func onDevice(_ entry: EntryOf<A>) -> Bool {
         switch entry {
         case .address, .fdb, .neighbor: true
         case .nexthop(let n): n.deviceIndex == nil
@@ -628,22 +734,22 @@ struct Phases {
         }
     }
 
-    var removedRoutes: [Route] { removes.compactMap { if case .route(let r) = $0 { r } else { nil } } }
-    var removedNexthops: [Nexthop] { removes.compactMap { if case .nexthop(let n) = $0 { n } else { nil } } }
-    var addedAddresses: [IPv4Prefix] {
+    var removedRoutes: [RouteOf<A>] { removes.compactMap { if case .route(let r) = $0 { r } else { nil } } }
+    var removedNexthops: [NexthopOf<A>] { removes.compactMap { if case .nexthop(let n) = $0 { n } else { nil } } }
+    var addedAddresses: [A.Prefix] {
         upserts.compactMap { if case .add(.address(let a)) = $0 { a } else { nil } }
     }
 
-    func upserts(_ kind: KeyPath<Entry, Bool>) -> [Change] {
+    func upserts(_ kind: KeyPath<EntryOf<A>, Bool>) -> [ChangeOf<A>] {
         upserts.filter { $0.target.map { $0[keyPath: kind] } ?? false }
     }
 
-    func removed(_ kind: KeyPath<Entry, Bool>) -> [Entry] {
+    func removed(_ kind: KeyPath<EntryOf<A>, Bool>) -> [EntryOf<A>] {
         removes.filter { $0[keyPath: kind] }
     }
 }
 
-extension Entry {
+extension EntryOf {
     var fdb: Bool { if case .fdb = self { true } else { false } }
     var neighbor: Bool { if case .neighbor = self { true } else { false } }
     var nexthop: Bool { if case .nexthop = self { true } else { false } }
@@ -655,59 +761,42 @@ extension Entry {
 /// own (a netlink socket serves one dump at a time), opened in the network
 /// namespace of the dataplane's socket (a namespace is per thread). The thread
 /// writes `outcome` once; `join` (pthread_join) orders that before any read.
-final class RouteDump: @unchecked Sendable {
-    private var thread = pthread_t()
+final class RouteDump<A: IPFamilyAddress>: @unchecked Sendable {
     /// nil: the thread could not enter the namespace; the caller dumps inline.
-    private var outcome: Result<([Route], [(UInt32, Route)]), NetlinkError>?
-    private let namespace: Int32
-    private var joined = false
+    private var outcome: Result<([RouteOf<A>], [(UInt32, RouteOf<A>)]), NetlinkError>?
+    private var thread: NamespaceThread?
 
-    private init(namespace: Int32) { self.namespace = namespace }
+    private init() {}
 
     /// Starts the dump; nil if the namespace or a thread is not to be had (the
     /// caller dumps inline).
     static func start(sameNamespaceAs socket: Int32) -> RouteDump? {
-        let namespace = ioctl(socket, 0x894C /* SIOCGSKNS */)
-        guard namespace >= 0 else { return nil }
-        let dump = RouteDump(namespace: namespace)
-        let context = Unmanaged.passRetained(dump).toOpaque()
-        let status = pthread_create(&dump.thread, nil, { raw in
-            let dump = Unmanaged<RouteDump>.fromOpaque(raw!).takeRetainedValue()
-            guard enterNetworkNamespace(dump.namespace) else { return nil }
+        let dump = RouteDump()
+        guard let thread = NamespaceThread.start(sameNamespaceAs: socket, {
             dump.outcome = Result { () throws(NetlinkError) in try RouteDump.routes(try NetlinkSocket()) }
-            return nil
-        }, context)
-        guard status == 0 else {
-            Unmanaged<RouteDump>.fromOpaque(context).release()
-            close(namespace)
-            return nil
-        }
+        }) else { return nil }
+        dump.thread = thread
         return dump
     }
 
-    func join() {
-        guard !joined else { return }
-        joined = true
-        pthread_join(thread, nil)
-        close(namespace)
-    }
+    func join() { thread?.join() }
 
     /// Waits for the dump: the main table's routes, and those of other tables
     /// that use a nexthop (dumped on `socket` if the thread could not).
-    func result(orDumpOn socket: NetlinkSocket) throws(NetlinkError) -> ([Route], [(UInt32, Route)]) {
+    func result(orDumpOn socket: NetlinkSocket) throws(NetlinkError) -> ([RouteOf<A>], [(UInt32, RouteOf<A>)]) {
         join()
         guard let outcome else { return try Self.routes(socket) }
         return try outcome.get()
     }
 
-    /// Dumps the IPv4 routes on `socket`.
-    static func routes(_ socket: NetlinkSocket) throws(NetlinkError) -> ([Route], [(UInt32, Route)]) {
+    /// Dumps the routes of family `A` on `socket`.
+    static func routes(_ socket: NetlinkSocket) throws(NetlinkError) -> ([RouteOf<A>], [(UInt32, RouteOf<A>)]) {
         let main = UInt32(RT_TABLE_MAIN.rawValue)
-        var otherTables: [(UInt32, Route)] = []
+        var otherTables: [(UInt32, RouteOf<A>)] = []
         let routes = try socket.dump("dump routes", type: UInt16(RTM_GETROUTE), build: { m in
-            m.familyHeader(rtmsg.self) { $0.rtm_family = UInt8(AF_INET) }
-        }, parse: { message -> Route? in
-            guard let (table, route) = Parse.route(message) else { return nil }
+            m.familyHeader(rtmsg.self) { $0.rtm_family = A.family }
+        }, parse: { message -> RouteOf<A>? in
+            guard let (table, route) = Parse.routeOf(message) as (table: UInt32, route: RouteOf<A>)? else { return nil }
             guard table == main else {
                 if route.nexthopID != nil { otherTables.append((table, route)) }
                 return nil
@@ -715,6 +804,50 @@ final class RouteDump: @unchecked Sendable {
             return route
         })
         return (routes, otherTables)
+    }
+}
+
+/// A thread that enters the network namespace of a socket and runs `body`
+/// there. `join` waits for it (once; later calls return at once).
+final class NamespaceThread: @unchecked Sendable {
+    // @unchecked: `thread` is written before the thread starts and read by join;
+    // `body` runs on the thread alone.
+    private var thread = pthread_t()
+    private let namespace: Int32
+    private let body: () -> Void
+    private var joined = false
+
+    private init(namespace: Int32, body: @escaping () -> Void) {
+        self.namespace = namespace
+        self.body = body
+    }
+
+    /// Starts the thread; nil if the namespace or a thread is not to be had.
+    /// `body` does not run when the thread cannot enter the namespace.
+    static func start(sameNamespaceAs socket: Int32, _ body: @escaping () -> Void) -> NamespaceThread? {
+        let namespace = ioctl(socket, 0x894C /* SIOCGSKNS */)
+        guard namespace >= 0 else { return nil }
+        let thread = NamespaceThread(namespace: namespace, body: body)
+        let context = Unmanaged.passRetained(thread).toOpaque()
+        let status = pthread_create(&thread.thread, nil, { raw in
+            let thread = Unmanaged<NamespaceThread>.fromOpaque(raw!).takeRetainedValue()
+            guard enterNetworkNamespace(thread.namespace) else { return nil }
+            thread.body()
+            return nil
+        }, context)
+        guard status == 0 else {
+            Unmanaged<NamespaceThread>.fromOpaque(context).release()
+            close(namespace)
+            return nil
+        }
+        return thread
+    }
+
+    func join() {
+        guard !joined else { return }
+        joined = true
+        pthread_join(thread, nil)
+        close(namespace)
     }
 }
 

@@ -10,6 +10,12 @@ import Glibc
 public let kernelEventGroups: [UInt32] = [RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_NEIGH, RTNLGRP_IPV4_ROUTE, RTNLGRP_NEXTHOP]
     .map(\.rawValue)
 
+/// The netlink groups whose messages `KernelEvents.parse6` understands (the
+/// IPv6 device's): links, IPv6 addresses, neighbors and FDB entries (one group
+/// for every family), IPv6 routes, nexthops.
+public let kernelEventGroups6: [UInt32] = [RTNLGRP_LINK, RTNLGRP_IPV6_IFADDR, RTNLGRP_NEIGH, RTNLGRP_IPV6_ROUTE, RTNLGRP_NEXTHOP]
+    .map(\.rawValue)
+
 /// Turns a netlink notification into a `KernelEvent`, or nil when it cannot
 /// concern the agent. Pure, like `Parse`: the monitor thread calls it for every
 /// message, so it decides on the family header before it parses attributes.
@@ -32,12 +38,23 @@ public struct KernelEvents: Sendable {
         self.ownPort = ownPort
     }
 
-    public func parse(_ message: Message) -> KernelEvent? {
+    /// The event for the IPv4 device (`flannel.<VNI>`).
+    public func parse(_ message: Message) -> KernelEvent? { parseOf(message) }
+
+    /// The event for the IPv6 device (`flannel-v6.<VNI>`; `deviceName` is its
+    /// name): IPv6 routes, NDP neighbors, FDB entries with IPv6 remotes, IPv6
+    /// nexthops; the underlay's IPv6 addresses. NDP's own entries (not
+    /// permanent) are the kernel's, not the agent's: they are no event.
+    public func parse6(_ message: Message) -> KernelEvent6? { parseOf(message) }
+
+    @inline(__always)
+    func parseOf<A: IPFamilyAddress>(_ message: Message) -> KernelEventOf<A>? {
+        let isIPv6 = A.family == UInt8(AF_INET6)
         let type = Int32(message.type)
         let own = ownPort != 0 && message.portID == ownPort
         let replace = message.flags & UInt16(NLM_F_REPLACE) != 0
-        func event(_ subject: KernelEvent.Subject, deleted: Bool) -> KernelEvent {
-            KernelEvent(subject, deleted: deleted, own: own, replace: replace)
+        func event(_ subject: KernelEventOf<A>.Subject, deleted: Bool) -> KernelEventOf<A> {
+            KernelEventOf(subject, deleted: deleted, own: own, replace: replace)
         }
         switch type {
         case Int32(RTM_NEWLINK), Int32(RTM_DELLINK):
@@ -56,28 +73,41 @@ public struct KernelEvents: Sendable {
             return event(.device(deleted ? "device \(deviceName) deleted" : "device \(deviceName) changed"), deleted: deleted)
         case Int32(RTM_NEWADDR), Int32(RTM_DELADDR):
             guard let header = message.familyHeader(ifaddrmsg.self) else { return nil }
-            if let underlay, Int32(bitPattern: header.ifa_index) == underlay.index, header.ifa_family == UInt8(AF_INET) {
+            if let underlay, Int32(bitPattern: header.ifa_index) == underlay.index, header.ifa_family == A.family {
                 return event(.device("address of the underlay \(underlay.name) \(type == Int32(RTM_DELADDR) ? "deleted" : "changed")"),
                              deleted: false)
             }
             guard let index = deviceIndex, Int32(bitPattern: header.ifa_index) == index else { return nil }
+            // The kernel's own link-local address comes and goes with the IPv6 device: not the agent's.
+            if isIPv6, header.ifa_family == UInt8(AF_INET6), let (_, prefix) = Parse.address6(message), prefix.address.isLinkLocal {
+                return nil
+            }
             return event(.device("address of \(deviceName) \(type == Int32(RTM_DELADDR) ? "deleted" : "changed")"),
                          deleted: type == Int32(RTM_DELADDR))
         case Int32(RTM_NEWNEIGH), Int32(RTM_DELNEIGH):
             guard let header = message.familyHeader(ndmsg.self), let index = deviceIndex, header.ndm_ifindex == index else { return nil }
             let deleted = type == Int32(RTM_DELNEIGH)
             if header.ndm_family == UInt8(AF_BRIDGE) {
-                return Parse.fdb(message).map { event(.entry(.fdb($0.entry)), deleted: deleted) }
+                return (Parse.fdbOf(message) as (index: Int32, entry: FDBEntryOf<A>)?).map { event(.entry(.fdb($0.entry)), deleted: deleted) }
             }
-            return Parse.neighbor(message).map { event(.entry(.neighbor($0.neighbor)), deleted: deleted) }
+            guard let (_, neighbor) = Parse.neighborOf(message) as (index: Int32, neighbor: NeighborOf<A>)? else { return nil }
+            // NDP makes and ages entries of its own on the IPv6 device (REACHABLE,
+            // STALE, INCOMPLETE...): only permanent ones are the agent's. Every
+            // deletion is passed on: the kernel reports a deleted permanent entry
+            // as FAILED (measured), and one NDP dropped changes nothing in the diff.
+            if isIPv6 && !neighbor.permanent && !deleted { return nil }
+            return event(.entry(.neighbor(neighbor)), deleted: deleted)
         case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE):
-            guard let header = message.familyHeader(rtmsg.self), header.rtm_family == UInt8(AF_INET),
+            guard let header = message.familyHeader(rtmsg.self), header.rtm_family == A.family,
                   header.rtm_table == UInt8(RT_TABLE_MAIN.rawValue) || header.rtm_table == UInt8(RT_TABLE_COMPAT.rawValue),
-                  let (table, route) = Parse.route(message), table == UInt32(RT_TABLE_MAIN.rawValue) else { return nil }
+                  let (table, route) = Parse.routeOf(message) as (table: UInt32, route: RouteOf<A>)?,
+                  table == UInt32(RT_TABLE_MAIN.rawValue) else { return nil }
+            // The kernel's routes of the IPv6 device (fe80::/64, its address's own route) are not the agent's.
+            if isIPv6, route.proto == UInt8(RTPROT_KERNEL), route.deviceIndex == deviceIndex { return nil }
             return event(.entry(.route(route)), deleted: type == Int32(RTM_DELROUTE))
         case Int32(RTM_NEWNEXTHOP), Int32(RTM_DELNEXTHOP):
             guard let header = message.familyHeader(nhmsg.self), header.nh_protocol == proto,
-                  let nexthop = Parse.nexthop(message), nexthop.group == nil else { return nil }
+                  let nexthop = Parse.nexthopOf(message) as NexthopOf<A>?, nexthop.group == nil else { return nil }
             return event(.entry(.nexthop(nexthop)), deleted: type == Int32(RTM_DELNEXTHOP))
         default:
             return nil

@@ -52,7 +52,8 @@ public enum Parse {
                         learning: (v[UInt16(IFLA_VXLAN_LEARNING)]?.u8 ?? 0) != 0,
                         mtu: link.mtu,
                         mac: link.mac ?? MACAddress(value: 0),
-                        options: vxlanOptions(v))
+                        options: vxlanOptions(v),
+                        localIPv6: v[UInt16(IFLA_VXLAN_LOCAL6)].flatMap { IPv6Address(networkBytes: $0.rawPayload) })
                 }
             }
             return link
@@ -99,20 +100,56 @@ public enum Parse {
         return options
     }
 
+    // Each parser has a public entry point per family (the IPv4 one is what the
+    // agent always had) over one generic reader, specialized inside this module.
+
     /// An `RTM_NEWADDR` message of family AF_INET: (interface index, prefix).
-    public static func address(_ message: Message) -> (index: Int32, prefix: IPv4Prefix)? {
+    public static func address(_ message: Message) -> (index: Int32, prefix: IPv4Prefix)? { addressOf(message) }
+
+    /// An `RTM_NEWADDR` message of family AF_INET6: (interface index, prefix).
+    public static func address6(_ message: Message) -> (index: Int32, prefix: IPv6Prefix)? { addressOf(message) }
+
+    /// An `RTM_NEWNEIGH` message of family AF_INET: (interface index, neighbor).
+    public static func neighbor(_ message: Message) -> (index: Int32, neighbor: Neighbor)? { neighborOf(message) }
+
+    /// An `RTM_NEWNEIGH` message of family AF_INET6 (an NDP entry): (interface index, neighbor).
+    public static func neighbor6(_ message: Message) -> (index: Int32, neighbor: Neighbor6)? { neighborOf(message) }
+
+    /// An `RTM_NEWNEIGH` message of family AF_BRIDGE: (interface index, FDB entry).
+    /// An entry without an IPv4 destination gets 0.0.0.0.
+    public static func fdb(_ message: Message) -> (index: Int32, entry: FDBEntry)? { fdbOf(message) }
+
+    /// An `RTM_NEWNEIGH` message of family AF_BRIDGE read with an IPv6 destination
+    /// (the IPv6 device's remotes). An entry without one gets ::.
+    public static func fdb6(_ message: Message) -> (index: Int32, entry: FDBEntry6)? { fdbOf(message) }
+
+    /// An `RTM_NEWNEXTHOP` message: a group, or a nexthop that is not IPv6.
+    public static func nexthop(_ message: Message) -> Nexthop? { nexthopOf(message) }
+
+    /// An `RTM_NEWNEXTHOP` message: a group, or an IPv6 nexthop.
+    public static func nexthop6(_ message: Message) -> Nexthop6? { nexthopOf(message) }
+
+    /// An `RTM_NEWROUTE` message of family AF_INET: (table, route).
+    public static func route(_ message: Message) -> (table: UInt32, route: Route)? { routeOf(message) }
+
+    /// An `RTM_NEWROUTE` message of family AF_INET6: (table, route).
+    public static func route6(_ message: Message) -> (table: UInt32, route: Route6)? { routeOf(message) }
+
+    static func addressOf<P: IPFamilyPrefix>(_ message: Message) -> (index: Int32, prefix: P)? {
         guard message.type == UInt16(RTM_NEWADDR) || message.type == UInt16(RTM_DELADDR), let header = message.familyHeader(ifaddrmsg.self),
-              header.ifa_family == UInt8(AF_INET), header.ifa_prefixlen <= 32 else { return nil }
-        return message.withAttributes(afterHeader: MemoryLayout<ifaddrmsg>.size, maxType: ifaMax) { a -> (Int32, IPv4Prefix)? in
-            guard let local = (a[UInt16(IFA_LOCAL)] ?? a[UInt16(IFA_ADDRESS)])?.ipv4 else { return nil }
-            return (Int32(bitPattern: header.ifa_index), IPv4Prefix(IPv4Address(local), header.ifa_prefixlen))
+              header.ifa_family == P.Address.family, header.ifa_prefixlen <= P.maxLength else { return nil }
+        return message.withAttributes(afterHeader: MemoryLayout<ifaddrmsg>.size, maxType: ifaMax) { a -> (Int32, P)? in
+            // IPv6 reports IFA_LOCAL only for a point-to-point address (then IFA_ADDRESS is the peer).
+            guard let local = a[UInt16(IFA_LOCAL)] ?? a[UInt16(IFA_ADDRESS)],
+                  let address = P.Address(networkBytes: local.rawPayload) else { return nil }
+            return (Int32(bitPattern: header.ifa_index), P(address, header.ifa_prefixlen))
         } ?? nil
     }
 
-    /// An `RTM_NEWNEIGH` message of family AF_INET: (interface index, neighbor).
-    public static func neighbor(_ message: Message) -> (index: Int32, neighbor: Neighbor)? {
+    @inline(__always)
+    static func neighborOf<A: IPFamilyAddress>(_ message: Message) -> (index: Int32, neighbor: NeighborOf<A>)? {
         guard message.type == UInt16(RTM_NEWNEIGH) || message.type == UInt16(RTM_DELNEIGH),
-              let header = RawMessage.header(message, ndmsg.self), header.ndm_family == UInt8(AF_INET) else { return nil }
+              let header = RawMessage.header(message, ndmsg.self), header.ndm_family == A.family else { return nil }
         var dst: RawAttribute?, lladdr: RawAttribute?
         guard RawMessage.forEachAttribute(message, afterHeader: MemoryLayout<ndmsg>.size, { type, attribute in
             switch type {
@@ -120,15 +157,14 @@ public enum Parse {
             case nda.lladdr: lladdr = attribute
             default: break
             }
-        }), let ip = dst?.ipv4 else { return nil }
+        }), let ip: A = dst?.address() else { return nil }
         return (header.ndm_ifindex,
-                Neighbor(ip: IPv4Address(ip), mac: lladdr?.mac ?? MACAddress(value: 0),
-                         permanent: header.ndm_state & UInt16(NUD_PERMANENT) != 0))
+                NeighborOf(ip: ip, mac: lladdr?.mac ?? MACAddress(value: 0),
+                           permanent: header.ndm_state & UInt16(NUD_PERMANENT) != 0))
     }
 
-    /// An `RTM_NEWNEIGH` message of family AF_BRIDGE: (interface index, FDB entry).
-    /// An entry without an IPv4 destination gets 0.0.0.0.
-    public static func fdb(_ message: Message) -> (index: Int32, entry: FDBEntry)? {
+    @inline(__always)
+    static func fdbOf<A: IPFamilyAddress>(_ message: Message) -> (index: Int32, entry: FDBEntryOf<A>)? {
         guard message.type == UInt16(RTM_NEWNEIGH) || message.type == UInt16(RTM_DELNEIGH),
               let header = RawMessage.header(message, ndmsg.self), header.ndm_family == UInt8(AF_BRIDGE) else { return nil }
         var dst: RawAttribute?, lladdr: RawAttribute?, port: RawAttribute?, vni: RawAttribute?, via: RawAttribute?
@@ -143,12 +179,12 @@ public enum Parse {
             }
         }), let mac = lladdr?.mac else { return nil }
         return (header.ndm_ifindex,
-                FDBEntry(mac: mac, dst: IPv4Address(dst?.ipv4 ?? 0), permanent: header.ndm_state & UInt16(NUD_PERMANENT) != 0,
-                         port: port?.be16, vni: vni?.u32, via: via?.u32.map { Int32(bitPattern: $0) }))
+                FDBEntryOf(mac: mac, dst: dst?.address() ?? A.zero, permanent: header.ndm_state & UInt16(NUD_PERMANENT) != 0,
+                           port: port?.be16, vni: vni?.u32, via: via?.u32.map { Int32(bitPattern: $0) }))
     }
 
-    /// An `RTM_NEWNEXTHOP` message.
-    public static func nexthop(_ message: Message) -> Nexthop? {
+    @inline(__always)
+    static func nexthopOf<A: IPFamilyAddress>(_ message: Message) -> NexthopOf<A>? {
         guard message.type == UInt16(RTM_NEWNEXTHOP) || message.type == UInt16(RTM_DELNEXTHOP),
               let header = RawMessage.header(message, nhmsg.self) else { return nil }
         var id: RawAttribute?, groupAttribute: RawAttribute?, gateway: RawAttribute?, oif: RawAttribute?
@@ -161,21 +197,29 @@ public enum Parse {
             default: break
             }
         }), let id = id?.u32 else { return nil }
+        // Nexthop ids are one space for both families, and both planes dump the
+        // whole table: a single nexthop belongs to the plane of its family (the
+        // IPv4 plane takes every family but IPv6, as before dual stack), a group
+        // to both (its members may be either plane's).
+        if groupAttribute == nil {
+            let isIPv6 = header.nh_family == UInt8(AF_INET6)
+            guard isIPv6 == (A.family == UInt8(AF_INET6)) else { return nil }
+        }
         // NHA_GROUP: struct nexthop_grp { u32 id; u8 weight; u8 resvd1; u16 resvd2 } per member.
         let group = groupAttribute.map { attribute -> [UInt32] in
             let count = attribute.payloadLength
             return stride(from: 0, to: count - count % 8, by: 8).map { attribute.payload.loadUnaligned(fromByteOffset: $0, as: UInt32.self) }
         }
-        return Nexthop(id: id, gateway: gateway?.ipv4.map(IPv4Address.init),
-                       onlink: header.nh_flags & UInt32(RTNH_F_ONLINK) != 0, proto: header.nh_protocol,
-                       deviceIndex: oif?.u32.map { Int32(bitPattern: $0) }, group: group)
+        return NexthopOf(id: id, gateway: gateway?.address(),
+                         onlink: header.nh_flags & UInt32(RTNH_F_ONLINK) != 0, proto: header.nh_protocol,
+                         deviceIndex: oif?.u32.map { Int32(bitPattern: $0) }, group: group)
     }
 
-    /// An `RTM_NEWROUTE` message of family AF_INET: (table, route).
-    public static func route(_ message: Message) -> (table: UInt32, route: Route)? {
+    @inline(__always)
+    static func routeOf<A: IPFamilyAddress>(_ message: Message) -> (table: UInt32, route: RouteOf<A>)? {
         guard message.type == UInt16(RTM_NEWROUTE) || message.type == UInt16(RTM_DELROUTE),
               let header = RawMessage.header(message, rtmsg.self),
-              header.rtm_family == UInt8(AF_INET), header.rtm_dst_len <= 32 else { return nil }
+              header.rtm_family == A.family, header.rtm_dst_len <= A.Prefix.maxLength else { return nil }
         var table: RawAttribute?, dst: RawAttribute?, gateway: RawAttribute?, nexthopID: RawAttribute?
         var priority: RawAttribute?, oif: RawAttribute?
         guard RawMessage.forEachAttribute(message, afterHeader: MemoryLayout<rtmsg>.size, { type, attribute in
@@ -189,15 +233,15 @@ public enum Parse {
             default: break
             }
         }) else { return nil }
-        let route = Route(dst: IPv4Prefix(IPv4Address(dst?.ipv4 ?? 0), header.rtm_dst_len),
-                          gateway: gateway?.ipv4.map(IPv4Address.init),
-                          nexthopID: nexthopID?.u32,
-                          onlink: header.rtm_flags & UInt32(RTNH_F_ONLINK) != 0,
-                          proto: header.rtm_protocol,
-                          priority: priority?.u32 ?? 0,
-                          deviceIndex: oif?.u32.map { Int32(bitPattern: $0) },
-                          type: header.rtm_type,
-                          scope: header.rtm_scope)
+        let route = RouteOf<A>(dst: A.Prefix(dst?.address() ?? A.zero, header.rtm_dst_len),
+                               gateway: gateway?.address(),
+                               nexthopID: nexthopID?.u32,
+                               onlink: header.rtm_flags & UInt32(RTNH_F_ONLINK) != 0,
+                               proto: header.rtm_protocol,
+                               priority: priority?.u32 ?? 0,
+                               deviceIndex: oif?.u32.map { Int32(bitPattern: $0) },
+                               type: header.rtm_type,
+                               scope: header.rtm_scope)
         return (table?.u32 ?? UInt32(header.rtm_table), route)
     }
 
@@ -270,6 +314,11 @@ struct RawAttribute {
     var be16: UInt16? { payloadLength >= 2 ? UInt16(bigEndian: payload.loadUnaligned(as: UInt16.self)) : nil }
     /// The big-endian IPv4 address in the payload, as a host-order integer.
     var ipv4: UInt32? { payloadLength == 4 ? UInt32(bigEndian: payload.loadUnaligned(as: UInt32.self)) : nil }
+    /// The address of family `A` in the payload; nil unless the payload is exactly one.
+    @inline(__always)
+    func address<A: IPFamilyAddress>() -> A? {
+        payloadLength == A.byteCount ? A(networkBytes: UnsafeRawBufferPointer(start: payload, count: payloadLength)) : nil
+    }
     /// The 6-byte hardware address in the payload.
     var mac: MACAddress? {
         guard payloadLength == 6 else { return nil }

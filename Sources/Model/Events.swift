@@ -1,11 +1,13 @@
 /// One change the kernel announced (netlink multicast) that touches what the
 /// agent owns, already typed. The daemon keeps its picture of the kernel
-/// current with these and diffs only the entry an event names.
-public struct KernelEvent: Sendable, Hashable {
+/// current with these and diffs only the entry an event names. Generic over
+/// the family of the device it concerns (`KernelEvent` for `flannel.<VNI>`,
+/// `KernelEvent6` for `flannel-v6.<VNI>`).
+public struct KernelEventOf<A: IPFamilyAddress>: Sendable, Hashable {
     public enum Subject: Sendable, Hashable {
         /// An FDB entry or neighbor on the agent's device, a nexthop of its
         /// protocol, a main-table route of its protocol or on its device.
-        case entry(Entry)
+        case entry(EntryOf<A>)
         /// The device itself or its addresses changed: only a full pass (a dump
         /// of everything) can say what that did to the entries on it. The text
         /// says what happened, for logs.
@@ -29,6 +31,9 @@ public struct KernelEvent: Sendable, Hashable {
         self.replace = replace
     }
 }
+
+public typealias KernelEvent = KernelEventOf<IPv4Address>
+public typealias KernelEvent6 = KernelEventOf<IPv6Address>
 
 /// What the kernel identifies an entry by, as the agent's diff keys it: one FDB
 /// entry per MAC, one neighbor per address, one nexthop per id, one route per

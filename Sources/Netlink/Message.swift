@@ -32,6 +32,9 @@ public struct MessageWriter {
         let array = Array(bytes)
         array.withUnsafeBytes { mnl_attr_put(header, type, $0.count, $0.baseAddress) }
     }
+    /// Raw payload bytes, copied as they are (no array in between: addresses are
+    /// written from their `withNetworkBytes`).
+    public func put(_ type: UInt16, raw: UnsafeRawBufferPointer) { mnl_attr_put(header, type, raw.count, raw.baseAddress) }
     /// A nested attribute; the closure writes its members.
     public func nest(_ type: UInt16, _ body: () -> Void) {
         let start = mnl_attr_nest_start(header, type)!
@@ -98,6 +101,8 @@ public struct Attribute {
     public var u32: UInt32? { payloadLength >= 4 ? payload.loadUnaligned(as: UInt32.self) : nil }
     public var be16: UInt16? { u16.map { UInt16(bigEndian: $0) } }
     public var bytes: [UInt8] { Array(UnsafeRawBufferPointer(start: payload, count: payloadLength)) }
+    /// The payload in place (valid as long as the message is).
+    public var rawPayload: UnsafeRawBufferPointer { UnsafeRawBufferPointer(start: payload, count: payloadLength) }
     public var string: String? {
         guard payloadLength > 0 else { return nil }
         let raw = UnsafeRawBufferPointer(start: payload, count: payloadLength)

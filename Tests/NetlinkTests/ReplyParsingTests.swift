@@ -46,8 +46,8 @@ struct ReplyParsingTests {
     static func ndmsg(family: Int32, index: Int32 = 5, state: UInt16 = UInt16(NUD_PERMANENT)) -> [UInt8] {
         [UInt8(family), 0, 0, 0] + le32(UInt32(bitPattern: index)) + le16(state) + [0, 0]
     }
-    static func nhmsg(proto: UInt8 = 152, flags: UInt32 = UInt32(RTNH_F_ONLINK)) -> [UInt8] {
-        [UInt8(AF_INET), 0, proto, 0] + le32(flags)
+    static func nhmsg(proto: UInt8 = 152, flags: UInt32 = UInt32(RTNH_F_ONLINK), family: Int32 = AF_INET) -> [UInt8] {
+        [UInt8(family), 0, proto, 0] + le32(flags)
     }
 
     static let rtaDst = UInt16(RTA_DST.rawValue), rtaOif = UInt16(RTA_OIF.rawValue), rtaGateway = UInt16(RTA_GATEWAY.rawValue)
@@ -130,6 +130,13 @@ struct ReplyParsingTests {
         ])),
         Case(description: "no id: not a nexthop", bytes: message(UInt16(RTM_NEWNEXTHOP), nhmsg(), [attr(UInt16(NHA_OIF), le32(5))])),
         Case(description: "an empty group", bytes: message(UInt16(RTM_NEWNEXTHOP), nhmsg(), [attr(UInt16(NHA_ID), le32(9)), attr(UInt16(NHA_GROUP), [])])),
+        // Both planes dump the one nexthop table (dual stack).
+        Case(description: "an IPv6 nexthop: not the IPv4 plane's", bytes: message(UInt16(RTM_NEWNEXTHOP), nhmsg(family: AF_INET6), [
+            attr(UInt16(NHA_ID), le32(7)), attr(UInt16(NHA_GATEWAY), [0xfd] + [UInt8](repeating: 0, count: 14) + [1]), attr(UInt16(NHA_OIF), le32(5)),
+        ])),
+        Case(description: "a group of the IPv6 family: both planes'", bytes: message(UInt16(RTM_NEWNEXTHOP), nhmsg(proto: 3, flags: 0, family: AF_INET6), [
+            attr(UInt16(NHA_ID), le32(9)), attr(UInt16(NHA_GROUP), le32(1) + [1, 0, 0, 0]),
+        ])),
     ]
 
     func parsed<T>(_ bytes: [UInt8], _ parse: (Message) -> T) -> T {
@@ -194,6 +201,11 @@ struct ReplyParsingTests {
         let (_, entry) = try #require(parsed(Self.fdb[0].bytes, Parse.fdb))
         #expect(entry == FDBEntry(mac: MACAddress("0e:01:02:03:04:05")!, dst: IPv4Address("198.19.0.2")!, port: 8472, vni: 7, via: 3))
         #expect(try #require(parsed(Self.nexthops[1].bytes, Parse.nexthop)).group == [1, 2])
+        #expect(parsed(Self.nexthops[4].bytes, Parse.nexthop) == nil)
+        #expect(try #require(parsed(Self.nexthops[4].bytes, Parse.nexthop6))
+            == Nexthop6(id: 7, gateway: IPv6Address("fd00::1")!, onlink: true, proto: 152, deviceIndex: 5))
+        #expect(try #require(parsed(Self.nexthops[5].bytes, Parse.nexthop)).group == [1])
+        #expect(try #require(parsed(Self.nexthops[5].bytes, Parse.nexthop6)).group == [1])
     }
 }
 
@@ -246,6 +258,8 @@ enum Reference {
         guard message.type == UInt16(RTM_NEWNEXTHOP) || message.type == UInt16(RTM_DELNEXTHOP), let header = message.familyHeader(nhmsg.self) else { return nil }
         return message.withAttributes(afterHeader: MemoryLayout<nhmsg>.size, maxType: UInt16(__NHA_MAX) - 1) { a -> Nexthop? in
             guard let id = a[UInt16(NHA_ID)]?.u32 else { return nil }
+            // A single IPv6 nexthop is the IPv6 plane's.
+            if a[UInt16(NHA_GROUP)] == nil && header.nh_family == UInt8(AF_INET6) { return nil }
             let group = a[UInt16(NHA_GROUP)].map { attribute -> [UInt32] in
                 let bytes = attribute.bytes
                 return stride(from: 0, to: bytes.count - bytes.count % 8, by: 8).map { offset in
