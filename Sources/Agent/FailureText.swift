@@ -9,7 +9,15 @@ extension PlanOutput {
     /// `add neigh 10.244.2.0 lladdr 0e:... dev flannel.1: skipped, its fdb entry for 0e:... failed`,
     /// `add fdb ...: the exchange broke, whether it landed is unknown: ENOBUFS (...)`.
     public func describe(_ failure: ChangeFailure) -> String {
-        let words = renderer.words(failure.change)
+        describe(failure, words: renderer.words(failure.change))
+    }
+
+    /// The same for the IPv6 plane's changes (dual stack), in its device's words.
+    public func describe(_ failure: ChangeFailureOf<IPv6Address>) -> String {
+        describe(failure, words: (renderer6 ?? renderer).words(failure.change))
+    }
+
+    func describe<A: IPFamilyAddress>(_ failure: ChangeFailureOf<A>, words: String) -> String {
         switch failure.cause {
         case .refused(let error):
             return error.about(words).description

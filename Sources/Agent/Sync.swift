@@ -27,9 +27,23 @@ public struct SyncOutcome: Sendable {
     /// keeps its picture of the kernel from these.
     public var snapshot = KernelSnapshot()
     public var host: HostFacts?
+    /// Dual stack's IPv6 plane (`flannel-v6.<VNI>`): its plan, desired state,
+    /// what was applied and what the kernel held. An IPv4-only network has a
+    /// plan here only when it removes what a dual-stack run left.
+    public var plan6: Plan6?
+    public var desired6: DesiredState6?
+    public var report6: ApplyReport6?
+    public var snapshot6: KernelSnapshot6?
 
     /// The host matches the desired state (dry-run: nothing to do; sync: applied without failure).
-    public var inSync: Bool { report.map { $0.failures.isEmpty } ?? plan.isEmpty }
+    public var inSync: Bool {
+        let ipv4 = report.map { $0.failures.isEmpty } ?? plan.isEmpty
+        let ipv6 = report6.map { $0.failures.isEmpty } ?? (plan6?.isEmpty ?? true)
+        return ipv4 && ipv6
+    }
+
+    /// Peers left out, of both planes.
+    public var skippedCount: Int { plan.skipped.count + (plan6?.skipped.count ?? 0) }
 }
 
 /// One pass of config -> desired state -> snapshot -> plan -> (apply).
@@ -38,6 +52,8 @@ public struct Syncer {
     public var interface: String?
     public var layout: RouteLayout?
     public var deviceName: String?
+    /// The IPv6 device's name (dual stack); default `flannel-v6.<VNI>`.
+    public var deviceName6: String?
     public var proto: UInt8 = AgentSettings.defaultProtocol
 
     public init(view: ClusterView, interface: String? = nil, layout: RouteLayout? = nil, deviceName: String? = nil) {
@@ -80,6 +96,9 @@ public struct Syncer {
         public var host: HostFacts
         public var layout: RouteLayout
         public var deviceName: String
+        /// Dual stack's IPv6 plane as the kernel holds it; in an IPv4-only
+        /// network, only when a leftover IPv6 device of ours is there.
+        public var snapshot6: KernelSnapshot6?
         /// (name, seconds) of each phase so far.
         public var timings: [(String, Double)]
     }
@@ -88,7 +107,7 @@ public struct Syncer {
     /// node, interface and settings (the peers do not matter).
     public func observes(like other: Syncer) -> Bool {
         view.network == other.view.network && view.local == other.view.local && interface == other.interface
-            && layout == other.layout && deviceName == other.deviceName && proto == other.proto
+            && layout == other.layout && deviceName == other.deviceName && deviceName6 == other.deviceName6 && proto == other.proto
     }
 
     /// Computes the plan, and applies it unless `dryRun`.
@@ -141,9 +160,68 @@ public struct Syncer {
             if index != deviceIndex { addresses.insert(prefix.address) }
             if index == underlay.index { underlayPrefixes.append(prefix) }
         }
-        let host = HostFacts(underlay: underlay, addresses: addresses, foreignRoutes: snapshot.foreignRoutes,
+        var host = HostFacts(underlay: underlay, addresses: addresses, foreignRoutes: snapshot.foreignRoutes,
                              underlayPrefixes: underlayPrefixes)
-        return Observation(snapshot: snapshot, host: host, layout: layout, deviceName: name, timings: laps.timings)
+        let snapshot6 = try observe6(dataplane: dataplane, host: &host)
+        if snapshot6 != nil { laps.lap("snapshot6") }
+        return Observation(snapshot: snapshot, host: host, layout: layout, deviceName: name, snapshot6: snapshot6, timings: laps.timings)
+    }
+
+    /// The interface of this node's public IPv6: the named interface (which must
+    /// hold it: flannel's one external interface carries both families), else
+    /// the one that holds it.
+    func ipv6Underlay(_ dataplane: Dataplane, addresses6: [(index: Int32, prefix: IPv6Prefix)], ipv4Underlay: LinkState,
+                      publicIPv6: IPv6Address) throws -> LinkState {
+        let local = view.local
+        if interface != nil {
+            let index = ipv4Underlay.index
+            guard addresses6.contains(where: { $0.index == index && $0.prefix.address == publicIPv6 }) else {
+                throw SyncError("interface \(ipv4Underlay.name) (the underlay of node \(local.name)) does not hold its publicIPv6 "
+                                + "\(publicIPv6) (\(local.origin)); flannel's IPv6 device uses the same interface as IPv4")
+            }
+            return ipv4Underlay
+        }
+        let found: Result<LinkState, DataplaneError>
+        do { found = .success(try dataplane.underlay(holding: publicIPv6, addresses: addresses6)) } catch { found = .failure(error) }
+        switch found {
+        case .success(let link): return link
+        case .failure(.notFound):
+            throw SyncError("no interface of this host holds \(publicIPv6), the publicIPv6 of node \(local.name) "
+                            + "(\(local.origin)); is --node right?")
+        case .failure(let error): throw error
+        }
+    }
+
+    /// The IPv6 device's name: the configured one, else flannel's `flannel-v6.<VNI>`.
+    public var ipv6DeviceName: String { deviceName6 ?? view.network.ipv6DeviceName }
+
+    /// Dual stack: the IPv6 underlay (the interface named, else the one that
+    /// holds this node's public IPv6 address), the host's IPv6 addresses and the
+    /// IPv6 plane's snapshot. IPv4 only: the snapshot of a leftover IPv6 device
+    /// of ours (a node that turned dual stack off), else nil, and no IPv6 dump.
+    func observe6(dataplane: Dataplane, host: inout HostFacts) throws -> KernelSnapshot6? {
+        let name6 = ipv6DeviceName
+        guard view.network.ipv6 != nil else {
+            guard let link = try dataplane.link(named: name6), link.kind == "vxlan" else { return nil }
+            return try dataplane.snapshot6(deviceName: name6, proto: proto)
+        }
+        let local = view.local
+        guard let half = local.ipv6 else {
+            throw SyncError("EnableIPv6: node \(local.name) (\(local.origin)) has no IPv6 half: give it publicIPv6 and subnetV6 "
+                            + "(or turn EnableIPv6 off)")
+        }
+        let addresses6 = try dataplane.addresses6()
+        let underlay6 = try ipv6Underlay(dataplane, addresses6: addresses6, ipv4Underlay: host.underlay, publicIPv6: half.publicIP)
+        if underlay6.isLoopback {
+            throw SyncError("interface \(underlay6.name) (holding the publicIPv6 \(half.publicIP) of node \(local.name)) is a loopback "
+                            + "device: VXLAN packets sent there never leave this host")
+        }
+        let snapshot6 = try dataplane.snapshot6(deviceName: name6, proto: proto, hostAddresses: addresses6)
+        let device6 = snapshot6.device?.index
+        host.ipv6Underlay = underlay6
+        host.ipv6Addresses = Set(addresses6.lazy.filter { $0.index != device6 }.map(\.prefix.address))
+        host.ipv6ForeignRoutes = snapshot6.foreignRoutes
+        return snapshot6
     }
 
     /// Plans against what `observe` read (by this syncer, or one that `observes(like:)`
@@ -151,25 +229,60 @@ public struct Syncer {
     public func run(dataplane: Dataplane, observation: Observation, dryRun: Bool) throws -> SyncOutcome {
         var laps = Laps()
         let (snapshot, host, layout, name) = (observation.snapshot, observation.host, observation.layout, observation.deviceName)
-        let settings = AgentSettings(proto: proto, layout: layout, deviceName: deviceName)
+        var settings = AgentSettings(proto: proto, layout: layout, deviceName: deviceName)
+        settings.deviceName6 = deviceName6
         let desired = DesiredState(view: view, host: host, settings: settings)
         laps.lap("desired")
         let plan = try Differ.plan(desired: desired, snapshot: snapshot)
         laps.lap("diff")
+        // Dual stack's IPv6 plane: its own device, entries and plan; an IPv4-only
+        // network removes what a dual-stack run left.
+        var desired6: DesiredState6?
+        var plan6: Plan6?
+        if let snapshot6 = observation.snapshot6 {
+            if let ipv6 = view.network.ipv6 {
+                do {
+                    let want = try DesiredState6(view: view, network: ipv6.network, subnetLen: ipv6.subnetLen, host: host, settings: settings)
+                    desired6 = want
+                    plan6 = try Differ.plan(desired: want, snapshot: snapshot6)
+                } catch {
+                    throw SyncError("\(error)")
+                }
+            } else {
+                plan6 = Differ.cleanup(snapshot: snapshot6)
+            }
+            laps.lap("plan6")
+        }
         let underlay = host.underlay
         var output = PlanOutput(renderer: Renderer(deviceName: name, proto: proto, deviceIndex: snapshot.device?.index,
                                                    otherDevices: Dictionary([(underlay.index, underlay.name)] + snapshot.leftovers.map { ($0.index, $0.name) },
                                                                             uniquingKeysWith: { a, _ in a })),
                                 desired: desired)
+        let underlay6 = host.ipv6Underlay ?? underlay
+        if let snapshot6 = observation.snapshot6 {
+            output.renderer6 = Renderer(deviceName: ipv6DeviceName, proto: proto, deviceIndex: snapshot6.device?.index,
+                                        otherDevices: [underlay6.index: underlay6.name])
+            output.desired6 = desired6
+        }
         var report: ApplyReport?
+        var report6: ApplyReport6?
         if !dryRun {
             let applied = dataplane.apply(plan.changes, deviceName: name)
             output.renderer.deviceIndex = applied.deviceIndex ?? snapshot.device?.index
             report = applied
+            if let plan6, !plan6.changes.isEmpty {
+                let applied6 = dataplane.apply(plan6.changes, deviceName: ipv6DeviceName)
+                output.renderer6?.deviceIndex = applied6.deviceIndex ?? observation.snapshot6?.device?.index
+                report6 = applied6
+            }
             laps.lap("apply")
             installProtocolName(proto)
         }
         var outcome = SyncOutcome(plan: plan, desired: desired, output: output, report: report, layout: layout)
+        outcome.plan6 = plan6
+        outcome.desired6 = desired6
+        outcome.report6 = report6
+        outcome.snapshot6 = observation.snapshot6
         outcome.timings = observation.timings + laps.timings
         outcome.snapshot = snapshot
         outcome.host = host

@@ -246,7 +246,6 @@ public final class EtcdRegistry: Sendable {
                                           + "(etcdctl put \(configKey) '{\"Network\": \"10.244.0.0/16\", \"Backend\": {\"Type\": \"vxlan\"}}')")
                     }
                     network = try NetworkConfig.parse(Data(configValue.value), source: "etcd \(configKey)")
-                        .checkSupported(source: "etcd \(configKey)", dialect: .flanneld)
                     reportedConfig = .some(configValue.value)
                 }
                 guard let network else { continue }
@@ -466,7 +465,7 @@ extension EtcdRegistry {
         }
         let parsed: NetworkConfig
         do {
-            parsed = try NetworkConfig.parse(Data(value), source: "etcd \(key)").checkSupported(source: "etcd \(key)", dialect: .flanneld)
+            parsed = try NetworkConfig.parse(Data(value), source: "etcd \(key)")
         } catch {
             log.warning("the network configuration in etcd changed and is not valid; \(keep)",
                         metadata: ["key": "\(key)", "error": "\(error)"])

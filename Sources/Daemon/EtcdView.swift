@@ -24,7 +24,6 @@ private func read(client: EtcdClient, settings: EtcdSettings, node: String, publ
         throw DaemonError("no network configuration at \(configKey) in etcd")
     }
     let network = try NetworkConfig.parse(Data(value.value), source: "etcd \(configKey)")
-        .checkSupported(source: "etcd \(configKey)", dialect: .flanneld)
     let subnets = Flannel.subnetsPrefix(prefix: settings.prefix)
     let (kvs, _) = try await client.list(prefix: subnets)
     let entries = kvs.map { LeaseEntry(key: $0.key, value: $0.value, etcdLease: $0.lease) }
@@ -50,7 +49,7 @@ public func readEtcdNetwork(config: AgentConfig) async throws -> NetworkConfig {
     try await withEtcd(config) { client, settings in
         let key = Flannel.configKey(prefix: settings.prefix)
         guard let value = try await client.get(key) else { throw DaemonError("no network configuration at \(key) in etcd") }
-        return try NetworkConfig.parse(Data(value.value), source: "etcd \(key)").checkSupported(source: "etcd \(key)", dialect: .flanneld)
+        return try NetworkConfig.parse(Data(value.value), source: "etcd \(key)")
     }
 }
 

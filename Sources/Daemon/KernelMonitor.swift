@@ -14,10 +14,29 @@ import Synchronization
 /// full pass can tell what changed.
 public final class KernelMonitor: Sendable {
     let parser: Mutex<KernelEvents>
+    /// Dual stack: the IPv6 device's events. The daemon keeps no incremental
+    /// picture of the IPv6 plane: any event that is not its own sends it to a
+    /// full pass (`changed6`), which plans both planes.
+    let parser6: Mutex<KernelEvents?>
     let stopped = Atomic<Bool>(false)
 
     public init(deviceName: String, proto: UInt8, ownPort: UInt32) {
         parser = Mutex(KernelEvents(deviceName: deviceName, deviceIndex: nil, proto: proto, ownPort: ownPort))
+        parser6 = Mutex(nil)
+    }
+
+    /// Also listens to the IPv6 device `deviceName6` (dual stack); call before `start`.
+    public init(deviceName: String, deviceName6: String, proto: UInt8, ownPort: UInt32) {
+        parser = Mutex(KernelEvents(deviceName: deviceName, deviceIndex: nil, proto: proto, ownPort: ownPort))
+        parser6 = Mutex(KernelEvents(deviceName: deviceName6, deviceIndex: nil, proto: proto, ownPort: ownPort))
+    }
+
+    /// The IPv6 device's interface index and underlay (dual stack).
+    public func setIPv6(deviceIndex: Int32?, underlay: (index: Int32, name: String)?) {
+        parser6.withLock {
+            $0?.deviceIndex = deviceIndex
+            $0?.underlay = underlay
+        }
     }
 
     /// The device's current interface index (it changes when the device is recreated).
@@ -29,12 +48,14 @@ public final class KernelMonitor: Sendable {
     /// Subscribes, then starts the thread. Subscribing before the caller's
     /// first dump means no change falls between the dump and the listening.
     public func start(events: @escaping @Sendable ([KernelEvent]) -> Void,
+                      changed6: @escaping @Sendable (String) -> Void = { _ in },
                       lost: @escaping @Sendable (String) -> Void) throws {
         let socket = try NetlinkSocket()
-        for group in kernelEventGroups { try socket.subscribe(group: group) }
+        let dual = parser6.withLock { $0 != nil }
+        for group in Set(kernelEventGroups + (dual ? kernelEventGroups6 : [])).sorted() { try socket.subscribe(group: group) }
         let box = SocketBox(socket)
         let thread = Thread { [self] in
-            self.loop(box.socket, events: events, lost: lost)
+            self.loop(box.socket, events: events, changed6: changed6, lost: lost)
         }
         thread.name = "kernel-monitor"
         thread.start()
@@ -42,8 +63,10 @@ public final class KernelMonitor: Sendable {
 
     public func stop() { stopped.store(true, ordering: .releasing) }
 
-    func loop(_ socket: NetlinkSocket, events: @Sendable ([KernelEvent]) -> Void, lost: @Sendable (String) -> Void) {
+    func loop(_ socket: NetlinkSocket, events: @Sendable ([KernelEvent]) -> Void, changed6: @Sendable (String) -> Void,
+              lost: @Sendable (String) -> Void) {
         var batch: [KernelEvent] = []
+        var change6: String?
         while !stopped.load(ordering: .acquiring) {
             do {
                 // One receive reads what one datagram holds; take every datagram
@@ -53,7 +76,11 @@ public final class KernelMonitor: Sendable {
                     // The parser is read for each message: the device index it filters
                     // by changes when the reconciler creates the device, maybe while
                     // this thread waits for the next event.
-                    if let event = self.parser.withLock({ $0.parse(message) }) { batch.append(event) }
+                    if let event = self.parser.withLock({ $0.parse(message) }) {
+                        batch.append(event)
+                    } else if change6 == nil, let event = self.parser6.withLock({ $0?.parse6(message) }), !event.own {
+                        change6 = "\(event)"
+                    }
                 }) {
                     timeout = 0
                     if batch.count >= 4_096 { break }
@@ -71,6 +98,10 @@ public final class KernelMonitor: Sendable {
             if !batch.isEmpty {
                 events(batch)
                 batch = []
+            }
+            if let what = change6 {
+                changed6(what)
+                change6 = nil
             }
         }
     }

@@ -206,7 +206,16 @@ public final class KubeSource: ClusterSource {
         } catch {
             throw DaemonError("failed to read net conf \(settings.netConfPath) (kubernetes.netConfPath, --net-config-path): \(error.message)")
         }
-        network = try NetworkConfig.parse(data, source: settings.netConfPath).checkSupported(source: settings.netConfPath, dialect: .flanneld)
+        var network = try NetworkConfig.parse(data, source: settings.netConfPath)
+        // Dual stack from Node objects (podCIDRs' IPv6 entry, the IPv6 annotations)
+        // is not built yet: the Kubernetes registry runs the IPv4 network only, as
+        // an IPv4-only flanneld in a dual-stack cluster does.
+        if network.ipv6 != nil {
+            log.warning("EnableIPv6: the Kubernetes registry runs IPv4 only (dual stack from Node objects is not built yet)",
+                        metadata: ["netConfPath": "\(settings.netConfPath)"])
+            network.ipv6 = nil
+        }
+        self.network = network
     }
 
     public var interface: String? { config.interface }

@@ -88,7 +88,15 @@ final class Reconciler: @unchecked Sendable {
     var retryAt: ContinuousClock.Instant?
     var resyncAt: ContinuousClock.Instant
     /// (network, subnet) the masquerade table was last written for; nil: write it on the next full pass.
-    var firewall: (IPv4Prefix, IPv4Prefix)?
+    var firewall: Firewall?
+
+    /// What the masquerade tables were last written for.
+    struct Firewall: Equatable {
+        var network: IPv4Prefix
+        var subnet: IPv4Prefix
+        var ipv6Network: IPv6Prefix?
+        var ipv6Subnet: IPv6Prefix?
+    }
     var skippedReported: Set<String> = []
     /// The MTU the last full pass wanted, for subnet.env.
     var mtu: UInt32 = 0
@@ -201,6 +209,9 @@ final class Reconciler: @unchecked Sendable {
             }
             guard let network, let local else { continue }
             let view = ClusterView(network: network, local: local, peers: [])
+            // Dual stack: the IPv6 plane has no incremental path yet; a lease
+            // that changed is planned by a full pass, which covers both planes.
+            if network.ipv6 != nil && (!work.upserts.isEmpty || !work.removals.isEmpty) { full.insert("registry") }
             if full.isEmpty {
                 let leases = !work.upserts.isEmpty || !work.removals.isEmpty
                 guard leases || !work.events.isEmpty else { continue }
@@ -264,11 +275,18 @@ final class Reconciler: @unchecked Sendable {
         view.peers = peers.values.sorted { $0.origin < $1.origin }
         let deviceName = config.deviceName ?? view.network.deviceName
         if monitor == nil {
-            let monitor = KernelMonitor(deviceName: deviceName, proto: live.proto, ownPort: live.dataplane.socket.portID)
+            let port = live.dataplane.socket.portID
+            let monitor = view.network.ipv6 == nil ? KernelMonitor(deviceName: deviceName, proto: live.proto, ownPort: port)
+                : KernelMonitor(deviceName: deviceName, deviceName6: view.network.ipv6DeviceName,
+                                proto: live.proto, ownPort: port)
             do {
                 try monitor.start(events: { [weak self] events in
                                       self?.log.trace("kernel events", metadata: ["count": "\(events.count)", "first": "\(events.first.map { "\($0)" } ?? "")"])
                                       self?.post { [weak self] in $0.take(events, limit: self?.eventLimit ?? Work.minEventLimit) }
+                                  },
+                                  changed6: { [weak self] what in
+                                      self?.log.debug("IPv6 plane changed; a full pass follows", metadata: ["event": "\(what)"])
+                                      self?.post { $0.full.insert("kernel") }
                                   },
                                   lost: { [weak self] why in
                                       self?.log.warning("kernel events lost; a full pass follows", metadata: ["why": "\(why)"])
@@ -301,21 +319,34 @@ final class Reconciler: @unchecked Sendable {
             return
         }
         monitor?.setDeviceIndex(outcome.deviceIndex)
+        monitor?.setIPv6(deviceIndex: outcome.output.renderer6?.deviceIndex,
+                         underlay: (outcome.host?.ipv6Underlay ?? outcome.host?.underlay).map { ($0.index, $0.name) })
         if let underlay = outcome.host?.underlay { monitor?.setUnderlay(index: underlay.index, name: underlay.name) }
         updateTunnel(host: outcome.host, remade: outcome.plan.changes.contains { if case .createTUN = $0 { true } else { false } })
         // A full pass at 50,000 peers leaves tens of MiB freed in malloc's
         // arenas (the dump, the plan): give them back.
         _ = malloc_trim(0)
-        let skipped = Set(outcome.plan.skipped.map(\.description))
+        let skipped = Set((outcome.plan.skipped + (outcome.plan6?.skipped ?? [])).map(\.description))
         for line in skipped.subtracting(skippedReported).sorted() { log.warning("peer skipped", metadata: ["reason": "\(line)"]) }
         skippedReported = skipped
         mtu = outcome.desired.mtu
         log.debug("full pass phases", metadata: Logger.Metadata(uniqueKeysWithValues: outcome.timings.map {
             ($0.0, .string(String(format: "%.1fms", $0.1 * 1000)))
         }))
-        let fileError = writeFiles(network: view.network.network, subnet: view.local.subnet, triggers: triggers)
+        // Pods of a dual-stack node get the smaller MTU of the two devices (the IPv6 one's headers are 20 bytes more).
+        if let mtu6 = outcome.desired6?.mtu { mtu = min(mtu, mtu6) }
+        let ipv6 = view.network.ipv6.flatMap { part in view.local.ipv6.map { (network: part.network, subnet: $0.subnet) } }
+        let fileError = writeFiles(network: view.network.network, subnet: view.local.subnet, ipv6: ipv6, triggers: triggers)
+        if let plan6 = outcome.plan6, let report6 = outcome.report6 {
+            for failure in report6.failures { log.error("IPv6 change failed", metadata: ["error": "\(outcome.output.describe(failure))"]) }
+            if !report6.failures.isEmpty { scheduleRetry() }
+            if !plan6.changes.isEmpty {
+                log.info("IPv6 plane applied", metadata: ["changes": "\(plan6.changes.count)", "writes": "\(report6.writes)",
+                                                          "failed": "\(report6.failures.count)", "peers": "\(plan6.peerCount)"])
+            }
+        }
         finish(changes: outcome.plan.changes, report: outcome.report ?? ApplyReport(), trigger: triggers,
-               peers: outcome.desired.peerCount, skipped: outcome.plan.skipped.count, started: started, fileError: fileError,
+               peers: outcome.desired.peerCount, skipped: outcome.skippedCount, started: started, fileError: fileError,
                output: outcome.output)
     }
 
@@ -364,15 +395,17 @@ final class Reconciler: @unchecked Sendable {
     }
 
     /// subnet.env, the CNI configuration and the masquerade table: after each full pass.
-    private func writeFiles(network: IPv4Prefix, subnet: IPv4Prefix, triggers: Set<String>) -> String? {
+    private func writeFiles(network: IPv4Prefix, subnet: IPv4Prefix, ipv6: (network: IPv6Prefix, subnet: IPv6Prefix)?,
+                            triggers: Set<String>) -> String? {
         var fileError: String?
         do {
-            let env = SubnetEnv(network: network, subnet: subnet, mtu: mtu, ipMasq: config.daemon.ipMasq)
+            let env = SubnetEnv(network: network, subnet: subnet, mtu: mtu, ipMasq: config.daemon.ipMasq,
+                                ipv6Network: ipv6?.network, ipv6Subnet: ipv6?.subnet)
             if try writeAtomically(env.text, to: config.daemon.subnetFile) {
                 log.info("wrote subnet.env", metadata: ["path": "\(config.daemon.subnetFile)", "subnet": "\(subnet)"])
             }
             if let path = config.daemon.cniConfFile {
-                let cni = CNIConfig(bridge: config.daemon.cniBridge, network: network, subnet: subnet, mtu: mtu)
+                let cni = CNIConfig(bridge: config.daemon.cniBridge, network: network, subnet: subnet, mtu: mtu, ipv6Subnet: ipv6?.subnet)
                 if try writeAtomically(cni.text, to: path) { log.info("wrote the CNI configuration", metadata: ["path": "\(path)"]) }
             }
         } catch {
@@ -381,10 +414,12 @@ final class Reconciler: @unchecked Sendable {
         }
         do {
             if config.daemon.ipMasq {
-                if firewall.map({ $0 != (network, subnet) }) ?? true {
-                    try waitFor { try await Masquerade.apply(network: network, subnet: subnet) }
-                    log.debug("masquerade table written", metadata: ["network": "\(network)", "subnet": "\(subnet)"])
-                    firewall = (network, subnet)
+                let wanted = Firewall(network: network, subnet: subnet, ipv6Network: ipv6?.network, ipv6Subnet: ipv6?.subnet)
+                if firewall != wanted {
+                    try waitFor { try await Masquerade.apply(network: network, subnet: subnet, ipv6: ipv6) }
+                    log.debug("masquerade table written", metadata: ["network": "\(network)", "subnet": "\(subnet)",
+                                                                     "ipv6": "\(ipv6.map { "\($0.network) \($0.subnet)" } ?? "none")"])
+                    firewall = wanted
                 }
             } else if firewall != nil || triggers.contains("resync") || triggers.contains("reload") {
                 if try waitFor({ try await Masquerade.remove() }) { log.info("masquerade table removed (ipMasq is false)") }

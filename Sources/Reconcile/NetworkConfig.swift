@@ -260,25 +260,6 @@ public struct NetworkConfig: Sendable, Hashable {
         return part
     }
 
-    /// The configuration as this build runs it; the commands call it on every
-    /// configuration they read, before anything else. Dual stack's control plane
-    /// (leases, subnet.env, the CNI configuration) is here, its IPv6 datapath is
-    /// not wired yet: a file of ours (`.strict`) asking for EnableIPv6 is refused;
-    /// a flannel cluster's configuration (`.flanneld`: etcd, net-conf.json) runs
-    /// as it ran before dual stack, IPv4 only (the IPv6 part is dropped), so a
-    /// node joins a dual-stack flanneld cluster in IPv4. `path`: where the network
-    /// sits in the file (`network.`), for the message.
-    public func checkSupported(source: String, path: String = "", dialect: JSONDialect) throws(ConfigError) -> NetworkConfig {
-        guard ipv6 != nil else { return self }
-        guard dialect == .flanneld else {
-            throw ConfigError(source: source, field: path + "EnableIPv6",
-                              message: "true is not supported yet: dual stack's leases and files are ready, but the IPv6 datapath "
-                              + "is not wired yet (remove EnableIPv6, or set it false)")
-        }
-        var ipv4Only = self
-        ipv4Only.ipv6 = nil
-        return ipv4Only
-    }
 
     /// The JSON flannel writes for this configuration.
     public var json: String {

@@ -10,7 +10,7 @@ import Registry
 struct Cleanup: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cleanup",
-        abstract: "Remove everything the agent created: routes, nexthops, the VXLAN (or udp's TUN) device, the masquerade table, "
+        abstract: "Remove everything the agent created: routes, nexthops, the VXLAN (or udp's TUN) device, dual stack's IPv6 device, the masquerade tables, "
             + "subnet.env and the CNI configuration.",
         discussion: """
         Routes and nexthops go first: deleting a device that 50,000 nexthops still use takes the kernel tens of seconds. \
@@ -38,29 +38,44 @@ struct Cleanup: AsyncParsableCommand {
             let snapshot = try dataplane.snapshot(deviceName: deviceName, proto: AgentSettings.defaultProtocol, hostAddresses: nil,
                                                   leftovers: other)
             let plan = Differ.cleanup(snapshot: snapshot)
+            // Dual stack's IPv6 device (flannel-v6.<VNI>), with its routes and nexthops, if there is one of ours.
+            let deviceName6 = deviceName.hasPrefix("flannel.") ? "flannel-v6." + deviceName.dropFirst("flannel.".count)
+                : (config.network?.ipv6DeviceName ?? "flannel-v6.1")
+            var plan6: Plan6?
+            var index6: Int32?
+            if let link = try dataplane.link(named: deviceName6), link.kind == "vxlan" {
+                let snapshot6 = try dataplane.snapshot6(deviceName: deviceName6, proto: AgentSettings.defaultProtocol)
+                plan6 = Differ.cleanup(snapshot: snapshot6)
+                index6 = snapshot6.device?.index
+            }
             let out = PlanOutput(renderer: Renderer(deviceName: deviceName, proto: AgentSettings.defaultProtocol,
-                                                    deviceIndex: snapshot.device?.index))
+                                                    deviceIndex: snapshot.device?.index),
+                                 renderer6: Renderer(deviceName: deviceName6, proto: AgentSettings.defaultProtocol, deviceIndex: index6))
+            let entries = plan.changes.count + (plan6?.changes.count ?? 0)
+            let nothingInKernel = plan.isEmpty && (plan6?.isEmpty ?? true)
             var files = [config.daemon.subnetFile]
             if let cni = config.daemon.cniConfFile { files.append(cni) }
             files = files.filter { FileManager.default.fileExists(atPath: $0) }
             let table = await Masquerade.exists()
             if dryRun {
-                for line in out.lines(plan) { print(line) }
-                if table { print("- nft table ip \(Masquerade.table)") }
+                for line in out.lines(plan, plan6) { print(line) }
+                if table { print("- nft table \(Masquerade.table) (ip, ip6)") }
                 for file in files { print("- file \(file)") }
-                let nothing = plan.isEmpty && !table && files.isEmpty
-                print(nothing ? "nothing to clean up" : "\(plan.changes.count + (table ? 1 : 0) + files.count) to remove")
+                let nothing = nothingInKernel && !table && files.isEmpty
+                print(nothing ? "nothing to clean up" : "\(entries + (table ? 1 : 0) + files.count) to remove")
                 return nothing ? ExitStatus.ok : ExitStatus.pending
             }
             var failed = false
-            if !plan.isEmpty {
+            if !nothingInKernel {
                 let report = dataplane.apply(plan.changes, deviceName: deviceName)
-                for failure in report.failures { warn("error: \(out.describe(failure))") }
-                failed = !report.failures.isEmpty
-                print("removed \(plan.changes.count - report.failures.count) of \(plan.changes.count) kernel entries (\(report.writes) kernel writes)")
+                let report6 = plan6.map { dataplane.apply($0.changes, deviceName: deviceName6) }
+                let failures = report.failures.map(out.describe) + (report6?.failures.map(out.describe) ?? [])
+                for failure in failures { warn("error: \(failure)") }
+                failed = !failures.isEmpty
+                print("removed \(entries - failures.count) of \(entries) kernel entries (\(report.writes + (report6?.writes ?? 0)) kernel writes)")
             }
             do {
-                if try await Masquerade.remove() { print("removed nft table ip \(Masquerade.table)") }
+                if try await Masquerade.remove() { print("removed nft table \(Masquerade.table)") }
             } catch {
                 warn("error: \(error)")
                 failed = true
@@ -80,7 +95,7 @@ struct Cleanup: AsyncParsableCommand {
                     failed = true
                 }
             }
-            if plan.isEmpty && !table && files.isEmpty && !releaseLease { print("nothing to clean up") }
+            if nothingInKernel && !table && files.isEmpty && !releaseLease { print("nothing to clean up") }
             return failed ? ExitStatus.error : ExitStatus.ok
         }
     }

@@ -114,6 +114,7 @@ func runSync(options: ConfigOptions, dryRun: Bool, output: OutputFormat, verbose
         outcome = try syncer.run(dataplane: early?.dataplane ?? Dataplane(), dryRun: dryRun)
     }
     let plan = outcome.plan
+    let plan6 = outcome.plan6
     let out = outcome.output
     if timings {
         func ms(_ d: Duration) -> String { String(format: "%.1f", Double(d.components.attoseconds) / 1e15 + Double(d.components.seconds) * 1e3) }
@@ -128,29 +129,35 @@ func runSync(options: ConfigOptions, dryRun: Bool, output: OutputFormat, verbose
         warn("timings: " + parts.joined(separator: ", "))
     }
 
+    // Dual stack: both planes in one output (the IPv6 plane's changes after IPv4's).
+    let skipped = plan.skipped.count + (plan6?.skipped.count ?? 0)
     if dryRun {
         if output == .json {
-            print(out.json(plan))
+            print(out.json(plan, plan6))
         } else {
-            for line in out.lines(plan) { print(line) }
-            print(out.summary(plan))
+            for line in out.lines(plan, plan6) { print(line) }
+            print(out.summary(plan, plan6))
         }
-        if !plan.isEmpty { return ExitStatus.pending }
-        return plan.skipped.isEmpty ? ExitStatus.ok : ExitStatus.partial
+        if !plan.isEmpty || !(plan6?.isEmpty ?? true) { return ExitStatus.pending }
+        return skipped == 0 ? ExitStatus.ok : ExitStatus.partial
     }
 
     let report = outcome.report!
-    let failures = report.failures.map(out.describe)
+    let failures = report.failures.map(out.describe) + (outcome.report6?.failures.map(out.describe) ?? [])
+    let writes = report.writes + (outcome.report6?.writes ?? 0)
     if output == .json {
-        print(out.json(plan, applied: true, writes: report.writes, failures: failures))
+        print(out.json(plan, plan6, applied: true, writes: writes, failures: failures))
     } else {
-        if verbose { for line in plan.changes.map(out.renderer.describe) { print(line) } }
-        for skipped in plan.skipped { warn("warning: \(skipped)") }
-        for kept in plan.kept { warn("warning: \(kept)") }
+        if verbose {
+            for line in plan.changes.map(out.renderer.describe) { print(line) }
+            if let plan6 { for line in plan6.changes.map((out.renderer6 ?? out.renderer).describe) { print(line) } }
+        }
+        for skipped in plan.skipped + (plan6?.skipped ?? []) { warn("warning: \(skipped)") }
+        for kept in plan.kept + (plan6?.kept ?? []) { warn("warning: \(kept)") }
         for failure in failures { warn("error: \(failure)") }
-        print(out.summary(plan, applied: true, writes: report.writes, failures: failures.count))
+        print(out.summary(plan, plan6, applied: true, writes: writes, failures: failures.count))
     }
-    return failures.isEmpty && plan.skipped.isEmpty ? ExitStatus.ok : ExitStatus.partial
+    return failures.isEmpty && skipped == 0 ? ExitStatus.ok : ExitStatus.partial
 }
 
 /// The kernel read for this node before the inventory's other nodes are

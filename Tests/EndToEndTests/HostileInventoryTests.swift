@@ -220,12 +220,11 @@ struct HostileInventoryTests {
             // Was: exit 3 with the kernel's EINVAL on every sync, forever.
             Case(family: .network, name: "MTU 9000 over a 1500 underlay", input: backend(#""Type": "vxlan", "MTU": 9000"#),
                  message: "Backend.MTU 9000 is more than the underlay eth0 carries"),
-            // Dual stack parses; until its IPv6 datapath is wired, the commands refuse it (NetworkConfig.checkSupported).
-            c("EnableIPv6", .text(doc(network: #"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56"}"#,
-                                      nodes: goodNodes.enumerated().map { index, node in
-                                          node.replacingOccurrences(of: "}", with: #", "publicIPv6": "fd00::\#(index + 1)", "subnetV6": "fd00:10:244:\#(index + 1)::/64"}"#)
-                                      })),
-              "network.EnableIPv6: true is not supported yet"),
+            // Dual stack: every node needs its IPv6 half.
+            c("EnableIPv6 and a node without its IPv6 half",
+              .text(doc(network: #"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56"}"#,
+                        nodes: goodNodes)),
+              "nodes[0].subnetV6: is required: the network is dual stack (EnableIPv6)"),
             c("EnableIPv4 false", net(#"{"Network": "10.244.0.0/16", "EnableIPv4": false}"#), "network.EnableIPv4: false is not supported"),
         ]
     }()

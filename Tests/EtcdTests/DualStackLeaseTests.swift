@@ -120,10 +120,8 @@ struct DualStackLeaseTests {
         }
     }
 
-    @Test("until the IPv6 datapath is wired, the daemon's registry runs a dual-stack flannel cluster in IPv4, as before dual stack")
-    func daemonInterim() async throws {
-        // NetworkConfig.checkSupported drops the IPv6 part of a flannel cluster's configuration
-        // for now; when the lead wires the IPv6 datapath, this test expects the dual key instead.
+    @Test("the daemon's registry in a dual-stack flannel cluster: this node's dual key, the peer's IPv6 half")
+    func daemonDualStack() async throws {
         try await withEtcd { etcd in
             try await withClient([etcd.endpoint]) { client in
                 _ = try await client.put("\(Self.prefix)/config", value: #"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56"}"#)
@@ -144,11 +142,15 @@ struct DualStackLeaseTests {
                 await task.value
                 await registry.shutdown()
                 let view = try #require(state)
-                #expect(view.network.ipv6 == nil)
-                #expect(view.local.ipv6 == nil && !view.local.origin.contains("&"), "\(view.local.origin)")
-                #expect(try await client.get(view.local.origin)?.string.contains(#""PublicIPv6":null"#) == true)
-                #expect(view.peers.map(\.subnet) == [IPv4Prefix("10.244.13.0/24")!] && view.peers[0].ipv6 == nil,
-                        "the dual-stack peer is an IPv4 peer, as before")
+                #expect(view.network.ipv6?.network == IPv6Prefix("fd00:10:244::/56"))
+                let own = try #require(view.local.ipv6)
+                #expect(own.publicIP == IPv6Address("fd00::1"))
+                #expect(view.local.origin.hasSuffix("&\(own.subnet.network)-64"), "the dual key: \(view.local.origin)")
+                let value = try await client.get(view.local.origin)?.string ?? ""
+                #expect(value.contains(#""PublicIPv6":"fd00::1""#) && value.contains(#""BackendV6Data""#), "\(value)")
+                #expect(view.peers.map(\.subnet) == [IPv4Prefix("10.244.13.0/24")!])
+                #expect(view.peers.first?.ipv6?.subnet == IPv6Prefix("fd00:10:244:d::/64"))
+                #expect(view.peers.first?.ipv6?.publicIP == IPv6Address("fd00::13"))
             }
         }
     }

@@ -87,18 +87,10 @@ struct DualStackTests {
         #expect(try Self.network(json).ipv6 == nil)
     }
 
-    @Test("checkSupported: until the IPv6 datapath is wired, a file of ours with EnableIPv6 is refused, a flannel cluster's runs IPv4 only")
-    func checkSupported() throws {
-        let strict = try Self.network(Self.dual, dialect: .strict)
-        #expect(strict.ipv6 != nil, "the parser takes dual stack")
-        #expect { _ = try strict.checkSupported(source: "inv.json", path: "network.", dialect: .strict) } throws: { error in
-            "\(error)".hasPrefix("inv.json: network.EnableIPv6: true is not supported yet: dual stack's leases and files are ready, "
-                                 + "but the IPv6 datapath is not wired yet")
-        }
-        let etcd = try Self.network(Self.dual).checkSupported(source: "etcd /coreos.com/network/config", dialect: .flanneld)
-        #expect(etcd.ipv6 == nil && etcd.network == IPv4Prefix("10.244.0.0/16"))
-        let ipv4 = try Self.network(#"{"Network": "10.244.0.0/16"}"#)
-        #expect(try ipv4.checkSupported(source: "x", dialect: .strict) == ipv4)
+    @Test("a file of ours and a flannel cluster's configuration both keep their IPv6 part")
+    func bothDialectsKeepIPv6() throws {
+        #expect(try Self.network(Self.dual, dialect: .strict).ipv6?.network == IPv6Prefix("fd00:10:244::/56"))
+        #expect(try Self.network(Self.dual).ipv6?.network == IPv6Prefix("fd00:10:244::/56"))
     }
 
     // MARK: lease keys and values
