@@ -500,12 +500,12 @@ public final class Dataplane: KernelDataplane {
         // and the kernel refuses a nexthop via a local address ("Nexthop has
         // invalid gateway"). The new one goes first: removing a device's last IPv4
         // address makes the kernel flush its neighbors, permanent ones included.
-        send(phases.addedAddresses.map { .add(.address($0)) } + phases.removed(\.address).map { .remove($0) },
+        send(phases.addedAddresses.map { .add(.address($0)) } + phases.removed(.address).map { .remove($0) },
              device: index, report: &report)
-        var failed = send(phases.upserts(\.fdb), device: index, report: &report)
+        var failed = send(phases.upserts(.fdb), device: index, report: &report)
         for case .fdb(let e) in failed { failedMACs.insert(e.mac) }
 
-        let neighbors = skipping(phases.upserts(\.neighbor), report: &report) { entry in
+        let neighbors = skipping(phases.upserts(.neighbor), report: &report) { entry in
             if case .neighbor(let n) = entry, failedMACs.contains(n.mac) {
                 // Skipped is as good as failed for what goes via it.
                 failedGateways.insert(n.ip)
@@ -516,7 +516,7 @@ public final class Dataplane: KernelDataplane {
         failed = send(neighbors, device: index, report: &report)
         for case .neighbor(let n) in failed { failedGateways.insert(n.ip) }
 
-        let nexthops = skipping(phases.upserts(\.nexthop), report: &report) { entry in
+        let nexthops = skipping(phases.upserts(.nexthop), report: &report) { entry in
             if case .nexthop(let n) = entry, let gateway = n.gateway, failedGateways.contains(gateway) {
                 failedNexthops.insert(n.id)
                 return "its neighbor \(gateway) failed"
@@ -526,7 +526,7 @@ public final class Dataplane: KernelDataplane {
         failed = send(nexthops, device: index, report: &report)
         for case .nexthop(let n) in failed { failedNexthops.insert(n.id) }
 
-        let routes = skipping(phases.upserts(\.route), report: &report) { entry in
+        let routes = skipping(phases.upserts(.route), report: &report) { entry in
             guard case .route(let r) = entry else { return nil }
             // The neighbor first: when it failed, its nexthop was skipped too, and the neighbor is the cause.
             if let gateway = r.gateway, failedGateways.contains(gateway) { return "its neighbor \(gateway) failed" }
@@ -536,7 +536,7 @@ public final class Dataplane: KernelDataplane {
         send(routes, device: index, report: &report)
 
         // 4. Removed neighbors and FDB entries.
-        send(phases.removed(\.neighbor).map { .remove($0) } + phases.removed(\.fdb).map { .remove($0) },
+        send(phases.removed(.neighbor).map { .remove($0) } + phases.removed(.fdb).map { .remove($0) },
              device: index, report: &report)
         return report
     }
@@ -740,21 +740,27 @@ struct Phases<A: IPFamilyAddress> {
         upserts.compactMap { if case .add(.address(let a)) = $0 { a } else { nil } }
     }
 
-    func upserts(_ kind: KeyPath<EntryOf<A>, Bool>) -> [ChangeOf<A>] {
-        upserts.filter { $0.target.map { $0[keyPath: kind] } ?? false }
+    /// The kinds of entry a phase takes. Not key paths: a key path into the
+    /// generic `EntryOf` is projected through the runtime (generic metadata,
+    /// value witnesses) for every entry, even specialized: a cold IPv4 sync at
+    /// 10,000 peers spent 48-57 ms of user CPU with them, 37-45 ms with this.
+    enum Kind { case address, fdb, neighbor, nexthop, route }
+
+    func upserts(_ kind: Kind) -> [ChangeOf<A>] {
+        upserts.filter { $0.target.map { Self.entry($0, is: kind) } ?? false }
     }
 
-    func removed(_ kind: KeyPath<EntryOf<A>, Bool>) -> [EntryOf<A>] {
-        removes.filter { $0[keyPath: kind] }
+    func removed(_ kind: Kind) -> [EntryOf<A>] {
+        removes.filter { Self.entry($0, is: kind) }
     }
-}
 
-extension EntryOf {
-    var fdb: Bool { if case .fdb = self { true } else { false } }
-    var neighbor: Bool { if case .neighbor = self { true } else { false } }
-    var nexthop: Bool { if case .nexthop = self { true } else { false } }
-    var route: Bool { if case .route = self { true } else { false } }
-    var address: Bool { if case .address = self { true } else { false } }
+    @inline(__always)
+    static func entry(_ entry: EntryOf<A>, is kind: Kind) -> Bool {
+        switch (entry, kind) {
+        case (.address, .address), (.fdb, .fdb), (.neighbor, .neighbor), (.nexthop, .nexthop), (.route, .route): true
+        default: false
+        }
+    }
 }
 
 /// The route dump of a snapshot, on a thread of its own with a socket of its
