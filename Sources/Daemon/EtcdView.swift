@@ -41,7 +41,7 @@ private func read(client: EtcdClient, settings: EtcdSettings, node: String, publ
     }
     let result = Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP,
                                      publicIPv6: publicIPv6, own: (own.key, own.subnet))
-    return (result.view, result.skipped.map(\.description))
+    return (result.view, result.skipped.map(\.description) + result.skippedIPv6.map(\.description))
 }
 
 /// The network configuration in etcd (`<prefix>/config`).

@@ -16,14 +16,17 @@ final class DaemonCluster {
     let hosts: Int
     var daemons: [Int: pid_t] = [:]
     var etcd: pid_t?
+    /// Dual stack: hosts and pods also on IPv6 (cluster.sh --dual), each agent given its publicIPv6 2001:2::N.
+    let dual: Bool
 
-    init(hosts: Int, network: String = #"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#) throws {
+    init(hosts: Int, network: String = #"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#, dual: Bool = false) throws {
         let n = Self.counter.withLock { value -> Int in value += 1; return value }
         prefix = "vxa-d\(getpid() % 100_000)-\(n)"
         directory = "/run/\(prefix)"
         self.hosts = hosts
+        self.dual = dual
         do {
-            try sh("\(packageRoot)/Tests/cluster/cluster.sh up \(prefix) \(hosts) 0")
+            try sh("\(packageRoot)/Tests/cluster/cluster.sh up \(prefix) \(hosts) 0\(dual ? " --dual" : "")")
             try sh("ip -n \(prefix)-ul addr add 198.18.0.254/24 dev br0")
             try startEtcd()
             _ = try etcdctl("put \(Self.leasePrefix)/config '\(network)'")
@@ -92,7 +95,7 @@ final class DaemonCluster {
     func writeConfig(_ host: Int, extra: String = "") throws {
         try FileManager.default.createDirectory(atPath: hostDirectory(host), withIntermediateDirectories: true)
         let config = """
-            {"node": "h\(host)", "publicIP": "198.18.0.\(host)",
+            {"node": "h\(host)", "publicIP": "198.18.0.\(host)",\(dual ? " \"publicIPv6\": \"2001:2::\(String(host, radix: 16))\"," : "")
              "etcd": {"endpoints": ["http://198.18.0.254:2379"]},
              "subnetFile": "\(hostDirectory(host))/subnet.env", "cniConfFile": "\(hostDirectory(host))/cni.conflist",
              "metricsAddress": "127.0.0.1:9472"\(extra)}

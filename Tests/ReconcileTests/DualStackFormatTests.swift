@@ -290,14 +290,16 @@ struct DualStackTests {
     static let a = #"{"name": "a", "publicIP": "198.18.0.1", "subnet": "10.244.1.0/24", "publicIPv6": "fd00::1", "subnetV6": "fd00:10:244:1::/64"}"#
     static let b = #"{"name": "b", "publicIP": "198.18.0.2", "subnet": "10.244.2.0/24", "publicIPv6": "fd00::2", "subnetV6": "fd00:10:244:2::/64"}"#
 
-    @Test("a dual-stack static inventory: publicIPv6 and subnetV6 per node; the commands refuse it until the datapath is wired")
+    @Test("a dual-stack static inventory: publicIPv6 and subnetV6 per node, in the view this node's and its peers' IPv6 halves")
     func inventory() throws {
         let config = try AgentConfig.parse(Data(Self.inventory(Self.a + ", " + Self.b).utf8), source: "inv.json")
         #expect(config.nodes.map(\.record.ipv6) == [
             NodeRecord.IPv6Half(subnet: IPv6Prefix("fd00:10:244:1::/64")!, publicIP: IPv6Address("fd00::1")!),
             NodeRecord.IPv6Half(subnet: IPv6Prefix("fd00:10:244:2::/64")!, publicIP: IPv6Address("fd00::2")!),
         ])
-        #expect { _ = try config.view(node: "a") } throws: { "\($0)".hasPrefix("inv.json: network.EnableIPv6: true is not supported yet") }
+        let view = try config.view(node: "a").view
+        #expect(view.local.ipv6?.subnet == IPv6Prefix("fd00:10:244:1::/64"))
+        #expect(view.peers.map(\.ipv6?.publicIP) == [IPv6Address("fd00::2")])
         // The guess sync starts the kernel read with says the same as the real view's record.
         let staged = try AgentConfig.stage(Data(Self.inventory(Self.a + ", " + Self.b).utf8), source: "inv.json")
         #expect(staged.provisionalView(node: "a")?.view.local == config.nodes[0].record)
