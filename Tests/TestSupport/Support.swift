@@ -193,6 +193,20 @@ public final class TestHost {
         """)
     }
 
+    /// The kernel state once it equals `expected`, or the last one read after
+    /// `seconds`: a device the last command created reports its carrier (and so
+    /// its link state) a moment later, from the kernel's link watch, and later
+    /// still under load; a comparison right away would catch it halfway.
+    public func kernelState(settlingTo expected: String, seconds: Double = 5) throws -> String {
+        let deadline = Date().addingTimeInterval(seconds)
+        var state = try kernelState()
+        while state != expected && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.05)
+            state = try kernelState()
+        }
+        return state
+    }
+
     /// `ip -j ...` in the namespace, decoded.
     public func json(_ command: String) throws -> [[String: Any]] {
         let text = try sh("ip netns exec \(namespace) \(command)")
