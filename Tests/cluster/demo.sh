@@ -6,7 +6,8 @@
 #
 # It builds the cluster (Tests/cluster/cluster.sh), runs `vxlan-agent sync` on
 # every host, shows what the kernel then holds, pings every pod from every pod
-# on the other hosts, shows a dry-run, takes host 3 out of the inventory, and
+# on the other hosts, shows a dry-run, takes host 3 out of the inventory, switches
+# backends (host-gw, udp), shows a dual-stack cluster whose pods ping over IPv6, and
 # removes everything again, also on failure or Ctrl-C. Exit 0 = demo passed.
 # VXA_DEMO_KEEP=1 keeps the cluster at the end (to look around; it prints how
 # to remove it).
@@ -16,6 +17,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CLUSTER="$HERE/cluster.sh"
 PREFIX="vxa-demo-$$"
 DIR="/run/$PREFIX"          # the cluster's own directory: cluster.sh down removes it
+PREFIX6="vxa-demo6-$$"      # the dual-stack cluster of the last step
+DIR6="/run/$PREFIX6"
 HOSTS=3
 PODS=2
 
@@ -58,10 +61,12 @@ cleanup() {
     if [ -n "${VXA_DEMO_KEEP:-}" ]; then
         printf '\nVXA_DEMO_KEEP is set: the cluster stays. Look around with\n'
         printf '  bash %s exec %s 1 ip route\nand remove it with\n  bash %s down %s\n' "$CLUSTER" "$PREFIX" "$CLUSTER" "$PREFIX"
+        printf '(the dual-stack one: bash %s down %s)\n' "$CLUSTER" "$PREFIX6"
         exit $rc
     fi
     [ $rc = 0 ] || printf '\nremoving the cluster %s ...\n' "$PREFIX" >&2
     bash "$CLUSTER" down "$PREFIX" || true
+    bash "$CLUSTER" down "$PREFIX6" > /dev/null 2>&1 || true
     exit $rc
 }
 trap cleanup EXIT
@@ -209,12 +214,32 @@ DAEMONS=()
 echo "  both daemons stopped (SIGTERM); flannel0 and its route stay for the next run, as sync's entries do."
 
 # ----------------------------------------------------------------------------
+step "Dual stack: IPv4 and IPv6 pods" \
+"A second cluster of two hosts, dual stack (underlay 2001:2::/64, pods on
+fd00:10:244:I::/64 too). With \"EnableIPv6\": true one sync per host also makes
+flannel-v6.1 (local = the host's IPv6 address) and its IPv6 routes, NDP and FDB entries."
+show bash "$CLUSTER" up "$PREFIX6" 2 1 --dual
+cmdline bash "$CLUSTER" inventory "$PREFIX6" --dual "> $DIR6/inventory.json"
+bash "$CLUSTER" inventory "$PREFIX6" --dual > "$DIR6/inventory.json"
+for i in 1 2; do
+    set +e; show ip netns exec "$PREFIX6-h$i" "$AGENT" sync --config "$DIR6/inventory.json" --node "node-$i" --lock-file "$DIR6/h$i.lock"; rc=$?; set -e
+    [ $rc = 0 ] || die "dual-stack sync on host $i exited $rc"
+done
+show ip -n "$PREFIX6-h1" -6 route show dev flannel-v6.1 proto vxlan-agent
+show bridge -n "$PREFIX6-h1" fdb show dev flannel-v6.1
+# The /128 on flannel-v6.1 goes through duplicate address detection first (a second or so).
+for _ in $(seq 30); do bash "$CLUSTER" ping "$PREFIX6" --v6 > /dev/null 2>&1 && break; sleep 0.2; done
+show bash "$CLUSTER" ping "$PREFIX6" --v6 || die "pods of the dual-stack cluster do not reach each other over IPv6"
+show bash "$CLUSTER" ping "$PREFIX6" || die "pods of the dual-stack cluster do not reach each other over IPv4"
+
+# ----------------------------------------------------------------------------
 if [ -z "${VXA_DEMO_KEEP:-}" ]; then
     step "Tear down"
+    show bash "$CLUSTER" down "$PREFIX6"
     show bash "$CLUSTER" down "$PREFIX"
     CLEANED=1
-    left=$(bash "$CLUSTER" namespaces "$PREFIX")
-    [ -z "$left" ] && [ ! -e "$DIR" ] || die "left behind: $left $DIR"
+    left=$(bash "$CLUSTER" namespaces "$PREFIX"; bash "$CLUSTER" namespaces "$PREFIX6")
+    [ -z "$left" ] && [ ! -e "$DIR" ] && [ ! -e "$DIR6" ] || die "left behind: $left $DIR $DIR6"
     echo "  no namespace named $PREFIX-* left, $DIR removed"
 fi
 printf '\n%sdemo passed%s\n' "$G$B" "$N"
