@@ -219,45 +219,15 @@ public struct DesiredState: Sendable, Hashable {
         mtu = checks.backend.mtu
         self.settings = settings
 
-        // Who made each claim first, one table per kind of claim (their keys hash
-        // cheaply; a table keyed by the enum would hash every claim with SipHash).
-        let count = view.peers.count + 1
-        var subnets = [IPv4Prefix: String](minimumCapacity: count)
-        var macs = [MACAddress: String](minimumCapacity: count)
-        var ips = [IPv4Address: String](minimumCapacity: count)
-        var names = Set<String>(minimumCapacity: count)
-        func owner(_ claim: PeerClaim) -> String? {
-            switch claim {
-            case .subnet(let subnet): subnets[subnet]
-            case .vtepMAC(let mac): macs[mac]
-            case .publicIP(let ip): ips[ip]
-            case .name(let name): names.contains(name) ? name : nil
-            }
-        }
-        func record(_ claim: PeerClaim, by name: String) {
-            switch claim {
-            case .subnet(let subnet): subnets[subnet] = name
-            case .vtepMAC(let mac): macs[mac] = name
-            case .publicIP(let ip): ips[ip] = name
-            case .name(let name): names.insert(name)
-            }
-        }
-        for claim in checks.localClaims { record(claim, by: view.local.name) }
+        var claims = ClaimTable<IPv4Address>(capacity: view.peers.count + 1)
+        for claim in checks.localClaims { claims.record(claim, by: view.local.name) }
         for peer in view.peers.sorted(by: { ($0.subnet, $0.name) < ($1.subnet, $1.name) }) {
             func skip(_ reason: String) { skipped.append(SkippedPeer(name: peer.name, origin: peer.origin, reason: reason)) }
             if let reason = checks.reason(peer) { skip(reason); continue }
-            // In the order conflicts are reported: subnet, the backend's (VTEP MAC), public IP, name.
-            let own = checks.backend.claim(peer)
-            func taken(_ claim: PeerClaim?) -> Bool {
-                guard let claim, let other = owner(claim) else { return false }
-                skip(claim.conflict(with: other))
-                return true
+            if let conflict = claims.claim(subnet: peer.subnet, own: checks.backend.claim(peer), publicIP: peer.publicIP, name: peer.name) {
+                skip(conflict)
+                continue
             }
-            if taken(.subnet(peer.subnet)) || taken(own) || taken(.publicIP(peer.publicIP)) || taken(.name(peer.name)) { continue }
-            record(.subnet(peer.subnet), by: peer.name)
-            if let own { record(own, by: peer.name) }
-            record(.publicIP(peer.publicIP), by: peer.name)
-            record(.name(peer.name), by: peer.name)
 
             peers.append(peer)
             checks.backend.forEachEntry(peer) { entry in
@@ -277,22 +247,6 @@ public struct DesiredState: Sendable, Hashable {
 
 /// What no two peers (nor a peer and this node) may share. Of peers that claim
 /// the same, the first in (subnet, name) order is kept.
-public enum PeerClaim: Hashable, Sendable {
-    case subnet(IPv4Prefix)
-    case vtepMAC(MACAddress)
-    case publicIP(IPv4Address)
-    case name(String)
-
-    /// Why a peer that claims this too is skipped.
-    public func conflict(with other: String) -> String {
-        switch self {
-        case .subnet(let subnet): "subnet \(subnet) is also claimed by \(other)"
-        case .vtepMAC(let mac): "vtepMAC \(mac) is also used by \(other)"
-        case .publicIP(let ip): "publicIP \(ip) is also used by \(other)"
-        case .name(let name): "name \(name) appears twice"
-        }
-    }
-}
 
 /// How packets reach the peers: flannel's `Backend.Type`. A backend says what
 /// it needs of a peer and what the kernel must hold for each; validation, the

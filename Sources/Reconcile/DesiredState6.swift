@@ -53,28 +53,8 @@ public struct DesiredState6: Sendable, Hashable {
         address = device == nil ? nil : IPv6Prefix(checks.localHalf.vtepAddress, 128)
         mtu = checks.backend.mtu
 
-        let count = view.peers.count + 1
-        var subnets = [IPv6Prefix: String](minimumCapacity: count)
-        var macs = [MACAddress: String](minimumCapacity: count)
-        var ips = [IPv6Address: String](minimumCapacity: count)
-        var names = Set<String>(minimumCapacity: count)
-        func owner(_ claim: PeerClaim6) -> String? {
-            switch claim {
-            case .subnet(let subnet): subnets[subnet]
-            case .vtepMAC(let mac): macs[mac]
-            case .publicIP(let ip): ips[ip]
-            case .name(let name): names.contains(name) ? name : nil
-            }
-        }
-        func record(_ claim: PeerClaim6, by name: String) {
-            switch claim {
-            case .subnet(let subnet): subnets[subnet] = name
-            case .vtepMAC(let mac): macs[mac] = name
-            case .publicIP(let ip): ips[ip] = name
-            case .name(let name): names.insert(name)
-            }
-        }
-        for claim in checks.localClaims { record(claim, by: view.local.name) }
+        var claims = ClaimTable<IPv6Address>(capacity: view.peers.count + 1)
+        for claim in checks.localClaims { claims.record(claim, by: view.local.name) }
 
         var withHalf: [(peer: NodeRecord, half: NodeRecord.IPv6Half)] = []
         withHalf.reserveCapacity(view.peers.count)
@@ -89,17 +69,10 @@ public struct DesiredState6: Sendable, Hashable {
         for (peer, half) in withHalf {
             func skip(_ reason: String) { skipped.append(SkippedPeer(name: peer.name, origin: peer.origin, reason: reason, ipv6: true)) }
             if let reason = checks.reason(peer) { skip(reason); continue }
-            let own = checks.backend.claim(half)
-            func taken(_ claim: PeerClaim6?) -> Bool {
-                guard let claim, let other = owner(claim) else { return false }
-                skip(claim.conflict(with: other))
-                return true
+            if let conflict = claims.claim(subnet: half.subnet, own: checks.backend.claim(half), publicIP: half.publicIP, name: peer.name) {
+                skip(conflict)
+                continue
             }
-            if taken(.subnet(half.subnet)) || taken(own) || taken(.publicIP(half.publicIP)) || taken(.name(peer.name)) { continue }
-            record(.subnet(half.subnet), by: peer.name)
-            if let own { record(own, by: peer.name) }
-            record(.publicIP(half.publicIP), by: peer.name)
-            record(.name(peer.name), by: peer.name)
 
             peers.append(peer)
             checks.backend.forEachEntry(half) { entry in
@@ -149,21 +122,6 @@ extension NetworkConfig {
 }
 
 /// What no two peers (nor a peer and this node) may share in the IPv6 plane.
-public enum PeerClaim6: Hashable, Sendable {
-    case subnet(IPv6Prefix)
-    case vtepMAC(MACAddress)
-    case publicIP(IPv6Address)
-    case name(String)
-
-    public func conflict(with other: String) -> String {
-        switch self {
-        case .subnet(let subnet): "IPv6 subnet \(subnet) is also claimed by \(other)"
-        case .vtepMAC(let mac): "IPv6 vtepMAC \(mac) is also used by \(other)"
-        case .publicIP(let ip): "publicIPv6 \(ip) is also used by \(other)"
-        case .name(let name): "name \(name) appears twice"
-        }
-    }
-}
 
 /// How packets reach the peers in the IPv6 plane (the IPv6 half of flannel's backends).
 public protocol Backend6: Sendable {
