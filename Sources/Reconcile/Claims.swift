@@ -73,3 +73,32 @@ struct ClaimTable<A: IPFamilyAddress> {
         return nil
     }
 }
+
+/// Names the peer behind each entry of a plane (output names each change's peer).
+public struct PeerIndexOf<A: IPFamilyAddress>: Sendable {
+    /// VTEP addresses and public addresses (disjoint: a public address is never in the pod network).
+    private var byAddress: [A: String]
+    private var bySubnet: [A.Prefix: String]
+
+    init(capacity: Int) {
+        byAddress = .init(minimumCapacity: 2 * capacity)
+        bySubnet = .init(minimumCapacity: capacity)
+    }
+
+    mutating func add(_ name: String, vtep: A, publicIP: A, subnet: A.Prefix) {
+        byAddress[vtep] = name
+        byAddress[publicIP] = name
+        bySubnet[subnet] = name
+    }
+
+    /// The peer an entry belongs to, if it is one of the desired peers'.
+    public func peer(of entry: EntryOf<A>) -> String? {
+        switch entry {
+        case .fdb(let e): byAddress[e.dst]
+        case .neighbor(let n): byAddress[n.ip]
+        case .nexthop(let n): n.gateway.flatMap { byAddress[$0] }
+        case .route(let r): bySubnet[r.dst]
+        case .address: nil
+        }
+    }
+}

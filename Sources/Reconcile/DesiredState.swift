@@ -175,32 +175,12 @@ public struct DesiredState: Sendable, Hashable {
     public var peerOrigins: [String] { peers.map(\.origin) }
 
     /// Names the peer behind each entry of the desired state.
-    public struct PeerIndex: Sendable {
-        /// VTEP addresses and public IPs (disjoint: a public IP is never in the pod network).
-        let byAddress: [IPv4Address: String]
-        let bySubnet: [IPv4Prefix: String]
-
-        /// The peer an entry belongs to, if it is one of the desired peers'.
-        public func peer(of entry: Entry) -> String? {
-            switch entry {
-            case .fdb(let e): byAddress[e.dst]
-            case .neighbor(let n): byAddress[n.ip]
-            case .nexthop(let n): n.gateway.flatMap { byAddress[$0] }
-            case .route(let r): bySubnet[r.dst]
-            case .address: nil
-            }
-        }
-    }
+    public typealias PeerIndex = PeerIndexOf<IPv4Address>
 
     public func peerIndex() -> PeerIndex {
-        var byAddress = [IPv4Address: String](minimumCapacity: 2 * peers.count)
-        var bySubnet = [IPv4Prefix: String](minimumCapacity: peers.count)
-        for peer in peers {
-            byAddress[peer.vtepAddress] = peer.name
-            byAddress[peer.publicIP] = peer.name
-            bySubnet[peer.subnet] = peer.name
-        }
-        return PeerIndex(byAddress: byAddress, bySubnet: bySubnet)
+        var index = PeerIndex(capacity: peers.count)
+        for peer in peers { index.add(peer.name, vtep: peer.vtepAddress, publicIP: peer.publicIP, subnet: peer.subnet) }
+        return index
     }
 
     /// Builds the desired state; peers that are wrong on their own are skipped

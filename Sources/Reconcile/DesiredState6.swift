@@ -88,31 +88,15 @@ public struct DesiredState6: Sendable, Hashable {
     }
 
     /// Names the peer behind each entry of the IPv6 plane.
-    public struct PeerIndex: Sendable {
-        let byAddress: [IPv6Address: String]
-        let bySubnet: [IPv6Prefix: String]
-
-        public func peer(of entry: Entry6) -> String? {
-            switch entry {
-            case .fdb(let e): byAddress[e.dst]
-            case .neighbor(let n): byAddress[n.ip]
-            case .nexthop(let n): n.gateway.flatMap { byAddress[$0] }
-            case .route(let r): bySubnet[r.dst]
-            case .address: nil
-            }
-        }
-    }
+    public typealias PeerIndex = PeerIndexOf<IPv6Address>
 
     public func peerIndex() -> PeerIndex {
-        var byAddress = [IPv6Address: String](minimumCapacity: 2 * peers.count)
-        var bySubnet = [IPv6Prefix: String](minimumCapacity: peers.count)
+        var index = PeerIndex(capacity: peers.count)
         for peer in peers {
             guard let half = peer.ipv6 else { continue }
-            byAddress[half.vtepAddress] = peer.name
-            byAddress[half.publicIP] = peer.name
-            bySubnet[half.subnet] = peer.name
+            index.add(peer.name, vtep: half.vtepAddress, publicIP: half.publicIP, subnet: half.subnet)
         }
-        return PeerIndex(byAddress: byAddress, bySubnet: bySubnet)
+        return index
     }
 }
 
