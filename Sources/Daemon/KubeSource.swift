@@ -49,14 +49,48 @@ public enum KubeNodes {
         return .success(IPv4Prefix(prefix.network, prefix.length))
     }
 
+    /// The Node's IPv6 pod subnet (dual stack): `spec.podCIDRs`' IPv6 entry, else
+    /// `spec.podCIDR` if it is IPv6, as flanneld's `nodeToLease` picks it; host
+    /// bits dropped as Go's net.ParseCIDR does. A failure says why there is none.
+    public static func podSubnetV6(_ node: KubeNode) -> Result<IPv6Prefix, SkippedLease> {
+        func skip(_ reason: String) -> Result<IPv6Prefix, SkippedLease> { .failure(SkippedLease(key: origin(node.name), reason: reason)) }
+        let cidrs = node.podCIDRs.isEmpty ? (node.podCIDR.map { [$0] } ?? []) : node.podCIDRs
+        guard let text = cidrs.first(where: { $0.contains(":") }) else {
+            return skip("no IPv6 podCIDR (spec.podCIDRs: [\(cidrs.joined(separator: ","))])")
+        }
+        guard let prefix = IPv6Prefix(text) else { return skip("spec.podCIDRs' IPv6 entry \(quoted(text)) is not an IPv6 prefix") }
+        return .success(IPv6Prefix(prefix.network, prefix.length))
+    }
+
+    /// Whether `network` runs an IPv6 plane beside IPv4 that Nodes take part in:
+    /// dual stack, and a backend that carries IPv6 (flannel's udp does not).
+    static func isDual(_ network: NetworkConfig) -> Bool { network.ipv6 != nil && network.backendType != "udp" }
+
+    /// A peer read from another node's Node, and (dual stack) why its IPv6 half
+    /// is left out while its IPv4 half is programmed.
+    public struct Peer: Sendable, Hashable {
+        public var record: NodeRecord
+        public var ipv6Skipped: SkippedIPv6Half?
+    }
+
     /// A peer from another node's Node (flanneld: only Nodes whose
     /// kube-subnet-manager annotation is "true"; nil for the others), checked as
     /// a lease of `network`'s backend is: its public-ip, backend-type and
     /// backend-data, its VNI.
     public static func peer(_ node: KubeNode, annotations: KubeAnnotations, network: NetworkConfig) -> Result<NodeRecord, SkippedLease>? {
+        checkedPeer(node, annotations: annotations, network: network).map { $0.map(\.record) }
+    }
+
+    /// `peer`, and in a dual-stack network the peer's IPv6 half: the Node's IPv6
+    /// podCIDR, its public-ipv6 and backend-v6-data annotations, checked as
+    /// `Flannel.check` checks a dual-stack lease's (a global unicast PublicIPv6
+    /// outside the IPv6 network, BackendV6Data's VtepMAC and VNI). A missing or
+    /// broken IPv6 half keeps the IPv4 peer and says why (flanneld drops the
+    /// whole Node instead).
+    public static func checkedPeer(_ node: KubeNode, annotations: KubeAnnotations, network: NetworkConfig) -> Result<Peer, SkippedLease>? {
         guard node.annotations[annotations.kubeSubnetManager] == "true" else { return nil }
         let key = origin(node.name)
-        func skip(_ reason: String) -> Result<NodeRecord, SkippedLease> { .failure(SkippedLease(key: key, reason: reason)) }
+        func skip(_ reason: String) -> Result<Peer, SkippedLease> { .failure(SkippedLease(key: key, reason: reason)) }
         let subnet: IPv4Prefix
         switch podSubnet(node) {
         case .success(let prefix): subnet = prefix
@@ -69,24 +103,77 @@ public enum KubeNodes {
         let type = node.annotations[annotations.backendType] ?? ""
         if !type.isEmpty { value += ",\"BackendType\":\(jsonString(type))" }
         if let data = node.annotations[annotations.backendData], !data.isEmpty {
-            guard (try? JSONSerialization.jsonObject(with: Data(data.utf8), options: .fragmentsAllowed)) != nil else {
-                return skip("\(annotations.backendData) is not JSON: \(quoted(data))")
-            }
+            guard isJSON(data) else { return skip("\(annotations.backendData) is not JSON: \(quoted(data))") }
             value += ",\"BackendData\":" + data
         }
-        value += "}"
+        let attributes: LeaseAttributes
         do {
-            let attributes = try LeaseAttributes.parse(Array(value.utf8), key: key, backendType: network.backendType)
-            if let vni = attributes.vni, vni != network.vni {
-                return skip("\(annotations.backendData): VNI \(vni), but the network uses VNI \(network.vni)")
-            }
-            return .success(NodeRecord(name: node.name, publicIP: attributes.publicIP, subnet: subnet,
-                                       vtepMAC: attributes.vtepMAC, origin: key))
+            attributes = try LeaseAttributes.parse(Array((value + "}").utf8), key: key, backendType: network.backendType)
         } catch {
             let field = [annotations.publicIP: "PublicIP", annotations.backendType: "BackendType", annotations.backendData: "BackendData"]
                 .first { error.field.hasPrefix($0.value) }?.key ?? error.field
             return skip(field.isEmpty ? error.message : "\(field): \(error.message)")
         }
+        if let vni = attributes.vni, vni != network.vni {
+            return skip("\(annotations.backendData): VNI \(vni), but the network uses VNI \(network.vni)")
+        }
+        var peer = Peer(record: NodeRecord(name: node.name, publicIP: attributes.publicIP, subnet: subnet,
+                                           vtepMAC: attributes.vtepMAC, origin: key))
+        guard isDual(network) else { return .success(peer) }
+        switch ipv6Half(node, subnet: subnet, value: value, annotations: annotations, network: network) {
+        case .success(let half): peer.record.ipv6 = half
+        case .failure(let skipped): peer.ipv6Skipped = skipped
+        }
+        return .success(peer)
+    }
+
+    /// A Node's IPv6 half in a dual-stack network: what the Node says is read as
+    /// the dual-stack lease flanneld's etcd registry would hold
+    /// (`10.244.2.0-24&fd00:10:244:2::-64`, `PublicIPv6`, `BackendV6Data`) and
+    /// checked by `Flannel.check`; reasons name the annotation or field at fault.
+    /// `value`: the IPv4 part of that lease value, unterminated.
+    static func ipv6Half(_ node: KubeNode, subnet: IPv4Prefix, value: String, annotations: KubeAnnotations,
+                         network: NetworkConfig) -> Result<NodeRecord.IPv6Half, SkippedIPv6Half> {
+        func skip(_ reason: String) -> Result<NodeRecord.IPv6Half, SkippedIPv6Half> { .failure(SkippedIPv6Half(key: origin(node.name), reason: reason)) }
+        guard let ipv6 = network.ipv6 else { return skip("the network is not dual stack") }
+        let subnetV6: IPv6Prefix
+        switch podSubnetV6(node) {
+        case .success(let prefix): subnetV6 = prefix
+        case .failure(let skipped):
+            return skip(skipped.reason + (skipped.reason.hasPrefix("no IPv6") ? ": an IPv4-only Node in a dual-stack network" : ""))
+        }
+        guard subnetV6.length == ipv6.subnetLen, ipv6.network.contains(subnetV6) else {
+            return skip("spec.podCIDRs' IPv6 entry \(subnetV6) is not a /\(ipv6.subnetLen) inside the IPv6 network \(ipv6.network)")
+        }
+        guard let addressText = node.annotations[annotations.publicIPv6], !addressText.isEmpty else {
+            return skip("\(annotations.publicIPv6) is missing: a dual-stack node publishes its IPv6 underlay address there")
+        }
+        guard IPv6Address(addressText) != nil else {
+            return skip("\(annotations.publicIPv6): \(quoted(addressText)) is not an IPv6 address")
+        }
+        var lease = value + ",\"PublicIPv6\":\(jsonString(addressText))"
+        if let data = node.annotations[annotations.backendV6Data], !data.isEmpty {
+            guard isJSON(data) else { return skip("\(annotations.backendV6Data) is not JSON: \(quoted(data))") }
+            lease += ",\"BackendV6Data\":" + data
+        }
+        let entry = LeaseEntry(key: Flannel.leaseKey(prefix: origin(node.name), subnet: subnet, ipv6: subnetV6), value: Array((lease + "}").utf8))
+        let reason: String
+        switch Flannel.check(entry, network: network) {
+        case .success(let checked):
+            if let half = checked.ipv6 { return .success(half) }
+            reason = checked.ipv6Skipped ?? "not read"
+        case .failure(let skipped): reason = skipped.reason
+        }
+        // The lease's field names are the Node's annotations here.
+        for (field, name) in [("PublicIPv6", annotations.publicIPv6), ("BackendV6Data", annotations.backendV6Data)] where reason.hasPrefix(field) {
+            let rest = reason.dropFirst(field.count)
+            return skip(name + (rest.hasPrefix(".") ? ": " + rest.dropFirst() : rest))
+        }
+        return skip(reason)
+    }
+
+    static func isJSON(_ text: String) -> Bool {
+        (try? JSONSerialization.jsonObject(with: Data(text.utf8), options: .fragmentsAllowed)) != nil
     }
 
     static func jsonString(_ text: String) -> String {
@@ -96,12 +183,22 @@ public enum KubeNodes {
     /// The annotations flanneld writes on its own Node for `network`'s backend
     /// (`AcquireLease`): backend-type, backend-data (vxlan: `{"VNI":1,"VtepMAC":...}`;
     /// host-gw and udp: `null`), public-ip, kube-subnet-manager "true". udp has
-    /// no backend type (flanneld's udp leases have none).
-    public static func ownAnnotations(network: NetworkConfig, publicIP: IPv4Address, annotations: KubeAnnotations) -> [String: String] {
-        let attributes = LeaseAttributes.own(publicIP: publicIP, network: network)
-        let data = attributes.vtepMAC.map { mac in "{" + (attributes.vni.map { "\"VNI\":\($0)," } ?? "") + "\"VtepMAC\":\"\(mac)\"}" } ?? "null"
-        return [annotations.backendType: attributes.backendType, annotations.backendData: data,
-                annotations.publicIP: "\(publicIP)", annotations.kubeSubnetManager: "true"]
+    /// no backend type (flanneld's udp leases have none). Dual stack (`publicIPv6`
+    /// given in a dual-stack network of vxlan or host-gw) adds public-ipv6 and
+    /// backend-v6-data (vxlan: the IPv6 VTEP's `{"VNI":1,"VtepMAC":...}`; host-gw: `null`).
+    public static func ownAnnotations(network: NetworkConfig, publicIP: IPv4Address, publicIPv6: IPv6Address? = nil,
+                                      annotations: KubeAnnotations) -> [String: String] {
+        let attributes = LeaseAttributes.own(publicIP: publicIP, publicIPv6: publicIPv6, network: network)
+        func data(_ vni: UInt32?, _ mac: MACAddress?) -> String {
+            mac.map { mac in "{" + (vni.map { "\"VNI\":\($0)," } ?? "") + "\"VtepMAC\":\"\(mac)\"}" } ?? "null"
+        }
+        var written = [annotations.backendType: attributes.backendType, annotations.backendData: data(attributes.vni, attributes.vtepMAC),
+                       annotations.publicIP: "\(publicIP)", annotations.kubeSubnetManager: "true"]
+        if let address = attributes.publicIPv6 {
+            written[annotations.publicIPv6] = "\(address)"
+            written[annotations.backendV6Data] = data(attributes.backendV6?.vni, attributes.backendV6?.vtepMAC)
+        }
+        return written
     }
 
     /// This node's public IP: the Node's public-ip-overwrite annotation (flanneld
@@ -111,6 +208,16 @@ public enum KubeNodes {
         if let text = node.annotations[annotations.publicIPOverwrite], let address = IPv4Address(text) { return address }
         if let configured { return configured }
         return node.internalIPs.lazy.compactMap { IPv4Address($0) }.first
+    }
+
+    /// This node's public IPv6 address (dual stack): the Node's
+    /// public-ipv6-overwrite annotation, else the configured one (publicIPv6,
+    /// --public-ipv6, or the address of the interface chosen by the interface
+    /// selection), else the Node's first IPv6 InternalIP that is not link-local.
+    public static func publicIPv6(of node: KubeNode, configured: IPv6Address?, annotations: KubeAnnotations) -> IPv6Address? {
+        if let text = node.annotations[annotations.publicIPv6Overwrite], let address = IPv6Address(text) { return address }
+        if let configured { return configured }
+        return node.internalIPs.lazy.compactMap { IPv6Address($0) }.first { !$0.isLinkLocal && !$0.isIPv4Mapped }
     }
 
     /// The strategic merge patch that makes the Node's annotations `wanted`, or
@@ -133,8 +240,10 @@ public enum KubeNodes {
     }
 
     /// This node's record, or why it cannot be built yet.
+    /// Dual stack: the Node's IPv6 podCIDR (inside IPv6Network) and a public IPv6
+    /// address are required too, as flanneld's vxlan and host-gw need both.
     public static func local(_ node: KubeNode?, name: String, network: NetworkConfig, configuredIP: IPv4Address?,
-                             annotations: KubeAnnotations) -> Result<NodeRecord, DaemonError> {
+                             configuredIPv6: IPv6Address? = nil, annotations: KubeAnnotations) -> Result<NodeRecord, DaemonError> {
         guard let node else { return .failure(DaemonError("Node \(quoted(name)) does not exist (yet)")) }
         let subnet: IPv4Prefix
         switch podSubnet(node) {
@@ -148,27 +257,60 @@ public enum KubeNodes {
         guard let publicIP = publicIP(of: node, configured: configuredIP, annotations: annotations) else {
             return .failure(DaemonError("node \(quoted(name)): no public IP: set publicIP (--public-ip), or the Node needs an IPv4 InternalIP"))
         }
-        return .success(NodeRecord(name: name, publicIP: publicIP, subnet: subnet, vtepMAC: .vtep(vni: network.vni, publicIP: publicIP),
-                                   origin: origin(name)))
+        var record = NodeRecord(name: name, publicIP: publicIP, subnet: subnet, vtepMAC: .vtep(vni: network.vni, publicIP: publicIP),
+                                origin: origin(name))
+        guard let ipv6 = network.ipv6, isDual(network) else { return .success(record) }
+        let subnetV6: IPv6Prefix
+        switch podSubnetV6(node) {
+        case .success(let prefix): subnetV6 = prefix
+        case .failure(let skipped):
+            return .failure(DaemonError("node \(quoted(name)) IPv6 pod cidr not assigned: \(skipped.reason), and the network is dual stack "
+                                        + "(EnableIPv6; the controller manager assigns both families with --cluster-cidr=<IPv4>,<IPv6>)"))
+        }
+        guard ipv6.network.contains(subnetV6) else {
+            return .failure(DaemonError("subnet \(ipv6.network) specified in the flannel net config doesn't contain "
+                                        + "\(subnetV6) IPv6 PodCIDR of the \(quoted(name)) node"))
+        }
+        guard let publicIPv6 = publicIPv6(of: node, configured: configuredIPv6, annotations: annotations) else {
+            return .failure(DaemonError("node \(quoted(name)): no public IPv6 address, and the network is dual stack (EnableIPv6): set publicIPv6 "
+                                        + "(--public-ipv6), or the Node needs an IPv6 InternalIP"))
+        }
+        record.ipv6 = NodeRecord.IPv6Half(subnet: subnetV6, publicIP: publicIPv6,
+                                          vtepMAC: network.backendType == "vxlan" ? .vtep(vni: network.vni, publicIPv6: publicIPv6) : nil)
+        return .success(record)
+    }
+
+    /// What `sync` and `diff` read from the listed Nodes: the view, the Nodes left
+    /// out (with why), and (dual stack) the peers whose IPv6 half is left out.
+    public struct View: Sendable {
+        public var view: ClusterView
+        public var skipped: [SkippedLease]
+        public var skippedIPv6: [SkippedIPv6Half]
+
+        /// One line per Node left out, then one per IPv6 half left out.
+        public var warnings: [String] { skipped.map(\.description) + skippedIPv6.map(\.description) }
     }
 
     /// The view from listed Nodes, and the Nodes left out (with why), as `sync` reads it.
     public static func view(nodes: [KubeNode], node name: String, network: NetworkConfig, configuredIP: IPv4Address?,
-                            annotations: KubeAnnotations) -> Result<(view: ClusterView, skipped: [SkippedLease]), DaemonError> {
+                            configuredIPv6: IPv6Address? = nil, annotations: KubeAnnotations) -> Result<View, DaemonError> {
         let local: NodeRecord
-        switch Self.local(nodes.first { $0.name == name }, name: name, network: network, configuredIP: configuredIP, annotations: annotations) {
+        switch Self.local(nodes.first { $0.name == name }, name: name, network: network, configuredIP: configuredIP,
+                          configuredIPv6: configuredIPv6, annotations: annotations) {
         case .success(let record): local = record
         case .failure(let error): return .failure(error)
         }
-        var peers: [NodeRecord] = [], skipped: [SkippedLease] = []
+        var peers: [NodeRecord] = [], skipped: [SkippedLease] = [], skippedIPv6: [SkippedIPv6Half] = []
         for node in nodes.sorted(by: { $0.name < $1.name }) where node.name != name {
-            switch peer(node, annotations: annotations, network: network) {
-            case .success(let record)?: peers.append(record)
+            switch checkedPeer(node, annotations: annotations, network: network) {
+            case .success(let peer)?:
+                peers.append(peer.record)
+                if let half = peer.ipv6Skipped { skippedIPv6.append(half) }
             case .failure(let reason)?: skipped.append(reason)
             case nil: break
             }
         }
-        return .success((ClusterView(network: network, local: local, peers: peers), skipped))
+        return .success(View(view: ClusterView(network: network, local: local, peers: peers), skipped: skipped, skippedIPv6: skippedIPv6))
     }
 }
 
@@ -206,16 +348,7 @@ public final class KubeSource: ClusterSource {
         } catch {
             throw DaemonError("failed to read net conf \(settings.netConfPath) (kubernetes.netConfPath, --net-config-path): \(error.message)")
         }
-        var network = try NetworkConfig.parse(data, source: settings.netConfPath)
-        // Dual stack from Node objects (podCIDRs' IPv6 entry, the IPv6 annotations)
-        // is not built yet: the Kubernetes registry runs the IPv4 network only, as
-        // an IPv4-only flanneld in a dual-stack cluster does.
-        if network.ipv6 != nil {
-            log.warning("EnableIPv6: the Kubernetes registry runs IPv4 only (dual stack from Node objects is not built yet)",
-                        metadata: ["netConfPath": "\(settings.netConfPath)"])
-            network.ipv6 = nil
-        }
-        self.network = network
+        network = try NetworkConfig.parse(data, source: settings.netConfPath)
     }
 
     public var interface: String? { config.interface }
@@ -227,8 +360,9 @@ public final class KubeSource: ClusterSource {
         do {
             let (nodes, _) = try await client.listNodes()
             await client.shutdown()
-            switch KubeNodes.view(nodes: nodes, node: node, network: network, configuredIP: config.publicIP, annotations: annotations) {
-            case .success(let result): return (result.view, result.skipped.map(\.description))
+            switch KubeNodes.view(nodes: nodes, node: node, network: network, configuredIP: config.publicIP,
+                                  configuredIPv6: config.publicIPv6, annotations: annotations) {
+            case .success(let result): return (result.view, result.warnings)
             case .failure(let error): throw error
             }
         } catch {
@@ -247,6 +381,8 @@ public final class KubeSource: ClusterSource {
         var resumed = false
         var peers: [String: NodeRecord] = [:]
         var skipped: [String: String] = [:]
+        /// Dual stack: peers whose IPv6 half is left out, by name, with why (logged when the reason changes).
+        var skippedIPv6: [String: String] = [:]
         var own: KubeNode?
         /// This node's record as last reported (nil: not ready, nothing reported).
         var local: NodeRecord?
@@ -282,6 +418,7 @@ public final class KubeSource: ClusterSource {
                 // Nodes deleted while the watch was away are no longer skipped ones.
                 let names = Set(nodes.map(\.name))
                 tracked.skipped = tracked.skipped.filter { names.contains($0.key) }
+                tracked.skippedIPv6 = tracked.skippedIPv6.filter { names.contains($0.key) }
                 for item in nodes where item.name != node { track(item, in: tracked) }
                 try await becomeReady(tracked, client: client, emit: emit, force: true)
                 log.debug("listed nodes", metadata: ["nodes": "\(nodes.count)", "resourceVersion": "\(listVersion)"])
@@ -336,9 +473,19 @@ public final class KubeSource: ClusterSource {
     @discardableResult
     func track(_ item: KubeNode, deleted: Bool = false, in tracked: Tracked) -> (upsert: NodeRecord?, removal: String?) {
         let key = KubeNodes.origin(item.name)
-        let result = deleted ? nil : KubeNodes.peer(item, annotations: annotations, network: network)
+        let result = deleted ? nil : KubeNodes.checkedPeer(item, annotations: annotations, network: network)
+        if case .success(let peer)? = result, let half = peer.ipv6Skipped {
+            if tracked.skippedIPv6[item.name] != half.reason {
+                tracked.skippedIPv6[item.name] = half.reason
+                log.warning("node's IPv6 half skipped (IPv4 is programmed)", metadata: ["node": "\(Flannel.printable(item.name))",
+                                                                                      "error": "\(Flannel.printable(half.reason, limit: 512))"])
+            }
+        } else {
+            tracked.skippedIPv6[item.name] = nil
+        }
         switch result {
-        case .success(let record)?:
+        case .success(let peer)?:
+            let record = peer.record
             tracked.skipped[item.name] = nil
             if tracked.peers[item.name] == record { return (nil, nil) }
             tracked.peers[item.name] = record
@@ -384,7 +531,8 @@ public final class KubeSource: ClusterSource {
     func becomeReady(_ tracked: Tracked, client: KubeClient, emit: @escaping @Sendable (RegistryEvent) -> Void,
                      force: Bool) async throws {
         let local: NodeRecord
-        switch KubeNodes.local(tracked.own, name: node, network: network, configuredIP: config.publicIP, annotations: annotations) {
+        switch KubeNodes.local(tracked.own, name: node, network: network, configuredIP: config.publicIP,
+                               configuredIPv6: config.publicIPv6, annotations: annotations) {
         case .success(let record): local = record
         case .failure(let why):
             if !tracked.waitingLogged {
@@ -397,13 +545,21 @@ public final class KubeSource: ClusterSource {
         tracked.waitingLogged = false
         if let own = tracked.own,
            let patch = KubeNodes.annotationPatch(own, wanted: KubeNodes.ownAnnotations(network: network, publicIP: local.publicIP,
+                                                                                       publicIPv6: local.ipv6?.publicIP,
                                                                                        annotations: annotations)) {
             tracked.own = try await client.patchNodeStatus(node, patch: patch)
-            log.info("annotations written on this node's Node", metadata: ["node": "\(node)", "subnet": "\(local.subnet)",
-                                                                          "public_ip": "\(local.publicIP)"])
+            var metadata: Logger.Metadata = ["node": "\(node)", "subnet": "\(local.subnet)", "public_ip": "\(local.publicIP)"]
+            if let half = local.ipv6 {
+                metadata["subnet.ipv6"] = "\(half.subnet)"
+                metadata["public_ipv6"] = "\(half.publicIP)"
+            }
+            log.info("annotations written on this node's Node", metadata: metadata)
         }
         guard force || tracked.local != local else { return }
-        if tracked.local == nil { log.info("lease acquired", metadata: ["subnet": "\(local.subnet)", "node": "\(node)"]) }
+        if tracked.local == nil {
+            log.info("lease acquired", metadata: ["subnet": "\(local.subnet)", "subnet.ipv6": "\(local.ipv6.map { "\($0.subnet)" } ?? "none")",
+                                                  "node": "\(node)"])
+        }
         tracked.local = local
         let peers = tracked.peers.values.sorted { $0.origin < $1.origin }
         emit(.state(ClusterView(network: network, local: local, peers: peers), invalidLeases: tracked.skipped.count))

@@ -1,4 +1,5 @@
 import Foundation
+import Model
 import Synchronization
 import Testing
 import TestSupport
@@ -165,6 +166,162 @@ struct KubeClusterTests {
         }
         #expect(try run("ip netns exec \(prefix)-h1-p1 ping -c 1 -W 2 \(pod2)").status == 0, "h2 is still reached")
         if backend != "udp" { #expect(!(try sh("ip -n \(prefix)-h1 route show proto vxlan-agent").contains("10.244.3.0/24"))) }
+        await fake.shutdown()
+    }
+
+    /// Dual stack from Node objects: three dual-stack hosts (`cluster.sh up --dual`),
+    /// Nodes with both podCIDRs and both InternalIPs (no publicIP or publicIPv6 in
+    /// the file), EnableIPv6 in net-conf.json: each agent publishes public-ipv6 and
+    /// backend-v6-data, and pods ping each other over IPv4 and over IPv6.
+    @Test(arguments: ["vxlan", "host-gw"])
+    func podsPingInDualStack(backend: String) async throws {
+        try requireKernel()
+        try #require(FileManager.default.isExecutableFile(atPath: "/usr/lib/cni/bridge"), "containernetworking-plugins is required")
+        let n = Self.counter.withLock { $0 += 1; return $0 }
+        let prefix = "vxa-kc\(getpid() % 100_000)-\(n)"
+        let cluster = "\(packageRoot)/Tests/cluster/cluster.sh"
+        let directory = "/run/\(prefix)"
+        var daemons: [pid_t] = []
+        var api: FakeKubeAPI?
+        defer {
+            for pid in daemons { kill(pid, SIGTERM); _ = waitForExit(pid) }
+            _ = try? run("bash \(cluster) down \(prefix)")
+        }
+        try sh("bash \(cluster) up \(prefix) 3 1 --dual")
+        try sh("ip -n \(prefix)-ul addr add 198.18.0.254/24 dev br0")
+        let fake = try await inNamespace("\(prefix)-ul") {
+            try FakeKubeAPI(host: "198.18.0.254")
+        }
+        api = fake
+        defer { Task { [api] in await api?.shutdown() } }
+        for host in 1...3 {
+            var node = nodeJSON("h\(host)", podCIDR: "10.244.\(host).0/24", annotations: [:])
+            node["spec"] = ["podCIDR": "10.244.\(host).0/24", "podCIDRs": ["10.244.\(host).0/24", "fd00:10:244:\(host)::/64"]]
+            node["status"] = ["addresses": [["type": "InternalIP", "address": "198.18.0.\(host)"],
+                                            ["type": "InternalIP", "address": "2001:2::\(host)"]]]
+            fake.put(node)
+        }
+        let kubeconfig = "\(directory)/kubeconfig"
+        try """
+        apiVersion: v1
+        kind: Config
+        clusters:
+        - name: fake
+          cluster:
+            server: \(fake.url)
+        users:
+        - name: flannel
+          user:
+            token: \(fake.token)
+        contexts:
+        - name: fake
+          context: {cluster: fake, user: flannel}
+        current-context: fake
+        """.write(toFile: kubeconfig, atomically: true, encoding: .utf8)
+        let backendJSON = backend == "vxlan" ? #"{"Type": "vxlan", "VNI": 1, "Port": 8472}"# : #"{"Type": "host-gw"}"#
+        try #"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": \#(backendJSON)}"#
+            .write(toFile: "\(directory)/net-conf.json", atomically: true, encoding: .utf8)
+        for host in 1...3 {
+            let hostDirectory = "\(directory)/h\(host)"
+            try FileManager.default.createDirectory(atPath: hostDirectory, withIntermediateDirectories: true)
+            try """
+            {"node": "h\(host)", "kubernetes": {"kubeconfig": "\(kubeconfig)", "netConfPath": "\(directory)/net-conf.json"},
+             "subnetFile": "\(hostDirectory)/subnet.env", "cniConfFile": "", "metricsAddress": ""}
+            """.write(toFile: "\(hostDirectory).json", atomically: true, encoding: .utf8)
+            daemons.append(try spawn(["ip", "netns", "exec", "\(prefix)-h\(host)", agentBinary, "run", "--config", "\(hostDirectory).json",
+                                      "--lock-file", "\(hostDirectory)/sync.lock", "--log-level", "debug"],
+                                     stdout: "\(hostDirectory).log"))
+        }
+        func logs() -> String {
+            (1...3).map { "h\($0):\n" + ((try? String(contentsOfFile: "\(directory)/h\($0).log", encoding: .utf8)) ?? "") }.joined(separator: "\n")
+        }
+        do {
+            try await eventually("every Node annotated for both families", seconds: 30) {
+                (1...3).allSatisfy { fake.node("h\($0)").map(annotationsOf)?[flannel + "public-ipv6"] != nil }
+            }
+        } catch {
+            Issue.record("the agents' logs:\n\(logs())")
+            throw error
+        }
+        for host in 1...3 {
+            let annotations = annotationsOf(fake.node("h\(host)")!)
+            #expect(annotations[flannel + "public-ip"] == "198.18.0.\(host)")
+            #expect(annotations[flannel + "public-ipv6"] == "2001:2::\(host)", "the Node's IPv6 InternalIP")
+            #expect(annotations[flannel + "backend-v6-data"] == (backend == "vxlan"
+                ? #"{"VNI":1,"VtepMAC":"\#(MACAddress.vtep(vni: 1, publicIPv6: IPv6Address("2001:2::\(host)")!))"}"# : "null"))
+        }
+        // Pods ping in both families (retried until the agents have programmed their peers).
+        for family in ["", " --v6"] {
+            var ping = try run("bash \(cluster) ping \(prefix)\(family)")
+            let deadline = Date().addingTimeInterval(30)
+            while ping.status != 0 && Date() < deadline {
+                try await Task.sleep(for: .milliseconds(500))
+                ping = try run("bash \(cluster) ping \(prefix)\(family)")
+            }
+            #expect(ping.status == 0, "ping\(family): \(ping.stdout)\(ping.stderr)\n\(logs())")
+        }
+        let subnetEnv = try String(contentsOfFile: "\(directory)/h1/subnet.env", encoding: .utf8)
+        #expect(subnetEnv.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56\nFLANNEL_IPV6_SUBNET=fd00:10:244:1::1/64\n"), "\(subnetEnv)")
+        // `diff` reads the Nodes once and finds h1 in sync in both families.
+        let diff = try run("ip netns exec \(prefix)-h1 \(agentBinary) diff --config \(directory)/h1.json --lock-file \(directory)/h1/diff.lock")
+        #expect(diff.status == 0 && diff.stdout.hasPrefix("in sync"), "\(diff.stdout)\(diff.stderr)")
+        func flanneldNode(_ k: Int, v6Data: String) -> [String: Any] {
+            let x = String(k, radix: 16), byte = String(format: "%02x", k)
+            var node = nodeJSON("h\(k)", podCIDR: "10.244.\(k).0/24", annotations: [
+                flannel + "backend-type": backend, flannel + "kube-subnet-manager": "true",
+                flannel + "backend-data": backend == "vxlan" ? #"{"VNI":1,"VtepMAC":"0e:00:00:00:00:\#(byte)"}"# : "null",
+                flannel + "public-ip": "198.18.0.\(k)", flannel + "backend-v6-data": v6Data, flannel + "public-ipv6": "2001:2::\(x)"])
+            node["spec"] = ["podCIDR": "10.244.\(k).0/24", "podCIDRs": ["10.244.\(k).0/24", "fd00:10:244:\(x)::/64"]]
+            return node
+        }
+        let routes6 = { try sh("ip -n \(prefix)-h1 -6 route show proto vxlan-agent") }
+        // Nodes of dual-stack flanneld nodes added one at a time (no agent of ours behind
+        // them: the agents rewrite their own Nodes' annotations): each reaches h1's IPv6
+        // routes. The time from the fake's update to the route in `ip -6 -ts monitor
+        // route` is printed, not asserted.
+        let monitorLog = "\(directory)/h1-monitor6.log"
+        let monitor = try spawn(["ip", "-n", "\(prefix)-h1", "-6", "-ts", "monitor", "route"], stdout: monitorLog)
+        defer { kill(monitor, SIGTERM); _ = waitForExit(monitor) }
+        try await Task.sleep(for: .milliseconds(200))
+        let formatter = DateFormatter()
+        formatter.dateFormat = "yyyy-MM-dd'T'HH:mm:ss.SSSSSS"
+        formatter.timeZone = .current
+        var latencies: [Double] = []
+        for k in 10..<20 {
+            let subnet = "fd00:10:244:\(String(k, radix: 16))::/64"
+            let put = Date()
+            fake.put(flanneldNode(k, v6Data: backend == "vxlan" ? #"{"VNI":1,"VtepMAC":"0e:00:00:00:06:\#(String(format: "%02x", k))"}"# : "null"))
+            var line: Substring?
+            try await eventually("h\(k)'s IPv6 subnet reaches h1", seconds: 30) {
+                line = (try? String(contentsOfFile: monitorLog, encoding: .utf8))?.split(separator: "\n").first { $0.contains(" \(subnet) ") || $0.contains("]\(subnet) ") || $0.contains("] \(subnet) ") }
+                return line != nil
+            }
+            if let line, line.hasPrefix("["), let end = line.firstIndex(of: "]"),
+               let stamp = formatter.date(from: String(line[line.index(after: line.startIndex)..<end])) {
+                latencies.append(stamp.timeIntervalSince(put) * 1000)
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        latencies.sort()
+        #expect(latencies.count == 10)
+        if !latencies.isEmpty {
+            print("kube dual stack \(backend): a Node added to its IPv6 route in a peer's kernel (ip -6 -ts monitor): "
+                  + String(format: "p50 %.1f ms, max %.1f ms over %d", latencies[latencies.count / 2], latencies.last!, latencies.count))
+        }
+        if backend == "vxlan" {
+            #expect(try sh("ip -n \(prefix)-h1 -6 neigh show dev flannel-v6.1").contains("fd00:10:244:a:: lladdr 0e:00:00:00:06:0a"),
+                    "the IPv6 VTEP MAC from backend-v6-data")
+            // h10's IPv6 half breaks (another VNI in backend-v6-data): h1 keeps its IPv4 route only.
+            fake.put(flanneldNode(10, v6Data: #"{"VNI":7,"VtepMAC":"0e:00:00:00:06:0a"}"#))
+            do {
+                try await eventually("h1 drops h10's IPv6 route", seconds: 30) { !(try routes6().contains("fd00:10:244:a::/64")) }
+            } catch {
+                Issue.record("h1's IPv6 routes:\n\((try? routes6()) ?? "")\n\(logs())")
+                throw error
+            }
+            #expect(try sh("ip -n \(prefix)-h1 route show proto vxlan-agent").contains("10.244.10.0/24"), "IPv4 stays")
+            #expect(logs().contains("node's IPv6 half skipped"), "the reason is logged")
+        }
         await fake.shutdown()
     }
 }
