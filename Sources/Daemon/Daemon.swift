@@ -129,8 +129,10 @@ public final class Daemon: @unchecked Sendable {
     /// The coordinator's work: start the registry, hand what it reports to the
     /// reconciler, reload on SIGHUP, until the group shuts down.
     func coordinate() async {
-        log.info("starting", metadata: ["node": "\(node)", "config": "\(options.configPath)",
-                                         "registry": "\(config.etcd == nil ? "static inventory" : "etcd \(config.etcd!.endpoints.joined(separator: ","))")"])
+        let registry = if let etcd = config.etcd { "etcd \(etcd.endpoints.joined(separator: ","))" }
+            else if let kube = config.kubernetes { "kubernetes \(kube.apiURL ?? kube.kubeconfig ?? "in-cluster")" }
+            else { "static inventory" }
+        log.info("starting", metadata: ["node": "\(node)", "config": "\(options.configPath)", "registry": "\(registry)"])
         startRegistry()
         let hangups = Task { [continuation] in
             for await _ in await UnixSignalsSequence(trapping: .sighup) { continuation.yield(.reload) }
