@@ -3,9 +3,14 @@
 next to iproute2 (flannel's layout and nexthop objects) and the kernel's own
 limit (Benchmarks/limit.c), all in one run on the same machine.
 
-  bench.py AGENT quick|full|smoke|daemon|datapath [--runs R] [--seconds S] [--out DIR]
+  bench.py AGENT quick|full|smoke|daemon|datapath|ipv6 [--runs R] [--seconds S] [--out DIR]
 
 smoke: `sync` at 100 peers only (seconds; the end-to-end tests run it).
+ipv6: only issue 12's IPv6 cold sync at 10,000 peers (dual stack: IPv4 and IPv6
+  halves), against `bridge -batch` + `ip -6 -batch` in flannel's layout (and the
+  nexthop layout, and both planes in flannel's layout) in the same run; namespaces
+  with 198.18.0.1/24 and 2001:2::1/64 on eth0. quick and full measure it too,
+  after the `sync` scenarios.
 daemon: only issue 10's daemon targets, `vxlan-agent run` against a real etcd:
   propagation p50/p99 at 0 and 10,000 peers, bursts of 5,000 (100-key
   transactions) and 20,000 (128-key), repair of a deleted route, neighbor and
@@ -80,14 +85,22 @@ def rss_of(argv):
     return usage.ru_maxrss
 
 
-def netns(name):
+def netns(name, dual=False):
+    """A namespace with eth0 198.18.0.1/24 as underlay; IPv6 off, or with dual (the
+    IPv6 scenario) on without DAD or router advertisements and eth0 also 2001:2::1/64."""
     full = f"{PREFIX}-{name}"
     sh(f"ip netns add {full}")
     created.append(full)
-    sh(f"ip netns exec {full} sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+    if dual:
+        sh(f"ip netns exec {full} sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0 "
+           f"net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0")
+    else:
+        sh(f"ip netns exec {full} sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
     sh(f"ip -n {full} link set lo up")
     sh(f"ip -n {full} link add eth0 type veth peer name eth1")
     sh(f"ip -n {full} addr add 198.18.0.1/24 dev eth0")
+    if dual:
+        sh(f"ip -n {full} addr add 2001:2::1/64 dev eth0 nodad")
     sh(f"ip -n {full} link set eth0 up")
     sh(f"ip -n {full} link set eth1 up")
     return full
@@ -99,8 +112,10 @@ def drop(ns, agent=None, config=None):
     if ns not in created:
         return
     sh(f"ip -n {ns} route flush proto 152", check=False)
+    sh(f"ip -n {ns} -6 route flush proto 152", check=False)
     sh(f"ip -n {ns} nexthop flush proto 152", check=False)
     sh(f"ip -n {ns} link del flannel.1", check=False)
+    sh(f"ip -n {ns} link del flannel-v6.1", check=False)
     sh(f"ip netns del {ns}", check=False)
     created.remove(ns)
 
@@ -138,10 +153,10 @@ class Bench:
         self.floors = {}
         self.probe = 60000  # the propagation samples' leases: 60001 (10.234.97.0/24) on, no peer's
 
-    def inventory(self, n, churn=0.0, seed=1):
-        path = os.path.join(self.work, f"inv-{n}-{churn}-{seed}.json")
+    def inventory(self, n, churn=0.0, seed=1, dual=False):
+        path = os.path.join(self.work, f"inv-{n}-{churn}-{seed}{'-dual' if dual else ''}.json")
         if not os.path.exists(path):
-            sh(f"python3 {HERE}/gen.py inventory {n} --churn {churn} --seed {seed} > {path}")
+            sh(f"python3 {HERE}/gen.py inventory {n} --churn {churn} --seed {seed}{' --dual' if dual else ''} > {path}")
         return path
 
     def agent_cmd(self, ns, verb, config, *extra):
@@ -250,6 +265,123 @@ class Bench:
             runs.append(seconds)
             drop(ns)
         self.record(n, f"iproute2 {layout} layout", runs)
+
+    # ---- dual stack: the IPv6 plane's cold sync (issue 12) ----
+
+    V6_DEVICE = ("ip link add flannel-v6.1 mtu 1430 address 0a:01:00:00:00:01 type vxlan id 1 local 2001:2::1 dev eth0 "
+                 "dstport 8472 nolearning && ip -6 addr add fd00:10::/128 dev flannel-v6.1 nodad && "
+                 "ip link set flannel-v6.1 up")
+    V4_DEVICE = ("ip link add flannel.1 mtu 1450 address 0e:01:c6:12:00:01 type vxlan id 1 local 198.18.0.1 dev eth0 "
+                 "dstport 8472 nolearning && ip addr add 10.0.0.0/32 dev flannel.1 && ip link set flannel.1 up")
+
+    def dual_sync(self, ns, config, n):
+        """`sync --timings` of a dual-stack inventory: (seconds, kernel writes, {phase: seconds}).
+        Fails unless both planes hold all n peers (none skipped or left out)."""
+        seconds, out, err, status = timed(self.agent_cmd(ns, "sync", config, "--timings"))
+        if status != 0:
+            raise RuntimeError(f"agent sync (dual stack) exited {status}: {out}{err}")
+        summary = out.strip().splitlines()[-1] if out.strip() else ""
+        if f"({n} peers; IPv6: {n} peers;" not in summary and f"({n} peers; IPv6: {n} peers)" not in summary:
+            raise RuntimeError(f"agent sync (dual stack) did not program {n} peers in both planes: {summary}")
+        writes = re.search(r"(\d+) kernel writes?", summary)
+        line = next((l for l in err.splitlines() if l.startswith("timings: ")), "")
+        phases = {name: float(ms) / 1000 for name, ms in re.findall(r"(?:^|, )([a-z0-9]+) ([\d.]+) ms", line[9:])}
+        return seconds, int(writes[1]) if writes else 0, phases
+
+    @staticmethod
+    def check_routes6(ns, n, what):
+        """The IPv6 plane is there: n routes of protocol 152 on flannel-v6.1."""
+        routes6 = int(sh(f"ip -n {ns} -6 route show dev flannel-v6.1 proto 152 | wc -l").stdout.strip())
+        if routes6 != n:
+            raise RuntimeError(f"{what}: {routes6} IPv6 routes of proto 152 on flannel-v6.1, expected {n}")
+
+    def record_phases(self, key, name, phases, writes_are):
+        """Medians of `sync --timings` phases into the row `name`, and one line: the IPv4 plane's dump
+        (snapshot) and diff, the IPv6 plane's dump (snapshot6) and plan (plan6), the writes of both
+        planes (apply), and the whole process as the agent saw it (total)."""
+        keys = ("nodes", "snapshot", "diff", "snapshot6", "plan6", "apply", "total")
+        share = {k: statistics.median(p.get(k, 0.0) for p in phases) for k in keys}
+        self.results[key][name]["timings_median_s"] = share
+        print(f"  {'':<28} sync --timings medians: inventory {share['nodes'] * 1000:.0f} ms, IPv4 dump "
+              f"{share['snapshot'] * 1000:.0f} + diff {share['diff'] * 1000:.0f} ms, IPv6 dump "
+              f"{share['snapshot6'] * 1000:.0f} + plan {share['plan6'] * 1000:.0f} ms, apply ({writes_are} writes) "
+              f"{share['apply'] * 1000:.0f} ms, total {share['total'] * 1000:.0f} ms", flush=True)
+
+    def scenario_ipv6(self, n):
+        """Issue 12: the IPv6 plane's cold sync at n peers, against iproute2 in flannel's layout.
+        A dual-stack inventory (gen.py --dual: n peers, each with an IPv4 and an IPv6 half), in
+        fresh namespaces whose eth0 has 198.18.0.1/24 and 2001:2::1/64:
+        - agent dual cold: one `sync` from an empty namespace, both planes (whole process);
+        - agent IPv6 cold: the IPv4 plane synced first (untimed, the IPv4-only inventory of the same
+          peers), then the dual `sync`: every write is the IPv6 plane's, the IPv4 plane a no-op
+          (a dual-stack sync cannot leave its IPv4 plane out);
+        - agent dual no-op: the dual `sync` again (0 writes expected);
+        - iproute2 IPv6: device flannel-v6.1, `bridge -batch` (fdb) + `ip -6 -batch` (neigh,
+          route per peer via its VTEP address, onlink: flanneld's vxlan v6) from an empty namespace,
+          flannel's layout and the nexthop layout;
+        - iproute2 dual, flannel's layout: both devices and both planes' batches, one script."""
+        dual = self.inventory(n, dual=True)
+        v4 = self.inventory(n)
+        key = f"{n} IPv6"
+        batches = os.path.join(self.work, f"ip6-{n}")
+        os.makedirs(batches, exist_ok=True)
+        for layout in ("classic", "nexthop"):
+            os.makedirs(f"{batches}/{layout}", exist_ok=True)
+            sh(f"python3 {HERE}/gen.py iproute2 {n} {layout} {batches}/{layout}")
+            sh(f"python3 {HERE}/gen.py iproute2v6 {n} {layout} {batches}/{layout}")
+
+        cold, writes, phases = [], 0, []
+        for r in range(self.runs):
+            ns = netns(f"6d{n}-{r}", dual=True)
+            seconds, writes, p = self.dual_sync(ns, dual, n)
+            cold.append(seconds)
+            phases.append(p)
+            self.check_routes6(ns, n, "agent dual cold")
+            drop(ns)
+        self.record(key, "agent dual cold", cold, writes=writes)
+        self.record_phases(key, "agent dual cold", phases, "both planes'")
+
+        cold6, writes6, phases = [], 0, []
+        for r in range(self.runs):
+            ns = netns(f"6v{n}-{r}", dual=True)
+            self.agent_run(ns, "sync", v4)
+            seconds, writes6, p = self.dual_sync(ns, dual, n)
+            cold6.append(seconds)
+            phases.append(p)
+            self.check_routes6(ns, n, "agent IPv6 cold")
+            if r < self.runs - 1:
+                drop(ns)
+        self.record(key, "agent IPv6 cold", cold6, writes=writes6)
+        self.record_phases(key, "agent IPv6 cold", phases, "the IPv6 plane's")
+        noop, noop_writes, phases = [], 0, []
+        for _ in range(self.runs):
+            seconds, w, p = self.dual_sync(ns, dual, n)
+            noop.append(seconds)
+            phases.append(p)
+            noop_writes = max(noop_writes, w)
+        self.record(key, "agent dual no-op", noop, writes=noop_writes)
+        self.record_phases(key, "agent dual no-op", phases, "no")
+        drop(ns)
+
+        cases = [("iproute2 IPv6 classic layout", "classic", self.V6_DEVICE + " && bridge -batch {d}/bridge6.batch && "
+                  "ip -6 -batch {d}/ip6.batch"),
+                 ("iproute2 IPv6 nexthop layout", "nexthop", self.V6_DEVICE + " && bridge -batch {d}/bridge6.batch && "
+                  "ip -6 -batch {d}/ip6.batch"),
+                 ("iproute2 dual classic layout", "classic", self.V4_DEVICE + " && " + self.V6_DEVICE +
+                  " && bridge -batch {d}/bridge.batch && ip -batch {d}/ip.batch && bridge -batch {d}/bridge6.batch && "
+                  "ip -6 -batch {d}/ip6.batch")]
+        for name, layout, script in cases:
+            runs = []
+            for r in range(self.runs):
+                ns = netns(f"6i{n}-{layout}-{r}", dual=True)
+                seconds, out, err, status = timed(["ip", "netns", "exec", ns, "sh", "-c",
+                                                   script.format(d=f"{batches}/{layout}")])
+                if status != 0:
+                    raise RuntimeError(f"{name}: {err}")
+                self.check_routes6(ns, n, name)
+                runs.append(seconds)
+                drop(ns)
+            self.record(key, name, runs)
 
     # ---- the datapath: pod-to-pod iperf3 over each way of reaching a peer (issue 11) ----
 
@@ -1238,7 +1370,7 @@ def print_summary(rows, mode):
 
 
 def main(argv):
-    if len(argv) < 3 or argv[2] not in ("quick", "full", "smoke", "daemon", "datapath"):
+    if len(argv) < 3 or argv[2] not in ("quick", "full", "smoke", "daemon", "datapath", "ipv6"):
         print(__doc__, file=sys.stderr)
         return 2
     mode = argv[2]
@@ -1247,7 +1379,8 @@ def main(argv):
     os.makedirs(os.path.join(HERE, "bin"), exist_ok=True)
     sh(f"cc -O2 -Wall -o {HERE}/bin/limit {HERE}/limit.c $(pkg-config --cflags --libs libmnl)")
     sh(f"cc -O2 -Wall -o {HERE}/bin/flannel_proxy {HERE}/flannel_proxy.c")
-    sizes = {"smoke": [100], "quick": [1000, 10000], "full": [1000, 10000, 50000], "daemon": [], "datapath": []}[mode]
+    sizes = {"smoke": [100], "quick": [1000, 10000], "full": [1000, 10000, 50000], "daemon": [], "datapath": [],
+             "ipv6": []}[mode]
     # The datapath table's own counts: 5 iperf3 runs per case (--runs in datapath mode), 5 s each.
     dp_runs = runs if mode == "datapath" and "--runs" in argv else 5
     dp_seconds = int(argv[argv.index("--seconds") + 1]) if "--seconds" in argv else 5
@@ -1269,12 +1402,15 @@ def main(argv):
             print("\nN = 20,000 peers (iproute2 only: flannel's layout needs minutes at 50,000)", flush=True)
             bench.scenario_iproute2(20000, "classic")
             bench.scenario_iproute2(20000, "nexthop")
-        if mode not in ("smoke", "datapath"):
+        if mode in ("quick", "full", "ipv6"):
+            print("\nIPv6 plane (dual stack), N = 10,000 peers", flush=True)
+            bench.scenario_ipv6(10000)
+        if mode not in ("smoke", "datapath", "ipv6"):
             if not shutil.which("etcd"):
                 raise RuntimeError("etcd is missing (make deps-bench installs it): the daemon targets need it")
             print("\nThe daemon (`vxlan-agent run`) against etcd", flush=True)
             bench.daemon_targets(samples=21 if mode == "quick" else 41)
-        if mode not in ("smoke", "daemon") and shutil.which("iperf3"):
+        if mode not in ("smoke", "daemon", "ipv6") and shutil.which("iperf3"):
             print(f"\ndatapath: pod-to-pod iperf3, {', '.join(c[0] for c in Bench.DATAPATH_CASES)}; "
                   f"{dp_runs} rounds of {dp_seconds} s each", flush=True)
             bench.datapath(runs=dp_runs, seconds=dp_seconds)
@@ -1292,8 +1428,11 @@ def main(argv):
     print_ratios(bench.results)
     if "datapath" in bench.results:
         print_datapath(bench.results["datapath"])
-    if mode != "datapath":
+    if mode not in ("datapath", "ipv6"):
         print_summary(bench.results["summary"], mode)
+    elif mode == "ipv6":
+        print(f"\n  machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} before, "
+              f"{bench.results['machine']['loadavg_1_5_15_after'][0]:.2f} after")
     else:
         load_after = bench.results["machine"]["loadavg_1_5_15_after"]
         print(f"\n  machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} before, {load_after[0]:.2f} after "
@@ -1302,7 +1441,7 @@ def main(argv):
 
 
 def print_ratios(results):
-    if any(n.isdigit() and "agent cold" in rows for n, rows in results.items()):
+    if any((n.isdigit() and "agent cold" in rows) or "agent IPv6 cold" in rows for n, rows in results.items()):
         print("\nRatios (medians, same run):")
     for n, rows in results.items():
         if not n.isdigit() or "agent cold" not in rows:
@@ -1319,6 +1458,16 @@ def print_ratios(results):
         lines.append(f"churn {rows['agent churn 4x1%']['median']:.3f} s vs budget {budget:.3f} s "
                      f"({rows['agent churn 4x1%']['writes']} writes of {3 * int(n)} entries)")
         print(", ".join(lines))
+    for key, rows in results.items():
+        if not key.endswith(" IPv6") or "agent IPv6 cold" not in rows:
+            continue
+        n = int(key.split()[0])
+        ip6, cold6 = rows["iproute2 IPv6 classic layout"]["median"], rows["agent IPv6 cold"]["median"]
+        ipd, cold = rows["iproute2 dual classic layout"]["median"], rows["agent dual cold"]["median"]
+        print(f"  N={n:,} IPv6 (dual stack): iproute2-flannel IPv6/agent IPv6 cold {ip6 / cold6:.1f}x "
+              f"({ip6:.3f} / {cold6:.3f} s, the agent's IPv4 plane a no-op in it), "
+              f"iproute2-flannel dual/agent dual cold {ipd / cold:.1f}x ({ipd:.3f} / {cold:.3f} s), "
+              f"no-op {rows['agent dual no-op']['median']:.3f} s ({rows['agent dual no-op']['writes']} writes)")
 
 
 if __name__ == "__main__":
