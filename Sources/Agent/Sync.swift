@@ -270,12 +270,13 @@ public struct Syncer {
             let applied = dataplane.apply(plan.changes, deviceName: name)
             output.renderer.deviceIndex = applied.deviceIndex ?? snapshot.device?.index
             report = applied
+            laps.lap("apply")
             if let plan6, !plan6.changes.isEmpty {
                 let applied6 = dataplane.apply(plan6.changes, deviceName: ipv6DeviceName)
                 output.renderer6?.deviceIndex = applied6.deviceIndex ?? observation.snapshot6?.device?.index
                 report6 = applied6
+                laps.lap("apply6")
             }
-            laps.lap("apply")
             installProtocolName(proto)
         }
         var outcome = SyncOutcome(plan: plan, desired: desired, output: output, report: report, layout: layout)
