@@ -340,6 +340,14 @@ final class Reconciler: @unchecked Sendable {
         if let plan6 = outcome.plan6, let report6 = outcome.report6 {
             for failure in report6.failures { log.error("IPv6 change failed", metadata: ["error": "\(outcome.output.describe(failure))"]) }
             if !report6.failures.isEmpty { scheduleRetry() }
+            var counts: [String: Int] = [:]
+            for change in plan6.changes { counts[Self.label(change), default: 0] += 1 }
+            for failure in report6.failures { counts[Self.label(failure.change), default: 0] -= 1 }
+            metrics.update {
+                $0.kernelWrites += report6.writes
+                $0.changeFailures += report6.failures.count
+                for (key, value) in counts where value > 0 { $0.changes[key, default: 0] += value }
+            }
             if !plan6.changes.isEmpty {
                 log.info("IPv6 plane applied", metadata: ["changes": "\(plan6.changes.count)", "writes": "\(report6.writes)",
                                                           "failed": "\(report6.failures.count)", "peers": "\(plan6.peerCount)"])
@@ -482,6 +490,19 @@ final class Reconciler: @unchecked Sendable {
     }
 
     /// "kind action" of a change, for metrics.
+    /// The IPv6 plane's changes count under their own kinds (`route6`, `neigh6`, ...).
+    static func label(_ change: Change6) -> String {
+        switch change {
+        case .createDevice, .createTUN: "link6 add"
+        case .recreateDevice: "link6 recreate"
+        case .updateDevice, .updateTUN: "link6 update"
+        case .deleteDevice: "link6 remove"
+        case .add(let entry): "\(entry.kind)6 add"
+        case .replace(_, let entry): "\(entry.kind)6 update"
+        case .remove(let entry): "\(entry.kind)6 remove"
+        }
+    }
+
     static func label(_ change: Change) -> String {
         switch change {
         case .createDevice, .createTUN: "link add"

@@ -121,6 +121,10 @@ struct DualStackTests {
             #expect(key.contains("&fd00:10:244:") && key.hasSuffix("-64"), "\(key)")
             #expect(value.contains(#""PublicIPv6":"2001:2::"#) && value.contains(#""BackendV6Data":{"VNI":1,"VtepMAC":"0a:01:00:00:00:0"#), "\(value)")
         }
+        // /metrics counts the IPv6 plane's changes under their own kinds.
+        let metrics = try cluster.metrics(1)
+        #expect((metrics["vxlan_agent_changes_applied_total", ["kind": "route6", "action": "add"]] ?? 0) >= 2, "\(metrics)")
+        #expect(metrics["vxlan_agent_changes_applied_total", ["kind": "link6", "action": "add"]] == 1, "\(metrics)")
         let env = try String(contentsOfFile: "\(cluster.hostDirectory(1))/subnet.env", encoding: .utf8)
         #expect(env.contains("FLANNEL_IPV6_NETWORK=fd00:10:244::/56") && env.contains("FLANNEL_IPV6_SUBNET=fd00:10:244:")
                 && env.contains("FLANNEL_MTU=1430"), "\(env)")
