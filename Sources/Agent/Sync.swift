@@ -192,6 +192,12 @@ public struct Syncer {
         }
     }
 
+    /// Whether this node keeps an IPv6 plane: a dual-stack network, on a backend
+    /// that has one. udp has none: flanneld's udp backend takes a dual-stack
+    /// lease and carries IPv4 only, and so does the agent (no plane, so no
+    /// peer is reported as left out of one on every sync).
+    public var programsIPv6: Bool { view.network.ipv6 != nil && view.network.backendType != "udp" }
+
     /// The IPv6 device's name: the configured one, else flannel's `flannel-v6.<VNI>`.
     public var ipv6DeviceName: String { deviceName6 ?? view.network.ipv6DeviceName }
 
@@ -201,7 +207,7 @@ public struct Syncer {
     /// of ours (a node that turned dual stack off), else nil, and no IPv6 dump.
     func observe6(dataplane: Dataplane, host: inout HostFacts) throws -> KernelSnapshot6? {
         let name6 = ipv6DeviceName
-        guard view.network.ipv6 != nil else {
+        guard programsIPv6 else {
             guard let link = try dataplane.link(named: name6), link.kind == "vxlan" else { return nil }
             return try dataplane.snapshot6(deviceName: name6, proto: proto)
         }
@@ -240,7 +246,7 @@ public struct Syncer {
         var desired6: DesiredState6?
         var plan6: Plan6?
         if let snapshot6 = observation.snapshot6 {
-            if let ipv6 = view.network.ipv6 {
+            if programsIPv6, let ipv6 = view.network.ipv6 {
                 do {
                     let want = try DesiredState6(view: view, network: ipv6.network, subnetLen: ipv6.subnetLen, host: host, settings: settings)
                     desired6 = want

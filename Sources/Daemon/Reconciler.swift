@@ -211,7 +211,9 @@ final class Reconciler: @unchecked Sendable {
             let view = ClusterView(network: network, local: local, peers: [])
             // Dual stack: the IPv6 plane has no incremental path yet; a lease
             // that changed is planned by a full pass, which covers both planes.
-            if network.ipv6 != nil && (!work.upserts.isEmpty || !work.removals.isEmpty) { full.insert("registry") }
+            if network.ipv6 != nil && network.backendType != "udp" && (!work.upserts.isEmpty || !work.removals.isEmpty) {
+                full.insert("registry")
+            }
             if full.isEmpty {
                 let leases = !work.upserts.isEmpty || !work.removals.isEmpty
                 guard leases || !work.events.isEmpty else { continue }
@@ -276,7 +278,8 @@ final class Reconciler: @unchecked Sendable {
         let deviceName = config.deviceName ?? view.network.deviceName
         if monitor == nil {
             let port = live.dataplane.socket.portID
-            let monitor = view.network.ipv6 == nil ? KernelMonitor(deviceName: deviceName, proto: live.proto, ownPort: port)
+            let monitor = view.network.ipv6 == nil || view.network.backendType == "udp"
+                ? KernelMonitor(deviceName: deviceName, proto: live.proto, ownPort: port)
                 : KernelMonitor(deviceName: deviceName, deviceName6: view.network.ipv6DeviceName,
                                 proto: live.proto, ownPort: port)
             do {
