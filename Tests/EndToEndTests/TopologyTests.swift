@@ -93,13 +93,17 @@ struct TopologyTests {
         defer { try? FileManager.default.removeItem(atPath: plugins) }
         try FileManager.default.createDirectory(atPath: plugins, withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(atPath: "\(plugins)/host-local", withDestinationPath: "/usr/lib/cni/host-local")
-        try """
+        // Written by a child process, not by this one: a file this process holds
+        // open for writing is inherited by whatever another test spawns meanwhile,
+        // and executing it then fails with ETXTBSY ("Text file busy").
+        try sh("""
+            cat > \(plugins)/bridge <<'EOF'
             #!/bin/sh
             case $CNI_CONTAINERID in *-h3-p1) echo injected failure; exit 1 ;; esac
             exec /usr/lib/cni/bridge
-
-            """.write(toFile: "\(plugins)/bridge", atomically: true, encoding: .utf8)
-        chmod("\(plugins)/bridge", 0o755)
+            EOF
+            chmod 755 \(plugins)/bridge
+            """)
 
         let up = try run("CNI_PATH=\(plugins) \(Self.script) up \(prefix) 2+2 1")
         #expect(up.status != 0)
