@@ -29,40 +29,38 @@ private func inNamespace<T: Sendable>(_ name: String, _ body: @escaping @Sendabl
     }
 }
 
-/// Three hosts of a cluster.sh cluster, each running `vxlan-agent run` with the
-/// kubernetes registry against the fake API server, which listens in the
-/// underlay namespace on 198.18.0.254: the agents annotate their Nodes, read
-/// each other's, and the pods ping across every backend.
-@Suite("vxlan-agent run against the fake Kubernetes API, in a cluster of namespaces", kernelTests, .blocking, .serialized)
-struct KubeClusterTests {
+/// Three hosts of a cluster.sh cluster (dual stack with `dual`), the fake API
+/// server listening in the underlay namespace on 198.18.0.254, a kubeconfig for
+/// it, and `vxlan-agent run` on each host with the kubernetes registry.
+final class KubeNamespaceCluster {
     static let counter = Mutex(0)
+    static let script = "\(packageRoot)/Tests/cluster/cluster.sh"
 
-    @Test(arguments: ["vxlan", "host-gw", "udp"])
-    func podsPing(backend: String) async throws {
-        try requireKernel()
-        try #require(FileManager.default.isExecutableFile(atPath: "/usr/lib/cni/bridge"), "containernetworking-plugins is required")
+    let prefix: String
+    let directory: String
+    let fake: FakeKubeAPI
+    var daemons: [pid_t] = []
+
+    init(dual: Bool) async throws {
         let n = Self.counter.withLock { $0 += 1; return $0 }
-        let prefix = "vxa-kc\(getpid() % 100_000)-\(n)"
-        let cluster = "\(packageRoot)/Tests/cluster/cluster.sh"
-        let directory = "/run/\(prefix)"
-        var daemons: [pid_t] = []
-        var api: FakeKubeAPI?
-        defer {
-            for pid in daemons { kill(pid, SIGTERM); _ = waitForExit(pid) }
-            _ = try? run("bash \(cluster) down \(prefix)")
+        prefix = "vxa-kc\(getpid() % 100_000)-\(n)"
+        directory = "/run/\(prefix)"
+        do {
+            try sh("bash \(Self.script) up \(prefix) 3 1\(dual ? " --dual" : "")")
+            try sh("ip -n \(prefix)-ul addr add 198.18.0.254/24 dev br0")
+            // The fake's socket is made inside the underlay namespace, on a thread that entered it.
+            fake = try await inNamespace("\(prefix)-ul") { try FakeKubeAPI(host: "198.18.0.254") }
+        } catch {
+            _ = try? run("bash \(Self.script) down \(prefix)")
+            throw error
         }
-        try sh("bash \(cluster) up \(prefix) 3 1")
-        try sh("ip -n \(prefix)-ul addr add 198.18.0.254/24 dev br0")
-        // The fake's socket is made inside the underlay namespace, on a thread that entered it.
-        let fake = try await inNamespace("\(prefix)-ul") {
-            try FakeKubeAPI(host: "198.18.0.254")
-        }
-        api = fake
-        defer { Task { [api] in await api?.shutdown() } }
-        for host in 1...3 {
-            fake.put(nodeJSON("h\(host)", podCIDR: "10.244.\(host).0/24", annotations: [:], internalIP: "198.18.0.\(host)"))
-        }
-        let kubeconfig = "\(directory)/kubeconfig"
+    }
+
+    var kubeconfig: String { "\(directory)/kubeconfig" }
+
+    /// Writes the kubeconfig and net-conf.json, and starts an agent on every host
+    /// (no publicIP: the Node's InternalIP, as in a DaemonSet sharing one file).
+    func startAgents(netConf: String) throws {
         try """
         apiVersion: v1
         kind: Config
@@ -79,12 +77,10 @@ struct KubeClusterTests {
           context: {cluster: fake, user: flannel}
         current-context: fake
         """.write(toFile: kubeconfig, atomically: true, encoding: .utf8)
-        let backendJSON = backend == "udp" ? #"{"Type": "udp", "Port": 8285}"# : backend == "vxlan" ? #"{"Type": "vxlan", "VNI": 1, "Port": 8472}"# : #"{"Type": "host-gw"}"#
-        try #"{"Network": "10.244.0.0/16", "Backend": \#(backendJSON)}"#.write(toFile: "\(directory)/net-conf.json", atomically: true, encoding: .utf8)
+        try netConf.write(toFile: "\(directory)/net-conf.json", atomically: true, encoding: .utf8)
         for host in 1...3 {
             let hostDirectory = "\(directory)/h\(host)"
             try FileManager.default.createDirectory(atPath: hostDirectory, withIntermediateDirectories: true)
-            // No publicIP: the Node's InternalIP, as in a DaemonSet sharing one file.
             try """
             {"node": "h\(host)", "kubernetes": {"kubeconfig": "\(kubeconfig)", "netConfPath": "\(directory)/net-conf.json"},
              "subnetFile": "\(hostDirectory)/subnet.env", "cniConfFile": "", "metricsAddress": ""}
@@ -93,9 +89,89 @@ struct KubeClusterTests {
                                       "--lock-file", "\(hostDirectory)/sync.lock", "--log-level", "debug"],
                                      stdout: "\(hostDirectory).log"))
         }
-        func logs() -> String {
-            (1...3).map { "h\($0):\n" + ((try? String(contentsOfFile: "\(directory)/h\($0).log", encoding: .utf8)) ?? "") }.joined(separator: "\n")
+    }
+
+    func logs() -> String {
+        (1...3).map { "h\($0):\n" + ((try? String(contentsOfFile: "\(directory)/h\($0).log", encoding: .utf8)) ?? "") }.joined(separator: "\n")
+    }
+
+    /// `cluster.sh ping` (`--v6` with `family`), retried until the agents have programmed their peers.
+    func ping(_ family: String = "") async throws -> Result {
+        var ping = try run("bash \(Self.script) ping \(prefix)\(family)")
+        let deadline = Date().addingTimeInterval(30)
+        while ping.status != 0 && Date() < deadline {
+            try await Task.sleep(for: .milliseconds(500))
+            ping = try run("bash \(Self.script) ping \(prefix)\(family)")
         }
+        return ping
+    }
+
+    /// For each k, runs `put(k)` and times it to the route for `subnet(k)` in h1's
+    /// kernel, by the kernel's own timestamp (`ip -ts monitor route`); milliseconds, sorted.
+    func routeLatencies(_ ks: Range<Int>, ipv6: Bool = false, put: (Int) -> Void, subnet: (Int) -> String) async throws -> [Double] {
+        let monitorLog = "\(directory)/h1-monitor\(ipv6 ? "6" : "").log"
+        let monitor = try spawn(["ip", "-n", "\(prefix)-h1"] + (ipv6 ? ["-6"] : []) + ["-ts", "monitor", "route"], stdout: monitorLog)
+        defer { kill(monitor, SIGTERM); _ = waitForExit(monitor) }
+        try await Task.sleep(for: .milliseconds(200))
+        let formatter = DateFormatter()
+        formatter.dateFormat = "yyyy-MM-dd'T'HH:mm:ss.SSSSSS"
+        formatter.timeZone = .current
+        var latencies: [Double] = []
+        for k in ks {
+            let prefix = subnet(k)
+            let started = Date()
+            put(k)
+            var line: Substring?
+            try await eventually("\(prefix) reaches h1", seconds: 30) {
+                line = (try? String(contentsOfFile: monitorLog, encoding: .utf8))?.split(separator: "\n")
+                    .first { $0.contains(" \(prefix) ") || $0.contains("]\(prefix) ") || $0.contains("] \(prefix)") }
+                return line != nil
+            }
+            if let line, line.hasPrefix("["), let end = line.firstIndex(of: "]"),
+               let stamp = formatter.date(from: String(line[line.index(after: line.startIndex)..<end])) {
+                latencies.append(stamp.timeIntervalSince(started) * 1000)
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        return latencies.sorted()
+    }
+
+    func close() async {
+        for pid in daemons { kill(pid, SIGTERM); _ = waitForExit(pid) }
+        daemons = []
+        await fake.shutdown()
+        _ = try? run("bash \(Self.script) down \(prefix)")
+    }
+}
+
+/// Three hosts of a cluster.sh cluster, each running `vxlan-agent run` with the
+/// kubernetes registry against the fake API server, which listens in the
+/// underlay namespace on 198.18.0.254: the agents annotate their Nodes, read
+/// each other's, and the pods ping across every backend.
+@Suite("vxlan-agent run against the fake Kubernetes API, in a cluster of namespaces", kernelTests, .blocking, .serialized)
+struct KubeClusterTests {
+    @Test(arguments: ["vxlan", "host-gw", "udp"])
+    func podsPing(backend: String) async throws {
+        try requireKernel()
+        try #require(FileManager.default.isExecutableFile(atPath: "/usr/lib/cni/bridge"), "containernetworking-plugins is required")
+        let kube = try await KubeNamespaceCluster(dual: false)
+        for host in 1...3 {
+            kube.fake.put(nodeJSON("h\(host)", podCIDR: "10.244.\(host).0/24", annotations: [:], internalIP: "198.18.0.\(host)"))
+        }
+        let backendJSON = backend == "udp" ? #"{"Type": "udp", "Port": 8285}"# : backend == "vxlan" ? #"{"Type": "vxlan", "VNI": 1, "Port": 8472}"# : #"{"Type": "host-gw"}"#
+        do {
+            try kube.startAgents(netConf: #"{"Network": "10.244.0.0/16", "Backend": \#(backendJSON)}"#)
+            try await podsPing(kube, backend: backend)
+        } catch {
+            await kube.close()
+            throw error
+        }
+        await kube.close()
+    }
+
+    func podsPing(_ kube: KubeNamespaceCluster, backend: String) async throws {
+        let (fake, prefix, directory, cluster) = (kube.fake, kube.prefix, kube.directory, KubeNamespaceCluster.script)
+        let logs = kube.logs
         // Each agent annotated its own Node as flanneld does.
         try await eventually("every Node annotated", seconds: 30) {
             (1...3).allSatisfy { fake.node("h\($0)").map(annotationsOf)?[flannel + "kube-subnet-manager"] == "true" }
@@ -111,12 +187,7 @@ struct KubeClusterTests {
             }
         }
         // Pods ping (retried until the agents have programmed their peers).
-        var ping = try run("bash \(cluster) ping \(prefix)")
-        let deadline = Date().addingTimeInterval(30)
-        while ping.status != 0 && Date() < deadline {
-            try await Task.sleep(for: .milliseconds(500))
-            ping = try run("bash \(cluster) ping \(prefix)")
-        }
+        let ping = try await kube.ping()
         #expect(ping.status == 0, "\(ping.stdout)\(ping.stderr)\n\(logs())")
         // `diff` reads the Nodes once (no watch, no patch) and finds h1 in sync with them.
         let patches = fake.requests.filter { $0.hasPrefix("PATCH") }.count
@@ -127,30 +198,9 @@ struct KubeClusterTests {
             // Nodes added one at a time: each reaches h1's routes. The time from the fake's
             // update to the route in `ip -ts monitor route` is printed, not asserted. (udp has
             // one route for the network: its peers live in the data path.)
-            let monitorLog = "\(directory)/h1-monitor.log"
-            let monitor = try spawn(["ip", "-n", "\(prefix)-h1", "-ts", "monitor", "route"], stdout: monitorLog)
-            defer { kill(monitor, SIGTERM); _ = waitForExit(monitor) }
-            try await Task.sleep(for: .milliseconds(200))
-            let formatter = DateFormatter()
-            formatter.dateFormat = "yyyy-MM-dd'T'HH:mm:ss.SSSSSS"
-            formatter.timeZone = .current
-            var latencies: [Double] = []
-            for k in 10..<30 {
-                let subnet = "10.244.\(k).0/24"
-                let put = Date()
-                fake.put(annotated("h\(k)", ip: "198.18.0.\(k)", subnet: subnet, backend: backend))
-                var line: Substring?
-                try await eventually("h\(k)'s subnet reaches h1", seconds: 30) {
-                    line = (try? String(contentsOfFile: monitorLog, encoding: .utf8))?.split(separator: "\n").first { $0.contains(" \(subnet) ") || $0.contains("] \(subnet)") }
-                    return line != nil
-                }
-                if let line, line.hasPrefix("["), let end = line.firstIndex(of: "]"),
-                   let stamp = formatter.date(from: String(line[line.index(after: line.startIndex)..<end])) {
-                    latencies.append(stamp.timeIntervalSince(put) * 1000)
-                }
-                try await Task.sleep(for: .milliseconds(50))
-            }
-            latencies.sort()
+            let latencies = try await kube.routeLatencies(10..<30,
+                                                          put: { k in fake.put(annotated("h\(k)", ip: "198.18.0.\(k)", subnet: "10.244.\(k).0/24", backend: backend)) },
+                                                          subnet: { "10.244.\($0).0/24" })
             #expect(latencies.count == 20)
             if !latencies.isEmpty {
                 print("kube \(backend): a Node added to its route in a peer's kernel (ip -ts monitor): "
@@ -166,7 +216,6 @@ struct KubeClusterTests {
         }
         #expect(try run("ip netns exec \(prefix)-h1-p1 ping -c 1 -W 2 \(pod2)").status == 0, "h2 is still reached")
         if backend != "udp" { #expect(!(try sh("ip -n \(prefix)-h1 route show proto vxlan-agent").contains("10.244.3.0/24"))) }
-        await fake.shutdown()
     }
 
     /// Dual stack from Node objects: three dual-stack hosts (`cluster.sh up --dual`),
@@ -177,23 +226,19 @@ struct KubeClusterTests {
     func podsPingInDualStack(backend: String) async throws {
         try requireKernel()
         try #require(FileManager.default.isExecutableFile(atPath: "/usr/lib/cni/bridge"), "containernetworking-plugins is required")
-        let n = Self.counter.withLock { $0 += 1; return $0 }
-        let prefix = "vxa-kc\(getpid() % 100_000)-\(n)"
-        let cluster = "\(packageRoot)/Tests/cluster/cluster.sh"
-        let directory = "/run/\(prefix)"
-        var daemons: [pid_t] = []
-        var api: FakeKubeAPI?
-        defer {
-            for pid in daemons { kill(pid, SIGTERM); _ = waitForExit(pid) }
-            _ = try? run("bash \(cluster) down \(prefix)")
+        let kube = try await KubeNamespaceCluster(dual: true)
+        do {
+            try await podsPingInDualStack(kube, backend: backend)
+        } catch {
+            await kube.close()
+            throw error
         }
-        try sh("bash \(cluster) up \(prefix) 3 1 --dual")
-        try sh("ip -n \(prefix)-ul addr add 198.18.0.254/24 dev br0")
-        let fake = try await inNamespace("\(prefix)-ul") {
-            try FakeKubeAPI(host: "198.18.0.254")
-        }
-        api = fake
-        defer { Task { [api] in await api?.shutdown() } }
+        await kube.close()
+    }
+
+    func podsPingInDualStack(_ kube: KubeNamespaceCluster, backend: String) async throws {
+        let (fake, prefix, directory) = (kube.fake, kube.prefix, kube.directory)
+        let logs = kube.logs
         for host in 1...3 {
             var node = nodeJSON("h\(host)", podCIDR: "10.244.\(host).0/24", annotations: [:])
             node["spec"] = ["podCIDR": "10.244.\(host).0/24", "podCIDRs": ["10.244.\(host).0/24", "fd00:10:244:\(host)::/64"]]
@@ -201,40 +246,8 @@ struct KubeClusterTests {
                                             ["type": "InternalIP", "address": "2001:2::\(host)"]]]
             fake.put(node)
         }
-        let kubeconfig = "\(directory)/kubeconfig"
-        try """
-        apiVersion: v1
-        kind: Config
-        clusters:
-        - name: fake
-          cluster:
-            server: \(fake.url)
-        users:
-        - name: flannel
-          user:
-            token: \(fake.token)
-        contexts:
-        - name: fake
-          context: {cluster: fake, user: flannel}
-        current-context: fake
-        """.write(toFile: kubeconfig, atomically: true, encoding: .utf8)
         let backendJSON = backend == "vxlan" ? #"{"Type": "vxlan", "VNI": 1, "Port": 8472}"# : #"{"Type": "host-gw"}"#
-        try #"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": \#(backendJSON)}"#
-            .write(toFile: "\(directory)/net-conf.json", atomically: true, encoding: .utf8)
-        for host in 1...3 {
-            let hostDirectory = "\(directory)/h\(host)"
-            try FileManager.default.createDirectory(atPath: hostDirectory, withIntermediateDirectories: true)
-            try """
-            {"node": "h\(host)", "kubernetes": {"kubeconfig": "\(kubeconfig)", "netConfPath": "\(directory)/net-conf.json"},
-             "subnetFile": "\(hostDirectory)/subnet.env", "cniConfFile": "", "metricsAddress": ""}
-            """.write(toFile: "\(hostDirectory).json", atomically: true, encoding: .utf8)
-            daemons.append(try spawn(["ip", "netns", "exec", "\(prefix)-h\(host)", agentBinary, "run", "--config", "\(hostDirectory).json",
-                                      "--lock-file", "\(hostDirectory)/sync.lock", "--log-level", "debug"],
-                                     stdout: "\(hostDirectory).log"))
-        }
-        func logs() -> String {
-            (1...3).map { "h\($0):\n" + ((try? String(contentsOfFile: "\(directory)/h\($0).log", encoding: .utf8)) ?? "") }.joined(separator: "\n")
-        }
+        try kube.startAgents(netConf: #"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": \#(backendJSON)}"#)
         do {
             try await eventually("every Node annotated for both families", seconds: 30) {
                 (1...3).allSatisfy { fake.node("h\($0)").map(annotationsOf)?[flannel + "public-ipv6"] != nil }
@@ -252,12 +265,7 @@ struct KubeClusterTests {
         }
         // Pods ping in both families (retried until the agents have programmed their peers).
         for family in ["", " --v6"] {
-            var ping = try run("bash \(cluster) ping \(prefix)\(family)")
-            let deadline = Date().addingTimeInterval(30)
-            while ping.status != 0 && Date() < deadline {
-                try await Task.sleep(for: .milliseconds(500))
-                ping = try run("bash \(cluster) ping \(prefix)\(family)")
-            }
+            let ping = try await kube.ping(family)
             #expect(ping.status == 0, "ping\(family): \(ping.stdout)\(ping.stderr)\n\(logs())")
         }
         let subnetEnv = try String(contentsOfFile: "\(directory)/h1/subnet.env", encoding: .utf8)
@@ -279,30 +287,9 @@ struct KubeClusterTests {
         // them: the agents rewrite their own Nodes' annotations): each reaches h1's IPv6
         // routes. The time from the fake's update to the route in `ip -6 -ts monitor
         // route` is printed, not asserted.
-        let monitorLog = "\(directory)/h1-monitor6.log"
-        let monitor = try spawn(["ip", "-n", "\(prefix)-h1", "-6", "-ts", "monitor", "route"], stdout: monitorLog)
-        defer { kill(monitor, SIGTERM); _ = waitForExit(monitor) }
-        try await Task.sleep(for: .milliseconds(200))
-        let formatter = DateFormatter()
-        formatter.dateFormat = "yyyy-MM-dd'T'HH:mm:ss.SSSSSS"
-        formatter.timeZone = .current
-        var latencies: [Double] = []
-        for k in 10..<20 {
-            let subnet = "fd00:10:244:\(String(k, radix: 16))::/64"
-            let put = Date()
+        let latencies = try await kube.routeLatencies(10..<20, ipv6: true, put: { k in
             fake.put(flanneldNode(k, v6Data: backend == "vxlan" ? #"{"VNI":1,"VtepMAC":"0e:00:00:00:06:\#(String(format: "%02x", k))"}"# : "null"))
-            var line: Substring?
-            try await eventually("h\(k)'s IPv6 subnet reaches h1", seconds: 30) {
-                line = (try? String(contentsOfFile: monitorLog, encoding: .utf8))?.split(separator: "\n").first { $0.contains(" \(subnet) ") || $0.contains("]\(subnet) ") || $0.contains("] \(subnet) ") }
-                return line != nil
-            }
-            if let line, line.hasPrefix("["), let end = line.firstIndex(of: "]"),
-               let stamp = formatter.date(from: String(line[line.index(after: line.startIndex)..<end])) {
-                latencies.append(stamp.timeIntervalSince(put) * 1000)
-            }
-            try await Task.sleep(for: .milliseconds(50))
-        }
-        latencies.sort()
+        }, subnet: { "fd00:10:244:\(String($0, radix: 16))::/64" })
         #expect(latencies.count == 10)
         if !latencies.isEmpty {
             print("kube dual stack \(backend): a Node added to its IPv6 route in a peer's kernel (ip -6 -ts monitor): "
@@ -322,6 +309,5 @@ struct KubeClusterTests {
             #expect(try sh("ip -n \(prefix)-h1 route show proto vxlan-agent").contains("10.244.10.0/24"), "IPv4 stays")
             #expect(logs().contains("node's IPv6 half skipped"), "the reason is logged")
         }
-        await fake.shutdown()
     }
 }

@@ -196,29 +196,13 @@ cluster_ns() (
 # The CNI network config for host I's pods (cniVersion 1.0.0: this plugin
 # version supports 0.1.0 - 1.0.0, see `CNI_COMMAND=VERSION /usr/lib/cni/bridge`).
 _cluster_cni_conf() { # host-index ipam-dir [dual]
-    local i=$1 dir=$2 dual=${3:-0} x
+    local i=$1 dir=$2 dual=${3:-0} x ranges routes
     x=$(printf '%x' "$i")
+    ranges='[{"subnet": "10.244.'$i'.0/24", "gateway": "10.244.'$i'.1"}]'
+    routes='{"dst": "10.244.0.0/16", "gw": "10.244.'$i'.1"}'
     if [ "$dual" = 1 ]; then
-        cat <<JSON
-{
-  "cniVersion": "1.0.0",
-  "name": "pods-h$i",
-  "type": "bridge",
-  "bridge": "cni0",
-  "isGateway": true,
-  "ipMasq": false,
-  "hairpinMode": false,
-  "mtu": $CLUSTER_POD_MTU,
-  "ipam": {
-    "type": "host-local",
-    "ranges": [[{"subnet": "10.244.$i.0/24", "gateway": "10.244.$i.1"}],
-               [{"subnet": "fd00:10:244:$x::/64", "gateway": "fd00:10:244:$x::1"}]],
-    "routes": [{"dst": "10.244.0.0/16", "gw": "10.244.$i.1"}, {"dst": "fd00:10:244::/56", "gw": "fd00:10:244:$x::1"}],
-    "dataDir": "$dir"
-  }
-}
-JSON
-        return
+        ranges+=', [{"subnet": "fd00:10:244:'$x'::/64", "gateway": "fd00:10:244:'$x'::1"}]'
+        routes+=', {"dst": "fd00:10:244::/56", "gw": "fd00:10:244:'$x'::1"}'
     fi
     cat <<JSON
 {
@@ -232,8 +216,8 @@ JSON
   "mtu": $CLUSTER_POD_MTU,
   "ipam": {
     "type": "host-local",
-    "ranges": [[{"subnet": "10.244.$i.0/24", "gateway": "10.244.$i.1"}]],
-    "routes": [{"dst": "10.244.0.0/16", "gw": "10.244.$i.1"}],
+    "ranges": [$ranges],
+    "routes": [$routes],
     "dataDir": "$dir"
   }
 }
