@@ -53,6 +53,17 @@ public struct NodeRecord: Sendable, Hashable {
         self.ipv6Storage = ipv6.map(Box.init)
     }
 
+    /// A node of an IPv6-only cluster (`EnableIPv4: false`). Its IPv4 half holds
+    /// flannel's empty values, as a flanneld lease does (public IP 0.0.0.0,
+    /// subnet 0.0.0.0/0: the key `0.0.0.0-0&fd00:10:244:1::-64`); nothing reads
+    /// them, since the network's `enableIPv4` is false.
+    public static func ipv6Only(name: String, ipv6: IPv6Half, origin: String = "") -> NodeRecord {
+        NodeRecord(name: name, publicIP: IPv4Address(0), subnet: noIPv4Subnet, origin: origin, ipv6: ipv6)
+    }
+
+    /// flannel's empty IPv4 subnet, 0.0.0.0/0: an IPv6-only node's.
+    public static let noIPv4Subnet = IPv4Prefix(IPv4Address(0), 0)
+
     public func mac(vni: UInt32) -> MACAddress { vtepMAC ?? .vtep(vni: vni, publicIP: publicIP) }
     /// The node's VTEP address: the first address of its subnet (`10.244.N.0`).
     public var vtepAddress: IPv4Address { subnet.network }
@@ -188,6 +199,18 @@ public struct DesiredState: Sendable, Hashable {
     /// public IP, name (or what the backend needs unique: the VTEP MAC), the
     /// first in (subnet, name) order is kept.
     public init(view: ClusterView, host: HostFacts, settings: AgentSettings) {
+        guard view.network.enableIPv4 else {
+            // IPv6-only: the IPv4 plane holds nothing. The device name stays, so the
+            // diff removes a leftover `flannel.<VNI>` (and with it every route
+            // through it) of a node that ran IPv4 before.
+            device = nil
+            tun = nil
+            deviceName = settings.deviceName ?? view.network.deviceName
+            address = nil
+            mtu = host.underlay.mtu
+            self.settings = settings
+            return
+        }
         let checks = PeerChecks(view: view, host: host, settings: settings)
         device = checks.backend.device
         tun = checks.backend.tun

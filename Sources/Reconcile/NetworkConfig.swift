@@ -21,6 +21,23 @@ public struct NetworkConfig: Sendable, Hashable {
     /// Dual stack (`EnableIPv6: true`): the IPv6 pod network and its subnets; nil
     /// when EnableIPv6 is false (the default).
     public var ipv6: IPv6Part?
+    /// `EnableIPv4` (default true). false: an IPv6-only cluster (`ipv6` is then
+    /// set). `network`, `subnetLen`, `subnetMin` and `subnetMax` hold flannel's
+    /// empty values (0.0.0.0/0, 0), every record's IPv4 half is empty
+    /// (`NodeRecord.ipv6Only`), and the IPv4 plane holds nothing: whatever reads
+    /// an IPv4 field of a record or of the network checks this first.
+    public var enableIPv4: Bool = true
+
+    /// An IPv6-only network (`EnableIPv4: false`): flannel's empty IPv4 values.
+    public static func ipv6Only(_ ipv6: IPv6Part, backendType: String = "vxlan", vni: UInt32 = 1, port: UInt16 = 8472,
+                                mtu: UInt32? = nil, directRouting: Bool = false) -> NetworkConfig {
+        var config = NetworkConfig(network: IPv4Prefix(IPv4Address(0), 0), subnetLen: 0, subnetMin: IPv4Address(0),
+                                   subnetMax: IPv4Address(0), backendType: backendType, vni: vni, port: port, mtu: mtu,
+                                   directRouting: directRouting)
+        config.ipv6 = ipv6
+        config.enableIPv4 = false
+        return config
+    }
 
     /// The IPv6 half of a dual-stack network (`IPv6Network`, `IPv6SubnetLen`,
     /// `IPv6SubnetMin`, `IPv6SubnetMax`), with flannel's defaults.
@@ -103,10 +120,30 @@ public struct NetworkConfig: Sendable, Hashable {
     public static func parse(_ fields: JSONFields) throws(ConfigError) -> NetworkConfig {
         let strict = fields.dialect == .strict
         if strict { try fields.rejectUnknownKeys(keys) }
+        var config: NetworkConfig
         if try fields.bool("EnableIPv4") == false {
-            throw fields.error("EnableIPv4", "false is not supported yet: vxlan-agent runs IPv4 and dual-stack clusters "
-                               + "(EnableIPv6 true with EnableIPv4 true, the default), not IPv6-only ones")
+            // flanneld: with both families off there is no network (ipmatch.GetIPFamily fails).
+            guard try fields.bool("EnableIPv6") == true else {
+                throw fields.error("EnableIPv4", "false needs \"EnableIPv6\": true (an IPv6-only cluster); with both off there is no pod network")
+            }
+            // flanneld ignores the IPv4 keys then; in a file of ours they are a mistake worth naming.
+            if strict, let key = ipv4Keys.first(where: { fields.has($0) }) {
+                throw fields.error(key, "is set but EnableIPv4 is false (an IPv6-only cluster has no IPv4 network; remove \(key))")
+            }
+            guard let ipv6 = try parseIPv6(fields) else { throw fields.error("EnableIPv6", "must be true when EnableIPv4 is false") }
+            config = .ipv6Only(ipv6)
+        } else {
+            config = try parseIPv4(fields)
+            config.ipv6 = try parseIPv6(fields)
         }
+        try parseBackend(fields, into: &config)
+        return config
+    }
+
+    static let ipv4Keys = ["Network", "SubnetLen", "SubnetMin", "SubnetMax"]
+
+    /// `Network`, `SubnetLen`, `SubnetMin`, `SubnetMax` with flannel's checks and defaults.
+    static func parseIPv4(_ fields: JSONFields) throws(ConfigError) -> NetworkConfig {
         guard let network = try fields.prefix("Network") else { throw fields.error("Network", "is required") }
         guard network.isCanonical else {
             throw fields.error("Network", "\(network) has host bits set (did you mean \(network.network)/\(network.length)?)")
@@ -144,7 +181,12 @@ public struct NetworkConfig: Sendable, Hashable {
         guard config.subnetMin <= config.subnetMax else {
             throw fields.error("SubnetMin", "\(config.subnetMin) is above SubnetMax \(config.subnetMax): no subnet can be allocated")
         }
-        config.ipv6 = try parseIPv6(fields)
+        return config
+    }
+
+    /// `Backend`: the type and what it reads.
+    static func parseBackend(_ fields: JSONFields, into config: inout NetworkConfig) throws(ConfigError) {
+        let strict = fields.dialect == .strict
         if let backend = try fields.object("Backend") {
             if strict { try backend.rejectUnknownKeys(backendKeys) }
             if let type = try backend.string("Type") {
@@ -157,6 +199,10 @@ public struct NetworkConfig: Sendable, Hashable {
                 }
                 config.backendType = type.lowercased()
             }
+            if config.backendType == "udp", !config.enableIPv4 {
+                throw backend.error("Type", "\"udp\" carries IPv4 only (as flanneld's), and EnableIPv4 is false: an IPv6-only "
+                                    + "cluster runs \"vxlan\" or \"host-gw\"")
+            }
             if config.backendType == "host-gw" {
                 // flanneld's host-gw reads no other key; in a file of ours, one that
                 // only vxlan reads is a mistake worth naming.
@@ -164,7 +210,7 @@ public struct NetworkConfig: Sendable, Hashable {
                     throw backend.error(key, "applies to the vxlan backend only; host-gw routes to each peer's public IP "
                                         + "with no device of its own (remove \(key), or set \"Type\": \"vxlan\")")
                 }
-                return config
+                return
             }
             if config.backendType == "udp" {
                 if strict, let key = vxlanOnlyKeys.first(where: { $0 != "Port" && backend.has($0) }) {
@@ -175,7 +221,7 @@ public struct NetworkConfig: Sendable, Hashable {
                 // knows); 0 means the default here, as for vxlan.
                 let port = try backend.integer("Port", in: 0...65535) ?? 0
                 config.port = port == 0 ? udpPort : UInt16(port)
-                return config
+                return
             }
             config.vni = UInt32(try backend.integer("VNI", in: 0...16_777_215) ?? 1)
             if config.vni == 0 { config.vni = 1 }
@@ -183,6 +229,9 @@ public struct NetworkConfig: Sendable, Hashable {
             config.port = port == 0 ? 8472 : UInt16(port)
             config.mtu = try backend.integer("MTU", in: 0...65535).flatMap { $0 == 0 ? nil : UInt32($0) }
             if let mtu = config.mtu, mtu < 576 { throw backend.error("MTU", "\(mtu) is below the IPv4 minimum of 576") }
+            if let mtu = config.mtu, mtu < 1280, !config.enableIPv4 {
+                throw backend.error("MTU", "\(mtu) is below the IPv6 minimum of 1280 (EnableIPv4 is false: the device carries IPv6 only)")
+            }
             if let mtu = config.mtu, mtu > 65485 {
                 throw backend.error("MTU", "\(mtu) is above 65485, the largest a VXLAN device takes (65535 minus the 50 bytes VXLAN adds)")
             }
@@ -197,7 +246,7 @@ public struct NetworkConfig: Sendable, Hashable {
                 throw backend.error("MacPrefix", "\(quoted(prefix)): not supported (flannel uses it on Windows only)")
             }
         }
-        return config
+        return
     }
 
     /// IPv6 blocks a pod network must not overlap.
@@ -274,6 +323,7 @@ public struct NetworkConfig: Sendable, Hashable {
             "\"EnableIPv6\": true, \"IPv6Network\": \"\($0.network)\", \"IPv6SubnetLen\": \($0.subnetLen), "
                 + "\"IPv6SubnetMin\": \"\($0.subnetMin)\", \"IPv6SubnetMax\": \"\($0.subnetMax)\", "
         } ?? ""
+        guard enableIPv4 else { return "{\"EnableIPv4\": false, \(dual)\"Backend\": {\(backend)}}" }
         return "{\"Network\": \"\(network)\", \"SubnetLen\": \(subnetLen), \"SubnetMin\": \"\(subnetMin)\", "
             + "\"SubnetMax\": \"\(subnetMax)\", \(dual)\"Backend\": {\(backend)}}"
     }

@@ -225,7 +225,8 @@ struct HostileInventoryTests {
               .text(doc(network: #"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56"}"#,
                         nodes: goodNodes)),
               "nodes[0].subnetV6: is required: the network is dual stack (EnableIPv6)"),
-            c("EnableIPv4 false", net(#"{"Network": "10.244.0.0/16", "EnableIPv4": false}"#), "network.EnableIPv4: false is not supported"),
+            c("EnableIPv4 false without IPv6", net(#"{"Network": "10.244.0.0/16", "EnableIPv4": false}"#),
+              "network.EnableIPv4: false needs \"EnableIPv6\": true"),
         ]
     }()
 

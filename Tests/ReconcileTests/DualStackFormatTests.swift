@@ -68,13 +68,52 @@ struct DualStackTests {
         (#""EnableIPv6": true, "IPv6Network": "fd00::/56", "IPv6SubnetMin": "fd00:0:0:9::", "IPv6SubnetMax": "fd00:0:0:8::""#,
          "IPv6SubnetMin: fd00:0:0:9:: is above IPv6SubnetMax fd00:0:0:8::"),
         (#""EnableIPv6": true, "IPv6Network": "fd00::/56", "IPv6SubnetMin": "fd00:0:0:1:zz::""#, #"IPv6SubnetMin: "fd00:0:0:1:zz::" is not an IPv6 address"#),
-        (#""EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56""#,
-         "EnableIPv4: false is not supported yet: vxlan-agent runs IPv4 and dual-stack clusters"),
     ])
     func badIPv6(_ keys: String, _ message: String) {
         let json = #"{"Network": "10.244.0.0/16", "#  + keys + "}"
         #expect { try Self.network(json) } throws: { error in
             "\(error)".hasPrefix("net-conf.json: " + message)
+        }
+    }
+
+    @Test("IPv6-only (EnableIPv4 false): flannel's empty IPv4 values, the IPv6 part with its defaults")
+    func ipv6Only() throws {
+        for dialect in [JSONDialect.flanneld, .strict] {
+            let config = try Self.network(#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "vxlan"}}"#,
+                                          dialect: dialect)
+            #expect(!config.enableIPv4)
+            #expect(config.network == IPv4Prefix(IPv4Address(0), 0))
+            #expect(config.subnetLen == 0)
+            #expect(config.ipv6 == NetworkConfig.IPv6Part(network: IPv6Prefix("fd00:10:244::/56")!))
+            #expect(config.ipv6?.subnetMin == IPv6Address("fd00:10:244:1::"))
+            // What we write for it reads back the same.
+            #expect(try Self.network(config.json, dialect: .strict) == config)
+        }
+        // flanneld ignores Network when EnableIPv4 is false; so does the reader of its configuration.
+        let flannels = try Self.network(#"{"Network": "10.244.0.0/16", "EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56"}"#)
+        #expect(!flannels.enableIPv4 && flannels.network.length == 0)
+    }
+
+    @Test("IPv6-only: what cannot run is named", arguments: [
+        (#""EnableIPv4": false"#, "EnableIPv4: false needs \"EnableIPv6\": true (an IPv6-only cluster)"),
+        (#""EnableIPv4": false, "EnableIPv6": false"#, "EnableIPv4: false needs \"EnableIPv6\": true"),
+        (#""EnableIPv4": false, "EnableIPv6": true"#, "IPv6Network: is required when EnableIPv6 is true"),
+        (#""EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56", "Backend": {"Type": "udp"}"#,
+         #"Backend.Type: "udp" carries IPv4 only"#),
+        (#""EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56", "Backend": {"Type": "vxlan", "MTU": 1000}"#,
+         "Backend.MTU: 1000 is below the IPv6 minimum of 1280"),
+    ])
+    func badIPv6Only(_ keys: String, _ message: String) {
+        #expect { try Self.network("{" + keys + "}") } throws: { error in
+            "\(error)".hasPrefix("net-conf.json: " + message)
+        }
+    }
+
+    @Test("IPv6-only, a file of ours: an IPv4 key is a mistake named")
+    func strictIPv6OnlyIPv4Keys() {
+        #expect { try Self.network(#"{"EnableIPv4": false, "EnableIPv6": true, "IPv6Network": "fd00::/56", "Network": "10.244.0.0/16"}"#,
+                                   dialect: .strict) } throws: { error in
+            "\(error)".hasPrefix("net-conf.json: Network: is set but EnableIPv4 is false")
         }
     }
 
