@@ -73,8 +73,8 @@ public struct HostNetwork: Sendable {
 /// How the underlay interface is chosen, as flanneld chooses it (flannel's
 /// main.go and pkg/ipmatch `LookupExtIface`): each of `names` in order (an
 /// interface name, or an address: the interface holding it), then each of
-/// `regexes` (matched against every interface's addresses first, then against
-/// the names), then `canReach` (the interface `ip route get` picks for it). With
+/// `regexes` (matched against every interface's IPv4 addresses first, then
+/// against the names, then against the IPv6 addresses), then `canReach` (the interface `ip route get` picks for it). With
 /// none of the three: the interface holding `publicIP` if given, else the default
 /// route's. The address used is the one named, the regex matched, the route's
 /// source, or else the interface's first IPv4 address.
@@ -168,6 +168,11 @@ public struct InterfaceSelection: Sendable, Hashable {
             if let ip = interface.addresses.first(where: { "\($0)".contains(regex) }) { return try finish(interface, ip) }
         }
         if let interface = host.interfaces.first(where: { $0.name.contains(regex) }) { return try finish(interface, nil) }
+        // Last the IPv6 addresses (an IPv6-only underlay's; flanneld matches them for IPv6),
+        // so that what matched before still does.
+        for interface in host.interfaces where interface.ipv6Addresses.contains(where: { "\($0.address)".contains(regex) }) {
+            return try finish(interface, nil)
+        }
         let available = host.interfaces.map { "\($0.name):[\($0.addresses.map { "\($0)" }.joined(separator: " "))]" }
         throw FlanneldError("could not match pattern \(pattern) to any of the available network interfaces (\(available.joined(separator: ", ")))")
     }

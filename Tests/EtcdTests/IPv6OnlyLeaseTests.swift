@@ -178,4 +178,45 @@ struct IPv6OnlyLeaseTests {
             }
         }
     }
+
+    @Test("the daemon's registry takes a lease again when its own is taken over by another IPv6-only node (same PublicIP 0.0.0.0)")
+    func takenOver() async throws {
+        try await withEtcd { etcd in
+            try await withClient([etcd.endpoint]) { client in
+                let network = try Self.network()
+                _ = try await client.put("\(Self.prefix)/config", value: Self.config)
+                let registry = try EtcdRegistry(settings: EtcdSettings(endpoints: [etcd.endpoint]), node: "n1", publicIP: nil,
+                                                publicIPv6: IPv6Address("2001:2::1")!, ttl: 600, subnetFile: "/nonexistent/subnet.env",
+                                                log: Logger(label: "test"))
+                let events = AsyncStream<RegistryEvent>.makeStream()
+                let task = Task { await registry.run { events.continuation.yield($0) } }
+                // A generous deadline: the stream ends if the second state never comes.
+                let deadline = Task {
+                    try? await Task.sleep(for: .seconds(60))
+                    events.continuation.finish()
+                }
+                var origins: [String] = []
+                for await event in events.stream {
+                    guard case .state(let view, _) = event else { continue }
+                    origins.append(view.local.origin)
+                    if origins.count == 1 {
+                        // Another node writes its own lease over this key: PublicIP 0.0.0.0 as ours, another PublicIPv6.
+                        _ = try await client.put(view.local.origin, value: Self.own(7, network: network).json)
+                    } else {
+                        break
+                    }
+                }
+                deadline.cancel()
+                task.cancel()
+                await task.value
+                await registry.shutdown()
+                #expect(origins.count == 2, "a second state, with a lease taken again: \(origins)")
+                if origins.count == 2 {
+                    #expect(origins[0] != origins[1])
+                    #expect(try await client.get(origins[1])?.string == Self.own(1, network: network).json)
+                    #expect(try await client.get(origins[0])?.string == Self.own(7, network: network).json, "the other node's lease is left alone")
+                }
+            }
+        }
+    }
 }

@@ -321,6 +321,7 @@ struct IPv6OnlyRegistryTests {
         InterfaceSelection(names: ["eth0"]),
         InterfaceSelection(names: ["2001:2::1"]),
         InterfaceSelection(regexes: ["^eth0$"]),
+        InterfaceSelection(regexes: ["^2001:2:"]),
         InterfaceSelection(publicIPv6: "2001:2::1"),
     ])
     func ipv6OnlyUnderlay(_ selection: InterfaceSelection) throws {
