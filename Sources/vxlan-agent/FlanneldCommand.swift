@@ -114,6 +114,7 @@ enum FlanneldLauncher {
         LoggingSystem.bootstrap { LogfmtHandler(label: $0, level: level) }
         let log = Logger(label: "vxlan-agent")
         log.info("flanneld command line", metadata: ["interface": "\(config.interface ?? "")", "publicIP": "\(config.publicIP.map { "\($0)" } ?? "")",
+                                                      "publicIPv6": "\(config.publicIPv6.map { "\($0)" } ?? "")",
                                                       "etcd": "\(config.etcd?.endpoints.joined(separator: ",") ?? "")"])
         var daemonOptions = Daemon.Options(configPath: "flanneld command line", node: nil, lockPath: SyncLock.defaultPath)
         daemonOptions.preloaded = config
