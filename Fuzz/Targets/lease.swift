@@ -23,6 +23,15 @@ public func fuzz(_ start: UnsafeRawPointer, _ count: Int) -> CInt {
     if let read = value.withUnsafeBufferPointer(LeaseReader.attributes) {
         precondition(general == .success(read), "the lease reader parts from the general reader: \(read)")
     }
+    // An IPv6-only network's reading (BackendData not read): the same agreement.
+    let general6 = Result { () throws(ConfigError) -> LeaseAttributes in try LeaseAttributes.parseFields(value, key: key, ipv6Only: true) }
+    if let read = value.withUnsafeBufferPointer({ LeaseReader.attributes($0, ipv6Only: true) }) {
+        precondition(general6 == .success(read), "the lease reader parts from the general reader, IPv6 only: \(read)")
+    }
+    if let lease = try? Lease.parse(key: key, value: value, etcdLease: 7, ipv6Only: true) {
+        precondition(lease.isIPv6Only && Flannel.leaseKey(prefix: Flannel.defaultPrefix, ipv6Only: lease.ipv6Subnet!).hasSuffix(
+            "/0.0.0.0-0&\(lease.ipv6Subnet!.network)-\(lease.ipv6Subnet!.length)"), "IPv6-only key: \(key)")
+    }
     do {
         let lease = try Lease.parse(key: key, value: value, etcdLease: 7)
         _ = lease.record

@@ -27,8 +27,11 @@ public func clusterSource(config: AgentConfig, node: String, log: Logger) throws
         return try KubeSource(config: config, settings: kubernetes, node: node, log: log)
     }
     if let etcd = config.etcd {
-        guard let publicIP = config.publicIP else { throw DaemonError("\(config.source): publicIP is required with etcd") }
-        return EtcdSource(config: config, settings: etcd, node: node, publicIP: publicIP, log: log)
+        // An IPv6-only network needs publicIPv6 only; which one the network needs is known once etcd is read.
+        guard config.publicIP != nil || config.publicIPv6 != nil else {
+            throw DaemonError("\(config.source): publicIP is required with etcd (publicIPv6 in an IPv6-only network)")
+        }
+        return EtcdSource(config: config, settings: etcd, node: node, publicIP: config.publicIP, log: log)
     }
     return try StaticInventory(config: config, node: node)
 }
@@ -61,11 +64,11 @@ public final class EtcdSource: ClusterSource {
     let config: AgentConfig
     let settings: EtcdSettings
     let node: String
-    let publicIP: IPv4Address
+    let publicIP: IPv4Address?
     let log: Logger
     let registry: EtcdRegistry?
 
-    init(config: AgentConfig, settings: EtcdSettings, node: String, publicIP: IPv4Address, log: Logger,
+    init(config: AgentConfig, settings: EtcdSettings, node: String, publicIP: IPv4Address?, log: Logger,
          registry: EtcdRegistry? = nil) {
         self.config = config
         self.settings = settings

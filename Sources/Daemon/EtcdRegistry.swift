@@ -63,6 +63,7 @@ public struct LeaseAllocator: Sendable {
     /// Acquires a lease, given the keys under `<prefix>/subnets/` as just listed.
     public func acquire(network: NetworkConfig, existing: [KeyValue], previous: IPv4Prefix?,
                         previousIPv6: IPv6Prefix? = nil) async throws -> OwnLease {
+        if !network.enableIPv4 { return try await acquireIPv6Only(network: network, existing: existing, previousIPv6: previousIPv6) }
         let held = existing.compactMap { Flannel.heldSubnet(byLeaseKey: $0.key) }
         // Ours already (same public IP, subnets flanneld would keep: a /SubnetLen
         // between SubnetMin and SubnetMax, and in a dual-stack network a
@@ -128,6 +129,55 @@ public struct LeaseAllocator: Sendable {
                           + "(\(existing.count) keys under \(Flannel.subnetsPrefix(prefix: prefix)))")
     }
 
+    /// IPv6 only (`EnableIPv4` false): one IPv6 subnet, key `0.0.0.0-0&<ipv6>-<len>`.
+    /// flanneld's etcd manager cannot do this (it always allocates an IPv4 subnet,
+    /// and finds its lease by PublicIP, 0.0.0.0 on every IPv6-only node): this
+    /// node's lease is the one whose PublicIPv6 is this node's; else the previous
+    /// IPv6 subnet (subnet.env's FLANNEL_IPV6_SUBNET) when free; else one at random
+    /// among the first 100 free between IPv6SubnetMin and IPv6SubnetMax; each
+    /// taken with one create-if-absent transaction on its key.
+    func acquireIPv6Only(network: NetworkConfig, existing: [KeyValue], previousIPv6: IPv6Prefix?) async throws -> OwnLease {
+        guard let ipv6 = network.ipv6, let address = attributes.publicIPv6 else {
+            throw DaemonError("the network is IPv6-only (EnableIPv4 false) but this node has no IPv6 address: set publicIPv6 "
+                              + "(--public-ipv6), or give the underlay interface a global IPv6 address")
+        }
+        let text = Array("\(address)".utf8)
+        let ours = existing.filter { Self.mentions($0.value, text) || $0.value.contains(UInt8(ascii: "\\")) }
+            .sorted { $0.key < $1.key }.compactMap { kv -> (KeyValue, Lease)? in
+            guard let lease = try? Lease.parse(key: kv.key, value: kv.value, backendType: nil, ipv6Only: true),
+                  lease.attributes.publicIPv6 == address, Flannel.isOwnable(ipv6: lease.ipv6Subnet, in: network) else { return nil }
+            return (kv, lease)
+        }
+        if let (kv, lease) = ours.first(where: { $0.1.ipv6Subnet == previousIPv6 }) ?? ours.first {
+            let id = try await client.grantLease(ttlSeconds: ttl)
+            _ = try await client.put(kv.key, value: attributes.json, lease: id)
+            if kv.lease != 0 && kv.lease != id { try? await client.revoke(lease: kv.lease) }
+            return OwnLease(key: kv.key, subnet: NodeRecord.noIPv4Subnet, id: id, ipv6Subnet: lease.ipv6Subnet)
+        }
+        let held6 = existing.compactMap { Flannel.heldIPv6Subnet(byLeaseKey: $0.key) }
+        var candidates: [IPv6Prefix]
+        if let previousIPv6, Flannel.isOwnable(ipv6: previousIPv6, in: network), !held6.contains(where: { $0.overlaps(previousIPv6) }) {
+            candidates = [previousIPv6]
+        } else {
+            candidates = Flannel.freeIPv6Subnets(network: network, held: held6).shuffled()
+        }
+        let range = "between IPv6SubnetMin \(ipv6.subnetMin) and IPv6SubnetMax \(ipv6.subnetMax) of \(ipv6.network)"
+        guard !candidates.isEmpty else {
+            throw DaemonError("no free IPv6 subnet: every /\(ipv6.subnetLen) \(range) is leased "
+                              + "(\(existing.count) keys under \(Flannel.subnetsPrefix(prefix: prefix)))")
+        }
+        let id = try await client.grantLease(ttlSeconds: ttl)
+        for subnet in candidates.prefix(16) {
+            let key = Flannel.leaseKey(prefix: prefix, ipv6Only: subnet)
+            if try await client.createIfAbsent(key, value: attributes.json, lease: id) {
+                return OwnLease(key: key, subnet: NodeRecord.noIPv4Subnet, id: id, ipv6Subnet: subnet)
+            }
+            // Another node took it between our list and our transaction: try the next.
+        }
+        try? await client.revoke(lease: id)
+        throw DaemonError("could not take an IPv6 subnet: \(min(candidates.count, 16)) free subnets \(range) were taken by others first; retrying")
+    }
+
     /// `value` contains `text`, a plain byte search (Foundation's generic
     /// `firstRange(of:)` took a fifth of a join's CPU on 10,000 leases).
     static func mentions(_ value: [UInt8], _ text: [UInt8]) -> Bool {
@@ -159,8 +209,9 @@ public final class EtcdRegistry: Sendable {
     let client: EtcdClient
     let settings: EtcdSettings
     let node: String
-    let publicIP: IPv4Address
-    /// Dual stack: this node's IPv6 underlay address (the lease's PublicIPv6).
+    /// This node's IPv4 underlay address: required unless the network is IPv6-only.
+    let publicIP: IPv4Address?
+    /// Dual stack, IPv6 only: this node's IPv6 underlay address (the lease's PublicIPv6).
     let publicIPv6: IPv6Address?
     let ttl: Int64
     /// Seconds before the lease runs out that it is renewed (flanneld: --subnet-lease-renew-margin).
@@ -169,7 +220,7 @@ public final class EtcdRegistry: Sendable {
     let log: Logger
     let own = Mutex<OwnLease?>(nil)
 
-    public init(settings: EtcdSettings, node: String, publicIP: IPv4Address, publicIPv6: IPv6Address? = nil, ttl: Int64,
+    public init(settings: EtcdSettings, node: String, publicIP: IPv4Address?, publicIPv6: IPv6Address? = nil, ttl: Int64,
                 subnetFile: String, log: Logger, renewMargin: Int64 = 3600) throws {
         self.client = try makeEtcdClient(settings)
         self.renewMargin = renewMargin
@@ -297,10 +348,7 @@ public final class EtcdRegistry: Sendable {
                         case .delete(let key, _): checks[key] = nil
                         }
                         if let mine = ownLease, event.key == mine.key {
-                            if case .put(let kv) = event,
-                               (try? Lease.parse(key: kv.key, value: kv.value, backendType: nil))?.attributes.publicIP == publicIP {
-                                continue
-                            }
+                            if case .put(let kv) = event, isOurs(kv, network: network) { continue }
                             lost = true
                         }
                     }
@@ -332,12 +380,26 @@ public final class EtcdRegistry: Sendable {
         }
     }
 
+    /// The lease `kv` still names this node: its PublicIP (IPv6 only: its PublicIPv6) is this node's.
+    func isOurs(_ kv: KeyValue, network: NetworkConfig) -> Bool {
+        guard let lease = try? Lease.parse(key: kv.key, value: kv.value, backendType: nil, ipv6Only: !network.enableIPv4) else { return false }
+        return network.enableIPv4 ? lease.attributes.publicIP == publicIP : lease.attributes.publicIPv6 == publicIPv6
+    }
+
     /// Makes sure this node holds a lease that is in `leases`; takes one if not.
     func ensureLease(network: NetworkConfig, leases: inout [String: KeyValue]) async throws {
+        if !network.enableIPv4, publicIPv6 == nil {
+            throw DaemonError("the network is IPv6-only (EnableIPv4 false) but this node has no IPv6 address: set publicIPv6 "
+                              + "(--public-ipv6), or give the underlay interface a global IPv6 address")
+        }
+        guard let publicIP = network.enableIPv4 ? publicIP : IPv4Address(0) else {
+            throw DaemonError("the network has IPv4 (EnableIPv4) but this node has no IPv4 address: set publicIP (--public-ip), "
+                              + "or choose an underlay interface with an IPv4 address")
+        }
         let attributes = LeaseAttributes.own(publicIP: publicIP, publicIPv6: publicIPv6, network: network)
         if let mine = ownLease, let kv = leases[mine.key], kv.lease == mine.id,
-           let held = (try? Lease.parse(key: kv.key, value: kv.value, backendType: nil))?.attributes,
-           held.publicIP == publicIP, held.backendType == network.backendType, held.publicIPv6 == attributes.publicIPv6 {
+           let held = (try? Lease.parse(key: kv.key, value: kv.value, backendType: nil, ipv6Only: !network.enableIPv4))?.attributes,
+           held.publicIP == attributes.publicIP, held.backendType == network.backendType, held.publicIPv6 == attributes.publicIPv6 {
             return
         }
         if network.ipv6 != nil, network.backendType != "udp", publicIPv6 == nil {
@@ -353,7 +415,7 @@ public final class EtcdRegistry: Sendable {
                                                 previousIPv6: previousIPv6)
         own.withLock { $0 = lease }
         if let kv = try await client.get(lease.key) { leases[lease.key] = kv }
-        log.info("lease acquired", metadata: ["subnet": "\(lease.subnet)", "subnet.ipv6": "\(lease.ipv6Subnet.map { "\($0)" } ?? "none")",
+        log.info("lease acquired", metadata: ["subnet": network.enableIPv4 ? "\(lease.subnet)" : "none (IPv6 only)", "subnet.ipv6": "\(lease.ipv6Subnet.map { "\($0)" } ?? "none")",
                                                "key": "\(lease.key)",
                                                "lease": "\(String(lease.id, radix: 16))", "ttl": "\(ttl)"])
     }
@@ -421,7 +483,7 @@ public final class EtcdRegistry: Sendable {
                reported: inout [String: Int64]) -> RegistryEvent {
         guard let mine = ownLease else { fatalError("state without a lease") }
         let entries = leases.values.map(LeaseEntry.init)
-        let result = Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP,
+        let result = Flannel.clusterView(network: network, leases: entries, node: node, publicIP: publicIP ?? IPv4Address(0),
                                          publicIPv6: publicIPv6, own: (mine.key, mine.subnet)) { entry in
             if let hit = checks[entry.key], hit.revision == entry.revision { return hit.result }
             return Flannel.check(entry, network: network)
@@ -492,6 +554,7 @@ extension EtcdRegistry {
         compare("Backend.Port", old.port, new.port) { "\($0)" }
         compare("Backend.MTU", old.mtu, new.mtu) { $0.map { "\($0)" } ?? "default" }
         compare("Backend.DirectRouting", old.directRouting, new.directRouting) { "\($0)" }
+        compare("EnableIPv4", old.enableIPv4, new.enableIPv4) { "\($0)" }
         compare("EnableIPv6", old.ipv6 != nil, new.ipv6 != nil) { "\($0)" }
         if let a = old.ipv6, let b = new.ipv6 {
             compare("IPv6Network", a.network, b.network) { "\($0)" }

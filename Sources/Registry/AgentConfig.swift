@@ -265,7 +265,14 @@ public struct AgentConfig: Sendable, Hashable {
                 let object = entries[index].object
                 guard let at = object.keys.firstIndex(of: "name"), case .string(let name) = object.values[at],
                       name == nodeName else { continue }
-                guard let fields = AgentConfig.nodeStrings(object), let ipText = fields.publicIP, let ip = IPv4Address(ipText),
+                guard let fields = AgentConfig.nodeStrings(object) else { return nil }
+                if !network.enableIPv4 {
+                    guard fields.publicIP == nil, fields.subnet == nil, fields.vtepMAC == nil, let text = fields.subnetV6,
+                          let subnet6 = IPv6Prefix(text), let ipText = fields.publicIPv6, let ip6 = IPv6Address(ipText) else { return nil }
+                    let record = NodeRecord.ipv6Only(name: name, ipv6: NodeRecord.IPv6Half(subnet: subnet6, publicIP: ip6), origin: "nodes[\(index)]")
+                    return (ClusterView(network: network, local: record, peers: []), fields.interface ?? partial.interface)
+                }
+                guard let ipText = fields.publicIP, let ip = IPv4Address(ipText),
                       let subnetText = fields.subnet, let subnet = IPv4Prefix(subnetText) else { return nil }
                 var mac: MACAddress?
                 if let text = fields.vtepMAC {
@@ -328,7 +335,8 @@ public struct AgentConfig: Sendable, Hashable {
             if root.has("network") {
                 throw root.error("network", "comes from etcd (<prefix>/config) when the registry is etcd; remove it here")
             }
-            guard publicIP != nil || selection != nil else {
+            // publicIPv6 alone: enough for an IPv6-only network (the network, in etcd, says which is needed).
+            guard publicIP != nil || publicIPv6 != nil || selection != nil else {
                 // The text stays as it was (tests and scripts match it); Docs/configuration.md
                 // says that interfaces, interfaceRegex or interfaceCanReach may choose it instead.
                 throw root.error("publicIP", "is required with the etcd registry (this node's underlay address)")
@@ -343,7 +351,9 @@ public struct AgentConfig: Sendable, Hashable {
         if publicIPv6 != nil { throw root.error("publicIPv6", "comes from this node's entry in \"nodes\" with a static inventory; remove it here") }
         let network = try NetworkConfig.parse(networkFields)
         // SubnetMin/SubnetMax given in a static inventory: every node's subnet is in the range.
-        let rangeGiven = networkFields.has("SubnetMin") || networkFields.has("SubnetMax")
+        // IPv6 only: IPv6SubnetMin/IPv6SubnetMax (the IPv4 keys are not read then).
+        let rangeGiven = network.enableIPv4 ? networkFields.has("SubnetMin") || networkFields.has("SubnetMax")
+            : networkFields.has("IPv6SubnetMin") || networkFields.has("IPv6SubnetMax")
         guard let entries = raw.nodes else { throw root.error("nodes", "is required") }
         guard !entries.isEmpty else { throw root.error("nodes", "is empty: list at least this node") }
         let config = AgentConfig(source: source, node: node, network: network, nodes: [], etcd: nil, publicIP: publicIP,
@@ -378,6 +388,58 @@ public struct AgentConfig: Sendable, Hashable {
             if fast == nil { try entry.rejectUnknownKeys(nodeKeys) }
             guard let name = try string("name", fast?.name) else { throw fail("name", "is required") }
             if let problem = nodeNameProblem(name) { throw fail("name", problem) }
+            /// The node's IPv6 half (`subnetV6`, `publicIPv6`), validated and recorded against the others'.
+            func ipv6Half(_ v6Subnet: String?, _ v6IP: String?) throws(ConfigError) -> NodeRecord.IPv6Half {
+                let ipv6 = network.ipv6!
+                let why = network.enableIPv4 ? "the network is dual stack (EnableIPv6)" : "the network is IPv6-only (EnableIPv4 false)"
+                guard let subnetText = v6Subnet else { throw fail("subnetV6", "is required: \(why)") }
+                guard let subnet6 = IPv6Prefix(subnetText) else {
+                    throw fail("subnetV6", "\(quoted(subnetText)) is not an IPv6 prefix (fd00:10:244:1::/64)")
+                }
+                guard subnet6.isCanonical else {
+                    throw fail("subnetV6", "\(subnet6) has host bits set (did you mean \(subnet6.network)/\(subnet6.length)?)")
+                }
+                guard subnet6.length == ipv6.subnetLen else {
+                    throw fail("subnetV6", "\(subnet6) is a /\(subnet6.length); the network's IPv6SubnetLen is \(ipv6.subnetLen)")
+                }
+                guard ipv6.network.contains(subnet6) else { throw fail("subnetV6", "\(subnet6) is outside the IPv6 network \(ipv6.network)") }
+                if rangeGiven && !(ipv6.subnetMin...ipv6.subnetMax).contains(subnet6.network) {
+                    throw fail("subnetV6", "\(subnet6) is outside IPv6SubnetMin...IPv6SubnetMax (\(ipv6.subnetMin)...\(ipv6.subnetMax))")
+                }
+                guard let ipText = v6IP else { throw fail("publicIPv6", "is required: \(why)") }
+                guard let ip6 = IPv6Address(ipText) else { throw fail("publicIPv6", "\(quoted(ipText)) is not an IPv6 address") }
+                if let problem = publicIPv6Problem(ip6) { throw fail("publicIPv6", problem) }
+                if ipv6.network.contains(ip6) {
+                    throw fail("publicIPv6", "\(ip6) is inside the IPv6 pod network \(ipv6.network): its packets would be routed back into the overlay")
+                }
+                if let other = subnetsV6[subnet6] { throw fail("subnetV6", "\(subnet6) is already used by \(label(other))") }
+                if let other = ipsV6[ip6] { throw fail("publicIPv6", "\(ip6) is already used by \(label(other))") }
+                let half = NodeRecord.IPv6Half(subnet: subnet6, publicIP: ip6)
+                // The IPv6 VTEP MAC is derived from the address's last four bytes: two
+                // addresses alike there would share one MAC.
+                let mac6 = half.mac(vni: network.vni)
+                if let other = macsV6[mac6] {
+                    throw fail("publicIPv6", "\(ip6) gives the IPv6 VTEP MAC \(mac6) (from its last four bytes), already used by \(label(other))")
+                }
+                subnetsV6[subnet6] = index
+                ipsV6[ip6] = index
+                macsV6[mac6] = index
+                return half
+            }
+            if !network.enableIPv4 {
+                // IPv6 only: no IPv4 half in the file; flannel's empty one in the record.
+                for (key, value) in [("publicIP", try string("publicIP", fast?.publicIP)), ("subnet", try string("subnet", fast?.subnet)),
+                                     ("vtepMAC", try string("vtepMAC", fast?.vtepMAC))] where value != nil {
+                    throw fail(key, "is set but EnableIPv4 is false (an IPv6-only cluster: a node has publicIPv6 and subnetV6 only; remove \(key))")
+                }
+                let nodeInterface = try string("interface", fast?.interface)
+                if let nodeInterface, let problem = interfaceNameProblem(nodeInterface) { throw fail("interface", problem) }
+                if let other = names[name] { throw fail("name", "\(quoted(name)) is already used by \(label(other))") }
+                let half = try ipv6Half(try string("subnetV6", fast?.subnetV6), try string("publicIPv6", fast?.publicIPv6))
+                names[name] = index
+                nodes.append(InventoryNode(record: .ipv6Only(name: name, ipv6: half, origin: "nodes[\(index)]"), interface: nodeInterface))
+                continue
+            }
             guard let ipText = try string("publicIP", fast?.publicIP) else { throw fail("publicIP", "is required") }
             guard let ip = IPv4Address(ipText) else { throw fail("publicIP", "\(quoted(ipText)) is not an IPv4 address") }
             guard let subnetText = try string("subnet", fast?.subnet) else { throw fail("subnet", "is required") }
@@ -413,40 +475,8 @@ public struct AgentConfig: Sendable, Hashable {
             let effectiveMAC = record.mac(vni: network.vni)
             if let other = macs[effectiveMAC] { throw fail("vtepMAC", "\(effectiveMAC) is already used by \(label(other))") }
             let v6Subnet = try string("subnetV6", fast?.subnetV6), v6IP = try string("publicIPv6", fast?.publicIPv6)
-            if let ipv6 = network.ipv6, network.backendType != "udp" {
-                guard let subnetText = v6Subnet else { throw fail("subnetV6", "is required: the network is dual stack (EnableIPv6)") }
-                guard let subnet6 = IPv6Prefix(subnetText) else {
-                    throw fail("subnetV6", "\(quoted(subnetText)) is not an IPv6 prefix (fd00:10:244:1::/64)")
-                }
-                guard subnet6.isCanonical else {
-                    throw fail("subnetV6", "\(subnet6) has host bits set (did you mean \(subnet6.network)/\(subnet6.length)?)")
-                }
-                guard subnet6.length == ipv6.subnetLen else {
-                    throw fail("subnetV6", "\(subnet6) is a /\(subnet6.length); the network's IPv6SubnetLen is \(ipv6.subnetLen)")
-                }
-                guard ipv6.network.contains(subnet6) else { throw fail("subnetV6", "\(subnet6) is outside the IPv6 network \(ipv6.network)") }
-                if rangeGiven && !(ipv6.subnetMin...ipv6.subnetMax).contains(subnet6.network) {
-                    throw fail("subnetV6", "\(subnet6) is outside IPv6SubnetMin...IPv6SubnetMax (\(ipv6.subnetMin)...\(ipv6.subnetMax))")
-                }
-                guard let ipText = v6IP else { throw fail("publicIPv6", "is required: the network is dual stack (EnableIPv6)") }
-                guard let ip6 = IPv6Address(ipText) else { throw fail("publicIPv6", "\(quoted(ipText)) is not an IPv6 address") }
-                if let problem = publicIPv6Problem(ip6) { throw fail("publicIPv6", problem) }
-                if ipv6.network.contains(ip6) {
-                    throw fail("publicIPv6", "\(ip6) is inside the IPv6 pod network \(ipv6.network): its packets would be routed back into the overlay")
-                }
-                if let other = subnetsV6[subnet6] { throw fail("subnetV6", "\(subnet6) is already used by \(label(other))") }
-                if let other = ipsV6[ip6] { throw fail("publicIPv6", "\(ip6) is already used by \(label(other))") }
-                let half = NodeRecord.IPv6Half(subnet: subnet6, publicIP: ip6)
-                // The IPv6 VTEP MAC is derived from the address's last four bytes: two
-                // addresses alike there would share one MAC.
-                let mac6 = half.mac(vni: network.vni)
-                if let other = macsV6[mac6] {
-                    throw fail("publicIPv6", "\(ip6) gives the IPv6 VTEP MAC \(mac6) (from its last four bytes), already used by \(label(other))")
-                }
-                subnetsV6[subnet6] = index
-                ipsV6[ip6] = index
-                macsV6[mac6] = index
-                record.ipv6 = half
+            if network.ipv6 != nil, network.backendType != "udp" {
+                record.ipv6 = try ipv6Half(v6Subnet, v6IP)
             } else if v6Subnet != nil || v6IP != nil {
                 let key = v6Subnet != nil ? "subnetV6" : "publicIPv6"
                 throw fail(key, network.ipv6 == nil ? "is set but the network is not dual stack (set \"EnableIPv6\": true, or remove \(key))"
@@ -476,8 +506,8 @@ public struct AgentConfig: Sendable, Hashable {
             let key = !names.isEmpty ? "interfaces" : !regexes.isEmpty ? "interfaceRegex" : "interfaceCanReach"
             throw root.error(key, "cannot be used with \"interface\": name the interface, or let \(key) choose it")
         }
-        for (index, name) in names.enumerated() where IPv4Address(name) == nil {
-            if let problem = interfaceNameProblem(name) { throw root.error("interfaces[\(index)]", "\(problem), nor an IPv4 address") }
+        for (index, name) in names.enumerated() where IPv4Address(name) == nil && IPv6Address(name) == nil {
+            if let problem = interfaceNameProblem(name) { throw root.error("interfaces[\(index)]", "\(problem), nor an IP address") }
         }
         for (index, pattern) in regexes.enumerated() {
             do { _ = try Regex(pattern) } catch {

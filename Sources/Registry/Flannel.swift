@@ -17,6 +17,12 @@ public enum Flannel {
         subnetsPrefix(prefix: prefix) + "\(subnet.network)-\(subnet.length)" + (ipv6.map { "&\($0.network)-\($0.length)" } ?? "")
     }
 
+    /// An IPv6-only network's key, as flanneld writes it (`MakeSubnetKey` with the
+    /// empty IPv4 subnet): `<prefix>/subnets/0.0.0.0-0&fd00:10:244:1::-64`.
+    public static func leaseKey(prefix: String, ipv6Only subnet: IPv6Prefix) -> String {
+        leaseKey(prefix: prefix, subnet: NodeRecord.noIPv4Subnet, ipv6: subnet)
+    }
+
     /// The IPv6 subnet a key keeps from being allocated: the IPv6 part of a
     /// dual-stack or IPv6-only key, also when its IPv4 part does not parse.
     public static func heldIPv6Subnet(byLeaseKey key: String) -> IPv6Prefix? {
@@ -194,8 +200,19 @@ public struct LeaseAttributes: Sendable, Hashable {
     /// `PublicIPv6` and `BackendV6Data` (the IPv6 device's VNI and VTEP MAC), host-gw
     /// `PublicIPv6` alone; udp carries IPv4 only and writes neither (flanneld's udp
     /// backend sets PublicIP alone, whatever the network).
+    /// IPv6 only (`EnableIPv4` false), as flanneld writes it: PublicIP 0.0.0.0 (its
+    /// empty address, whatever `publicIP` says), `PublicIPv6`, and for vxlan
+    /// `BackendV6Data` alone (no BackendData).
     public static func own(publicIP: IPv4Address, publicIPv6: IPv6Address? = nil, network: NetworkConfig) -> LeaseAttributes {
         let ipv6 = network.ipv6 == nil ? nil : publicIPv6
+        if !network.enableIPv4 {
+            let none = IPv4Address(0)
+            guard network.backendType == "vxlan" else {
+                return LeaseAttributes(publicIP: none, backendType: network.backendType, vni: nil, vtepMAC: nil, publicIPv6: ipv6)
+            }
+            return LeaseAttributes(publicIP: none, vni: nil, vtepMAC: nil, publicIPv6: ipv6,
+                                   backendV6: ipv6.map { VTEP(vni: network.vni, vtepMAC: .vtep(vni: network.vni, publicIPv6: $0)) })
+        }
         switch network.backendType {
         case "host-gw": return LeaseAttributes(publicIP: publicIP, backendType: "host-gw", vni: nil, vtepMAC: nil, publicIPv6: ipv6)
         // flanneld's udp backend writes no BackendType at all.
@@ -224,16 +241,24 @@ public struct LeaseAttributes: Sendable, Hashable {
     /// (flanneld ignores it: "ignoring non-vxlan subnet"). `backendType` nil: any
     /// backend's lease (what finds this node's own lease after a backend switch:
     /// flanneld reuses a lease by its PublicIP alone).
-    public static func parse(_ value: [UInt8], key: String, backendType want: String? = "vxlan") throws(ConfigError) -> LeaseAttributes {
+    ///
+    /// `ipv6Only`: the lease of an IPv6-only network (`EnableIPv4` false), read as
+    /// flanneld's IPv6-only node reads it: BackendData means nothing there and is
+    /// not read (no VNI, no VtepMAC), PublicIP is flanneld's 0.0.0.0; the IPv6 half
+    /// (`PublicIPv6`, `BackendV6Data`) is `Flannel.check`'s to judge.
+    public static func parse(_ value: [UInt8], key: String, backendType want: String? = "vxlan",
+                             ipv6Only: Bool = false) throws(ConfigError) -> LeaseAttributes {
         // The lease every vxlan node writes, read from its bytes; anything else (and
         // every error) is the general reader's.
-        if want == "vxlan" || want == nil, let attributes = value.withUnsafeBufferPointer(LeaseReader.attributes) { return attributes }
-        return try parseFields(value, key: key, backendType: want)
+        if want == "vxlan" || want == nil,
+           let attributes = value.withUnsafeBufferPointer({ LeaseReader.attributes($0, ipv6Only: ipv6Only) }) { return attributes }
+        return try parseFields(value, key: key, backendType: want, ipv6Only: ipv6Only)
     }
 
     /// `parse` through the general JSON reader: the answer for every value, and
     /// the only one for a value `LeaseReader` does not read.
-    static func parseFields(_ value: [UInt8], key: String, backendType want: String? = "vxlan") throws(ConfigError) -> LeaseAttributes {
+    static func parseFields(_ value: [UInt8], key: String, backendType want: String? = "vxlan",
+                            ipv6Only: Bool = false) throws(ConfigError) -> LeaseAttributes {
         // JSONFields reads it as Go's decoder does (`.flanneld`): names in any case,
         // the last of duplicate keys wins; a byte order mark or a trailing comma is invalid JSON.
         let fields = try JSONFields.parse(Data(value), source: key, dialect: .flanneld)
@@ -266,7 +291,7 @@ public struct LeaseAttributes: Sendable, Hashable {
         }
         var vtep: VTEP?
         let dataName = "BackendData"
-        if type == "vxlan" {
+        if type == "vxlan" && !ipv6Only {
             if want == nil {
                 vtep = (try? fields.object(dataName)).flatMap { $0 }.flatMap { try? parseVTEP($0) }
             } else {
@@ -317,16 +342,31 @@ public struct Lease: Sendable, Hashable {
 
     /// Parses one key of `<prefix>/subnets/`; the error names the key. A
     /// dual-stack key gives both subnets (`Flannel.check` decides whether the IPv6
-    /// half is used); an IPv6-only key is refused (IPv6-only clusters are not run yet).
+    /// half is used). `ipv6Only` (a network with `EnableIPv4` false): the key must be
+    /// flanneld's IPv6-only form `0.0.0.0-0&<ipv6>-<len>` (its `subnet` is then
+    /// `NodeRecord.noIPv4Subnet`); otherwise an IPv6-only key is refused.
     public static func parse(key: String, value: [UInt8], etcdLease: Int64 = 0,
-                             backendType: String? = "vxlan") throws(ConfigError) -> Lease {
+                             backendType: String? = "vxlan", ipv6Only: Bool = false) throws(ConfigError) -> Lease {
         guard let subnets = Flannel.subnets(ofLeaseKey: key) else {
             throw ConfigError(source: key, field: "", message: "the key does not name a subnet "
                               + "(expected .../subnets/a.b.c.d-len, or a.b.c.d-len&ipv6-len for dual stack)")
         }
+        if ipv6Only {
+            guard subnets.ipv4 == nil, let ipv6 = subnets.ipv6 else {
+                let named = subnets.ipv4.map { "\($0)" } ?? ""
+                throw ConfigError(source: key, field: "", message: subnets.ipv6 == nil
+                    ? "an IPv4 lease (\(named)) in an IPv6-only network (EnableIPv4 false): it names no IPv6 subnet "
+                        + "(an IPv6-only node's key is 0.0.0.0-0&<ipv6>-<len>)"
+                    : "a dual-stack lease (\(named)) in an IPv6-only network (EnableIPv4 false): "
+                        + "an IPv6-only node's key is 0.0.0.0-0&<ipv6>-<len>")
+            }
+            return Lease(key: key, subnet: NodeRecord.noIPv4Subnet, ipv6Subnet: ipv6,
+                         attributes: try LeaseAttributes.parse(value, key: key, backendType: backendType, ipv6Only: true),
+                         etcdLease: etcdLease)
+        }
         guard let subnet = subnets.ipv4 else {
-            throw ConfigError(source: key, field: "", message: "an IPv6-only lease (\(subnets.ipv6.map { "\($0)" } ?? "")): "
-                              + "this agent runs IPv4 and dual-stack clusters, not IPv6-only ones")
+            throw ConfigError(source: key, field: "", message: "an IPv6-only lease (\(subnets.ipv6.map { "\($0)" } ?? "")) "
+                              + "in a network with IPv4 (EnableIPv4 is true): it names no IPv4 subnet")
         }
         guard subnet.isCanonical else {
             throw ConfigError(source: key, field: "", message: "the key names \(subnet), which is not a subnet "
@@ -338,10 +378,15 @@ public struct Lease: Sendable, Hashable {
 
     /// The node as the reconciler sees it: named by its public IP (flannel
     /// leases carry no node name), with the key as its origin.
+    /// An IPv6-only lease (checked: `ipv6` set) is `NodeRecord.ipv6Only`, named by its PublicIPv6.
     public var record: NodeRecord {
-        NodeRecord(name: "\(attributes.publicIP)", publicIP: attributes.publicIP, subnet: subnet,
-                   vtepMAC: attributes.vtepMAC, origin: key, ipv6: ipv6)
+        if isIPv6Only, let ipv6 { return .ipv6Only(name: "\(ipv6.publicIP)", ipv6: ipv6, origin: key) }
+        return NodeRecord(name: "\(attributes.publicIP)", publicIP: attributes.publicIP, subnet: subnet,
+                          vtepMAC: attributes.vtepMAC, origin: key, ipv6: ipv6)
     }
+
+    /// The key is flanneld's IPv6-only form (`0.0.0.0-0&<ipv6>-<len>`).
+    public var isIPv6Only: Bool { subnet == NodeRecord.noIPv4Subnet && ipv6Subnet != nil }
 }
 
 /// One key under `<prefix>/subnets/` as the registry holds it.
@@ -417,7 +462,7 @@ extension Flannel {
         }
         do {
             let lease = try Lease.parse(key: entry.key, value: entry.value, etcdLease: entry.etcdLease,
-                                        backendType: network.backendType)
+                                        backendType: network.backendType, ipv6Only: !network.enableIPv4)
             if let vni = lease.attributes.vni, vni != network.vni {
                 return .failure(SkippedLease(key: entry.key, reason: "BackendData.VNI: \(vni), but the network uses VNI \(network.vni)"))
             }
@@ -425,6 +470,8 @@ extension Flannel {
             switch ipv6Half(of: lease, value: entry.value, network: network) {
             case .none: break
             case .some(.success(let half)): checked.ipv6 = half
+            // IPv6 only: the IPv6 half is all the lease has.
+            case .some(.failure(let skipped)) where !network.enableIPv4: return .failure(SkippedLease(key: entry.key, reason: skipped.reason))
             case .some(.failure(let skipped)): checked.ipv6Skipped = skipped.reason
             }
             return .success(checked)
@@ -450,7 +497,7 @@ extension Flannel {
             return skip("the key's IPv6 subnet \(subnet) is not a /\(ipv6.subnetLen) inside the IPv6 network \(ipv6.network)")
         }
         guard let address = lease.attributes.publicIPv6 else {
-            return skip("PublicIPv6: is missing (null): a dual-stack node says its IPv6 underlay address")
+            return skip("PublicIPv6: is missing (null): a node of a network with IPv6 says its IPv6 underlay address there")
         }
         if address.isUnspecified || address.isLoopback || address.isMulticast || address.isLinkLocal || address.isIPv4Mapped {
             return skip("PublicIPv6: \(address) is not a global unicast address a peer can send to")
@@ -512,6 +559,10 @@ extension Flannel {
         }
         var local = NodeRecord(name: node, publicIP: publicIP, subnet: own.subnet,
                                vtepMAC: .vtep(vni: network.vni, publicIP: publicIP), origin: own.key)
+        if !network.enableIPv4 {
+            // IPv6 only: flannel's empty IPv4 half (`publicIP` is not read), the key's IPv6 subnet.
+            local = NodeRecord(name: node, publicIP: IPv4Address(0), subnet: NodeRecord.noIPv4Subnet, origin: own.key)
+        }
         if network.ipv6 != nil, network.backendType != "udp", let publicIPv6, let subnet = subnets(ofLeaseKey: own.key)?.ipv6 {
             local.ipv6 = NodeRecord.IPv6Half(subnet: subnet, publicIP: publicIPv6,
                                              vtepMAC: network.backendType == "vxlan" ? .vtep(vni: network.vni, publicIPv6: publicIPv6) : nil)
@@ -522,7 +573,9 @@ extension Flannel {
     /// Every /SubnetLen between SubnetMin and SubnetMax that no held subnet
     /// overlaps. A held prefix that is not inside the network (`0.0.0.0-0`, a
     /// supernet of it) names no node's subnet and keeps nothing.
+    /// None in an IPv6-only network.
     public static func freeSubnets(network: NetworkConfig, held: [IPv4Prefix]) -> [IPv4Prefix] {
+        guard network.enableIPv4 else { return [] }
         let length = network.subnetLen
         let subnetMask = IPv4Prefix(IPv4Address(0), length).mask
         var taken: Set<UInt32> = []
@@ -548,9 +601,9 @@ extension Flannel {
     }
 
     /// A subnet this node may hold (flannel's `isSubnetConfigCompat`): a /SubnetLen
-    /// of the network between SubnetMin and SubnetMax.
+    /// of the network between SubnetMin and SubnetMax. None in an IPv6-only network.
     public static func isOwnable(_ subnet: IPv4Prefix, in network: NetworkConfig) -> Bool {
-        subnet.isCanonical && subnet.length == network.subnetLen && network.network.contains(subnet)
+        network.enableIPv4 && subnet.isCanonical && subnet.length == network.subnetLen && network.network.contains(subnet)
             && network.subnetMin <= subnet.network && subnet.network <= network.subnetMax
     }
 
@@ -604,14 +657,27 @@ extension Flannel {
     /// `diff`): the lease the daemon would keep (`isOwnable`) with this node's
     /// public IP; with several (someone else claims this IP too), the one for
     /// `previousSubnet`, the subnet the daemon last wrote to subnet.env.
+    /// IPv6 only (`EnableIPv4` false): the lease with this node's `publicIPv6`
+    /// (every IPv6-only lease's PublicIP is 0.0.0.0), and `previousIPv6Subnet`
+    /// (subnet.env's FLANNEL_IPV6_SUBNET) among several; `publicIP` is not read.
     public static func ownLease(among leases: [LeaseEntry], network: NetworkConfig, publicIP: IPv4Address,
-                                previousSubnet: IPv4Prefix?) throws(OwnLeaseError) -> Lease {
+                                previousSubnet: IPv4Prefix?, publicIPv6: IPv6Address? = nil,
+                                previousIPv6Subnet: IPv6Prefix? = nil) throws(OwnLeaseError) -> Lease {
+        let ipv6Only = !network.enableIPv4
+        if ipv6Only && publicIPv6 == nil { throw .noLease }
         let candidates = leases.sorted(by: { $0.key < $1.key }).compactMap { entry -> Lease? in
-            guard case .success(let lease) = check(entry, network: network), lease.attributes.publicIP == publicIP,
+            guard case .success(let lease) = check(entry, network: network) else { return nil }
+            if ipv6Only {
+                guard lease.attributes.publicIPv6 == publicIPv6, isOwnable(ipv6: lease.ipv6Subnet, in: network) else { return nil }
+                return lease
+            }
+            guard lease.attributes.publicIP == publicIP,
                   isOwnable(lease.subnet, in: network), isOwnable(ipv6: lease.ipv6Subnet, in: network) else { return nil }
             return lease
         }
-        if let previousSubnet, let lease = candidates.first(where: { $0.subnet == previousSubnet }) { return lease }
+        if ipv6Only {
+            if let previousIPv6Subnet, let lease = candidates.first(where: { $0.ipv6Subnet == previousIPv6Subnet }) { return lease }
+        } else if let previousSubnet, let lease = candidates.first(where: { $0.subnet == previousSubnet }) { return lease }
         guard let first = candidates.first else { throw .noLease }
         guard candidates.count == 1 else { throw .several(keys: candidates.map(\.key)) }
         return first
@@ -630,19 +696,34 @@ public struct SubnetEnv: Sendable, Hashable {
     /// Dual stack: this node's IPv6 subnet (`FLANNEL_IPV6_SUBNET`, its first usable address: `fd00:10:244:1::1/64`).
     public var ipv6Subnet: IPv6Prefix?
 
+    /// IPv6 only (`EnableIPv4` false): no FLANNEL_NETWORK and FLANNEL_SUBNET lines,
+    /// as flanneld writes it. Default: true unless `network` and `subnet` are both
+    /// flannel's empty 0.0.0.0/0 (what an IPv6-only network and node hold) and the
+    /// IPv6 pair is given.
+    public var enableIPv4: Bool
+
     public init(network: IPv4Prefix, subnet: IPv4Prefix, mtu: UInt32, ipMasq: Bool,
-                ipv6Network: IPv6Prefix? = nil, ipv6Subnet: IPv6Prefix? = nil) {
+                ipv6Network: IPv6Prefix? = nil, ipv6Subnet: IPv6Prefix? = nil, enableIPv4: Bool? = nil) {
         self.network = network
         self.subnet = subnet
         self.mtu = mtu
         self.ipMasq = ipMasq
         self.ipv6Network = ipv6Network
         self.ipv6Subnet = ipv6Subnet
+        self.enableIPv4 = enableIPv4 ?? !(network == NodeRecord.noIPv4Subnet && subnet == NodeRecord.noIPv4Subnet
+                                           && ipv6Network != nil && ipv6Subnet != nil)
     }
 
-    /// flanneld's `WriteSubnetFile`: the IPv4 pair, the IPv6 pair (dual stack), MTU, IPMASQ.
+    /// An IPv6-only node's file.
+    public static func ipv6Only(ipv6Network: IPv6Prefix, ipv6Subnet: IPv6Prefix, mtu: UInt32, ipMasq: Bool) -> SubnetEnv {
+        SubnetEnv(network: NodeRecord.noIPv4Subnet, subnet: NodeRecord.noIPv4Subnet, mtu: mtu, ipMasq: ipMasq,
+                  ipv6Network: ipv6Network, ipv6Subnet: ipv6Subnet, enableIPv4: false)
+    }
+
+    /// flanneld's `WriteSubnetFile`: the IPv4 pair (unless IPv6 only), the IPv6 pair (dual stack, IPv6 only), MTU, IPMASQ.
     public var text: String {
-        var text = "FLANNEL_NETWORK=\(network)\nFLANNEL_SUBNET=\(IPv4Address(subnet.network.value &+ 1))/\(subnet.length)\n"
+        var text = !enableIPv4 ? ""
+            : "FLANNEL_NETWORK=\(network)\nFLANNEL_SUBNET=\(IPv4Address(subnet.network.value &+ 1))/\(subnet.length)\n"
         if let ipv6Network, let ipv6Subnet {
             let first = IPv6Address(uint128: ipv6Subnet.network.uint128 &+ 1)
             text += "FLANNEL_IPV6_NETWORK=\(ipv6Network)\nFLANNEL_IPV6_SUBNET=\(first)/\(ipv6Subnet.length)\n"
@@ -682,14 +763,25 @@ public struct CNIConfig: Sendable, Hashable {
     /// Dual stack: this node's IPv6 subnet, a second host-local range (gateway: its first address).
     public var ipv6Subnet: IPv6Prefix?
 
+    /// IPv6 only: one host-local range, the IPv6 one. Default: true unless `subnet`
+    /// is flannel's empty 0.0.0.0/0 (an IPv6-only node's) and `ipv6Subnet` is given.
+    public var enableIPv4: Bool
+
     public init(name: String = "vxlan-agent", bridge: String = "cni0", network: IPv4Prefix, subnet: IPv4Prefix, mtu: UInt32,
-                ipv6Subnet: IPv6Prefix? = nil) {
+                ipv6Subnet: IPv6Prefix? = nil, enableIPv4: Bool? = nil) {
         self.name = name
         self.bridge = bridge
         self.network = network
         self.subnet = subnet
         self.mtu = mtu
         self.ipv6Subnet = ipv6Subnet
+        self.enableIPv4 = enableIPv4 ?? !(subnet == NodeRecord.noIPv4Subnet && ipv6Subnet != nil)
+    }
+
+    /// An IPv6-only node's configuration list.
+    public static func ipv6Only(name: String = "vxlan-agent", bridge: String = "cni0", ipv6Subnet: IPv6Prefix, mtu: UInt32) -> CNIConfig {
+        CNIConfig(name: name, bridge: bridge, network: NodeRecord.noIPv4Subnet, subnet: NodeRecord.noIPv4Subnet, mtu: mtu,
+                  ipv6Subnet: ipv6Subnet, enableIPv4: false)
     }
 
     /// One host-local range per family (as flannel's CNI plugin delegates in dual
@@ -698,9 +790,13 @@ public struct CNIConfig: Sendable, Hashable {
     /// route for every address it assigns (0.0.0.0/0 and ::/0), each via its gateway.
     public var text: String {
         let gateway = IPv4Address(subnet.network.value &+ 1)
-        let ranges = "[{\"subnet\": \"\(subnet)\", \"gateway\": \"\(gateway)\"}]" + (ipv6Subnet.map {
-            ", [{\"subnet\": \"\($0.network)/\($0.length)\", \"gateway\": \"\(IPv6Address(uint128: $0.network.uint128 &+ 1))\"}]"
-        } ?? "")
+        var parts: [String] = []
+        if enableIPv4 { parts.append("[{\"subnet\": \"\(subnet)\", \"gateway\": \"\(gateway)\"}]") }
+        if let ipv6Subnet {
+            parts.append("[{\"subnet\": \"\(ipv6Subnet.network)/\(ipv6Subnet.length)\", "
+                         + "\"gateway\": \"\(IPv6Address(uint128: ipv6Subnet.network.uint128 &+ 1))\"}]")
+        }
+        let ranges = parts.joined(separator: ", ")
         return """
         {
           "cniVersion": "1.0.0",

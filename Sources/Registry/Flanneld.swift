@@ -257,13 +257,14 @@ extension FlanneldOptions {
     /// holding --public-ip, else the default route's).
     public var interfaceSelection: InterfaceSelection {
         InterfaceSelection(names: iface, regexes: ifaceRegex, canReach: ifaceCanReach.isEmpty ? nil : ifaceCanReach,
-                           publicIP: publicIP.isEmpty ? nil : publicIP)
+                           publicIP: publicIP.isEmpty ? nil : publicIP, publicIPv6: publicIPv6.isEmpty ? nil : publicIPv6)
     }
 
     /// The agent's configuration for this command line, once the interface is
-    /// chosen (`interface`, its address `interfaceIP`). Every value is checked
-    /// here; an error names the flag.
-    public func agentConfig(interface: String, interfaceIP: IPv4Address) throws(FlanneldError) -> AgentConfig {
+    /// chosen (`interface`, its address `interfaceIP`; nil: it has none, an IPv6-only
+    /// underlay, where --public-ipv6 or its IPv6 address is used). Every value is
+    /// checked here; an error names the flag.
+    public func agentConfig(interface: String, interfaceIP: IPv4Address?) throws(FlanneldError) -> AgentConfig {
         try validate()
         var daemon = DaemonSettings()
         daemon.subnetFile = subnetFile
@@ -272,7 +273,7 @@ extension FlanneldOptions {
         daemon.cniConfFile = nil
         daemon.leaseRenewMargin = Int64(subnetLeaseRenewMargin) * 60
         daemon.metricsAddress = healthzPort == 0 ? nil : DaemonSettings.Address(host: healthzIP, port: healthzPort)
-        let publicAddress = publicIP.isEmpty ? interfaceIP : IPv4Address(publicIP)!
+        let publicAddress = publicIP.isEmpty ? interfaceIP : IPv4Address(publicIP)
         if kubeSubnetMgr {
             // The Node objects are the registry: the etcd flags are not read, as in flanneld.
             guard netConfigPath.hasPrefix("/") else { throw FlanneldError("--net-config-path: \(quoted(netConfigPath)) must be an absolute path") }

@@ -73,8 +73,8 @@ public struct HostNetwork: Sendable {
 /// How the underlay interface is chosen, as flanneld chooses it (flannel's
 /// main.go and pkg/ipmatch `LookupExtIface`): each of `names` in order (an
 /// interface name, or an address: the interface holding it), then each of
-/// `regexes` (matched against every interface's addresses first, then against
-/// the names), then `canReach` (the interface `ip route get` picks for it). With
+/// `regexes` (matched against every interface's IPv4 addresses first, then
+/// against the names, then against the IPv6 addresses), then `canReach` (the interface `ip route get` picks for it). With
 /// none of the three: the interface holding `publicIP` if given, else the default
 /// route's. The address used is the one named, the regex matched, the route's
 /// source, or else the interface's first IPv4 address.
@@ -83,19 +83,26 @@ public struct InterfaceSelection: Sendable, Hashable {
     public var regexes: [String]
     public var canReach: String?
     public var publicIP: String?
+    /// With none of the three and no `publicIP`: the interface holding this IPv6
+    /// address (flanneld's --public-ipv6, what an IPv6-only node names).
+    public var publicIPv6: String?
 
-    public init(names: [String] = [], regexes: [String] = [], canReach: String? = nil, publicIP: String? = nil) {
+    public init(names: [String] = [], regexes: [String] = [], canReach: String? = nil, publicIP: String? = nil,
+                publicIPv6: String? = nil) {
         self.names = names
         self.regexes = regexes
         self.canReach = canReach
         self.publicIP = publicIP
+        self.publicIPv6 = publicIPv6
     }
 
     public var isEmpty: Bool { names.isEmpty && regexes.isEmpty && canReach == nil }
 
     public struct Choice: Sendable, Hashable {
         public var interface: HostInterface
-        public var address: IPv4Address
+        /// nil: the interface has no IPv4 address, only a global IPv6 one (an
+        /// IPv6-only underlay: enough for an IPv6-only network, `EnableIPv4` false).
+        public var address: IPv4Address?
         /// Dual stack: the interface's global IPv6 address (`HostInterface.globalIPv6`), if it has one.
         public var ipv6Address: IPv6Address? { interface.globalIPv6 }
     }
@@ -105,6 +112,7 @@ public struct InterfaceSelection: Sendable, Hashable {
         if isEmpty {
             do {
                 if let publicIP { return try lookup(name: publicIP, on: host) }
+                if let publicIPv6 { return try lookup(name: publicIPv6, on: host) }
                 guard let index = host.defaultRouteIndex, let interface = host.interfaces.first(where: { $0.index == index }) else {
                     throw FlanneldError("no IPv4 default route: name the interface with --iface, --iface-regex or --iface-can-reach")
                 }
@@ -141,6 +149,12 @@ public struct InterfaceSelection: Sendable, Hashable {
             }
             return try finish(interface, ip)
         }
+        if let ip6 = IPv6Address(name) {
+            guard let interface = host.interfaces.first(where: { $0.ipv6Addresses.contains { $0.address == ip6 } }) else {
+                throw FlanneldError("no interface holds \(ip6)")
+            }
+            return try finish(interface, nil)
+        }
         guard let interface = host.interfaces.first(where: { $0.name == name }) else {
             throw FlanneldError("no interface \(quoted(name))")
         }
@@ -154,13 +168,20 @@ public struct InterfaceSelection: Sendable, Hashable {
             if let ip = interface.addresses.first(where: { "\($0)".contains(regex) }) { return try finish(interface, ip) }
         }
         if let interface = host.interfaces.first(where: { $0.name.contains(regex) }) { return try finish(interface, nil) }
+        // Last the IPv6 addresses (an IPv6-only underlay's; flanneld matches them for IPv6),
+        // so that what matched before still does.
+        for interface in host.interfaces where interface.ipv6Addresses.contains(where: { "\($0.address)".contains(regex) }) {
+            return try finish(interface, nil)
+        }
         let available = host.interfaces.map { "\($0.name):[\($0.addresses.map { "\($0)" }.joined(separator: " "))]" }
         throw FlanneldError("could not match pattern \(pattern) to any of the available network interfaces (\(available.joined(separator: ", ")))")
     }
 
     func finish(_ interface: HostInterface, _ address: IPv4Address?) throws(FlanneldError) -> Choice {
-        guard let address = address ?? interface.addresses.first else {
-            throw FlanneldError("failed to find IPv4 address for interface \(interface.name)")
+        let address = address ?? interface.addresses.first
+        // An interface with a global IPv6 address and no IPv4 one serves an IPv6-only network.
+        guard address != nil || interface.globalIPv6 != nil else {
+            throw FlanneldError("failed to find IPv4 address for interface \(interface.name) (nor a global IPv6 address)")
         }
         guard interface.mtu > 0 else { throw FlanneldError("failed to determine MTU for \(interface.name)") }
         return Choice(interface: interface, address: address)

@@ -41,6 +41,12 @@ struct LeaseReader {
 
     /// The attributes, when the value is a lease this reader reads on its own.
     static func attributes(_ bytes: UnsafeBufferPointer<UInt8>) -> LeaseAttributes? {
+        attributes(bytes, ipv6Only: false)
+    }
+
+    /// The same; `ipv6Only`: a lease of an IPv6-only network, whose BackendData is
+    /// not read (`LeaseAttributes.parse(_:key:backendType:ipv6Only:)`).
+    static func attributes(_ bytes: UnsafeBufferPointer<UInt8>, ipv6Only: Bool) -> LeaseAttributes? {
         var reader = LeaseReader(bytes: bytes, position: 0)
         reader.skipSpace()
         var fields = Fields()
@@ -72,14 +78,18 @@ struct LeaseReader {
             publicIPv6 = address
         }
         guard let type = fields.backendType, type.kind == quote, equal(bytes, type, "vxlan") else { return nil }
-        guard let data = fields.backendData, data.kind == UInt8(ascii: "{"), let vtep = Self.vtep(bytes, data) else { return nil }
+        var vtep: LeaseAttributes.VTEP?
+        if !ipv6Only {
+            guard let data = fields.backendData, data.kind == UInt8(ascii: "{"), let parsed = Self.vtep(bytes, data) else { return nil }
+            vtep = parsed
+        }
         var v6: LeaseAttributes.VTEP?
         if let span = fields.backendV6Data, span.kind != UInt8(ascii: "n") {
             // parseFields drops a broken one; which breakage is for it to say.
             guard span.kind == UInt8(ascii: "{"), let parsed = Self.vtep(bytes, span) else { return nil }
             v6 = parsed
         }
-        return LeaseAttributes(publicIP: publicIP, backendType: "vxlan", vni: vtep.vni, vtepMAC: vtep.vtepMAC,
+        return LeaseAttributes(publicIP: publicIP, backendType: "vxlan", vni: vtep?.vni, vtepMAC: vtep?.vtepMAC,
                                publicIPv6: publicIPv6, backendV6: v6)
     }
 

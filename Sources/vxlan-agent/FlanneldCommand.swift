@@ -44,7 +44,9 @@ struct InterfaceCommand: ParsableCommand {
         The same choice `vxlan-agent flanneld` makes at start: each --iface, then each --iface-regex, then \
         --iface-can-reach; with none of them the interface holding --public-ip, else the default route's. \
         Prints: <name> <address> mtu <MTU>, and ` ipv6 <address>` when the interface has a global IPv6 \
-        address (what dual stack uses without --public-ipv6: not link-local, temporary, deprecated or tentative).
+        address (what dual stack and IPv6-only networks use without --public-ipv6: not link-local, temporary, \
+        deprecated or tentative). An interface with a global IPv6 address and no IPv4 one is chosen too \
+        (an IPv6-only underlay): its <address> is `none`. --iface also takes an IPv6 address.
         """)
 
     @Option(help: "An interface name or address (repeatable; tried in order).")
@@ -55,12 +57,16 @@ struct InterfaceCommand: ParsableCommand {
     var ifaceCanReach: String?
     @Option(help: "The public IP: with no other option, the interface holding it.")
     var publicIP: String?
+    @Option(help: "The public IPv6 address: with no other option and no --public-ip, the interface holding it.")
+    var publicIPv6: String?
 
     func run() throws {
-        let selection = InterfaceSelection(names: iface, regexes: ifaceRegex, canReach: ifaceCanReach, publicIP: publicIP)
+        let selection = InterfaceSelection(names: iface, regexes: ifaceRegex, canReach: ifaceCanReach, publicIP: publicIP,
+                                           publicIPv6: publicIPv6)
         do {
             let choice = try selection.choose(on: try HostNetworkReader.read())
-            print("\(choice.interface.name) \(choice.address) mtu \(choice.interface.mtu)" + (choice.ipv6Address.map { " ipv6 \($0)" } ?? ""))
+            print("\(choice.interface.name) \(choice.address.map { "\($0)" } ?? "none") mtu \(choice.interface.mtu)"
+                  + (choice.ipv6Address.map { " ipv6 \($0)" } ?? ""))
         } catch {
             warn("vxlan-agent: \(error)")
             throw ExitCode(ExitStatus.error)
@@ -108,6 +114,7 @@ enum FlanneldLauncher {
         LoggingSystem.bootstrap { LogfmtHandler(label: $0, level: level) }
         let log = Logger(label: "vxlan-agent")
         log.info("flanneld command line", metadata: ["interface": "\(config.interface ?? "")", "publicIP": "\(config.publicIP.map { "\($0)" } ?? "")",
+                                                      "publicIPv6": "\(config.publicIPv6.map { "\($0)" } ?? "")",
                                                       "etcd": "\(config.etcd?.endpoints.joined(separator: ",") ?? "")"])
         var daemonOptions = Daemon.Options(configPath: "flanneld command line", node: nil, lockPath: SyncLock.defaultPath)
         daemonOptions.preloaded = config

@@ -200,7 +200,7 @@ struct InterfaceSelectionTests {
     ])
     func chooses(_ selection: InterfaceSelection, _ expected: String) throws {
         let choice = try selection.choose(on: Self.host)
-        #expect("\(choice.interface.name) \(choice.address)" == expected)
+        #expect("\(choice.interface.name) \(choice.address.map { "\($0)" } ?? "none")" == expected)
     }
 
     @Test("nothing matches: the error says what was tried", arguments: [
