@@ -413,12 +413,14 @@ final class Reconciler: @unchecked Sendable {
         var fileError: String?
         do {
             let env = SubnetEnv(network: network, subnet: subnet, mtu: mtu, ipMasq: config.daemon.ipMasq,
-                                ipv6Network: ipv6?.network, ipv6Subnet: ipv6?.subnet)
+                                ipv6Network: ipv6?.network, ipv6Subnet: ipv6?.subnet, enableIPv4: ipv4Enabled)
             if try writeAtomically(env.text, to: config.daemon.subnetFile) {
-                log.info("wrote subnet.env", metadata: ["path": "\(config.daemon.subnetFile)", "subnet": "\(subnet)"])
+                let shown = ipv4Enabled ? "\(subnet)" : ipv6.map { "\($0.subnet)" } ?? "none"
+                log.info("wrote subnet.env", metadata: ["path": "\(config.daemon.subnetFile)", "subnet": "\(shown)"])
             }
             if let path = config.daemon.cniConfFile {
-                let cni = CNIConfig(bridge: config.daemon.cniBridge, network: network, subnet: subnet, mtu: mtu, ipv6Subnet: ipv6?.subnet)
+                let cni = CNIConfig(bridge: config.daemon.cniBridge, network: network, subnet: subnet, mtu: mtu, ipv6Subnet: ipv6?.subnet,
+                                    enableIPv4: ipv4Enabled)
                 if try writeAtomically(cni.text, to: path) { log.info("wrote the CNI configuration", metadata: ["path": "\(path)"]) }
             }
         } catch {
