@@ -297,14 +297,14 @@ public protocol Packable: Equatable, Sendable {
 
 extension FDBEntryOf: Packable {
     /// A permanent remote on the device's own port and VNI: its destination.
-    public var packed: A? { permanent && port == nil && vni == nil && via == nil ? dst : nil }
-    public init(key: MACAddress, packed: A) { self.init(mac: key, dst: packed) }
+    @inline(__always) public var packed: A? { permanent && port == nil && vni == nil && via == nil ? dst : nil }
+    @inline(__always) public init(key: MACAddress, packed: A) { self.init(mac: key, dst: packed) }
 }
 
 extension NeighborOf: Packable {
     /// A permanent neighbor: its MAC.
-    public var packed: MACAddress? { permanent ? mac : nil }
-    public init(key: A, packed: MACAddress) { self.init(ip: key, mac: packed) }
+    @inline(__always) public var packed: MACAddress? { permanent ? mac : nil }
+    @inline(__always) public init(key: A, packed: MACAddress) { self.init(ip: key, mac: packed) }
 }
 
 /// A nexthop via a gateway on a device, not a group.
@@ -316,12 +316,12 @@ public struct PackedNexthopOf<A: IPFamilyAddress>: Sendable {
 }
 
 extension NexthopOf: Packable {
-    public var packed: PackedNexthopOf<A>? {
+    @inline(__always) public var packed: PackedNexthopOf<A>? {
         guard let gateway, let deviceIndex, group == nil else { return nil }
         return PackedNexthopOf(gateway: gateway, deviceIndex: deviceIndex, onlink: onlink, proto: proto)
     }
 
-    public init(key: UInt32, packed: PackedNexthopOf<A>) {
+    @inline(__always) public init(key: UInt32, packed: PackedNexthopOf<A>) {
         self.init(id: key, gateway: packed.gateway, onlink: packed.onlink, proto: packed.proto, deviceIndex: packed.deviceIndex)
     }
 }
@@ -339,7 +339,7 @@ public struct PackedRouteOf<A: IPFamilyAddress>: Sendable {
 }
 
 extension RouteOf: Packable {
-    public var packed: PackedRouteOf<A>? {
+    @inline(__always) public var packed: PackedRouteOf<A>? {
         var flags: UInt8 = onlink ? 8 : 0
         if gateway != nil { flags |= 1 }
         if nexthopID != nil { flags |= 2 }
@@ -348,7 +348,7 @@ extension RouteOf: Packable {
                              proto: proto, type: type, scope: scope)
     }
 
-    public init(key: RouteKeyOf<A>, packed: PackedRouteOf<A>) {
+    @inline(__always) public init(key: RouteKeyOf<A>, packed: PackedRouteOf<A>) {
         self.init(dst: key.dst, gateway: packed.flags & 1 != 0 ? packed.gateway : nil,
                   nexthopID: packed.flags & 2 != 0 ? packed.nexthopID : nil, onlink: packed.flags & 8 != 0, proto: packed.proto,
                   priority: key.priority, deviceIndex: packed.flags & 4 != 0 ? packed.deviceIndex : nil, type: packed.type,
@@ -499,7 +499,15 @@ public struct DesiredIndexOf<Checks: PlaneChecks>: Sendable {
         return found
     }
 
+    // A closure that captures `self` while `checks` (of a generic type) is
+    // borrowed makes a copy of `checks` per call: the closures below capture
+    // only locals and inout parameters.
+
     mutating func claim(_ peer: NodeRecord, _ delta: Int) {
+        Self.count(peer, delta, checks: checks, claimed: &claimed, claimedAgain: &claimedAgain)
+    }
+
+    static func count(_ peer: NodeRecord, _ delta: Int, checks: Checks, claimed: inout Set<Int>, claimedAgain: inout [Int: Int]) {
         checks.forEachClaim(peer) { claim in
             let hash = claim.hashValue
             if delta > 0 {
@@ -510,6 +518,16 @@ public struct DesiredIndexOf<Checks: PlaneChecks>: Sendable {
                 claimed.remove(hash)
             }
         }
+    }
+
+    /// The keys of a peer's entries, in dependency order.
+    func keys(_ record: NodeRecord) -> [EntryKeyOf<A>] {
+        var keys: [EntryKeyOf<A>] = []
+        keys.reserveCapacity(4)
+        checks.forEachEntry(record) { entry in
+            if let key = entry.key { keys.append(key) }
+        }
+        return keys
     }
 
     /// Sets (or clears, with nil) who wants `key`; clearing leaves a key another slot took.
@@ -536,12 +554,8 @@ public struct DesiredIndexOf<Checks: PlaneChecks>: Sendable {
             programmed.append(record)
         }
         slots[record.origin] = slot
-        var keys: [EntryKeyOf<A>] = []
-        checks.forEachEntry(record) { entry in
-            guard let key = entry.key else { return }
-            point(key, to: slot)
-            keys.append(key)
-        }
+        let keys = keys(record)
+        for key in keys { point(key, to: slot) }
         return keys
     }
 
@@ -576,8 +590,7 @@ public struct DesiredIndexOf<Checks: PlaneChecks>: Sendable {
             gone.insert(origin)
             claim(old, -1)
             slots[origin] = nil
-            checks.forEachEntry(programmed[Int(slot)]) { entry in
-                guard let key = entry.key else { return }
+            for key in keys(programmed[Int(slot)]) {
                 point(key, to: nil, from: slot)
                 touched.insert(key)
             }
