@@ -119,21 +119,23 @@ public struct Syncer {
     public func observe(dataplane: Dataplane) throws -> Observation {
         var laps = Laps()
         let local = view.local
-        if view.network.network.contains(local.publicIP) {
+        let ipv4 = view.network.enableIPv4
+        if ipv4, view.network.network.contains(local.publicIP) {
             throw SyncError("publicIP \(local.publicIP) of this node \(local.name) (\(local.origin)) is inside the pod network "
                             + "\(view.network.network): VXLAN packets to it would be routed back into the overlay")
         }
         // One address dump serves the underlay lookup, peer validation and the
         // snapshot (the device's addresses).
         let hostAddresses = try dataplane.addresses()
-        let underlay = try underlay(dataplane, addresses: hostAddresses)
+        // IPv6-only: the underlay is the interface that holds this node's public IPv6.
+        let underlay = ipv4 ? try underlay(dataplane, addresses: hostAddresses) : try ipv6OnlyUnderlay(dataplane)
         // The kernel refuses a VXLAN MTU above what the underlay carries with the
         // 50 bytes of headers (EINVAL on every sync, forever): say so up front.
-        if view.network.backendType == "vxlan", let mtu = view.network.mtu, underlay.mtu > 50, mtu > underlay.mtu - 50 {
+        if ipv4, view.network.backendType == "vxlan", let mtu = view.network.mtu, underlay.mtu > 50, mtu > underlay.mtu - 50 {
             throw SyncError("Backend.MTU \(mtu) is more than the underlay \(underlay.name) carries: its MTU \(underlay.mtu) "
                             + "minus 50 bytes of VXLAN headers is \(underlay.mtu - 50); lower it, or leave it out to take that")
         }
-        if view.network.backendType == "host-gw",
+        if ipv4, view.network.backendType == "host-gw",
            !hostAddresses.contains(where: { $0.index == underlay.index && $0.prefix.address == local.publicIP }) {
             // flannel's host-gw refuses the same: peers route to the public IP, so it must be this host's, on the underlay.
             throw SyncError("host-gw: publicIP \(local.publicIP) of node \(local.name) (\(local.origin)) is not an address of "
@@ -167,13 +169,37 @@ public struct Syncer {
         return Observation(snapshot: snapshot, host: host, layout: layout, deviceName: name, snapshot6: snapshot6, timings: laps.timings)
     }
 
+    /// IPv6-only: the named interface, or the one holding this node's public IPv6
+    /// (which `observe6` checks as in dual stack).
+    func ipv6OnlyUnderlay(_ dataplane: Dataplane) throws -> LinkState {
+        let local = view.local
+        if let interface {
+            guard let named = try dataplane.link(named: interface) else {
+                throw SyncError("interface \(interface) (the underlay of node \(local.name)) does not exist")
+            }
+            return named
+        }
+        guard let half = local.ipv6 else { throw Self.noIPv6Half(local) }
+        let link = try ipv6Underlay(dataplane, addresses6: dataplane.addresses6(), ipv4Underlay: nil, publicIPv6: half.publicIP)
+        if link.isLoopback {
+            throw SyncError("interface \(link.name) (holding the publicIPv6 \(half.publicIP) of node \(local.name)) is a loopback "
+                            + "device: VXLAN packets sent there never leave this host")
+        }
+        return link
+    }
+
+    static func noIPv6Half(_ local: NodeRecord) -> SyncError {
+        SyncError("EnableIPv6: node \(local.name) (\(local.origin)) has no IPv6 half: give it publicIPv6 and subnetV6 "
+                  + "(or turn EnableIPv6 off)")
+    }
+
     /// The interface of this node's public IPv6: the named interface (which must
     /// hold it: flannel's one external interface carries both families), else
     /// the one that holds it.
-    func ipv6Underlay(_ dataplane: Dataplane, addresses6: [(index: Int32, prefix: IPv6Prefix)], ipv4Underlay: LinkState,
+    func ipv6Underlay(_ dataplane: Dataplane, addresses6: [(index: Int32, prefix: IPv6Prefix)], ipv4Underlay: LinkState?,
                       publicIPv6: IPv6Address) throws -> LinkState {
         let local = view.local
-        if interface != nil {
+        if interface != nil, let ipv4Underlay {
             let index = ipv4Underlay.index
             guard addresses6.contains(where: { $0.index == index && $0.prefix.address == publicIPv6 }) else {
                 throw SyncError("interface \(ipv4Underlay.name) (the underlay of node \(local.name)) does not hold its publicIPv6 "
@@ -212,10 +238,7 @@ public struct Syncer {
             return try dataplane.snapshot6(deviceName: name6, proto: proto)
         }
         let local = view.local
-        guard let half = local.ipv6 else {
-            throw SyncError("EnableIPv6: node \(local.name) (\(local.origin)) has no IPv6 half: give it publicIPv6 and subnetV6 "
-                            + "(or turn EnableIPv6 off)")
-        }
+        guard let half = local.ipv6 else { throw Self.noIPv6Half(local) }
         let addresses6 = try dataplane.addresses6()
         let underlay6 = try ipv6Underlay(dataplane, addresses6: addresses6, ipv4Underlay: host.underlay, publicIPv6: half.publicIP)
         if underlay6.isLoopback {
@@ -264,6 +287,7 @@ public struct Syncer {
                                                    otherDevices: Dictionary([(underlay.index, underlay.name)] + snapshot.leftovers.map { ($0.index, $0.name) },
                                                                             uniquingKeysWith: { a, _ in a })),
                                 desired: desired)
+        output.ipv6Only = !view.network.enableIPv4
         let underlay6 = host.ipv6Underlay ?? underlay
         if let snapshot6 = observation.snapshot6 {
             output.renderer6 = Renderer(deviceName: ipv6DeviceName, proto: proto, deviceIndex: snapshot6.device?.index,

@@ -146,7 +146,7 @@ public final class Daemon: @unchecked Sendable {
                     metrics.update {
                         $0.registryReady = true
                         $0.leasesInvalid = invalid
-                        $0.subnet = "\(view.local.subnet)"
+                        $0.subnet = view.network.enableIPv4 ? "\(view.local.subnet)" : view.local.ipv6.map { "\($0.subnet)" }
                     }
                     reconciler?.post { $0.view = view }
                 case .registry(.peers(let upserts, let removals, let invalid), _):

@@ -55,18 +55,28 @@ public enum Masquerade {
     }
 
     /// The whole transaction: create-if-missing, delete, define, for both
-    /// families (an IPv4-only node deletes an `ip6` table a dual-stack run left).
-    /// One `nft -f`.
-    public static func transaction(network: IPv4Prefix, subnet: IPv4Prefix,
-                                   ipv6: (network: IPv6Prefix, subnet: IPv6Prefix)? = nil) -> String {
-        "table ip \(table)\ndelete table ip \(table)\n" + ruleset(network: network, subnet: subnet)
+    /// families (an IPv4-only node deletes an `ip6` table a dual-stack run left,
+    /// an IPv6-only one the `ip` table). One `nft -f`.
+    public static func transaction(ipv4: (network: IPv4Prefix, subnet: IPv4Prefix)?,
+                                   ipv6: (network: IPv6Prefix, subnet: IPv6Prefix)?) -> String {
+        "table ip \(table)\ndelete table ip \(table)\n" + (ipv4.map { ruleset(network: $0.network, subnet: $0.subnet) } ?? "")
             + "table ip6 \(table)\ndelete table ip6 \(table)\n" + (ipv6.map { ruleset6(network: $0.network, subnet: $0.subnet) } ?? "")
     }
 
-    /// Installs (or replaces) the tables.
+    public static func transaction(network: IPv4Prefix, subnet: IPv4Prefix,
+                                   ipv6: (network: IPv6Prefix, subnet: IPv6Prefix)? = nil) -> String {
+        transaction(ipv4: (network, subnet), ipv6: ipv6)
+    }
+
+    /// Installs (or replaces) the tables: each family's with its network, the other removed.
+    public static func apply(ipv4: (network: IPv4Prefix, subnet: IPv4Prefix)?,
+                             ipv6: (network: IPv6Prefix, subnet: IPv6Prefix)?) async throws {
+        try await nft(["-f", "-"], input: transaction(ipv4: ipv4, ipv6: ipv6))
+    }
+
     public static func apply(network: IPv4Prefix, subnet: IPv4Prefix,
                              ipv6: (network: IPv6Prefix, subnet: IPv6Prefix)? = nil) async throws {
-        try await nft(["-f", "-"], input: transaction(network: network, subnet: subnet, ipv6: ipv6))
+        try await apply(ipv4: (network, subnet), ipv6: ipv6)
     }
 
     /// Removes the tables (IPv4's, and IPv6's if there is one); true if there was any.

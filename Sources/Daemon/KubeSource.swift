@@ -89,6 +89,7 @@ public enum KubeNodes {
     /// whole Node instead).
     public static func checkedPeer(_ node: KubeNode, annotations: KubeAnnotations, network: NetworkConfig) -> Result<Peer, SkippedLease>? {
         guard node.annotations[annotations.kubeSubnetManager] == "true" else { return nil }
+        guard network.enableIPv4 else { return ipv6OnlyPeer(node, annotations: annotations, network: network).map { Peer(record: $0) } }
         let key = origin(node.name)
         func skip(_ reason: String) -> Result<Peer, SkippedLease> { .failure(SkippedLease(key: key, reason: reason)) }
         let subnet: IPv4Prefix
@@ -172,6 +173,86 @@ public enum KubeNodes {
         return skip(reason)
     }
 
+    /// A peer of an IPv6-only network (`EnableIPv4: false`), as flanneld's
+    /// `nodeToLease` reads a Node then: its IPv6 podCIDR, `public-ipv6`,
+    /// `backend-type` and (vxlan) `backend-v6-data`; no IPv4 field is read. The
+    /// checks are a dual-stack lease's IPv6 half's (`Flannel.check`): the podCIDR a
+    /// /`IPv6SubnetLen` inside `IPv6Network`, a global unicast `public-ipv6` outside
+    /// it, `backend-v6-data`'s VtepMAC and VNI. The IPv6 half is all such a Node
+    /// has, so a broken one skips it, with the reason naming the field.
+    static func ipv6OnlyPeer(_ node: KubeNode, annotations: KubeAnnotations, network: NetworkConfig) -> Result<NodeRecord, SkippedLease> {
+        let key = origin(node.name)
+        func skip(_ reason: String) -> Result<NodeRecord, SkippedLease> { .failure(SkippedLease(key: key, reason: reason)) }
+        guard let ipv6 = network.ipv6 else { return skip("the network has no IPv6Network") }
+        let subnet: IPv6Prefix
+        switch ipv6OnlySubnet(node) {
+        case .success(let prefix): subnet = prefix
+        case .failure(let skipped): return .failure(skipped)
+        }
+        guard subnet.length == ipv6.subnetLen, ipv6.network.contains(subnet) else {
+            return skip("\(podCIDRField(node)) \(subnet) is not a /\(ipv6.subnetLen) inside the IPv6 network \(ipv6.network)")
+        }
+        // flanneld's vxlan and host-gw ignore a Node of another backend ("ignoring non-vxlan v6 subnet").
+        let type = node.annotations[annotations.backendType] ?? ""
+        guard !type.isEmpty else {
+            return skip("\(annotations.backendType) is missing: flanneld programs only Nodes whose backend-type is \(quoted(network.backendType))")
+        }
+        guard type == network.backendType else {
+            return skip("\(annotations.backendType): \(quoted(type)): only \(network.backendType) Nodes can be reached by \(network.backendType)"
+                        + " (flanneld ignores the others)")
+        }
+        guard let addressText = node.annotations[annotations.publicIPv6], !addressText.isEmpty else {
+            return skip("\(annotations.publicIPv6) is missing: an IPv6-only node publishes its IPv6 underlay address there")
+        }
+        guard let address = IPv6Address(addressText) else {
+            return skip("\(annotations.publicIPv6): \(quoted(addressText)) is not an IPv6 address")
+        }
+        if address.isUnspecified || address.isLoopback || address.isMulticast || address.isLinkLocal || address.isIPv4Mapped {
+            return skip("\(annotations.publicIPv6): \(address) is not a global unicast address a peer can send to")
+        }
+        if ipv6.network.contains(address) {
+            return skip("\(annotations.publicIPv6): \(address) is inside the IPv6 pod network \(ipv6.network): "
+                        + "its packets would be routed back into the overlay")
+        }
+        let half = NodeRecord.IPv6Half(subnet: subnet, publicIP: address)
+        guard network.backendType == "vxlan" else { return .success(.ipv6Only(name: node.name, ipv6: half, origin: key)) }
+        let dataName = annotations.backendV6Data
+        guard let data = node.annotations[dataName], !data.isEmpty, data != "null" else {
+            return skip("\(dataName) is missing: an IPv6-only vxlan node says its VTEP's VtepMAC there")
+        }
+        do {
+            let fields = try JSONFields.parse(Data(data.utf8), source: dataName, dialect: .flanneld)
+            guard let macText = try fields.string("VtepMAC") else { return skip("\(dataName): VtepMAC is required") }
+            guard let mac = MACAddress(macText) else { return skip("\(dataName): VtepMAC: \(quoted(macText)) is not a MAC address") }
+            if let vni = try fields.integer("VNI", in: 0...16_777_215), vni != network.vni {
+                return skip("\(dataName): VNI: \(vni), but the network uses VNI \(network.vni)")
+            }
+            return .success(.ipv6Only(name: node.name, ipv6: NodeRecord.IPv6Half(subnet: subnet, publicIP: address, vtepMAC: mac), origin: key))
+        } catch {
+            return skip("\(dataName)" + (error.field.isEmpty ? " is not a JSON object: " : ": \(error.field): ") + error.message)
+        }
+    }
+
+    /// The IPv6 podCIDR of a Node in an IPv6-only network; no podCIDR at all is
+    /// "not assigned yet" (waited for), an IPv4 one alone says so.
+    static func ipv6OnlySubnet(_ node: KubeNode) -> Result<IPv6Prefix, SkippedLease> {
+        let cidrs = node.podCIDRs.isEmpty ? (node.podCIDR.map { [$0] } ?? []) : node.podCIDRs
+        func skip(_ reason: String) -> Result<IPv6Prefix, SkippedLease> { .failure(SkippedLease(key: origin(node.name), reason: reason)) }
+        if cidrs.isEmpty || cidrs == [""] { return skip("no podCIDR assigned yet (spec.podCIDR)") }
+        if cidrs.count > 2 { return skip("spec.podCIDRs has \(cidrs.count) entries: at most IPv4 and IPv6") }
+        switch podSubnetV6(node) {
+        case .success(let prefix): return .success(prefix)
+        case .failure(let skipped) where skipped.reason.hasPrefix("no IPv6"):
+            return skip(skipped.reason + ": an IPv4 Node in an IPv6-only network (EnableIPv4: false)")
+        case .failure(let skipped): return .failure(skipped)
+        }
+    }
+
+    /// The field a Node's IPv6 podCIDR was read from, for messages.
+    static func podCIDRField(_ node: KubeNode) -> String {
+        node.podCIDRs.isEmpty ? "spec.podCIDR" : "spec.podCIDRs' IPv6 entry"
+    }
+
     static func isJSON(_ text: String) -> Bool {
         (try? JSONSerialization.jsonObject(with: Data(text.utf8), options: .fragmentsAllowed)) != nil
     }
@@ -186,12 +267,31 @@ public enum KubeNodes {
     /// no backend type (flanneld's udp leases have none). Dual stack (`publicIPv6`
     /// given in a dual-stack network of vxlan or host-gw) adds public-ipv6 and
     /// backend-v6-data (vxlan: the IPv6 VTEP's `{"VNI":1,"VtepMAC":...}`; host-gw: `null`).
+    /// IPv6-only (`EnableIPv4: false`): backend-type, public-ipv6, backend-v6-data and
+    /// kube-subnet-manager; host-gw adds backend-data `null` and public-ip `0.0.0.0`
+    /// (`publicIP` is not read).
     public static func ownAnnotations(network: NetworkConfig, publicIP: IPv4Address, publicIPv6: IPv6Address? = nil,
                                       annotations: KubeAnnotations) -> [String: String] {
-        let attributes = LeaseAttributes.own(publicIP: publicIP, publicIPv6: publicIPv6, network: network)
         func data(_ vni: UInt32?, _ mac: MACAddress?) -> String {
             mac.map { mac in "{" + (vni.map { "\"VNI\":\($0)," } ?? "") + "\"VtepMAC\":\"\(mac)\"}" } ?? "null"
         }
+        if !network.enableIPv4 {
+            // IPv6-only, as flanneld's AcquireLease writes it: its lease has PublicIP
+            // 0.0.0.0 and BackendData null; vxlan writes neither public-ip nor
+            // backend-data then, host-gw (the `BackendType != "vxlan"` branch) writes both.
+            var written = [annotations.backendType: network.backendType, annotations.kubeSubnetManager: "true"]
+            if network.backendType != "vxlan" {
+                written[annotations.backendData] = "null"
+                written[annotations.publicIP] = "0.0.0.0"
+            }
+            if let publicIPv6 {
+                written[annotations.publicIPv6] = "\(publicIPv6)"
+                written[annotations.backendV6Data] = network.backendType == "vxlan"
+                    ? data(network.vni, .vtep(vni: network.vni, publicIPv6: publicIPv6)) : "null"
+            }
+            return written
+        }
+        let attributes = LeaseAttributes.own(publicIP: publicIP, publicIPv6: publicIPv6, network: network)
         var written = [annotations.backendType: attributes.backendType, annotations.backendData: data(attributes.vni, attributes.vtepMAC),
                        annotations.publicIP: "\(publicIP)", annotations.kubeSubnetManager: "true"]
         if let address = attributes.publicIPv6 {
@@ -245,6 +345,9 @@ public enum KubeNodes {
     public static func local(_ node: KubeNode?, name: String, network: NetworkConfig, configuredIP: IPv4Address?,
                              configuredIPv6: IPv6Address? = nil, annotations: KubeAnnotations) -> Result<NodeRecord, DaemonError> {
         guard let node else { return .failure(DaemonError("Node \(quoted(name)) does not exist (yet)")) }
+        guard network.enableIPv4 else {
+            return ipv6OnlyLocal(node, name: name, network: network, configuredIPv6: configuredIPv6, annotations: annotations)
+        }
         let subnet: IPv4Prefix
         switch podSubnet(node) {
         case .success(let prefix): subnet = prefix
@@ -278,6 +381,33 @@ public enum KubeNodes {
         record.ipv6 = NodeRecord.IPv6Half(subnet: subnetV6, publicIP: publicIPv6,
                                           vtepMAC: network.backendType == "vxlan" ? .vtep(vni: network.vni, publicIPv6: publicIPv6) : nil)
         return .success(record)
+    }
+
+    /// This node's record in an IPv6-only network: its IPv6 podCIDR (inside
+    /// IPv6Network) and public IPv6 address; no IPv4 podCIDR or address is needed
+    /// or read (`NodeRecord.ipv6Only`).
+    static func ipv6OnlyLocal(_ node: KubeNode, name: String, network: NetworkConfig, configuredIPv6: IPv6Address?,
+                              annotations: KubeAnnotations) -> Result<NodeRecord, DaemonError> {
+        guard let ipv6 = network.ipv6 else { return .failure(DaemonError("the network has no IPv6Network")) }
+        let subnet: IPv6Prefix
+        switch ipv6OnlySubnet(node) {
+        case .success(let prefix): subnet = prefix
+        case .failure(let skipped) where skipped.reason.hasPrefix("no podCIDR"):
+            return .failure(DaemonError("node \(quoted(name)) pod cidr not assigned: \(skipped.reason)"))
+        case .failure(let skipped):
+            return .failure(DaemonError("node \(quoted(name)) IPv6 pod cidr not assigned: \(skipped.reason)"))
+        }
+        guard ipv6.network.contains(subnet) else {
+            return .failure(DaemonError("subnet \(ipv6.network) specified in the flannel net config doesn't contain "
+                                        + "\(subnet) IPv6 PodCIDR of the \(quoted(name)) node"))
+        }
+        guard let publicIPv6 = publicIPv6(of: node, configured: configuredIPv6, annotations: annotations) else {
+            return .failure(DaemonError("node \(quoted(name)): no public IPv6 address, and the network is IPv6-only (EnableIPv4: false): "
+                                        + "set publicIPv6 (--public-ipv6), or the Node needs an IPv6 InternalIP"))
+        }
+        let half = NodeRecord.IPv6Half(subnet: subnet, publicIP: publicIPv6,
+                                       vtepMAC: network.backendType == "vxlan" ? .vtep(vni: network.vni, publicIPv6: publicIPv6) : nil)
+        return .success(.ipv6Only(name: name, ipv6: half, origin: origin(name)))
     }
 
     /// What `sync` and `diff` read from the listed Nodes: the view, the Nodes left
@@ -548,7 +678,11 @@ public final class KubeSource: ClusterSource {
                                                                                        publicIPv6: local.ipv6?.publicIP,
                                                                                        annotations: annotations)) {
             tracked.own = try await client.patchNodeStatus(node, patch: patch)
-            var metadata: Logger.Metadata = ["node": "\(node)", "subnet": "\(local.subnet)", "public_ip": "\(local.publicIP)"]
+            var metadata: Logger.Metadata = ["node": "\(node)"]
+            if network.enableIPv4 {
+                metadata["subnet"] = "\(local.subnet)"
+                metadata["public_ip"] = "\(local.publicIP)"
+            }
             if let half = local.ipv6 {
                 metadata["subnet.ipv6"] = "\(half.subnet)"
                 metadata["public_ipv6"] = "\(half.publicIP)"
@@ -557,8 +691,8 @@ public final class KubeSource: ClusterSource {
         }
         guard force || tracked.local != local else { return }
         if tracked.local == nil {
-            log.info("lease acquired", metadata: ["subnet": "\(local.subnet)", "subnet.ipv6": "\(local.ipv6.map { "\($0.subnet)" } ?? "none")",
-                                                  "node": "\(node)"])
+            log.info("lease acquired", metadata: ["subnet": network.enableIPv4 ? "\(local.subnet)" : "none (IPv6-only)",
+                                                  "subnet.ipv6": "\(local.ipv6.map { "\($0.subnet)" } ?? "none")", "node": "\(node)"])
         }
         tracked.local = local
         let peers = tracked.peers.values.sorted { $0.origin < $1.origin }

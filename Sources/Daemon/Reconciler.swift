@@ -96,8 +96,9 @@ final class Reconciler: @unchecked Sendable {
 
     /// What the masquerade tables were last written for.
     struct Firewall: Equatable {
-        var network: IPv4Prefix
-        var subnet: IPv4Prefix
+        /// nil in an IPv6-only network.
+        var network: IPv4Prefix?
+        var subnet: IPv4Prefix?
         var ipv6Network: IPv6Prefix?
         var ipv6Subnet: IPv6Prefix?
     }
@@ -368,7 +369,8 @@ final class Reconciler: @unchecked Sendable {
         // Pods of a dual-stack node get the smaller MTU of the two devices (the IPv6 one's headers are 20 bytes more).
         if let mtu6 = outcome.desired6?.mtu { mtu = min(mtu, mtu6) }
         let ipv6 = view.network.ipv6.flatMap { part in view.local.ipv6.map { (network: part.network, subnet: $0.subnet) } }
-        let fileError = writeFiles(network: view.network.network, subnet: view.local.subnet, ipv6: ipv6, triggers: triggers)
+        let fileError = writeFiles(network: view.network.network, subnet: view.local.subnet, ipv4Enabled: view.network.enableIPv4,
+                                   ipv6: ipv6, triggers: triggers)
         if let plan6 = outcome.plan6, let report6 = outcome.report6 {
             for failure in report6.failures { log.error("IPv6 change failed", metadata: ["error": "\(outcome.output.describe(failure))"]) }
             if !report6.failures.isEmpty { scheduleRetry() }
@@ -435,7 +437,7 @@ final class Reconciler: @unchecked Sendable {
     }
 
     /// subnet.env, the CNI configuration and the masquerade table: after each full pass.
-    private func writeFiles(network: IPv4Prefix, subnet: IPv4Prefix, ipv6: (network: IPv6Prefix, subnet: IPv6Prefix)?,
+    private func writeFiles(network: IPv4Prefix, subnet: IPv4Prefix, ipv4Enabled: Bool, ipv6: (network: IPv6Prefix, subnet: IPv6Prefix)?,
                             triggers: Set<String>) -> String? {
         var fileError: String?
         do {
@@ -454,10 +456,12 @@ final class Reconciler: @unchecked Sendable {
         }
         do {
             if config.daemon.ipMasq {
-                let wanted = Firewall(network: network, subnet: subnet, ipv6Network: ipv6?.network, ipv6Subnet: ipv6?.subnet)
+                let ipv4 = ipv4Enabled ? (network: network, subnet: subnet) : nil
+                let wanted = Firewall(network: ipv4?.network, subnet: ipv4?.subnet, ipv6Network: ipv6?.network, ipv6Subnet: ipv6?.subnet)
                 if firewall != wanted {
-                    try waitFor { try await Masquerade.apply(network: network, subnet: subnet, ipv6: ipv6) }
-                    log.debug("masquerade table written", metadata: ["network": "\(network)", "subnet": "\(subnet)",
+                    try waitFor { try await Masquerade.apply(ipv4: ipv4, ipv6: ipv6) }
+                    log.debug("masquerade table written", metadata: ["network": "\(ipv4.map { "\($0.network)" } ?? "none")",
+                                                                     "subnet": "\(ipv4.map { "\($0.subnet)" } ?? "none")",
                                                                      "ipv6": "\(ipv6.map { "\($0.network) \($0.subnet)" } ?? "none")"])
                     firewall = wanted
                 }

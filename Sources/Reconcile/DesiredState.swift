@@ -386,6 +386,8 @@ public struct HostGWBackend: Backend {
     public var followsRoutes: Bool { true }
 
     public func reason(_ peer: NodeRecord) -> String? {
+        // IPv6-only: records hold flannel's empty IPv4 values; the IPv4 plane takes none.
+        guard network.enableIPv4 else { return "the network is IPv6-only (EnableIPv4 false): there is no IPv4 plane" }
         let ip = peer.publicIP
         switch lookup.reach(ip) {
         case .direct(let device) where device == underlay.index:
@@ -537,6 +539,8 @@ public struct PeerChecks: Sendable {
 
     /// Why the peer cannot be programmed, whatever the other peers are; nil if it can.
     public func reason(_ peer: NodeRecord) -> String? {
+        // IPv6-only: records hold flannel's empty IPv4 values; the IPv4 plane takes none.
+        guard network.enableIPv4 else { return "the network is IPv6-only (EnableIPv4 false): there is no IPv4 plane" }
         let ip = peer.publicIP
         if ip.isLoopback || ip.isMulticast || ip.isUnspecified || ip.isReserved || ip.isBroadcast {
             return "publicIP \(ip) is \(ip.isLoopback ? "loopback" : ip.isMulticast ? "multicast" : "not a unicast address")"

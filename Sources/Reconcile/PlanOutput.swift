@@ -9,6 +9,8 @@ public struct PlanOutput: Sendable {
     public var renderer6: Renderer?
     /// Dual stack: the IPv6 plane's desired state (names the peer of each IPv6 change in JSON).
     public var desired6: DesiredState6?
+    /// An IPv6-only network (`EnableIPv4: false`): the summary counts the IPv6 plane's peers only.
+    public var ipv6Only = false
 
     public init(renderer: Renderer, desired: DesiredState? = nil, renderer6: Renderer? = nil, desired6: DesiredState6? = nil) {
         self.renderer = renderer
@@ -41,8 +43,9 @@ public struct PlanOutput: Sendable {
         }
         var peers = peerText(plan.peerCount, plan.skipped.count, "skipped")
         if let plan6 { peers += "; IPv6: " + peerText(plan6.peerCount, plan6.skipped.count, "left out") }
+        if ipv6Only, let plan6 { peers = peerText(plan6.peerCount, plan6.skipped.count, "skipped") + ", IPv6 only" }
         // With two planes, what counts both is set apart from the IPv6 plane's peers.
-        let separator = plan6 == nil ? ", " : "; "
+        let separator = plan6 == nil || ipv6Only ? ", " : "; "
         if plan.isEmpty && plan6?.isEmpty ?? true {
             return "in sync: nothing to do (\(peers)\(writes.map { "\(separator)\($0) kernel writes" } ?? ""))"
         }

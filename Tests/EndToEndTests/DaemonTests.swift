@@ -18,16 +18,27 @@ final class DaemonCluster {
     var etcd: pid_t?
     /// Dual stack: hosts and pods also on IPv6 (cluster.sh --dual), each agent given its publicIPv6 2001:2::N.
     let dual: Bool
+    /// IPv6-only: hosts and pods on IPv6 alone (cluster.sh --v6only), etcd at [2001:2::fe]:2379.
+    let v6only: Bool
+    /// Where the hosts reach etcd.
+    var etcdURL: String { v6only ? "http://[2001:2::fe]:2379" : "http://198.18.0.254:2379" }
 
-    init(hosts: Int, network: String = #"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#, dual: Bool = false) throws {
+    init(hosts: Int, network: String = #"{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}"#, dual: Bool = false,
+         v6only: Bool = false) throws {
         let n = Self.counter.withLock { value -> Int in value += 1; return value }
         prefix = "vxa-d\(getpid() % 100_000)-\(n)"
         directory = "/run/\(prefix)"
         self.hosts = hosts
-        self.dual = dual
+        self.dual = dual || v6only
+        self.v6only = v6only
         do {
-            try sh("\(packageRoot)/Tests/cluster/cluster.sh up \(prefix) \(hosts) 0\(dual ? " --dual" : "")")
-            try sh("ip -n \(prefix)-ul addr add 198.18.0.254/24 dev br0")
+            try sh("\(packageRoot)/Tests/cluster/cluster.sh up \(prefix) \(hosts) 0\(v6only ? " --v6only" : dual ? " --dual" : "")")
+            if v6only {
+                try sh("ip netns exec \(prefix)-ul sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.br0.disable_ipv6=0")
+                try sh("ip -n \(prefix)-ul addr add 2001:2::fe/64 dev br0 nodad")
+            } else {
+                try sh("ip -n \(prefix)-ul addr add 198.18.0.254/24 dev br0")
+            }
             try startEtcd()
             _ = try etcdctl("put \(Self.leasePrefix)/config '\(network)'")
         } catch {
@@ -52,8 +63,8 @@ final class DaemonCluster {
         }
         let dataDir = "\(directory)/etcd"
         etcd = try spawn(["ip", "netns", "exec", "\(prefix)-ul", etcdBinary, "--name", "test", "--data-dir", dataDir,
-                          "--listen-client-urls", "http://198.18.0.254:2379,http://127.0.0.1:2379",
-                          "--advertise-client-urls", "http://198.18.0.254:2379",
+                          "--listen-client-urls", "\(etcdURL),http://127.0.0.1:2379",
+                          "--advertise-client-urls", etcdURL,
                           "--listen-peer-urls", "http://127.0.0.1:2380",
                           "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
                           "--initial-cluster", "test=http://127.0.0.1:2380"],
@@ -95,8 +106,8 @@ final class DaemonCluster {
     func writeConfig(_ host: Int, extra: String = "") throws {
         try FileManager.default.createDirectory(atPath: hostDirectory(host), withIntermediateDirectories: true)
         let config = """
-            {"node": "h\(host)", "publicIP": "198.18.0.\(host)",\(dual ? " \"publicIPv6\": \"2001:2::\(String(host, radix: 16))\"," : "")
-             "etcd": {"endpoints": ["http://198.18.0.254:2379"]},
+            {"node": "h\(host)",\(v6only ? "" : " \"publicIP\": \"198.18.0.\(host)\",")\(dual ? " \"publicIPv6\": \"2001:2::\(String(host, radix: 16))\"," : "")
+             "etcd": {"endpoints": ["\(etcdURL)"]},
              "subnetFile": "\(hostDirectory(host))/subnet.env", "cniConfFile": "\(hostDirectory(host))/cni.conflist",
              "metricsAddress": "127.0.0.1:9472"\(extra)}
             """
@@ -168,7 +179,8 @@ final class DaemonCluster {
     }
 
     /// Puts a pod (network namespace) on `host` through the CNI configuration
-    /// its daemon wrote, calling /usr/lib/cni/bridge as a runtime does; returns its IP.
+    /// its daemon wrote, calling /usr/lib/cni/bridge as a runtime does; returns its IP
+    /// (IPv6-only: its IPv6 address).
     func addPod(_ host: Int) throws -> String {
         let pod = "\(ns(host))-p1"
         let list = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(hostDirectory(host))/cni.conflist"))) as! [String: Any]
@@ -187,7 +199,9 @@ final class DaemonCluster {
           CNI_PATH=/usr/lib/cni /usr/lib/cni/bridge < \(hostDirectory(host))/pod.conf > \(hostDirectory(host))/pod.result
         """)
         let result = try String(contentsOfFile: "\(hostDirectory(host))/pod.result", encoding: .utf8)
-        let match = try #require(result.firstMatch(of: /"address": *"([0-9.]+)\//), "CNI result: \(result)")
+        // IPv6-only: the pod's IPv6 address.
+        let match = try #require(v6only ? result.firstMatch(of: /"address": *"([0-9a-f:]+)\//) : result.firstMatch(of: /"address": *"([0-9.]+)\//),
+                                 "CNI result: \(result)")
         return String(match.1)
     }
 }

@@ -35,7 +35,8 @@ final class FakeKubeAPI: Sendable {
 
     let host: String
     let scheme: String
-    var url: String { "\(scheme)://\(host):\(channel.localAddress!.port!)" }
+    /// (An IPv6 host in brackets.)
+    var url: String { "\(scheme)://\(host.contains(":") ? "[\(host)]" : host):\(channel.localAddress!.port!)" }
 
     /// Synchronous: the listening socket is made on the calling thread (in its network namespace).
     /// With `tls`, HTTPS (and a client certificate required when the context asks for one).

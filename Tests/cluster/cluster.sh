@@ -33,6 +33,9 @@
 #   PREFIX-hI-pJ       pods also on fd00:10:244:X::/64 (X = I in hex), cni0 =
 #                      fd00:10:244:X::1; a route for fd00:10:244::/56 via it
 #
+# With --v6only the IPv6 half only: no IPv4 address on the hosts' eth0 (nor
+# on the router), pods on fd00:10:244:X::/64 only.
+#
 # IPv6 underlay addresses come from 2001:2::/48 (RFC 5180's benchmarking range,
 # as 198.18.0.0/15 is IPv4's); DAD is off (no tentative addresses to wait out).
 #
@@ -40,7 +43,7 @@
 # every command runs inside one of the cluster's namespaces.
 #
 # Usage:
-#   cluster.sh up PREFIX LAYOUT [PODS_PER_HOST] [--dual]
+#   cluster.sh up PREFIX LAYOUT [PODS_PER_HOST] [--dual|--v6only]
 #                                                 build it (fails if PREFIX exists);
 #                                                 LAYOUT is NHOSTS (one segment, e.g. 3)
 #                                                 or A+B[+C...] (segments and a router)
@@ -49,12 +52,13 @@
 #   cluster.sh hosts PREFIX                       one "HOST NAMESPACE ADDRESS SEGMENT" line
 #                                                 per host (segment 0: the one-segment layout)
 #   cluster.sh pods PREFIX                        one "HOST POD NAMESPACE IP" line per pod
-#                                                 (dual stack: "HOST POD NAMESPACE IP IPV6")
+#                                                 (dual stack, IPv6-only: "HOST POD NAMESPACE IP IPV6",
+#                                                 IP "none" when IPv6-only)
 #   cluster.sh exec PREFIX WHERE CMD [ARG]...     run CMD in a namespace; WHERE is
 #                                                 I or hI (host I), hI-pJ (pod), ul,
 #                                                 ulS (segment S), rt (the router)
 #   cluster.sh inventory [PREFIX] [LAYOUT] [--without I]... [--backend vxlan|host-gw|udp]
-#                        [--direct-routing] [--dual]
+#                        [--direct-routing] [--dual|--v6only]
 #                                                 vxlan-agent's config for the cluster
 #                                                 (LAYOUT defaults to PREFIX's); the
 #                                                 net-conf's Backend is {"Type": "vxlan",
@@ -64,7 +68,9 @@
 #                                                 {"Type": "udp", "Port": 8285};
 #                                                 --dual: EnableIPv6, IPv6Network
 #                                                 fd00:10:244::/56 and each node's
-#                                                 publicIPv6 and subnetV6
+#                                                 publicIPv6 and subnetV6;
+#                                                 --v6only: EnableIPv4 false, and
+#                                                 each node's IPv6 half only
 #   cluster.sh ping PREFIX [--all] [--without I]... [--v6]
 #                                                 every pod pings every pod on the other
 #                                                 hosts (--all: also on its own host);
@@ -195,14 +201,17 @@ cluster_ns() (
 
 # The CNI network config for host I's pods (cniVersion 1.0.0: this plugin
 # version supports 0.1.0 - 1.0.0, see `CNI_COMMAND=VERSION /usr/lib/cni/bridge`).
-_cluster_cni_conf() { # host-index ipam-dir [dual]
-    local i=$1 dir=$2 dual=${3:-0} x ranges routes
+_cluster_cni_conf() { # host-index ipam-dir [dual: 0, 1, or 6 for IPv6-only]
+    local i=$1 dir=$2 dual=${3:-0} x ranges="" routes="" sep=""
     x=$(printf '%x' "$i")
-    ranges='[{"subnet": "10.244.'$i'.0/24", "gateway": "10.244.'$i'.1"}]'
-    routes='{"dst": "10.244.0.0/16", "gw": "10.244.'$i'.1"}'
-    if [ "$dual" = 1 ]; then
-        ranges+=', [{"subnet": "fd00:10:244:'$x'::/64", "gateway": "fd00:10:244:'$x'::1"}]'
-        routes+=', {"dst": "fd00:10:244::/56", "gw": "fd00:10:244:'$x'::1"}'
+    if [ "$dual" != 6 ]; then
+        ranges='[{"subnet": "10.244.'$i'.0/24", "gateway": "10.244.'$i'.1"}]'
+        routes='{"dst": "10.244.0.0/16", "gw": "10.244.'$i'.1"}'
+        sep=', '
+    fi
+    if [ "$dual" != 0 ]; then
+        ranges+=$sep'[{"subnet": "fd00:10:244:'$x'::/64", "gateway": "fd00:10:244:'$x'::1"}]'
+        routes+=$sep'{"dst": "fd00:10:244::/56", "gw": "fd00:10:244:'$x'::1"}'
     fi
     cat <<JSON
 {
@@ -235,8 +244,11 @@ _cluster_cni() { # command host-ns pod-ns host-index ipam-dir [dual]
 }
 
 cluster_up() (
+    # dual: 0 IPv4 only, 1 dual stack, 6 IPv6 only
     local dual=0 args=() a
-    for a in "$@"; do if [ "$a" = --dual ]; then dual=1; else args+=("$a"); fi; done
+    for a in "$@"; do
+        case $a in --dual) dual=1 ;; --v6only) dual=6 ;; *) args+=("$a") ;; esac
+    done
     set -- "${args[@]}"
     _cluster_check_prefix "${1:-}"
     _cluster_check_layout "${2:-}"
@@ -274,7 +286,7 @@ cluster_up() (
     local v6on=(net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
                 net.ipv6.conf.all.accept_ra=0 net.ipv6.conf.default.accept_ra=0)
     local hostv6=("${v6off[@]}") podv6=("${v6off[@]}")
-    if [ $dual = 1 ]; then hostv6=("${v6on[@]}" net.ipv6.conf.all.forwarding=1); podv6=("${v6on[@]}"); fi
+    if [ $dual != 0 ]; then hostv6=("${v6on[@]}" net.ipv6.conf.all.forwarding=1); podv6=("${v6on[@]}"); fi
     local segments s ul
     segments=$(printf '%s\n' "$table" | awk '{print $2}' | sort -un)
     for s in $segments; do
@@ -295,8 +307,8 @@ cluster_up() (
         for s in $segments; do
             _cluster_do ip -n "$prefix-ul$s" link add rt type veth peer name "eth$s" netns "$rt"
             _cluster_do ip -n "$prefix-ul$s" link set rt master br0 up
-            _cluster_do ip -n "$rt" addr add "198.18.$s.254/24" dev "eth$s"
-            if [ $dual = 1 ]; then _cluster_do ip -n "$rt" addr add "2001:2:$s::fe/64" dev "eth$s" nodad; fi
+            [ $dual = 6 ] || _cluster_do ip -n "$rt" addr add "198.18.$s.254/24" dev "eth$s"
+            if [ $dual != 0 ]; then _cluster_do ip -n "$rt" addr add "2001:2:$s::fe/64" dev "eth$s" nodad; fi
             _cluster_do ip -n "$rt" link set "eth$s" up
         done
     fi
@@ -311,12 +323,12 @@ cluster_up() (
         _cluster_do ip -n "$h" link set lo up
         _cluster_do ip -n "$ul" link add "h$i" type veth peer name eth0 netns "$h"
         _cluster_do ip -n "$ul" link set "h$i" master br0 up
-        _cluster_do ip -n "$h" addr add "$address/24" dev eth0
+        [ $dual = 6 ] || _cluster_do ip -n "$h" addr add "$address/24" dev eth0
         _cluster_do ip -n "$h" link set eth0 up
-        if [ "$gateway" != - ]; then
+        if [ "$gateway" != - ] && [ $dual != 6 ]; then
             _cluster_do ip -n "$h" route add default via "$gateway" dev eth0
         fi
-        if [ $dual = 1 ]; then
+        if [ $dual != 0 ]; then
             if [ "$s" = 0 ]; then
                 _cluster_do ip -n "$h" addr add "2001:2::$(printf '%x' "$i")/64" dev eth0 nodad
             else
@@ -333,8 +345,13 @@ cluster_up() (
                 _cluster_err "CNI ADD for $p failed: $out"
                 exit 1
             fi
-            ip=$(printf '%s' "$out" | tr -d ' \n\t' | grep -oE '"address":"[0-9.]+/' | head -n 1 | tr -dc '0-9.' || true)
-            [ -n "$ip" ] || { _cluster_err "CNI ADD for $p returned no IPv4 address: $out"; exit 1; }
+            if [ $dual = 6 ]; then
+                ip=$(printf '%s' "$out" | tr -d ' \n\t' | grep -oE '"address":"[0-9a-f:]+/' | head -n 1 || true)
+                [ -n "$ip" ] || { _cluster_err "CNI ADD for $p returned no IPv6 address: $out"; exit 1; }
+            else
+                ip=$(printf '%s' "$out" | tr -d ' \n\t' | grep -oE '"address":"[0-9.]+/' | head -n 1 | tr -dc '0-9.' || true)
+                [ -n "$ip" ] || { _cluster_err "CNI ADD for $p returned no IPv4 address: $out"; exit 1; }
+            fi
         done
     done 3<<< "$table"
 
@@ -409,7 +426,7 @@ cluster_pods() (
         rest=${ns#"$prefix"-h}
         [[ $rest == *-p* ]] || continue
         ip=$(ip -n "$ns" -4 -o addr show dev eth0 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}' || true)
-        if [ "$dual" = 1 ]; then
+        if [ "$dual" = 1 ] || [ "$dual" = 6 ]; then
             ip6=$(ip -n "$ns" -6 -o addr show dev eth0 scope global 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}' || true)
             echo "${rest%-p*} ${rest#*-p} $ns ${ip:-none} ${ip6:-none}"
         else
@@ -454,6 +471,7 @@ cluster_inventory() (
                 shift 2 ;;
             --direct-routing) direct=1; shift ;;
             --dual) dual=1; shift ;;
+            --v6only) dual=6; shift ;;
             *) _cluster_err "inventory: unknown argument '$1'"; exit 2 ;;
         esac
     done
@@ -471,10 +489,14 @@ cluster_inventory() (
     esac
     # flannel's dual-stack keys; each node's IPv6 half as cluster.sh up --dual made it.
     [ $dual = 0 ] || v6conf=', "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "IPv6SubnetLen": 64'
+    local v4conf='"Network": "10.244.0.0/16", "SubnetLen": 24'
+    # IPv6-only: flannel's EnableIPv4 false, no IPv4 keys (a file of ours names them as a mistake).
+    [ $dual != 6 ] || v4conf='"EnableIPv4": false'
     while read -r i seg address gateway; do
         [[ $without == *" $i "* ]] && continue
-        nodes+="$sep    {\"name\": \"node-$i\", \"publicIP\": \"$address\", \"subnet\": \"10.244.$i.0/24\""
-        if [ $dual = 1 ]; then
+        nodes+="$sep    {\"name\": \"node-$i\""
+        [ $dual = 6 ] || nodes+=", \"publicIP\": \"$address\", \"subnet\": \"10.244.$i.0/24\""
+        if [ $dual != 0 ]; then
             x=$(printf '%x' "$i")
             if [ "$seg" = 0 ]; then address6="2001:2::$x"; else address6="2001:2:$seg::$x"; fi
             nodes+=", \"publicIPv6\": \"$address6\", \"subnetV6\": \"fd00:10:244:$x::/64\""
@@ -484,7 +506,7 @@ cluster_inventory() (
     done < <(_cluster_layout_hosts "$layout")
     cat <<JSON
 {
-  "network": {"Network": "10.244.0.0/16", "SubnetLen": 24$v6conf, "Backend": $conf},
+  "network": {$v4conf$v6conf, "Backend": $conf},
   "nodes": [
 $nodes
   ]
@@ -510,7 +532,7 @@ cluster_ping() (
     while read -r line; do
         set -- $line
         if [ $v6 = 1 ]; then
-            [ -n "${5:-}" ] || { _cluster_err "ping --v6: $prefix is not dual stack (cluster.sh up ... --dual)"; exit 2; }
+            [ -n "${5:-}" ] || { _cluster_err "ping --v6: $prefix has no IPv6 (cluster.sh up ... --dual or --v6only)"; exit 2; }
             line="$1 $2 $3 $5"
         fi
         [[ $without == *" $1 "* ]] || pods+=("$line")
