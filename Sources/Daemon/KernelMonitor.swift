@@ -14,9 +14,8 @@ import Synchronization
 /// full pass can tell what changed.
 public final class KernelMonitor: Sendable {
     let parser: Mutex<KernelEvents>
-    /// Dual stack: the IPv6 device's events. The daemon keeps no incremental
-    /// picture of the IPv6 plane: any event that is not its own sends it to a
-    /// full pass (`changed6`), which plans both planes.
+    /// Dual stack and IPv6-only: the IPv6 device's events, handed over beside
+    /// the IPv4 device's (the daemon keeps a picture of each plane).
     let parser6: Mutex<KernelEvents?>
     let stopped = Atomic<Bool>(false)
 
@@ -47,15 +46,15 @@ public final class KernelMonitor: Sendable {
 
     /// Subscribes, then starts the thread. Subscribing before the caller's
     /// first dump means no change falls between the dump and the listening.
-    public func start(events: @escaping @Sendable ([KernelEvent]) -> Void,
-                      changed6: @escaping @Sendable (String) -> Void = { _ in },
+    /// `events` gets each batch: the IPv4 device's events and the IPv6 device's.
+    public func start(events: @escaping @Sendable ([KernelEvent], [KernelEvent6]) -> Void,
                       lost: @escaping @Sendable (String) -> Void) throws {
         let socket = try NetlinkSocket()
         let dual = parser6.withLock { $0 != nil }
         for group in Set(kernelEventGroups + (dual ? kernelEventGroups6 : [])).sorted() { try socket.subscribe(group: group) }
         let box = SocketBox(socket)
         let thread = Thread { [self] in
-            self.loop(box.socket, events: events, changed6: changed6, lost: lost)
+            self.loop(box.socket, events: events, lost: lost)
         }
         thread.name = "kernel-monitor"
         thread.start()
@@ -63,10 +62,10 @@ public final class KernelMonitor: Sendable {
 
     public func stop() { stopped.store(true, ordering: .releasing) }
 
-    func loop(_ socket: NetlinkSocket, events: @Sendable ([KernelEvent]) -> Void, changed6: @Sendable (String) -> Void,
+    func loop(_ socket: NetlinkSocket, events: @Sendable ([KernelEvent], [KernelEvent6]) -> Void,
               lost: @Sendable (String) -> Void) {
         var batch: [KernelEvent] = []
-        var change6: String?
+        var batch6: [KernelEvent6] = []
         while !stopped.load(ordering: .acquiring) {
             do {
                 // One receive reads what one datagram holds; take every datagram
@@ -78,30 +77,29 @@ public final class KernelMonitor: Sendable {
                     // this thread waits for the next event.
                     if let event = self.parser.withLock({ $0.parse(message) }) {
                         batch.append(event)
-                    } else if change6 == nil, let event = self.parser6.withLock({ $0?.parse6(message) }), !event.own {
-                        change6 = "\(event)"
+                    } else if let event = self.parser6.withLock({ $0?.parse6(message) }) {
+                        batch6.append(event)
                     }
                 }) {
                     timeout = 0
-                    if batch.count >= 4_096 { break }
+                    if batch.count + batch6.count >= 4_096 { break }
                 }
             } catch where error.code == ENOBUFS {
                 batch = []
+                batch6 = []
                 lost("kernel events lost (ENOBUFS)")
                 continue
             } catch {
                 batch = []
+                batch6 = []
                 lost("kernel monitor: \(error)")
                 Thread.sleep(forTimeInterval: 0.5)
                 continue
             }
-            if !batch.isEmpty {
-                events(batch)
+            if !batch.isEmpty || !batch6.isEmpty {
+                events(batch, batch6)
                 batch = []
-            }
-            if let what = change6 {
-                changed6(what)
-                change6 = nil
+                batch6 = []
             }
         }
     }

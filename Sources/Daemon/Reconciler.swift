@@ -34,6 +34,8 @@ final class Reconciler: @unchecked Sendable {
         var upserts: [String: NodeRecord] = [:]
         var removals: Set<String> = []
         var events: [KernelEvent] = []
+        /// The IPv6 device's (dual stack, IPv6-only).
+        var events6: [KernelEvent6] = []
         var stop = false
 
         /// Kernel events waiting, at least this many: past the limit a full
@@ -48,19 +50,21 @@ final class Reconciler: @unchecked Sendable {
 
         /// Queues kernel events, unless a full pass is due anyway (its dump
         /// comes after them, and sees what they say).
-        mutating func take(_ more: [KernelEvent], limit: Int) {
+        mutating func take(_ more: [KernelEvent], _ more6: [KernelEvent6] = [], limit: Int) {
             guard full.isEmpty && view == nil && config == nil else { return }
-            if events.count + more.count > limit {
+            if events.count + events6.count + more.count + more6.count > limit {
                 events = []
+                events6 = []
                 full.insert("kernel")
             } else {
                 events += more
+                events6 += more6
             }
         }
 
         var isEmpty: Bool {
             full.isEmpty && view == nil && interface == nil && config == nil && upserts.isEmpty && removals.isEmpty
-                && events.isEmpty && !stop
+                && events.isEmpty && events6.isEmpty && !stop
         }
     }
 
@@ -193,8 +197,8 @@ final class Reconciler: @unchecked Sendable {
             var previous: [String: NodeRecord] = [:]
             for key in work.removals { previous[key] = peers.removeValue(forKey: key) }
             for (key, record) in work.upserts { previous[key] = peers.updateValue(record, forKey: key) }
-            // Up to four entries a peer (VXLAN's FDB entry, neighbor, nexthop, route), each a write and its echo.
-            let limit = Work.eventLimit(entries: 4 * peers.count)
+            // Up to four entries a peer and plane (VXLAN's FDB entry, neighbor, nexthop, route), each a write and its echo.
+            let limit = Work.eventLimit(entries: 4 * peers.count * (network?.ipv6 == nil ? 1 : 2))
             condition.lock()
             eventLimit = limit
             condition.unlock()
@@ -210,14 +214,9 @@ final class Reconciler: @unchecked Sendable {
             }
             guard let network, let local else { continue }
             let view = ClusterView(network: network, local: local, peers: [])
-            // Dual stack: the IPv6 plane has no incremental path yet; a lease
-            // that changed is planned by a full pass, which covers both planes.
-            if network.ipv6 != nil && network.backendType != "udp" && (!work.upserts.isEmpty || !work.removals.isEmpty) {
-                full.insert("registry")
-            }
             if full.isEmpty {
                 let leases = !work.upserts.isEmpty || !work.removals.isEmpty
-                guard leases || !work.events.isEmpty else { continue }
+                guard leases || !work.events.isEmpty || !work.events6.isEmpty else { continue }
                 incremental(view: view, trigger: leases ? "registry" : "kernel", work: work, previous: previous)
             } else {
                 fullPass(view: view, triggers: full)
@@ -250,26 +249,59 @@ final class Reconciler: @unchecked Sendable {
         guard let lock = lock() else { return }
         defer { withExtendedLifetime(lock) {} }
         switch live.incremental(upserts: Array(work.upserts.values), removals: Array(work.removals), previous: previous,
-                                events: work.events) {
+                                events: work.events, events6: work.events6) {
         case .needsFullPass(let why):
             log.debug("full pass", metadata: ["why": "\(why)"])
             fullPass(view: view, triggers: [trigger], locked: true)
         case .applied(let changes, let report, _):
             // udp: a lease changes no kernel entry, only the data path's table.
             updateTunnel(host: nil, remade: false)
-            log.trace("incremental pass", metadata: ["trigger": "\(trigger)", "events": "\(work.events.count)",
-                                                     "leases": "\(work.upserts.count + work.removals.count)", "changes": "\(changes.count)"])
-            guard !changes.isEmpty else {
-                metrics.update { $0.kernelEvents += work.events.count }
+            let events = work.events.count + work.events6.count
+            let applied6 = live.applied6
+            let changes6 = applied6?.changes.count ?? 0
+            log.trace("incremental pass", metadata: ["trigger": "\(trigger)", "events": "\(events)",
+                                                     "leases": "\(work.upserts.count + work.removals.count)",
+                                                     "changes": "\(changes.count)", "changes6": "\(changes6)"])
+            guard !changes.isEmpty || changes6 > 0 else {
+                metrics.update { $0.kernelEvents += events }
                 return
             }
             metrics.update {
                 $0.reconciles[trigger, default: 0] += 1
-                $0.kernelEvents += work.events.count
+                $0.kernelEvents += events
             }
             finish(changes: changes, report: report, trigger: [trigger], peers: live.desired?.peerCount ?? 0,
                    skipped: nil, started: started, fileError: nil, output: live.output)
+            if let applied6 { finish6(changes: applied6.changes, report: applied6.report, output: live.output) }
         }
+    }
+
+    /// Logs and counts what an incremental pass did in the IPv6 plane (its changes
+    /// under their own kinds, `route6`, ..., as a full pass counts them), and
+    /// schedules a retry after failures, as `finish` does for the IPv4 plane.
+    private func finish6(changes: [Change6], report: ApplyReport6, output: PlanOutput) {
+        guard !changes.isEmpty else { return }
+        for failure in report.failures {
+            var metadata: Logger.Metadata = ["error": "\(output.describe(failure))"]
+            if let name = failure.codeName { metadata["errno"] = "\(name)" }
+            log.error("IPv6 change failed", metadata: metadata)
+        }
+        var counts: [String: Int] = [:]
+        for change in changes { counts[Self.label(change), default: 0] += 1 }
+        for failure in report.failures { counts[Self.label(failure.change), default: 0] -= 1 }
+        metrics.update {
+            $0.kernelWrites += report.writes
+            $0.changeFailures += report.failures.count
+            for (key, value) in counts where value > 0 { $0.changes[key, default: 0] += value }
+            if let failure = report.failures.first { $0.lastError = output.describe(failure) }
+        }
+        log.info("IPv6 plane applied", metadata: [
+            "changes": "\(counts.filter { $0.value > 0 }.sorted { $0.key < $1.key }.map { "\($0.key.replacingOccurrences(of: " ", with: "-"))=\($0.value)" }.joined(separator: ","))",
+            "writes": "\(report.writes)", "failed": "\(report.failures.count)", "peers": "\(live.desired6?.peerCount ?? 0)",
+        ])
+        guard !report.failures.isEmpty else { return }
+        if report.failures.allSatisfy(\.isTransient) { retryWait = .zero }
+        scheduleRetry()
     }
 
     private func fullPass(view: ClusterView, triggers: Set<String>, locked: Bool = false) {
@@ -284,13 +316,10 @@ final class Reconciler: @unchecked Sendable {
                 : KernelMonitor(deviceName: deviceName, deviceName6: view.network.ipv6DeviceName,
                                 proto: live.proto, ownPort: port)
             do {
-                try monitor.start(events: { [weak self] events in
-                                      self?.log.trace("kernel events", metadata: ["count": "\(events.count)", "first": "\(events.first.map { "\($0)" } ?? "")"])
-                                      self?.post { [weak self] in $0.take(events, limit: self?.eventLimit ?? Work.minEventLimit) }
-                                  },
-                                  changed6: { [weak self] what in
-                                      self?.log.debug("IPv6 plane changed; a full pass follows", metadata: ["event": "\(what)"])
-                                      self?.post { $0.full.insert("kernel") }
+                try monitor.start(events: { [weak self] events, events6 in
+                                      self?.log.trace("kernel events", metadata: ["count": "\(events.count + events6.count)",
+                                                                                  "first": "\(events.first.map { "\($0)" } ?? events6.first.map { "\($0)" } ?? "")"])
+                                      self?.post { [weak self] in $0.take(events, events6, limit: self?.eventLimit ?? Work.minEventLimit) }
                                   },
                                   lost: { [weak self] why in
                                       self?.log.warning("kernel events lost; a full pass follows", metadata: ["why": "\(why)"])

@@ -37,17 +37,45 @@ public typealias KernelEvent6 = KernelEventOf<IPv6Address>
 
 /// What the kernel identifies an entry by, as the agent's diff keys it: one FDB
 /// entry per MAC, one neighbor per address, one nexthop per id, one route per
-/// (destination, metric) in the main table.
-public enum EntryKey: Hashable, Sendable {
+/// (destination, metric) in the main table. Generic over the plane's family
+/// (`EntryKey`: IPv4, `EntryKey6`: IPv6).
+public enum EntryKeyOf<A: IPFamilyAddress>: Hashable, Sendable {
     case fdb(MACAddress)
-    case neighbor(IPv4Address)
+    case neighbor(A)
     case nexthop(UInt32)
-    case route(RouteKey)
+    case route(RouteKeyOf<A>)
+
+    // Written out and inlinable: the synthesized conformance of a generic enum is
+    // an unspecialized call per key from another module.
+    @inlinable
+    public static func == (a: EntryKeyOf, b: EntryKeyOf) -> Bool {
+        switch (a, b) {
+        case (.fdb(let x), .fdb(let y)): x == y
+        case (.neighbor(let x), .neighbor(let y)): x == y
+        case (.nexthop(let x), .nexthop(let y)): x == y
+        case (.route(let x), .route(let y)): x.dst == y.dst && x.priority == y.priority
+        default: false
+        }
+    }
+
+    @inlinable
+    public func hash(into hasher: inout Hasher) {
+        switch self {
+        case .fdb(let mac): hasher.combine(0 as UInt8); hasher.combine(mac)
+        case .neighbor(let ip): hasher.combine(1 as UInt8); hasher.combine(ip)
+        case .nexthop(let id): hasher.combine(2 as UInt8); hasher.combine(id)
+        case .route(let key): hasher.combine(3 as UInt8); hasher.combine(key.dst.hashBits); hasher.combine(key.priority)
+        }
+    }
 }
 
-extension Entry {
+public typealias EntryKey = EntryKeyOf<IPv4Address>
+public typealias EntryKey6 = EntryKeyOf<IPv6Address>
+
+extension EntryOf {
     /// The key of an FDB entry, neighbor, nexthop or route; nil for an address.
-    public var key: EntryKey? {
+    @inlinable
+    public var key: EntryKeyOf<A>? {
         switch self {
         case .fdb(let e): .fdb(e.mac)
         case .neighbor(let n): .neighbor(n.ip)

@@ -8,26 +8,31 @@ import Model
 // Whatever the incremental path cannot decide alone (the device, addresses, a
 // peer that collides with another, an ambiguous event) it hands to a full pass.
 
-/// What the kernel holds of what the agent owns, by key.
+/// What the kernel holds of what the agent owns in one plane, by key
+/// (`KernelPicture`: `flannel.<VNI>`, `KernelPicture6`: `flannel-v6.<VNI>`).
 ///
 /// Sized for 50,000 peers: each table stores its entries packed (an FDB entry
 /// as its destination, a neighbor as its MAC, ...: 12 to 28 bytes a slot instead
-/// of 28 to 48), see `PackedTable`.
-public struct KernelPicture: Sendable {
+/// of 28 to 48 for IPv4), see `PackedTable`.
+///
+/// Generic, with a public entry point per family (the extensions below), so no
+/// caller outside this module runs the unspecialized code.
+public struct KernelPictureOf<A: IPFamilyAddress>: Sendable {
+    public typealias Key = EntryKeyOf<A>
     public var device: LinkState?
-    public var addresses: [IPv4Prefix]
+    public var addresses: [A.Prefix]
     /// The first remote of each MAC; the other remotes (only `bridge fdb append`
     /// makes them) in `extraFDB`.
-    public internal(set) var fdb = PackedTable<FDBEntry>()
-    public internal(set) var extraFDB: [MACAddress: [FDBEntry]] = [:]
-    public internal(set) var neighbors = PackedTable<Neighbor>()
-    public internal(set) var nexthops = PackedTable<Nexthop>()
-    public internal(set) var routes = PackedTable<Route>()
+    public internal(set) var fdb = PackedTable<FDBEntryOf<A>>()
+    public internal(set) var extraFDB: [MACAddress: [FDBEntryOf<A>]] = [:]
+    public internal(set) var neighbors = PackedTable<NeighborOf<A>>()
+    public internal(set) var nexthops = PackedTable<NexthopOf<A>>()
+    public internal(set) var routes = PackedTable<RouteOf<A>>()
     /// Routes with a key another route has too (kept apart, like extra remotes).
-    public internal(set) var extraRoutes: [RouteKey: [Route]] = [:]
+    public internal(set) var extraRoutes: [RouteKeyOf<A>: [RouteOf<A>]] = [:]
     public var nexthopUsers: [UInt32: String]
 
-    public init(_ snapshot: KernelSnapshot) {
+    init(snapshot: KernelSnapshotOf<A>) {
         device = snapshot.device
         addresses = snapshot.addresses
         nexthopUsers = snapshot.nexthopUsers
@@ -47,14 +52,14 @@ public struct KernelPicture: Sendable {
 
     public var deviceIndex: Int32? { device?.index }
 
-    func fdbRemotes(_ mac: MACAddress) -> [FDBEntry] { (fdb[mac].map { [$0] } ?? []) + (extraFDB[mac] ?? []) }
-    func routesAt(_ key: RouteKey) -> [Route] { (routes[key].map { [$0] } ?? []) + (extraRoutes[key] ?? []) }
+    func fdbRemotes(_ mac: MACAddress) -> [FDBEntryOf<A>] { (fdb[mac].map { [$0] } ?? []) + (extraFDB[mac] ?? []) }
+    func routesAt(_ key: RouteKeyOf<A>) -> [RouteOf<A>] { (routes[key].map { [$0] } ?? []) + (extraRoutes[key] ?? []) }
 
     // MARK: the agent's own writes
 
     /// Takes in a change the kernel accepted. Entries only: a device change is
     /// followed by a full pass.
-    public mutating func record(_ change: Change) {
+    mutating func recordOf(_ change: ChangeOf<A>) {
         switch change {
         case .add(let entry): put(entry, replacing: nil)
         case .replace(let old, let new): put(new, replacing: old)
@@ -63,7 +68,7 @@ public struct KernelPicture: Sendable {
         }
     }
 
-    mutating func put(_ entry: Entry, replacing old: Entry?) {
+    mutating func put(_ entry: EntryOf<A>, replacing old: EntryOf<A>?) {
         let index = deviceIndex
         switch entry {
         case .fdb(let e):
@@ -86,7 +91,7 @@ public struct KernelPicture: Sendable {
         }
     }
 
-    mutating func drop(_ entry: Entry) {
+    mutating func drop(_ entry: EntryOf<A>) {
         switch entry {
         case .fdb(let e):
             if fdb[e.mac] == e {
@@ -113,7 +118,7 @@ public struct KernelPicture: Sendable {
         }
     }
 
-    mutating func dropRoute(_ route: Route, at key: RouteKey) {
+    mutating func dropRoute(_ route: RouteOf<A>, at key: RouteKeyOf<A>) {
         if routes[key] == route {
             if var extra = extraRoutes[key], !extra.isEmpty {
                 routes[key] = extra.removeFirst()
@@ -127,8 +132,11 @@ public struct KernelPicture: Sendable {
         }
     }
 
+    /// `IPv4Prefix.overlaps`, for either family.
+    static func overlap(_ a: A.Prefix, _ b: A.Prefix) -> Bool { a.contains(b.network) || b.contains(a.network) }
+
     /// The same route as far as a delete is concerned (the kernel fills in fields a request leaves out).
-    static func sameRoute(_ a: Route, _ b: Route) -> Bool {
+    static func sameRoute(_ a: RouteOf<A>, _ b: RouteOf<A>) -> Bool {
         a.key == b.key && a.nexthopID == b.nexthopID && a.gateway == b.gateway && a.proto == b.proto && a.type == b.type
     }
 
@@ -137,7 +145,7 @@ public struct KernelPicture: Sendable {
     /// What an event did to the picture.
     public enum Noted: Sendable, Hashable {
         /// The entries at these keys changed: diff them.
-        case touched([EntryKey])
+        case touched([EntryKeyOf<A>])
         /// Nothing to do: the agent's own write came back (the picture holds
         /// it already), or a change that does not concern the agent.
         case ignored
@@ -148,12 +156,13 @@ public struct KernelPicture: Sendable {
     }
 
     /// Takes in a kernel event. `proto` is the agent's route protocol,
-    /// `network` the cluster network (a foreign route inside it changes which
-    /// peers may be programmed); `followsRoutes`: the backend decides by the
-    /// host's routes which peers are on its segment (host-gw, DirectRouting), so
-    /// any change of someone else's route may change that.
-    public mutating func note(_ event: KernelEvent, proto: UInt8, network: IPv4Prefix, followsRoutes: Bool = false) -> Noted {
-        let entry: Entry
+    /// `network` the plane's pod network (a foreign route inside it changes
+    /// which peers may be programmed; nil: the plane programs no peer, as the
+    /// IPv4 plane of an IPv6-only cluster); `followsRoutes`: the backend decides
+    /// by the host's routes which peers are on its segment (host-gw,
+    /// DirectRouting), so any change of someone else's route may change that.
+    mutating func noteOf(_ event: KernelEventOf<A>, proto: UInt8, network: A.Prefix?, followsRoutes: Bool) -> Noted {
+        let entry: EntryOf<A>
         switch event.subject {
         case .device(let what): return event.own ? .ignored : .fullPass(what)
         case .entry(let e): entry = e
@@ -162,10 +171,16 @@ public struct KernelPicture: Sendable {
             // Someone else's route: it matters if it took the key of one of ours,
             // or overlaps the network (a peer's subnet may collide with it now, or no longer).
             if routes[r.key] != nil && !event.deleted { return .fullPass("a route of protocol \(Renderer.protocolName(r.proto)) to \(r.dst)") }
-            if followsRoutes && !r.dst.overlaps(network) {
+            guard let network else { return .ignored }
+            let isIPv6 = A.family == IPv6Address.family
+            // The kernel's link-local routes (fe80::/64 on every IPv6 link) never decide a peer.
+            if isIPv6, let dst = r.dst.network as? IPv6Address, dst.isLinkLocal { return .ignored }
+            if followsRoutes && !Self.overlap(r.dst, network) {
                 return .fullPass("route \(r.dst) \(event.deleted ? "deleted" : "changed"): which peers are on this host's segment is decided again")
             }
-            let overlaps = r.dst.overlaps(network) && (r.scope == 253 || r.dst.length >= network.length)
+            // IPv6 has no link scope: a connected network is a route with a device and no gateway.
+            let connected = r.scope == 253 || (isIPv6 && r.type == 1 && r.gateway == nil && r.nexthopID == nil && r.deviceIndex != nil)
+            let overlaps = Self.overlap(r.dst, network) && (connected || r.dst.length >= network.length)
             return overlaps ? .fullPass("route \(r.dst) of protocol \(Renderer.protocolName(r.proto)) \(event.deleted ? "deleted" : "changed")") : .ignored
         }
         guard let key = entry.key else { return event.own ? .ignored : .fullPass("address of the device changed") }
@@ -197,6 +212,34 @@ public struct KernelPicture: Sendable {
             put(entry, replacing: nil)
         }
         return event.own ? .ignored : .touched([key])
+    }
+}
+
+public typealias KernelPicture = KernelPictureOf<IPv4Address>
+public typealias KernelPicture6 = KernelPictureOf<IPv6Address>
+
+extension KernelPictureOf where A == IPv4Address {
+    public init(_ snapshot: KernelSnapshot) { self.init(snapshot: snapshot) }
+
+    /// Takes in a change the kernel accepted (see `recordOf`).
+    public mutating func record(_ change: Change) { recordOf(change) }
+
+    /// Takes in a kernel event (see `noteOf`).
+    public mutating func note(_ event: KernelEvent, proto: UInt8, network: IPv4Prefix?, followsRoutes: Bool = false) -> Noted {
+        noteOf(event, proto: proto, network: network, followsRoutes: followsRoutes)
+    }
+}
+
+extension KernelPictureOf where A == IPv6Address {
+    /// The IPv6 plane's picture. What the kernel keeps on an IPv6 device by
+    /// itself (the link-local address, each address's own route) is left out,
+    /// as the full diff leaves it out.
+    public init(_ snapshot: KernelSnapshot6) { self.init(snapshot: Differ.withoutKernelOwn(snapshot)) }
+
+    public mutating func record(_ change: Change6) { recordOf(change) }
+
+    public mutating func note(_ event: KernelEvent6, proto: UInt8, network: IPv6Prefix?, followsRoutes: Bool = false) -> Noted {
+        noteOf(event, proto: proto, network: network, followsRoutes: followsRoutes)
     }
 }
 
@@ -252,40 +295,40 @@ public protocol Packable: Equatable, Sendable {
     init(key: Key, packed: Packed)
 }
 
-extension FDBEntry: Packable {
+extension FDBEntryOf: Packable {
     /// A permanent remote on the device's own port and VNI: its destination.
-    public var packed: IPv4Address? { permanent && port == nil && vni == nil && via == nil ? dst : nil }
-    public init(key: MACAddress, packed: IPv4Address) { self.init(mac: key, dst: packed) }
+    @inline(__always) public var packed: A? { permanent && port == nil && vni == nil && via == nil ? dst : nil }
+    @inline(__always) public init(key: MACAddress, packed: A) { self.init(mac: key, dst: packed) }
 }
 
-extension Neighbor: Packable {
+extension NeighborOf: Packable {
     /// A permanent neighbor: its MAC.
-    public var packed: MACAddress? { permanent ? mac : nil }
-    public init(key: IPv4Address, packed: MACAddress) { self.init(ip: key, mac: packed) }
+    @inline(__always) public var packed: MACAddress? { permanent ? mac : nil }
+    @inline(__always) public init(key: A, packed: MACAddress) { self.init(ip: key, mac: packed) }
 }
 
 /// A nexthop via a gateway on a device, not a group.
-public struct PackedNexthop: Sendable {
-    var gateway: IPv4Address
+public struct PackedNexthopOf<A: IPFamilyAddress>: Sendable {
+    var gateway: A
     var deviceIndex: Int32
     var onlink: Bool
     var proto: UInt8
 }
 
-extension Nexthop: Packable {
-    public var packed: PackedNexthop? {
+extension NexthopOf: Packable {
+    @inline(__always) public var packed: PackedNexthopOf<A>? {
         guard let gateway, let deviceIndex, group == nil else { return nil }
-        return PackedNexthop(gateway: gateway, deviceIndex: deviceIndex, onlink: onlink, proto: proto)
+        return PackedNexthopOf(gateway: gateway, deviceIndex: deviceIndex, onlink: onlink, proto: proto)
     }
 
-    public init(key: UInt32, packed: PackedNexthop) {
+    @inline(__always) public init(key: UInt32, packed: PackedNexthopOf<A>) {
         self.init(id: key, gateway: packed.gateway, onlink: packed.onlink, proto: packed.proto, deviceIndex: packed.deviceIndex)
     }
 }
 
 /// A route without its key, its optional fields' presence in `flags`.
-public struct PackedRoute: Sendable {
-    var gateway: UInt32
+public struct PackedRouteOf<A: IPFamilyAddress>: Sendable {
+    var gateway: A
     var nexthopID: UInt32
     var deviceIndex: Int32
     /// 1: gateway, 2: nexthop id, 4: device index, 8: onlink.
@@ -295,27 +338,87 @@ public struct PackedRoute: Sendable {
     var scope: UInt8
 }
 
-extension Route: Packable {
-    public var packed: PackedRoute? {
+extension RouteOf: Packable {
+    @inline(__always) public var packed: PackedRouteOf<A>? {
         var flags: UInt8 = onlink ? 8 : 0
         if gateway != nil { flags |= 1 }
         if nexthopID != nil { flags |= 2 }
         if deviceIndex != nil { flags |= 4 }
-        return PackedRoute(gateway: gateway?.value ?? 0, nexthopID: nexthopID ?? 0, deviceIndex: deviceIndex ?? 0, flags: flags,
-                           proto: proto, type: type, scope: scope)
+        return PackedRouteOf(gateway: gateway ?? A.zero, nexthopID: nexthopID ?? 0, deviceIndex: deviceIndex ?? 0, flags: flags,
+                             proto: proto, type: type, scope: scope)
     }
 
-    public init(key: RouteKey, packed: PackedRoute) {
-        self.init(dst: key.dst, gateway: packed.flags & 1 != 0 ? IPv4Address(packed.gateway) : nil,
+    @inline(__always) public init(key: RouteKeyOf<A>, packed: PackedRouteOf<A>) {
+        self.init(dst: key.dst, gateway: packed.flags & 1 != 0 ? packed.gateway : nil,
                   nexthopID: packed.flags & 2 != 0 ? packed.nexthopID : nil, onlink: packed.flags & 8 != 0, proto: packed.proto,
                   priority: key.priority, deviceIndex: packed.flags & 4 != 0 ? packed.deviceIndex : nil, type: packed.type,
                   scope: packed.scope)
     }
 }
 
-/// The desired state by key, with what the daemon needs to update it one peer
-/// at a time: which peers are programmed, and which claims (subnet, public IP,
-/// name, VTEP MAC) more than one peer makes.
+/// One plane's rules for the daemon's per-lease updates, the same the full
+/// desired state applies (`PeerChecks` for the IPv4 plane, `PeerChecks6` for
+/// the IPv6 plane): whether a peer takes part in the plane at all, why it
+/// cannot be programmed, what it claims, and its kernel entries.
+public protocol PlaneChecks: Sendable {
+    associatedtype Family: IPFamilyAddress
+    associatedtype Claim: Hashable
+    /// The agent's route protocol.
+    var proto: UInt8 { get }
+    /// Whether a peer's entries depend on the host's routes (host-gw, DirectRouting).
+    var followsRoutes: Bool { get }
+    /// What this node claims: no peer may claim it too.
+    var localClaims: [Claim] { get }
+    /// Routes of the backend's own, not a peer's (udp: the network into its device).
+    var ownRoutes: [RouteOf<Family>] { get }
+    /// Whether the peer takes part in this plane at all (a peer without an IPv6
+    /// half has nothing in the IPv6 plane; no peer has in the IPv4 plane of an
+    /// IPv6-only cluster): one that does not claims nothing and has no entries.
+    func inPlane(_ peer: NodeRecord) -> Bool
+    /// Why the peer cannot be programmed, whatever the other peers are; nil if it can.
+    func reason(_ peer: NodeRecord) -> String?
+    /// What a peer claims, in the order conflicts are reported.
+    func forEachClaim(_ peer: NodeRecord, _ body: (Claim) -> Void)
+    /// The kernel entries of a peer that passed every check, in dependency order.
+    func forEachEntry(_ peer: NodeRecord, _ body: (EntryOf<Family>) -> Void)
+}
+
+extension PeerChecks: PlaneChecks {
+    public var proto: UInt8 { settings.proto }
+    public var followsRoutes: Bool { backend.followsRoutes }
+    public var ownRoutes: [Route] { backend.deviceEntries.compactMap { if case .route(let r) = $0 { r } else { nil } } }
+    public func inPlane(_ peer: NodeRecord) -> Bool { network.enableIPv4 }
+    public func forEachEntry(_ peer: NodeRecord, _ body: (Entry) -> Void) { backend.forEachEntry(peer, body) }
+}
+
+extension PeerChecks6: PlaneChecks {
+    public var proto: UInt8 { routes.settings.proto }
+    public var followsRoutes: Bool {
+        if backend is HostGWBackend6 { return true }
+        return (backend as? VXLANBackend6)?.lookup != nil
+    }
+    public var ownRoutes: [Route6] { [] }
+    public func inPlane(_ peer: NodeRecord) -> Bool { peer.ipv6 != nil }
+
+    /// The claims of a peer's IPv6 half, in the order `DesiredState6` checks them.
+    public func forEachClaim(_ peer: NodeRecord, _ body: (PeerClaim6) -> Void) {
+        guard let half = peer.ipv6 else { return }
+        body(.subnet(half.subnet))
+        if let own = backend.claim(half) { body(own) }
+        body(.publicIP(half.publicIP))
+        body(.name(peer.name))
+    }
+
+    public func forEachEntry(_ peer: NodeRecord, _ body: (Entry6) -> Void) {
+        guard let half = peer.ipv6 else { return }
+        backend.forEachEntry(half, body)
+    }
+}
+
+/// One plane's desired state by key (`DesiredIndex`: IPv4, `DesiredIndex6`:
+/// IPv6), with what the daemon needs to update it one peer at a time: which
+/// peers are programmed, and which claims (subnet, public address, name, VTEP
+/// MAC) more than one peer makes.
 ///
 /// Sized for 50,000 peers: it stores the programmed peers, not their entries.
 /// Every entry a backend makes for a peer is a function of the peer record (and
@@ -323,23 +426,25 @@ extension Route: Packable {
 /// that wants it, and the entry itself is the backend's for that peer, derived
 /// when the diff asks (`want(_:)`). Claims are kept as hashes: two claims with
 /// the same hash look like a collision, which only sends that lease to a full pass.
-public struct DesiredIndex: Sendable {
-    public let checks: PeerChecks
-    public var device: VXLANDevice? { checks.backend.device }
+public struct DesiredIndexOf<Checks: PlaneChecks>: Sendable {
+    public typealias A = Checks.Family
+    public let checks: Checks
+    /// The plane's VXLAN device (nil: the backend keeps none, or the plane is off).
+    public let device: VXLANDevice?
     public let deviceName: String
     /// The backend's own entries, not a peer's (udp: the route of the whole network into its device).
-    var own: [RouteKey: Route] = [:]
+    var own: [RouteKeyOf<A>: RouteOf<A>] = [:]
     /// The programmed peers, by slot; a slot in `free` holds a peer no longer programmed.
     var programmed: [NodeRecord] = []
     var free: [Int32] = []
     /// The slot of each programmed peer, by origin (lease key).
     var slots: [String: Int32] = [:]
     /// The slot of the peer that wants each key, one table per kind of key
-    /// (their keys are 4 to 12 bytes; one table keyed by `EntryKey` would be 16).
+    /// (their keys are 4 to 12 bytes for IPv4; one table keyed by `EntryKey` would be 16).
     var byMAC: [MACAddress: Int32] = [:]
-    var byAddress: [IPv4Address: Int32] = [:]
+    var byAddress: [A: Int32] = [:]
     var byNexthop: [UInt32: Int32] = [:]
-    var byRoute: [RouteKey: Int32] = [:]
+    var byRoute: [RouteKeyOf<A>: Int32] = [:]
     public private(set) var skipped: [SkippedPeer]
     /// The hash of every claim of every peer of the view, programmed or not;
     /// those made more than once, with their count.
@@ -348,17 +453,21 @@ public struct DesiredIndex: Sendable {
     let localClaims: Set<Int>
 
     public var peerCount: Int { slots.count }
+    public var proto: UInt8 { checks.proto }
+    public var followsRoutes: Bool { checks.followsRoutes }
 
-    /// Indexes a desired state computed in full from `view`.
-    public init(desired: DesiredState, view: ClusterView, host: HostFacts) {
-        checks = PeerChecks(view: view, host: host, settings: desired.settings)
-        deviceName = desired.deviceName
+    /// Indexes a plane's desired state computed in full from `peers` (the view's).
+    init(checks: Checks, device: VXLANDevice?, deviceName: String, skipped: [SkippedPeer], programmed origins: [String],
+         peers: [NodeRecord]) {
+        self.checks = checks
+        self.device = device
+        self.deviceName = deviceName
         localClaims = Set(checks.localClaims.map(\.hashValue))
-        skipped = desired.skipped
-        claimed.reserveCapacity(view.peers.count * 4)
-        for peer in view.peers { claim(peer, 1) }
-        for case .route(let r) in checks.backend.deviceEntries { own[r.key] = r }
-        let programmed = Set(desired.peerOrigins)
+        self.skipped = skipped
+        claimed.reserveCapacity(peers.count * 4)
+        for peer in peers where checks.inPlane(peer) { claim(peer, 1) }
+        for route in checks.ownRoutes { own[route.key] = route }
+        let programmed = Set(origins)
         let count = programmed.count
         self.programmed.reserveCapacity(count)
         slots.reserveCapacity(count)
@@ -366,7 +475,7 @@ public struct DesiredIndex: Sendable {
         byAddress.reserveCapacity(count)
         byNexthop.reserveCapacity(count)
         byRoute.reserveCapacity(count)
-        for peer in view.peers where programmed.contains(peer.origin) { _ = add(peer) }
+        for peer in peers where programmed.contains(peer.origin) { _ = add(peer) }
     }
 
     /// Whether the peer with this origin is programmed.
@@ -374,7 +483,7 @@ public struct DesiredIndex: Sendable {
 
     /// The entry the desired state holds at `key`: the backend's entry with that
     /// key for the peer that wants it; nil when no programmed peer does.
-    public func want(_ key: EntryKey) -> Entry? {
+    func wantOf(_ key: EntryKeyOf<A>) -> EntryOf<A>? {
         if case .route(let route) = key, let mine = own[route] { return .route(mine) }
         let slot: Int32? = switch key {
         case .fdb(let mac): byMAC[mac]
@@ -383,14 +492,22 @@ public struct DesiredIndex: Sendable {
         case .route(let route): byRoute[route]
         }
         guard let slot else { return nil }
-        var found: Entry?
-        checks.backend.forEachEntry(programmed[Int(slot)]) { entry in
+        var found: EntryOf<A>?
+        checks.forEachEntry(programmed[Int(slot)]) { entry in
             if found == nil, entry.key == key { found = entry }
         }
         return found
     }
 
+    // A closure that captures `self` while `checks` (of a generic type) is
+    // borrowed makes a copy of `checks` per call: the closures below capture
+    // only locals and inout parameters.
+
     mutating func claim(_ peer: NodeRecord, _ delta: Int) {
+        Self.count(peer, delta, checks: checks, claimed: &claimed, claimedAgain: &claimedAgain)
+    }
+
+    static func count(_ peer: NodeRecord, _ delta: Int, checks: Checks, claimed: inout Set<Int>, claimedAgain: inout [Int: Int]) {
         checks.forEachClaim(peer) { claim in
             let hash = claim.hashValue
             if delta > 0 {
@@ -403,8 +520,18 @@ public struct DesiredIndex: Sendable {
         }
     }
 
+    /// The keys of a peer's entries, in dependency order.
+    func keys(_ record: NodeRecord) -> [EntryKeyOf<A>] {
+        var keys: [EntryKeyOf<A>] = []
+        keys.reserveCapacity(4)
+        checks.forEachEntry(record) { entry in
+            if let key = entry.key { keys.append(key) }
+        }
+        return keys
+    }
+
     /// Sets (or clears, with nil) who wants `key`; clearing leaves a key another slot took.
-    mutating func point(_ key: EntryKey, to slot: Int32?, from old: Int32? = nil) {
+    mutating func point(_ key: EntryKeyOf<A>, to slot: Int32?, from old: Int32? = nil) {
         func set<K: Hashable>(_ table: inout [K: Int32], _ k: K) {
             if let slot { table[k] = slot } else if table[k] == old { table[k] = nil }
         }
@@ -417,7 +544,7 @@ public struct DesiredIndex: Sendable {
     }
 
     /// Programs a peer: it takes a slot, its keys point to it; returns the keys.
-    mutating func add(_ record: NodeRecord) -> [EntryKey] {
+    mutating func add(_ record: NodeRecord) -> [EntryKeyOf<A>] {
         let slot: Int32
         if let reused = free.popLast() {
             slot = reused
@@ -427,12 +554,8 @@ public struct DesiredIndex: Sendable {
             programmed.append(record)
         }
         slots[record.origin] = slot
-        var keys: [EntryKey] = []
-        checks.backend.forEachEntry(record) { entry in
-            guard let key = entry.key else { return }
-            point(key, to: slot)
-            keys.append(key)
-        }
+        let keys = keys(record)
+        for key in keys { point(key, to: slot) }
         return keys
     }
 
@@ -451,19 +574,23 @@ public struct DesiredIndex: Sendable {
     /// (none: it is new). Returns the keys whose desired entries changed, or nil
     /// when a full computation must decide: a peer that shares a claim with
     /// another (which one wins depends on the others), a peer skipped before or
-    /// now (its reason is kept in order with the others'). The index is
-    /// unusable after nil.
-    public mutating func update(upserts: [NodeRecord], removals: [String], previous: [String: NodeRecord]) -> Set<EntryKey>? {
-        var touched = Set<EntryKey>()
+    /// now (its reason is kept in order with the others'). A peer that is not
+    /// in the plane (`PlaneChecks.inPlane`), before or now, has nothing there to
+    /// decide. The index is unusable after nil.
+    mutating func updateOf(upserts: [NodeRecord], removals: [String], previous: [String: NodeRecord]) -> Set<EntryKeyOf<A>>? {
+        var touched = Set<EntryKeyOf<A>>()
         var gone = Set<String>()
         func remove(_ origin: String) -> Bool {
             guard !gone.contains(origin), let old = previous[origin] else { return slots[origin] == nil }
+            guard checks.inPlane(old) else {
+                gone.insert(origin)
+                return slots[origin] == nil
+            }
             guard let slot = slots[origin], alone(old) else { return false }
             gone.insert(origin)
             claim(old, -1)
             slots[origin] = nil
-            checks.backend.forEachEntry(programmed[Int(slot)]) { entry in
-                guard let key = entry.key else { return }
+            for key in keys(programmed[Int(slot)]) {
                 point(key, to: nil, from: slot)
                 touched.insert(key)
             }
@@ -477,39 +604,40 @@ public struct DesiredIndex: Sendable {
             // The same record as before: the same outcome (programmed, or skipped for the same reason).
             if previous[record.origin] == record { continue }
             guard remove(record.origin) else { return nil }
+            guard checks.inPlane(record) else { continue }
             claim(record, 1)
             guard alone(record), checks.reason(record) == nil else { return nil }
             touched.formUnion(add(record))
         }
         return touched
     }
-}
 
-extension Differ {
-    /// The changes for the entries at `keys` only: the picture's against the
-    /// desired index's, by the full diff's rules. The device and its address
-    /// are the full diff's. `kept` lists nexthops left because something else uses them.
-    public static func plan(keys: Set<EntryKey>, desired: DesiredIndex, picture: KernelPicture) -> (changes: [Change], kept: [String]) {
-        var changes: [Change] = []
+    /// The changes for the entries at `keys` only: the picture's against this
+    /// index's, by the full diff's rules. The device and its address are the
+    /// full diff's. `kept` lists nexthops left because something else uses them.
+    func planOf(keys: Set<EntryKeyOf<A>>, picture: KernelPictureOf<A>) -> (changes: [ChangeOf<A>], kept: [String]) {
+        var changes: [ChangeOf<A>] = []
         var kept: [String] = []
         let deviceIndex = picture.deviceIndex
-        let proto = desired.checks.settings.proto
-        let renderer = Renderer(deviceName: desired.deviceName, proto: proto, deviceIndex: deviceIndex)
+        let proto = checks.proto
+        let renderer = Renderer(deviceName: deviceName, proto: proto, deviceIndex: deviceIndex)
         for key in keys {
-            let wanted = desired.want(key)
+            let wanted = wantOf(key)
             switch key {
             case .fdb(let mac):
-                let want: FDBEntry? = if case .fdb(let e)? = wanted { e } else { nil }
-                changes += fdbChanges(want: want, have: picture.fdbRemotes(mac))
+                let want: FDBEntryOf<A>? = if case .fdb(let e)? = wanted { e } else { nil }
+                changes += Differ.fdbChanges(want: want, have: picture.fdbRemotes(mac))
             case .neighbor(let ip):
-                let want: Neighbor? = if case .neighbor(let n)? = wanted { n } else { nil }
-                if let change = neighborChange(want: want, have: picture.neighbors[ip]) { changes.append(change) }
+                let want: NeighborOf<A>? = if case .neighbor(let n)? = wanted { n } else { nil }
+                if let change = Differ.neighborChange(want: want, have: picture.neighbors[ip]) { changes.append(change) }
             case .nexthop(let id):
                 if case .nexthop(let want)? = wanted {
-                    if let change = nexthopChange(want: want, have: picture.nexthops[id], deviceIndex: deviceIndex) { changes.append(change) }
+                    if let change = Differ.nexthopChange(want: want, have: picture.nexthops[id], deviceIndex: deviceIndex) {
+                        changes.append(change)
+                    }
                 } else if let have = picture.nexthops[id] {
                     if let user = picture.nexthopUsers[id] {
-                        kept.append(keptLine(have, user: user, renderer: renderer))
+                        kept.append(Differ.keptLine(have, user: user, renderer: renderer))
                     } else {
                         changes.append(.remove(.nexthop(have)))
                     }
@@ -517,7 +645,9 @@ extension Differ {
             case .route(let routeKey):
                 let have = picture.routesAt(routeKey)
                 if case .route(let want)? = wanted {
-                    if let change = routeChange(want: want, have: have.first, deviceIndex: deviceIndex, proto: proto) { changes.append(change) }
+                    if let change = Differ.routeChange(want: want, have: have.first, deviceIndex: deviceIndex, proto: proto) {
+                        changes.append(change)
+                    }
                     changes += have.dropFirst().map { .remove(.route($0)) }
                 } else {
                     changes += have.map { .remove(.route($0)) }
@@ -525,5 +655,53 @@ extension Differ {
             }
         }
         return (changes, kept)
+    }
+}
+
+public typealias DesiredIndex = DesiredIndexOf<PeerChecks>
+public typealias DesiredIndex6 = DesiredIndexOf<PeerChecks6>
+
+extension DesiredIndexOf where Checks == PeerChecks {
+    /// Indexes the IPv4 plane's desired state computed in full from `view`.
+    public init(desired: DesiredState, view: ClusterView, host: HostFacts) {
+        self.init(checks: PeerChecks(view: view, host: host, settings: desired.settings), device: desired.device,
+                  deviceName: desired.deviceName, skipped: desired.skipped, programmed: desired.peerOrigins, peers: view.peers)
+    }
+
+    public func want(_ key: EntryKey) -> Entry? { wantOf(key) }
+
+    /// See `updateOf`.
+    public mutating func update(upserts: [NodeRecord], removals: [String], previous: [String: NodeRecord]) -> Set<EntryKey>? {
+        updateOf(upserts: upserts, removals: removals, previous: previous)
+    }
+}
+
+extension DesiredIndexOf where Checks == PeerChecks6 {
+    /// Indexes the IPv6 plane's desired state computed in full from `view`
+    /// (throws what building that state threw: this node's IPv6 half is unusable).
+    public init(desired: DesiredState6, view: ClusterView, host: HostFacts) throws(ReconcileError) {
+        let checks = try PeerChecks6(view: view, network: desired.network, subnetLen: desired.subnetLen, host: host,
+                                     settings: desired.settings)
+        self.init(checks: checks, device: desired.device, deviceName: desired.deviceName, skipped: desired.skipped,
+                  programmed: desired.peers.map(\.origin), peers: view.peers)
+    }
+
+    public func want(_ key: EntryKey6) -> Entry6? { wantOf(key) }
+
+    /// See `updateOf`.
+    public mutating func update(upserts: [NodeRecord], removals: [String], previous: [String: NodeRecord]) -> Set<EntryKey6>? {
+        updateOf(upserts: upserts, removals: removals, previous: previous)
+    }
+}
+
+extension Differ {
+    /// The IPv4 plane's changes for the entries at `keys` only (see `DesiredIndexOf.planOf`).
+    public static func plan(keys: Set<EntryKey>, desired: DesiredIndex, picture: KernelPicture) -> (changes: [Change], kept: [String]) {
+        desired.planOf(keys: keys, picture: picture)
+    }
+
+    /// The IPv6 plane's changes for the entries at `keys` only.
+    public static func plan(keys: Set<EntryKey6>, desired: DesiredIndex6, picture: KernelPicture6) -> (changes: [Change6], kept: [String]) {
+        desired.planOf(keys: keys, picture: picture)
     }
 }

@@ -158,4 +158,65 @@ struct DualStackTests {
         try cluster.waitUntil("the deleted IPv6 route is back") { try Self.routes6(cluster.ns(1)).contains { $0.hasPrefix(victim + " ") } }
         #expect(try run("ip netns exec \(cluster.ns(2))-p1 ping -c 2 -W 2 \(a.ipv6)").status == 0)
     }
+
+    /// Full passes a daemon logged (`--log-level debug`: one "full pass starts" line each).
+    static func fullPasses(_ log: String) -> Int { log.components(separatedBy: "msg=\"full pass starts\"").count - 1 }
+
+    @Test("run: a lease whose IPv6 half changes and a deleted IPv6 route are applied by incremental passes, without a full pass")
+    func incrementalIPv6() throws {
+        try requireKernel()
+        let network = #"{"Network": "10.244.0.0/16", "EnableIPv6": true, "IPv6Network": "fd00:10:244::/56", "Backend": {"Type": "vxlan"}}"#
+        let cluster = try DaemonCluster(hosts: 2, network: network, dual: true)
+        defer { cluster.close() }
+        // No resync during the test: any full pass is one the incremental path asked for.
+        for host in 1...2 { try cluster.start(host, extra: #", "resyncInterval": 3600"#) }
+        try cluster.waitUntil("each host programs the other in both planes") {
+            try (1...2).allSatisfy { try Self.routes6(cluster.ns($0)).count == 1 && cluster.routes($0).count == 1 }
+        }
+        // The first passes settle (the devices' creation is followed by a full pass): wait until no full pass came for 2 s.
+        var settled = (count: Self.fullPasses(cluster.log(1)), at: Date())
+        try cluster.waitUntil("h1's full passes settle", seconds: 30) {
+            let count = Self.fullPasses(cluster.log(1))
+            if count != settled.count { settled = (count, Date()) }
+            return Date().timeIntervalSince(settled.at) > 2
+        }
+        let before = try cluster.metrics(1)
+        let fullPasses = Self.fullPasses(cluster.log(1))
+        #expect(fullPasses >= 1)
+
+        // A dual-stack lease from flanneld's layout, then its IPv6 half moves to another public IPv6 (same subnets, same MACs).
+        let key = "\(DaemonCluster.leasePrefix)/subnets/10.244.77.0-24&fd00:10:244:4d::-64"
+        func lease(_ publicIPv6: String) -> String {
+            #"{"PublicIP":"198.18.0.77","PublicIPv6":""# + publicIPv6 + #"","BackendType":"vxlan","#
+                + #""BackendData":{"VNI":1,"VtepMAC":"0e:01:00:00:00:4d"},"BackendV6Data":{"VNI":1,"VtepMAC":"0a:01:00:00:00:4d"}}"#
+        }
+        let h1 = cluster.ns(1)
+        _ = try cluster.etcdctl("put '\(key)' '\(lease("2001:2::4d"))'")
+        try cluster.waitUntil("the new lease's IPv6 route and FDB entry") {
+            try Self.routes6(h1).contains { $0.hasPrefix("fd00:10:244:4d::/64 ") }
+                && sh("bridge -n \(h1) fdb show dev flannel-v6.1").contains("0a:01:00:00:00:4d dst 2001:2::4d self permanent")
+        }
+        _ = try cluster.etcdctl("put '\(key)' '\(lease("2001:2::4e"))'")
+        try cluster.waitUntil("the FDB entry follows the lease's new public IPv6") {
+            try sh("bridge -n \(h1) fdb show dev flannel-v6.1").contains("0a:01:00:00:00:4d dst 2001:2::4e self permanent")
+        }
+        #expect(try !sh("bridge -n \(h1) fdb show dev flannel-v6.1").contains("dst 2001:2::4d"))
+
+        // Someone deletes h2's IPv6 route on h1: the daemon puts it back.
+        let victim = "fd00:10:244:" + (try #require(try Self.routes6(h1).first { !$0.hasPrefix("fd00:10:244:4d::") }?
+            .split(separator: ":").dropFirst(3).first.map(String.init)))
+        try sh("ip -n \(h1) -6 route del \(victim)::/64")
+        try cluster.waitUntil("the deleted IPv6 route is back") { try Self.routes6(h1).contains { $0.hasPrefix(victim + "::/64 ") } }
+
+        // All of it without a full pass: the debug log says so, and /metrics counts the IPv6 kinds.
+        let log = cluster.log(1)
+        #expect(Self.fullPasses(log) == fullPasses, "full passes after the settle: \(log.split(separator: "\n").filter { $0.contains("full pass") }.suffix(5))")
+        let after = try cluster.metrics(1)
+        func grew(_ name: String, _ labels: [String: String]) -> Double { (after[name, labels] ?? 0) - (before[name, labels] ?? 0) }
+        #expect(grew("vxlan_agent_changes_applied_total", ["kind": "route6", "action": "add"]) == 2, "the new lease's and the repaired: \(after)")
+        #expect(grew("vxlan_agent_changes_applied_total", ["kind": "fdb6", "action": "update"]) == 1, "\(after)")
+        #expect(grew("vxlan_agent_changes_applied_total", ["kind": "route", "action": "add"]) == 1, "the new lease's IPv4 route: \(after)")
+        #expect(grew("vxlan_agent_reconciles_total", ["trigger": "registry"]) >= 2 && grew("vxlan_agent_reconciles_total", ["trigger": "kernel"]) >= 1,
+                "\(after)")
+    }
 }
