@@ -270,7 +270,9 @@ final class Reconciler: @unchecked Sendable {
                 $0.reconciles[trigger, default: 0] += 1
                 $0.kernelEvents += events
             }
-            finish(changes: changes, report: report, trigger: [trigger], peers: live.desired?.peerCount ?? 0,
+            // IPv6-only: the peers are the IPv6 plane's.
+            let programmed = view.network.enableIPv4 ? live.desired?.peerCount : live.desired6?.peerCount
+            finish(changes: changes, report: report, trigger: [trigger], peers: programmed ?? 0,
                    skipped: nil, started: started, fileError: nil, output: live.output)
             if let applied6 { finish6(changes: applied6.changes, report: applied6.report, output: live.output) }
         }
@@ -388,7 +390,7 @@ final class Reconciler: @unchecked Sendable {
             }
         }
         finish(changes: outcome.plan.changes, report: outcome.report ?? ApplyReport(), trigger: triggers,
-               peers: outcome.desired.peerCount, skipped: outcome.skippedCount, started: started, fileError: fileError,
+               peers: view.network.enableIPv4 ? outcome.desired.peerCount : outcome.desired6?.peerCount ?? 0, skipped: outcome.skippedCount, started: started, fileError: fileError,
                output: outcome.output)
     }
 

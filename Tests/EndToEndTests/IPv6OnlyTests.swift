@@ -124,6 +124,8 @@ struct IPv6OnlyTests {
                     && !value.contains("\"BackendData\""), "\(value)")
         }
         #expect(Set(leases.keys).count == 3)
+        // /metrics counts the IPv6 plane's peers (there is no other plane).
+        try cluster.waitUntil("the peers gauge says 2") { try cluster.metrics(1)["vxlan_agent_peers"] == 2 }
 
         // subnet.env: flanneld's IPv6-only lines; the CNI configuration: one range, IPv6.
         try cluster.waitUntil("subnet.env written") { FileManager.default.fileExists(atPath: "\(cluster.hostDirectory(1))/subnet.env") }
