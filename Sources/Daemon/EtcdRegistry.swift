@@ -43,10 +43,13 @@ public struct OwnLease: Sendable, Hashable {
 /// Dual stack, as flanneld: one key names both subnets (`10.244.1.0-24&fd00:10:244:1::-64`),
 /// so both are taken in one transaction; the IPv6 one is picked at random among
 /// the first 100 free between IPv6SubnetMin and IPv6SubnetMax (or the previous
-/// one, subnet.env's FLANNEL_IPV6_SUBNET, when free). Like flanneld's, the
-/// transaction guards the key alone: two nodes that pick the same IPv6 subnet with
-/// different IPv4 ones at the same instant both succeed (the chance is 1 in 100
-/// per simultaneous pair; the peers' checks then see the overlap).
+/// one, subnet.env's FLANNEL_IPV6_SUBNET, when free). The transaction guards the
+/// key alone, as flanneld's: two nodes that pick the same IPv6 subnet with
+/// different IPv4 ones at the same instant both succeed (1 in 100 per
+/// simultaneous pair: three daemons started together met it in a test run). So
+/// after taking a dual-stack key the allocator reads the keys created since its
+/// list (keys only, few); if an older one holds the same IPv6 subnet, it deletes
+/// its own and takes the next candidate. flanneld does not, and keeps both.
 public struct LeaseAllocator: Sendable {
     public let client: EtcdClient
     public let prefix: String
@@ -112,10 +115,20 @@ public struct LeaseAllocator: Sendable {
         } else {
             candidates.shuffle()
         }
+        // What was created after the list (whose newest key is this old) is what a race is with.
+        let listed = existing.map(\.createRevision).max() ?? 0
         for (attempt, subnet) in candidates.prefix(16).enumerated() {
             let ipv6Subnet = ipv6Candidates[attempt % ipv6Candidates.count]
             let key = Flannel.leaseKey(prefix: prefix, subnet: subnet, ipv6: ipv6Subnet)
             if try await client.createIfAbsent(key, value: attributes.json, lease: id) {
+                if let ipv6Subnet, try await lostIPv6Race(key: key, ipv6Subnet: ipv6Subnet, since: listed + 1) {
+                    _ = try await client.delete(key)
+                    if ipv6Candidates.count == 1 {
+                        try? await client.revoke(lease: id)
+                        throw DaemonError("IPv6 subnet \(ipv6Subnet) (subnet.env's) was taken by another node at the same moment; retrying")
+                    }
+                    continue
+                }
                 return OwnLease(key: key, subnet: subnet, id: id, ipv6Subnet: ipv6Subnet)
             }
             // Another node took it between our list and our transaction: try the next.
@@ -127,6 +140,17 @@ public struct LeaseAllocator: Sendable {
         }
         throw DaemonError("no free subnet: every /\(network.subnetLen) \(range) is leased "
                           + "(\(existing.count) keys under \(Flannel.subnetsPrefix(prefix: prefix)))")
+    }
+
+    /// Whether a key created before ours (`key`, just created), since `revision`,
+    /// holds an IPv6 subnet overlapping ours: the older key keeps it.
+    func lostIPv6Race(key: String, ipv6Subnet: IPv6Prefix, since revision: Int64) async throws -> Bool {
+        let created = try await client.keys(prefix: Flannel.subnetsPrefix(prefix: prefix), createdSince: revision)
+        guard let mine = created.first(where: { $0.key == key })?.createRevision else { return false }
+        return created.contains { kv in
+            kv.key != key && kv.createRevision < mine
+                && Flannel.heldIPv6Subnet(byLeaseKey: kv.key).map { $0.overlaps(ipv6Subnet) } == true
+        }
     }
 
     /// IPv6 only (`EnableIPv4` false): one IPv6 subnet, key `0.0.0.0-0&<ipv6>-<len>`.

@@ -158,6 +158,18 @@ public final class EtcdClient: Sendable {
         return (answer.kvs, answer.revision)
     }
 
+    /// The keys under `prefix` created at `revision` or later, without their
+    /// values (`min_create_revision`, `keys_only`): what other clients created
+    /// since a list, at the cost of those keys alone.
+    public func keys(prefix: String, createdSince revision: Int64) async throws(EtcdError) -> [KeyValue] {
+        let request = Gateway.RangeRequest(key: Gateway.base64(Array(prefix.utf8)),
+                                           range_end: Gateway.base64(Gateway.prefixEnd(Array(prefix.utf8))),
+                                           min_create_revision: Gateway.int64(revision), keys_only: true)
+        let (_, answer) = try await call("/v3/kv/range", request, operation: "list", key: prefix, idempotent: true,
+                                         decode: Gateway.RangeAnswer.init)
+        return answer.kvs
+    }
+
     /// Sets the key, attached to `lease` when given; returns the new store revision.
     @discardableResult
     public func put(_ key: String, value: String, lease: Int64? = nil) async throws(EtcdError) -> Int64 {

@@ -170,6 +170,10 @@ extension Gateway {
         var key: String
         var range_end: String?
         var revision: String?
+        /// Only keys created at this revision or later (etcd's `min_create_revision`).
+        var min_create_revision: String?
+        /// The keys and their revisions without their values.
+        var keys_only: Bool?
     }
 
     struct PutRequest: Encodable {

@@ -60,6 +60,29 @@ struct DualStackLeaseTests {
         }
     }
 
+    @Test("two nodes that take one IPv6 subnet under two IPv4 ones at once: the later key is deleted, the next subnet taken")
+    func ipv6Race() async throws {
+        try await withEtcd { etcd in
+            try await withClient([etcd.endpoint]) { client in
+                // Three IPv6 subnets in range; two are taken by other nodes after this node listed (it saw none).
+                let network = try Self.network(#", "IPv6SubnetMax": "fd00:10:244:3::""#)
+                for (ipv4, ipv6) in [(7, 1), (8, 2)] {
+                    _ = try await client.put(Self.subnets + "10.244.\(ipv4).0-24&fd00:10:244:\(ipv6)::-64",
+                                             value: LeaseAttributes.own(publicIP: IPv4Address("198.18.0.\(ipv4)")!,
+                                                                        publicIPv6: IPv6Address("fd00::\(ipv4)")!, network: network).json)
+                }
+                for _ in 0..<3 {
+                    let lease = try await allocator(client, host: 1, network: network).acquire(network: network, existing: [], previous: nil)
+                    #expect(lease.ipv6Subnet == IPv6Prefix("fd00:10:244:3::/64"), "the one IPv6 subnet no older key holds")
+                    let (keys, _) = try await client.list(prefix: Self.subnets)
+                    let held = keys.compactMap { Flannel.heldIPv6Subnet(byLeaseKey: $0.key) }
+                    #expect(keys.count == 3 && Set(held).count == 3, "no IPv6 subnet under two keys: \(keys.map(\.key))")
+                    _ = try await client.delete(lease.key)
+                }
+            }
+        }
+    }
+
     @Test("renew keeps both subnets; a restart reuses the lease (same public IP); after it is gone, subnet.env's pair is taken again")
     func renewReuseAndPrevious() async throws {
         try await withEtcd { etcd in
