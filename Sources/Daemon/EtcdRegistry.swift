@@ -87,26 +87,11 @@ public struct LeaseAllocator: Sendable {
             return (kv, lease)
         }
         if let (kv, lease) = ours.first(where: { $0.1.subnet == previous }) ?? ours.first {
-            let id = try await client.grantLease(ttlSeconds: ttl)
-            _ = try await client.put(kv.key, value: attributes.json, lease: id)
-            // The key moved to the new lease; the old one holds nothing now.
-            if kv.lease != 0 && kv.lease != id { try? await client.revoke(lease: kv.lease) }
-            return OwnLease(key: kv.key, subnet: lease.subnet, id: id, ipv6Subnet: lease.ipv6Subnet)
+            return OwnLease(key: kv.key, subnet: lease.subnet, id: try await reuse(kv), ipv6Subnet: lease.ipv6Subnet)
         }
         var ipv6Candidates: [IPv6Prefix?] = [nil]
-        if let ipv6 = network.ipv6 {
-            let held6 = existing.compactMap { Flannel.heldIPv6Subnet(byLeaseKey: $0.key) }
-            if let previousIPv6, Flannel.isOwnable(ipv6: previousIPv6, in: network), !held6.contains(where: { $0.overlaps(previousIPv6) }) {
-                ipv6Candidates = [previousIPv6]
-            } else {
-                let free = Flannel.freeIPv6Subnets(network: network, held: held6)
-                guard !free.isEmpty else {
-                    throw DaemonError("no free IPv6 subnet: every /\(ipv6.subnetLen) between IPv6SubnetMin \(ipv6.subnetMin) and "
-                                      + "IPv6SubnetMax \(ipv6.subnetMax) of \(ipv6.network) is leased "
-                                      + "(\(existing.count) keys under \(Flannel.subnetsPrefix(prefix: prefix)))")
-                }
-                ipv6Candidates = free.shuffled()
-            }
+        if network.ipv6 != nil {
+            ipv6Candidates = try ipv6Subnets(network: network, existing: existing, previousIPv6: previousIPv6)
         }
         let id = try await client.grantLease(ttlSeconds: ttl)
         var candidates = Flannel.freeSubnets(network: network, held: held)
@@ -142,6 +127,32 @@ public struct LeaseAllocator: Sendable {
                           + "(\(existing.count) keys under \(Flannel.subnetsPrefix(prefix: prefix)))")
     }
 
+    /// Takes this node's existing key again under a fresh etcd lease, as flanneld
+    /// does; returns the lease's id. The old lease holds nothing after and is revoked.
+    func reuse(_ kv: KeyValue) async throws -> Int64 {
+        let id = try await client.grantLease(ttlSeconds: ttl)
+        _ = try await client.put(kv.key, value: attributes.json, lease: id)
+        if kv.lease != 0 && kv.lease != id { try? await client.revoke(lease: kv.lease) }
+        return id
+    }
+
+    /// The IPv6 subnets to try, in order: subnet.env's previous one when it is in
+    /// range and free, else the first 100 free, shuffled. None free is an error.
+    func ipv6Subnets(network: NetworkConfig, existing: [KeyValue], previousIPv6: IPv6Prefix?) throws -> [IPv6Prefix] {
+        guard let ipv6 = network.ipv6 else { return [] }
+        let held6 = existing.compactMap { Flannel.heldIPv6Subnet(byLeaseKey: $0.key) }
+        if let previousIPv6, Flannel.isOwnable(ipv6: previousIPv6, in: network), !held6.contains(where: { $0.overlaps(previousIPv6) }) {
+            return [previousIPv6]
+        }
+        let free = Flannel.freeIPv6Subnets(network: network, held: held6)
+        guard !free.isEmpty else {
+            throw DaemonError("no free IPv6 subnet: every /\(ipv6.subnetLen) between IPv6SubnetMin \(ipv6.subnetMin) and "
+                              + "IPv6SubnetMax \(ipv6.subnetMax) of \(ipv6.network) is leased "
+                              + "(\(existing.count) keys under \(Flannel.subnetsPrefix(prefix: prefix)))")
+        }
+        return free.shuffled()
+    }
+
     /// Whether a key created before ours (`key`, just created), since `revision`,
     /// holds an IPv6 subnet overlapping ours: the older key keeps it.
     func lostIPv6Race(key: String, ipv6Subnet: IPv6Prefix, since revision: Int64) async throws -> Bool {
@@ -173,23 +184,10 @@ public struct LeaseAllocator: Sendable {
             return (kv, lease)
         }
         if let (kv, lease) = ours.first(where: { $0.1.ipv6Subnet == previousIPv6 }) ?? ours.first {
-            let id = try await client.grantLease(ttlSeconds: ttl)
-            _ = try await client.put(kv.key, value: attributes.json, lease: id)
-            if kv.lease != 0 && kv.lease != id { try? await client.revoke(lease: kv.lease) }
-            return OwnLease(key: kv.key, subnet: NodeRecord.noIPv4Subnet, id: id, ipv6Subnet: lease.ipv6Subnet)
+            return OwnLease(key: kv.key, subnet: NodeRecord.noIPv4Subnet, id: try await reuse(kv), ipv6Subnet: lease.ipv6Subnet)
         }
-        let held6 = existing.compactMap { Flannel.heldIPv6Subnet(byLeaseKey: $0.key) }
-        var candidates: [IPv6Prefix]
-        if let previousIPv6, Flannel.isOwnable(ipv6: previousIPv6, in: network), !held6.contains(where: { $0.overlaps(previousIPv6) }) {
-            candidates = [previousIPv6]
-        } else {
-            candidates = Flannel.freeIPv6Subnets(network: network, held: held6).shuffled()
-        }
+        let candidates = try ipv6Subnets(network: network, existing: existing, previousIPv6: previousIPv6)
         let range = "between IPv6SubnetMin \(ipv6.subnetMin) and IPv6SubnetMax \(ipv6.subnetMax) of \(ipv6.network)"
-        guard !candidates.isEmpty else {
-            throw DaemonError("no free IPv6 subnet: every /\(ipv6.subnetLen) \(range) is leased "
-                              + "(\(existing.count) keys under \(Flannel.subnetsPrefix(prefix: prefix)))")
-        }
         let id = try await client.grantLease(ttlSeconds: ttl)
         for subnet in candidates.prefix(16) {
             let key = Flannel.leaseKey(prefix: prefix, ipv6Only: subnet)
