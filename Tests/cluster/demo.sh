@@ -7,7 +7,8 @@
 # It builds the cluster (Tests/cluster/cluster.sh), runs `vxlan-agent sync` on
 # every host, shows what the kernel then holds, pings every pod from every pod
 # on the other hosts, shows a dry-run, takes host 3 out of the inventory, switches
-# backends (host-gw, udp), shows a dual-stack cluster whose pods ping over IPv6, and
+# backends (host-gw, udp), shows a dual-stack cluster whose pods ping over IPv6 and
+# an IPv6-only one (no IPv4 address anywhere), and
 # removes everything again, also on failure or Ctrl-C. Exit 0 = demo passed.
 # VXA_DEMO_KEEP=1 keeps the cluster at the end (to look around; it prints how
 # to remove it).
@@ -19,6 +20,8 @@ PREFIX="vxa-demo-$$"
 DIR="/run/$PREFIX"          # the cluster's own directory: cluster.sh down removes it
 PREFIX6="vxa-demo6-$$"      # the dual-stack cluster of the last step
 DIR6="/run/$PREFIX6"
+PREFIX7="vxa-demo7-$$"      # the IPv6-only cluster
+DIR7="/run/$PREFIX7"
 HOSTS=3
 PODS=2
 
@@ -61,12 +64,13 @@ cleanup() {
     if [ -n "${VXA_DEMO_KEEP:-}" ]; then
         printf '\nVXA_DEMO_KEEP is set: the cluster stays. Look around with\n'
         printf '  bash %s exec %s 1 ip route\nand remove it with\n  bash %s down %s\n' "$CLUSTER" "$PREFIX" "$CLUSTER" "$PREFIX"
-        printf '(the dual-stack one: bash %s down %s)\n' "$CLUSTER" "$PREFIX6"
+        printf '(the dual-stack one: bash %s down %s; the IPv6-only one: bash %s down %s)\n' "$CLUSTER" "$PREFIX6" "$CLUSTER" "$PREFIX7"
         exit $rc
     fi
     [ $rc = 0 ] || printf '\nremoving the cluster %s ...\n' "$PREFIX" >&2
     bash "$CLUSTER" down "$PREFIX" || true
     bash "$CLUSTER" down "$PREFIX6" > /dev/null 2>&1 || true
+    bash "$CLUSTER" down "$PREFIX7" > /dev/null 2>&1 || true
     exit $rc
 }
 trap cleanup EXIT
@@ -233,13 +237,31 @@ show bash "$CLUSTER" ping "$PREFIX6" --v6 || die "pods of the dual-stack cluster
 show bash "$CLUSTER" ping "$PREFIX6" || die "pods of the dual-stack cluster do not reach each other over IPv4"
 
 # ----------------------------------------------------------------------------
+step "IPv6 only" \
+"A third cluster of two hosts with no IPv4 address at all (\"EnableIPv4\": false):
+flannel-v6.1 alone, nothing of IPv4 programmed."
+show bash "$CLUSTER" up "$PREFIX7" 2 1 --v6only
+cmdline bash "$CLUSTER" inventory "$PREFIX7" --v6only "> $DIR7/inventory.json"
+bash "$CLUSTER" inventory "$PREFIX7" --v6only > "$DIR7/inventory.json"
+show head -n 2 "$DIR7/inventory.json"
+for i in 1 2; do
+    set +e; show ip netns exec "$PREFIX7-h$i" "$AGENT" sync --config "$DIR7/inventory.json" --node "node-$i" --lock-file "$DIR7/h$i.lock"; rc=$?; set -e
+    [ $rc = 0 ] || die "IPv6-only sync on host $i exited $rc"
+done
+show ip -n "$PREFIX7-h1" -6 route show proto vxlan-agent
+[ -z "$(ip -n "$PREFIX7-h1" -4 route show proto vxlan-agent)" ] || die "an IPv6-only host holds IPv4 routes of ours"
+for _ in $(seq 30); do bash "$CLUSTER" ping "$PREFIX7" --v6 > /dev/null 2>&1 && break; sleep 0.2; done
+show bash "$CLUSTER" ping "$PREFIX7" --v6 || die "pods of the IPv6-only cluster do not reach each other"
+
+# ----------------------------------------------------------------------------
 if [ -z "${VXA_DEMO_KEEP:-}" ]; then
     step "Tear down"
+    show bash "$CLUSTER" down "$PREFIX7"
     show bash "$CLUSTER" down "$PREFIX6"
     show bash "$CLUSTER" down "$PREFIX"
     CLEANED=1
-    left=$(bash "$CLUSTER" namespaces "$PREFIX"; bash "$CLUSTER" namespaces "$PREFIX6")
-    [ -z "$left" ] && [ ! -e "$DIR" ] && [ ! -e "$DIR6" ] || die "left behind: $left $DIR $DIR6"
+    left=$(bash "$CLUSTER" namespaces "$PREFIX"; bash "$CLUSTER" namespaces "$PREFIX6"; bash "$CLUSTER" namespaces "$PREFIX7")
+    [ -z "$left" ] && [ ! -e "$DIR" ] && [ ! -e "$DIR6" ] && [ ! -e "$DIR7" ] || die "left behind: $left $DIR $DIR6 $DIR7"
     echo "  no namespace named $PREFIX-* left, $DIR removed"
 fi
 printf '\n%sdemo passed%s\n' "$G$B" "$N"
