@@ -306,6 +306,8 @@ public enum KubeNodes {
     /// the Node's first IPv4 InternalIP.
     public static func publicIP(of node: KubeNode, configured: IPv4Address?, annotations: KubeAnnotations) -> IPv4Address? {
         if let text = node.annotations[annotations.publicIPOverwrite], let address = IPv4Address(text) { return address }
+        // node-public-ip: flanneld takes it as its --public-ip, over the flag (GetStoredPublicIP).
+        if let text = node.annotations[annotations.nodePublicIP], let address = IPv4Address(text) { return address }
         if let configured { return configured }
         return node.internalIPs.lazy.compactMap { IPv4Address($0) }.first
     }
@@ -316,6 +318,8 @@ public enum KubeNodes {
     /// selection), else the Node's first IPv6 InternalIP that is not link-local.
     public static func publicIPv6(of node: KubeNode, configured: IPv6Address?, annotations: KubeAnnotations) -> IPv6Address? {
         if let text = node.annotations[annotations.publicIPv6Overwrite], let address = IPv6Address(text) { return address }
+        // node-public-ipv6: flanneld takes it as its --public-ipv6, over the flag (GetStoredPublicIP).
+        if let text = node.annotations[annotations.nodePublicIPv6], let address = IPv6Address(text) { return address }
         if let configured { return configured }
         return node.internalIPs.lazy.compactMap { IPv6Address($0) }.first { !$0.isLinkLocal && !$0.isIPv4Mapped }
     }

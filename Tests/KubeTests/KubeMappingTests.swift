@@ -144,6 +144,14 @@ let flannel = "flannel.alpha.coreos.com/"
         #expect(KubeNodes.publicIP(of: node, configured: IPv4Address("198.18.0.1"), annotations: annotations) == IPv4Address("198.18.0.1"))
         let overwritten = try decodeNode(nodeJSON("n", annotations: [flannel + "public-ip-overwrite": "198.18.0.5"], internalIP: "198.18.0.9"))
         #expect(KubeNodes.publicIP(of: overwritten, configured: IPv4Address("198.18.0.1"), annotations: annotations) == IPv4Address("198.18.0.5"))
+        // node-public-ip is flanneld's --public-ip from the Node: over the configured one, under the overwrite.
+        var stored = try decodeNode(nodeJSON("n", annotations: [flannel + "node-public-ip": "198.18.0.7"], internalIP: "198.18.0.9"))
+        #expect(KubeNodes.publicIP(of: stored, configured: IPv4Address("198.18.0.1"), annotations: annotations) == IPv4Address("198.18.0.7"))
+        stored.annotations[flannel + "public-ip-overwrite"] = "198.18.0.5"
+        #expect(KubeNodes.publicIP(of: stored, configured: IPv4Address("198.18.0.1"), annotations: annotations) == IPv4Address("198.18.0.5"))
+        stored.annotations = [flannel + "node-public-ipv6": "2001:2::7"]
+        #expect(KubeNodes.publicIPv6(of: stored, configured: IPv6Address("2001:2::1"), annotations: annotations) == IPv6Address("2001:2::7"))
+        #expect(KubeNodes.publicIP(of: stored, configured: nil, annotations: annotations) == IPv4Address("198.18.0.9"))
     }
 
     @Test func configSection() throws {
