@@ -223,8 +223,8 @@ public struct NetworkConfig: Sendable, Hashable {
                 config.port = port == 0 ? udpPort : UInt16(port)
                 return
             }
+            // flanneld on Linux takes an explicit 0 as given (`flannel.0`, VNI 0): so does the agent.
             config.vni = UInt32(try backend.integer("VNI", in: 0...16_777_215) ?? 1)
-            if config.vni == 0 { config.vni = 1 }
             let port = try backend.integer("Port", in: 0...65535) ?? 0
             config.port = port == 0 ? 8472 : UInt16(port)
             config.mtu = try backend.integer("MTU", in: 0...65535).flatMap { $0 == 0 ? nil : UInt32($0) }

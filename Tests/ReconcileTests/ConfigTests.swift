@@ -36,8 +36,10 @@ struct ConfigTests {
                                              source: "net-conf.json")
         #expect(config.subnetLen == 24)
         #expect(config.port == 8472)
-        #expect(config.vni == 1)
-        #expect(config.deviceName == "flannel.1")
+        // flanneld on Linux keeps an explicit VNI 0 (parseVXLANConfig: the default 1 only when VNI is absent).
+        #expect(config.vni == 0)
+        #expect(config.deviceName == "flannel.0")
+        #expect(try NetworkConfig.parse(Data(#"{"Network": "10.1.0.0/16", "Backend": {"Type": "vxlan"}}"#.utf8), source: "x").vni == 1)
         // flannel: a /24 each where the network holds four of them, else a quarter of the network.
         let small = try NetworkConfig.parse(Data(#"{"Network": "10.1.0.0/25"}"#.utf8), source: "x")
         #expect(small.subnetLen == 27)
