@@ -69,23 +69,24 @@ for unit in vxlan-agent.service vxlan-agent-sync.service vxlan-agent-sync.timer;
     chmod 0644 "$units/$unit"
 done
 
-# The man pages: swift-argument-parser's generate-manual plugin (`swift package
-# plugin generate-manual`; it works offline once the package's dependencies are
-# resolved). It builds every product (release: the build above, relinked) and
-# reads the command tree from the binary (`--experimental-dump-help`). One page per command (vxlan-agent.1, vxlan-agent.flanneld.1, ...).
+# The man pages: swift-argument-parser's generate-manual tool (what its
+# `generate-manual` plugin runs; it works offline once the package's dependencies
+# are resolved), which reads the command tree from the binary
+# (`--experimental-dump-help`). One page per command (vxlan-agent.1,
+# vxlan-agent.flanneld.1, ...). The tool is built alone (debug): the plugin
+# would build every product in release without --static-swift-stdlib in this
+# scratch path, and SwiftPM's next static build then relinked from that,
+# dynamically (a second `make deb` refused its own binary).
 man=$pkg/usr/share/man/man1
 mkdir -p "$man"
-if [ -n "${GENERATE_MANUAL:-}" ]; then
-    mkdir -p "$stage/manual"
-    "$GENERATE_MANUAL" "$binary" --multi-page --section 1 --authors "the vxlan-agent authors" \
-        --output-directory "$stage/manual" >&2
-    pages=$(find "$stage/manual" -name 'vxlan-agent*.1')
-else
-    find "$scratch/plugins" -path '*GenerateManual*' -name '*.1' -delete 2>/dev/null || true
-    "$swift" package --scratch-path "$scratch" plugin generate-manual --configuration release --multi-page --section 1 \
-        --authors "the vxlan-agent authors" >&2
-    pages=$(find "$scratch/plugins" -path '*GenerateManual*' -name 'vxlan-agent*.1' 2>/dev/null)
+if [ -z "${GENERATE_MANUAL:-}" ]; then
+    "$swift" build --scratch-path "$scratch" --product generate-manual >&2
+    GENERATE_MANUAL=$("$swift" build --scratch-path "$scratch" --show-bin-path)/generate-manual
 fi
+mkdir -p "$stage/manual"
+"$GENERATE_MANUAL" "$binary" --multi-page --section 1 --authors "the vxlan-agent authors" \
+    --output-directory "$stage/manual" >&2
+pages=$(find "$stage/manual" -name 'vxlan-agent*.1')
 [ -n "$pages" ] || { echo "build.sh: generate-manual wrote no page" >&2; exit 1; }
 # A subcommand's page names itself `.Nm "vxlan-agent sync"`, which whatis
 # (lexgrog) cannot read: name it vxlan-agent-sync (as git names git-commit), in
