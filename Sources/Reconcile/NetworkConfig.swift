@@ -144,9 +144,13 @@ public struct NetworkConfig: Sendable, Hashable {
 
     /// `Network`, `SubnetLen`, `SubnetMin`, `SubnetMax` with flannel's checks and defaults.
     static func parseIPv4(_ fields: JSONFields) throws(ConfigError) -> NetworkConfig {
-        guard let network = try fields.prefix("Network") else { throw fields.error("Network", "is required") }
-        guard network.isCanonical else {
-            throw fields.error("Network", "\(network) has host bits set (did you mean \(network.network)/\(network.length)?)")
+        guard var network = try fields.prefix("Network") else { throw fields.error("Network", "is required") }
+        if !network.isCanonical {
+            // flanneld's decoder (Go's net.ParseCIDR) drops host bits; a file of ours names them.
+            guard fields.dialect != .strict else {
+                throw fields.error("Network", "\(network) has host bits set (did you mean \(network.network)/\(network.length)?)")
+            }
+            network = IPv4Prefix(network.network, network.length)
         }
         for (block, why) in reservedBlocks where block.contains(network.network) || network.contains(block.network) {
             throw fields.error("Network", "\(network) overlaps \(why); choose a private range such as 10.244.0.0/16")
@@ -267,11 +271,15 @@ public struct NetworkConfig: Sendable, Hashable {
             }
             return nil
         }
-        guard let network = try fields.ipv6Prefix("IPv6Network") else {
+        guard var network = try fields.ipv6Prefix("IPv6Network") else {
             throw fields.error("IPv6Network", "is required when EnableIPv6 is true (the IPv6 pod network, such as fd00:10:244::/56)")
         }
-        guard network.isCanonical else {
-            throw fields.error("IPv6Network", "\(network) has host bits set (did you mean \(network.network)/\(network.length)?)")
+        if !network.isCanonical {
+            // As `Network`: flanneld drops host bits, a file of ours names them.
+            guard fields.dialect != .strict else {
+                throw fields.error("IPv6Network", "\(network) has host bits set (did you mean \(network.network)/\(network.length)?)")
+            }
+            network = IPv6Prefix(network.network, network.length)
         }
         for (block, why) in reservedIPv6Blocks where block.overlaps(network) {
             throw fields.error("IPv6Network", "\(network) overlaps \(why); choose a unique local range such as fd00:10:244::/56")
