@@ -147,6 +147,16 @@ public final class TestHost {
             ip -n \(namespace) link set eth0 up
             ip -n \(namespace) link set eth1 up
             """)
+            // A fresh veth reports its carrier a moment later (the kernel's link
+            // watch; later still under load): wait for both ends, so a test's first
+            // snapshot of the kernel is a settled one (a "pristine" state read with
+            // eth1 still LOWERLAYERDOWN failed a whole-state comparison once).
+            let deadline = Date().addingTimeInterval(5)
+            while Date() < deadline {
+                let links = try sh("ip -n \(namespace) -o link show").split(separator: "\n").filter { $0.contains(" eth0@") || $0.contains(" eth1@") }
+                if links.count == 2 && links.allSatisfy({ $0.contains("state UP") }) { break }
+                Thread.sleep(forTimeInterval: 0.02)
+            }
         } catch {
             close()
             throw error
@@ -205,6 +215,19 @@ public final class TestHost {
             state = try kernelState()
         }
         return state
+    }
+
+    /// The kernel state once it equals `expected` (as `kernelState(settlingTo:)`),
+    /// and, when it does not, the lines that differ (`- ` expected only, `+ `
+    /// read only): a failure then says what the kernel holds that it should not.
+    public func kernelStateDifference(settlingTo expected: String, seconds: Double = 5) throws -> String? {
+        let state = try kernelState(settlingTo: expected, seconds: seconds)
+        guard state != expected else { return nil }
+        let want = expected.split(separator: "\n", omittingEmptySubsequences: false)
+        let got = state.split(separator: "\n", omittingEmptySubsequences: false)
+        let gone = want.filter { !got.contains($0) }.map { "- \($0)" }
+        let new = got.filter { !want.contains($0) }.map { "+ \($0)" }
+        return (gone + new).joined(separator: "\n") + (gone.isEmpty && new.isEmpty ? "(the same lines in another order or count)" : "")
     }
 
     /// `ip -j ...` in the namespace, decoded.
