@@ -128,7 +128,15 @@ public struct Syncer {
         // snapshot (the device's addresses).
         let hostAddresses = try dataplane.addresses()
         // IPv6-only: the underlay is the interface that holds this node's public IPv6.
-        let underlay = ipv4 ? try underlay(dataplane, addresses: hostAddresses) : try ipv6OnlyUnderlay(dataplane)
+        // (its IPv6 addresses, dumped for that, serve observe6 too)
+        var addresses6: [(index: Int32, prefix: IPv6Prefix)]?
+        let underlay: LinkState
+        if ipv4 {
+            underlay = try self.underlay(dataplane, addresses: hostAddresses)
+        } else {
+            addresses6 = try dataplane.addresses6()
+            underlay = try ipv6OnlyUnderlay(dataplane, addresses6: addresses6 ?? [])
+        }
         // The kernel refuses a VXLAN MTU above what the underlay carries with the
         // 50 bytes of headers (EINVAL on every sync, forever): say so up front.
         if ipv4, view.network.backendType == "vxlan", let mtu = view.network.mtu, underlay.mtu > 50, mtu > underlay.mtu - 50 {
@@ -164,14 +172,14 @@ public struct Syncer {
         }
         var host = HostFacts(underlay: underlay, addresses: addresses, foreignRoutes: snapshot.foreignRoutes,
                              underlayPrefixes: underlayPrefixes)
-        let snapshot6 = try observe6(dataplane: dataplane, host: &host)
+        let snapshot6 = try observe6(dataplane: dataplane, host: &host, addresses6: addresses6)
         if snapshot6 != nil { laps.lap("snapshot6") }
         return Observation(snapshot: snapshot, host: host, layout: layout, deviceName: name, snapshot6: snapshot6, timings: laps.timings)
     }
 
     /// IPv6-only: the named interface, or the one holding this node's public IPv6
     /// (which `observe6` checks as in dual stack).
-    func ipv6OnlyUnderlay(_ dataplane: Dataplane) throws -> LinkState {
+    func ipv6OnlyUnderlay(_ dataplane: Dataplane, addresses6: [(index: Int32, prefix: IPv6Prefix)]) throws -> LinkState {
         let local = view.local
         if let interface {
             guard let named = try dataplane.link(named: interface) else {
@@ -180,7 +188,7 @@ public struct Syncer {
             return named
         }
         guard let half = local.ipv6 else { throw Self.noIPv6Half(local) }
-        let link = try ipv6Underlay(dataplane, addresses6: dataplane.addresses6(), ipv4Underlay: nil, publicIPv6: half.publicIP)
+        let link = try ipv6Underlay(dataplane, addresses6: addresses6, ipv4Underlay: nil, publicIPv6: half.publicIP)
         if link.isLoopback {
             throw SyncError("interface \(link.name) (holding the publicIPv6 \(half.publicIP) of node \(local.name)) is a loopback "
                             + "device: VXLAN packets sent there never leave this host")
@@ -231,7 +239,8 @@ public struct Syncer {
     /// holds this node's public IPv6 address), the host's IPv6 addresses and the
     /// IPv6 plane's snapshot. IPv4 only: the snapshot of a leftover IPv6 device
     /// of ours (a node that turned dual stack off), else nil, and no IPv6 dump.
-    func observe6(dataplane: Dataplane, host: inout HostFacts) throws -> KernelSnapshot6? {
+    func observe6(dataplane: Dataplane, host: inout HostFacts,
+                  addresses6 dumped: [(index: Int32, prefix: IPv6Prefix)]? = nil) throws -> KernelSnapshot6? {
         let name6 = ipv6DeviceName
         guard programsIPv6 else {
             guard let link = try dataplane.link(named: name6), link.kind == "vxlan" else { return nil }
@@ -239,7 +248,7 @@ public struct Syncer {
         }
         let local = view.local
         guard let half = local.ipv6 else { throw Self.noIPv6Half(local) }
-        let addresses6 = try dataplane.addresses6()
+        let addresses6 = try dumped ?? dataplane.addresses6()
         let underlay6 = try ipv6Underlay(dataplane, addresses6: addresses6, ipv4Underlay: host.underlay, publicIPv6: half.publicIP)
         if underlay6.isLoopback {
             throw SyncError("interface \(underlay6.name) (holding the publicIPv6 \(half.publicIP) of node \(local.name)) is a loopback "

@@ -374,17 +374,29 @@ public enum KubeNodes {
             return .failure(DaemonError("node \(quoted(name)) IPv6 pod cidr not assigned: \(skipped.reason), and the network is dual stack "
                                         + "(EnableIPv6; the controller manager assigns both families with --cluster-cidr=<IPv4>,<IPv6>)"))
         }
-        guard ipv6.network.contains(subnetV6) else {
+        switch localHalf(node, name: name, subnet: subnetV6, ipv6: ipv6, network: network, configuredIPv6: configuredIPv6,
+                         annotations: annotations, stack: "dual stack (EnableIPv6)") {
+        case .success(let half): record.ipv6 = half
+        case .failure(let error): return .failure(error)
+        }
+        return .success(record)
+    }
+
+    /// This node's IPv6 half once its IPv6 podCIDR is known: the podCIDR inside
+    /// IPv6Network, a public IPv6 address, the derived VTEP MAC (vxlan). `stack`
+    /// names the network's kind in the messages.
+    static func localHalf(_ node: KubeNode, name: String, subnet: IPv6Prefix, ipv6: NetworkConfig.IPv6Part, network: NetworkConfig,
+                          configuredIPv6: IPv6Address?, annotations: KubeAnnotations, stack: String) -> Result<NodeRecord.IPv6Half, DaemonError> {
+        guard ipv6.network.contains(subnet) else {
             return .failure(DaemonError("subnet \(ipv6.network) specified in the flannel net config doesn't contain "
-                                        + "\(subnetV6) IPv6 PodCIDR of the \(quoted(name)) node"))
+                                        + "\(subnet) IPv6 PodCIDR of the \(quoted(name)) node"))
         }
         guard let publicIPv6 = publicIPv6(of: node, configured: configuredIPv6, annotations: annotations) else {
-            return .failure(DaemonError("node \(quoted(name)): no public IPv6 address, and the network is dual stack (EnableIPv6): set publicIPv6 "
+            return .failure(DaemonError("node \(quoted(name)): no public IPv6 address, and the network is \(stack): set publicIPv6 "
                                         + "(--public-ipv6), or the Node needs an IPv6 InternalIP"))
         }
-        record.ipv6 = NodeRecord.IPv6Half(subnet: subnetV6, publicIP: publicIPv6,
-                                          vtepMAC: network.backendType == "vxlan" ? .vtep(vni: network.vni, publicIPv6: publicIPv6) : nil)
-        return .success(record)
+        return .success(NodeRecord.IPv6Half(subnet: subnet, publicIP: publicIPv6,
+                                            vtepMAC: network.backendType == "vxlan" ? .vtep(vni: network.vni, publicIPv6: publicIPv6) : nil))
     }
 
     /// This node's record in an IPv6-only network: its IPv6 podCIDR (inside
@@ -401,17 +413,9 @@ public enum KubeNodes {
         case .failure(let skipped):
             return .failure(DaemonError("node \(quoted(name)) IPv6 pod cidr not assigned: \(skipped.reason)"))
         }
-        guard ipv6.network.contains(subnet) else {
-            return .failure(DaemonError("subnet \(ipv6.network) specified in the flannel net config doesn't contain "
-                                        + "\(subnet) IPv6 PodCIDR of the \(quoted(name)) node"))
-        }
-        guard let publicIPv6 = publicIPv6(of: node, configured: configuredIPv6, annotations: annotations) else {
-            return .failure(DaemonError("node \(quoted(name)): no public IPv6 address, and the network is IPv6-only (EnableIPv4: false): "
-                                        + "set publicIPv6 (--public-ipv6), or the Node needs an IPv6 InternalIP"))
-        }
-        let half = NodeRecord.IPv6Half(subnet: subnet, publicIP: publicIPv6,
-                                       vtepMAC: network.backendType == "vxlan" ? .vtep(vni: network.vni, publicIPv6: publicIPv6) : nil)
-        return .success(.ipv6Only(name: name, ipv6: half, origin: origin(name)))
+        return localHalf(node, name: name, subnet: subnet, ipv6: ipv6, network: network, configuredIPv6: configuredIPv6,
+                         annotations: annotations, stack: "IPv6-only (EnableIPv4: false)")
+            .map { .ipv6Only(name: name, ipv6: $0, origin: origin(name)) }
     }
 
     /// What `sync` and `diff` read from the listed Nodes: the view, the Nodes left
