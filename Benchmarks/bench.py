@@ -984,7 +984,26 @@ class Monitor:
         self.reader = open(path)
         self.partial = ""
         self.events = []
-        time.sleep(0.3)  # subscribed before anything is measured
+        self.subscribed(ns)
+
+    def subscribed(self, ns, timeout=30):
+        """Returns once the monitor has subscribed: a sentinel route in a spare table,
+        added and deleted until the monitor reports it (a fixed sleep can lose the
+        first event on a loaded machine)."""
+        deadline = time.time() + timeout
+        while True:
+            subprocess.run(["ip", "-n", ns, "route", "add", "blackhole", "198.19.255.254/32", "table", "252"],
+                           stderr=subprocess.DEVNULL)
+            time.sleep(0.02)
+            self.poll()
+            subprocess.run(["ip", "-n", ns, "route", "del", "blackhole", "198.19.255.254/32", "table", "252"],
+                           stderr=subprocess.DEVNULL)
+            if any("198.19.255.254" in e.key + e.rest for e in self.events):
+                break
+            if time.time() > deadline:
+                raise TimeoutError(f"`ip monitor` in {ns} never reported its sentinel route")
+        time.sleep(0.05)
+        self.poll()
 
     def poll(self):
         chunk = self.reader.read()

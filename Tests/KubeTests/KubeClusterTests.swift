@@ -121,7 +121,16 @@ final class KubeNamespaceCluster {
         let monitorLog = "\(directory)/h1-monitor\(ipv6 ? "6" : "").log"
         let monitor = try spawn(["ip", "-n", "\(prefix)-h1"] + (ipv6 ? ["-6"] : []) + ["-ts", "monitor", "route"], stdout: monitorLog)
         defer { kill(monitor, SIGTERM); _ = waitForExit(monitor) }
-        try await Task.sleep(for: .milliseconds(200))
+        // The monitor must have subscribed before the first put, or a route added
+        // meanwhile is never in its log (a CI run under load waited out 30 s so):
+        // a sentinel route in a spare table of h1 must appear in the log first.
+        let sentinel = ipv6 ? "2001:2:ffff::fe/128" : "198.19.255.254/32"
+        try await eventually("the route monitor in h1 sees a sentinel route", seconds: 30) {
+            _ = try run("ip -n \(prefix)-h1 route add blackhole \(sentinel) table 252")
+            let seen = ((try? String(contentsOfFile: monitorLog, encoding: .utf8)) ?? "").contains(String(sentinel.prefix { $0 != "/" }))
+            _ = try run("ip -n \(prefix)-h1 route del blackhole \(sentinel) table 252")
+            return seen
+        }
         let formatter = DateFormatter()
         formatter.dateFormat = "yyyy-MM-dd'T'HH:mm:ss.SSSSSS"
         formatter.timeZone = .current
@@ -131,10 +140,16 @@ final class KubeNamespaceCluster {
             let started = Date()
             put(k)
             var line: Substring?
-            try await eventually("\(prefix) reaches h1", seconds: 30) {
-                line = (try? String(contentsOfFile: monitorLog, encoding: .utf8))?.split(separator: "\n")
-                    .first { $0.contains(" \(prefix) ") || $0.contains("]\(prefix) ") || $0.contains("] \(prefix)") }
-                return line != nil
+            do {
+                try await eventually("\(prefix) reaches h1", seconds: 30) {
+                    line = (try? String(contentsOfFile: monitorLog, encoding: .utf8))?.split(separator: "\n")
+                        .first { $0.contains(" \(prefix) ") || $0.contains("]\(prefix) ") || $0.contains("] \(prefix)") }
+                    return line != nil
+                }
+            } catch {
+                let routes = (try? sh("ip -n \(self.prefix)-h1 \(ipv6 ? "-6 " : "")route show")) ?? ""
+                Issue.record("h1's routes:\n\(routes)\n\(logs())")
+                throw error
             }
             if let line, line.hasPrefix("["), let end = line.firstIndex(of: "]"),
                let stamp = formatter.date(from: String(line[line.index(after: line.startIndex)..<end])) {
