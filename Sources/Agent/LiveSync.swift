@@ -67,7 +67,12 @@ public final class LiveSync {
     /// A full pass: dump, diff everything, apply. Afterwards each plane's picture
     /// is the dump with the applied changes taken in; after a device change or a
     /// failed change in either plane they are dropped, so the next pass dumps again.
-    public func full(_ syncer: Syncer) throws -> SyncOutcome {
+    ///
+    /// `peers` holds the view's peers (the daemon's one table, see `PeerTable`):
+    /// the indexes read their records from it, and the caller puts each lease
+    /// change in it before `incremental`. Without it each index keeps a table
+    /// of its own, and takes the changes in itself.
+    public func full(_ syncer: Syncer, peers: PeerTable? = nil) throws -> SyncOutcome {
         invalidate()
         let outcome = try syncer.run(dataplane: dataplane, dryRun: false)
         guard let host = outcome.host, let report = outcome.report else { return outcome }
@@ -76,7 +81,7 @@ public final class LiveSync {
         deviceName = syncer.deviceName ?? network.deviceName
         deviceIndex = outcome.deviceIndex
         underlay = (host.underlay.index, host.underlay.name)
-        desired = DesiredIndex(desired: outcome.desired, view: syncer.view, host: host)
+        desired = DesiredIndex(desired: outcome.desired, view: syncer.view, host: host, table: peers)
         var failed = !report.failures.isEmpty || outcome.plan.changes.contains { $0.target == nil }
         // The IPv6 plane: kept alongside when the pass planned one (dual stack, IPv6-only).
         hasIPv6Plane = outcome.desired6 != nil
@@ -86,18 +91,18 @@ public final class LiveSync {
             deviceIndex6 = outcome.output.renderer6?.deviceIndex
             let link6 = host.ipv6Underlay ?? host.underlay
             underlay6 = (link6.index, link6.name)
-            self.desired6 = try? DesiredIndex6(desired: desired6, view: syncer.view, host: host)
+            self.desired6 = try? DesiredIndex6(desired: desired6, view: syncer.view, host: host, table: peers)
             failed = failed || self.desired6 == nil || !(outcome.report6?.failures.isEmpty ?? true)
                 || plan6.changes.contains { $0.target == nil }
             if !failed {
                 var picture6 = KernelPicture6(snapshot6)
-                for change in plan6.changes { picture6.record(change) }
+                picture6.record(plan6.changes)
                 self.picture6 = picture6
             }
         }
         if !failed {
             var picture = KernelPicture(outcome.snapshot)
-            for change in outcome.plan.changes { picture.record(change) }
+            picture.record(outcome.plan.changes)
             self.picture = picture
         } else {
             picture6 = nil
@@ -173,7 +178,7 @@ public final class LiveSync {
         if !changes.isEmpty {
             report = dataplane.apply(changes, deviceName: deviceName)
             failed = !report.failures.isEmpty
-            if !failed { for change in changes { picture.record(change) } }
+            if !failed { picture.record(changes) }
         }
         if var plane = picture6, let index = desired6, !failed {
             let (changes6, kept6) = Differ.plan(keys: keys6, desired: index, picture: plane)
@@ -182,7 +187,7 @@ public final class LiveSync {
                 if !changes6.isEmpty {
                     report6 = dataplane.apply(changes6, deviceName: deviceName6)
                     failed = !report6.failures.isEmpty
-                    if !failed { for change in changes6 { plane.record(change) } }
+                    if !failed { plane.record(changes6) }
                 }
                 applied6 = (changes6, report6, kept6)
             }

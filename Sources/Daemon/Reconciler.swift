@@ -83,7 +83,8 @@ final class Reconciler: @unchecked Sendable {
     var config: AgentConfig
     var network: NetworkConfig?
     var local: NodeRecord?
-    var peers: [String: NodeRecord] = [:]
+    /// The view's peers between full passes, shared with `live`'s indexes.
+    let peers = PeerTable()
     var interface: String?
     let live: LiveSync
     var monitor: KernelMonitor?
@@ -190,13 +191,15 @@ final class Reconciler: @unchecked Sendable {
             if let view = work.view {
                 network = view.network
                 local = view.local
-                peers = Dictionary(view.peers.map { ($0.origin, $0) }, uniquingKeysWith: { _, b in b })
+                peers.replace(with: view.peers)
                 full.insert("registry")
             }
             // The records the changed leases had: the incremental pass takes their entries out.
+            // The last pass took the last removals in (or its indexes are rebuilt): their slots are free.
+            peers.settle()
             var previous: [String: NodeRecord] = [:]
-            for key in work.removals { previous[key] = peers.removeValue(forKey: key) }
-            for (key, record) in work.upserts { previous[key] = peers.updateValue(record, forKey: key) }
+            for key in work.removals { previous[key] = peers.remove(key) }
+            for record in work.upserts.values { previous[record.origin] = peers.upsert(record) }
             // Up to four entries a peer and plane (VXLAN's FDB entry, neighbor, nexthop, route), each a write and its echo.
             let limit = Work.eventLimit(entries: 4 * peers.count * (network?.ipv6 == nil ? 1 : 2))
             condition.lock()
@@ -309,7 +312,7 @@ final class Reconciler: @unchecked Sendable {
     private func fullPass(view: ClusterView, triggers: Set<String>, locked: Bool = false) {
         let started = ContinuousClock.now
         var view = view
-        view.peers = peers.values.sorted { $0.origin < $1.origin }
+        view.peers = peers.sorted
         let deviceName = config.deviceName ?? view.network.deviceName
         if monitor == nil {
             let port = live.dataplane.socket.portID
@@ -344,7 +347,7 @@ final class Reconciler: @unchecked Sendable {
         let syncer = Syncer(view: view, interface: interface, layout: config.routeLayout, deviceName: config.deviceName)
         let outcome: SyncOutcome
         do {
-            outcome = try live.full(syncer)
+            outcome = try live.full(syncer, peers: peers)
         } catch {
             metrics.update {
                 $0.reconcileErrors += 1

@@ -68,6 +68,44 @@ public struct KernelPictureOf<A: IPFamilyAddress>: Sendable {
         }
     }
 
+    /// Takes in a batch the kernel accepted, in order. The routes that used a
+    /// removed nexthop are looked for once for the batch, not once per nexthop
+    /// (each look is a walk of every route: a burst of k removals at n peers
+    /// was k walks of n), and before any later change that adds a route or
+    /// nexthop with one of those ids.
+    mutating func recordAllOf(_ changes: [ChangeOf<A>]) {
+        var gone = Set<UInt32>()
+        for change in changes {
+            switch change {
+            case .remove(.nexthop(let n)):
+                nexthops[n.id] = nil
+                gone.insert(n.id)
+                continue
+            case .add(let entry), .replace(_, let entry):
+                let id: UInt32? = switch entry {
+                case .nexthop(let n): n.id
+                case .route(let r): r.nexthopID
+                default: nil
+                }
+                if let id, gone.contains(id) {
+                    dropRoutes(using: gone)
+                    gone = []
+                }
+            default: break
+            }
+            recordOf(change)
+        }
+        if !gone.isEmpty { dropRoutes(using: gone) }
+    }
+
+    /// The kernel deletes the routes that use a nexthop with it, and says nothing.
+    mutating func dropRoutes(using ids: Set<UInt32>) {
+        for (key, route) in routes.filter({ $0.value.nexthopID.map(ids.contains) ?? false }) { dropRoute(route, at: key) }
+        for (key, extra) in extraRoutes {
+            for route in extra where route.nexthopID.map(ids.contains) ?? false { dropRoute(route, at: key) }
+        }
+    }
+
     mutating func put(_ entry: EntryOf<A>, replacing old: EntryOf<A>?) {
         let index = deviceIndex
         switch entry {
@@ -108,9 +146,7 @@ public struct KernelPictureOf<A: IPFamilyAddress>: Sendable {
         case .neighbor(let n): neighbors[n.ip] = nil
         case .nexthop(let n):
             nexthops[n.id] = nil
-            // The kernel deletes the routes that use a nexthop with it, and says nothing.
-            for (key, route) in routes.filter({ $0.value.nexthopID == n.id }) { dropRoute(route, at: key) }
-            for (key, extra) in extraRoutes { for route in extra where route.nexthopID == n.id { dropRoute(route, at: key) } }
+            dropRoutes(using: [n.id])
         case .route(let r):
             let key = r.key
             if let same = routesAt(key).first(where: { Self.sameRoute($0, r) }) { dropRoute(same, at: key) } else if let first = routes[key] { dropRoute(first, at: key) }
@@ -185,6 +221,9 @@ public struct KernelPictureOf<A: IPFamilyAddress>: Sendable {
         }
         guard let key = entry.key else { return event.own ? .ignored : .fullPass("address of the device changed") }
         if event.deleted {
+            // The echo of the agent's own delete, taken in when it was written
+            // (the routes that used the nexthop with it): nothing to walk.
+            if event.own, case .nexthop(let n) = entry, nexthops[n.id] == nil { return .ignored }
             var keys = [key]
             if case .nexthop(let n) = entry {
                 // The kernel deletes the routes that use a nexthop with it, and says nothing.
@@ -224,6 +263,9 @@ extension KernelPictureOf where A == IPv4Address {
     /// Takes in a change the kernel accepted (see `recordOf`).
     public mutating func record(_ change: Change) { recordOf(change) }
 
+    /// Takes in a batch the kernel accepted (see `recordAllOf`).
+    public mutating func record(_ changes: [Change]) { recordAllOf(changes) }
+
     /// Takes in a kernel event (see `noteOf`).
     public mutating func note(_ event: KernelEvent, proto: UInt8, network: IPv4Prefix?, followsRoutes: Bool = false) -> Noted {
         noteOf(event, proto: proto, network: network, followsRoutes: followsRoutes)
@@ -237,6 +279,8 @@ extension KernelPictureOf where A == IPv6Address {
     public init(_ snapshot: KernelSnapshot6) { self.init(snapshot: Differ.withoutKernelOwn(snapshot)) }
 
     public mutating func record(_ change: Change6) { recordOf(change) }
+
+    public mutating func record(_ changes: [Change6]) { recordAllOf(changes) }
 
     public mutating func note(_ event: KernelEvent6, proto: UInt8, network: IPv6Prefix?, followsRoutes: Bool = false) -> Noted {
         noteOf(event, proto: proto, network: network, followsRoutes: followsRoutes)
@@ -434,11 +478,15 @@ public struct DesiredIndexOf<Checks: PlaneChecks>: Sendable {
     public let deviceName: String
     /// The backend's own entries, not a peer's (udp: the route of the whole network into its device).
     var own: [RouteKeyOf<A>: RouteOf<A>] = [:]
-    /// The programmed peers, by slot; a slot in `free` holds a peer no longer programmed.
-    var programmed: [NodeRecord] = []
-    var free: [Int32] = []
-    /// The slot of each programmed peer, by origin (lease key).
-    var slots: [String: Int32] = [:]
+    /// The peers, in slots: the daemon's one table (shared with the reconciler
+    /// and the other plane's index), or one of this index's own.
+    let table: PeerTable
+    /// Whether the table is this index's own: then `update` puts the changes in
+    /// it; a shared table has them already.
+    let ownsTable: Bool
+    /// Whether the peer in each slot is programmed in this plane.
+    var programmed: [Bool] = []
+    public private(set) var peerCount = 0
     /// The slot of the peer that wants each key, one table per kind of key
     /// (their keys are 4 to 12 bytes for IPv4; one table keyed by `EntryKey` would be 16).
     var byMAC: [MACAddress: Int32] = [:]
@@ -452,13 +500,20 @@ public struct DesiredIndexOf<Checks: PlaneChecks>: Sendable {
     var claimedAgain: [Int: Int] = [:]
     let localClaims: Set<Int>
 
-    public var peerCount: Int { slots.count }
     public var proto: UInt8 { checks.proto }
     public var followsRoutes: Bool { checks.followsRoutes }
 
-    /// Indexes a plane's desired state computed in full from `peers` (the view's).
+    /// Indexes a plane's desired state computed in full from `peers` (the view's),
+    /// whose records are `table`'s when one is given (nil: the index keeps its own).
     init(checks: Checks, device: VXLANDevice?, deviceName: String, skipped: [SkippedPeer], programmed origins: [String],
-         peers: [NodeRecord]) {
+         peers: [NodeRecord], table: PeerTable?) {
+        if let table, table.count == peers.count, peers.allSatisfy({ table.slot(of: $0.origin) != nil }) {
+            self.table = table
+            ownsTable = false
+        } else {
+            self.table = PeerTable(peers)
+            ownsTable = true
+        }
         self.checks = checks
         self.device = device
         self.deviceName = deviceName
@@ -469,8 +524,6 @@ public struct DesiredIndexOf<Checks: PlaneChecks>: Sendable {
         for route in checks.ownRoutes { own[route.key] = route }
         let programmed = Set(origins)
         let count = programmed.count
-        self.programmed.reserveCapacity(count)
-        slots.reserveCapacity(count)
         byMAC.reserveCapacity(count)
         byAddress.reserveCapacity(count)
         byNexthop.reserveCapacity(count)
@@ -479,7 +532,21 @@ public struct DesiredIndexOf<Checks: PlaneChecks>: Sendable {
     }
 
     /// Whether the peer with this origin is programmed.
-    public func isProgrammed(_ origin: String) -> Bool { slots[origin] != nil }
+    public func isProgrammed(_ origin: String) -> Bool { programmedSlot(origin) != nil }
+
+    /// The slot of a programmed peer (or of one removed from the table whose removal this index has not taken in).
+    func programmedSlot(_ origin: String) -> Int32? {
+        guard let slot = table.slot(of: origin), Int(slot) < programmed.count, programmed[Int(slot)] else { return nil }
+        return slot
+    }
+
+    mutating func setProgrammed(_ slot: Int32, _ value: Bool) {
+        let i = Int(slot)
+        if i >= programmed.count { programmed += repeatElement(false, count: i - programmed.count + 1 + programmed.count / 4) }
+        guard programmed[i] != value else { return }
+        programmed[i] = value
+        peerCount += value ? 1 : -1
+    }
 
     /// The entry the desired state holds at `key`: the backend's entry with that
     /// key for the peer that wants it; nil when no programmed peer does.
@@ -493,7 +560,7 @@ public struct DesiredIndexOf<Checks: PlaneChecks>: Sendable {
         }
         guard let slot else { return nil }
         var found: EntryOf<A>?
-        checks.forEachEntry(programmed[Int(slot)]) { entry in
+        checks.forEachEntry(table.record(at: slot)) { entry in
             if found == nil, entry.key == key { found = entry }
         }
         return found
@@ -543,17 +610,10 @@ public struct DesiredIndexOf<Checks: PlaneChecks>: Sendable {
         }
     }
 
-    /// Programs a peer: it takes a slot, its keys point to it; returns the keys.
+    /// Programs a peer (the table's record of its origin): its slot is marked, its keys point to it; returns the keys.
     mutating func add(_ record: NodeRecord) -> [EntryKeyOf<A>] {
-        let slot: Int32
-        if let reused = free.popLast() {
-            slot = reused
-            programmed[Int(slot)] = record
-        } else {
-            slot = Int32(programmed.count)
-            programmed.append(record)
-        }
-        slots[record.origin] = slot
+        guard let slot = table.slot(of: record.origin) else { preconditionFailure("a peer programmed is in the table") }
+        setProgrammed(slot, true)
         let keys = keys(record)
         for key in keys { point(key, to: slot) }
         return keys
@@ -578,25 +638,28 @@ public struct DesiredIndexOf<Checks: PlaneChecks>: Sendable {
     /// in the plane (`PlaneChecks.inPlane`), before or now, has nothing there to
     /// decide. The index is unusable after nil.
     mutating func updateOf(upserts: [NodeRecord], removals: [String], previous: [String: NodeRecord]) -> Set<EntryKeyOf<A>>? {
+        if ownsTable {
+            for origin in removals { table.remove(origin) }
+            for record in upserts { table.upsert(record) }
+        }
+        defer { if ownsTable { table.settle() } }
         var touched = Set<EntryKeyOf<A>>()
         var gone = Set<String>()
         func remove(_ origin: String) -> Bool {
-            guard !gone.contains(origin), let old = previous[origin] else { return slots[origin] == nil }
+            guard !gone.contains(origin), let old = previous[origin] else { return programmedSlot(origin) == nil }
             guard checks.inPlane(old) else {
                 gone.insert(origin)
-                return slots[origin] == nil
+                return programmedSlot(origin) == nil
             }
-            guard let slot = slots[origin], alone(old) else { return false }
+            guard let slot = programmedSlot(origin), alone(old) else { return false }
             gone.insert(origin)
             claim(old, -1)
-            slots[origin] = nil
-            for key in keys(programmed[Int(slot)]) {
+            setProgrammed(slot, false)
+            // `old` is the record this index programmed: the table's before the change.
+            for key in keys(old) {
                 point(key, to: nil, from: slot)
                 touched.insert(key)
             }
-            // The record's strings go with it; the slot is taken again by the next peer.
-            programmed[Int(slot)] = NodeRecord(name: "", publicIP: IPv4Address(0), subnet: IPv4Prefix(IPv4Address(0), 0))
-            free.append(slot)
             return true
         }
         for origin in removals { guard remove(origin) else { return nil } }
@@ -663,9 +726,10 @@ public typealias DesiredIndex6 = DesiredIndexOf<PeerChecks6>
 
 extension DesiredIndexOf where Checks == PeerChecks {
     /// Indexes the IPv4 plane's desired state computed in full from `view`.
-    public init(desired: DesiredState, view: ClusterView, host: HostFacts) {
+    public init(desired: DesiredState, view: ClusterView, host: HostFacts, table: PeerTable? = nil) {
         self.init(checks: PeerChecks(view: view, host: host, settings: desired.settings), device: desired.device,
-                  deviceName: desired.deviceName, skipped: desired.skipped, programmed: desired.peerOrigins, peers: view.peers)
+                  deviceName: desired.deviceName, skipped: desired.skipped, programmed: desired.peerOrigins, peers: view.peers,
+                  table: table)
     }
 
     public func want(_ key: EntryKey) -> Entry? { wantOf(key) }
@@ -679,11 +743,11 @@ extension DesiredIndexOf where Checks == PeerChecks {
 extension DesiredIndexOf where Checks == PeerChecks6 {
     /// Indexes the IPv6 plane's desired state computed in full from `view`
     /// (throws what building that state threw: this node's IPv6 half is unusable).
-    public init(desired: DesiredState6, view: ClusterView, host: HostFacts) throws(ReconcileError) {
+    public init(desired: DesiredState6, view: ClusterView, host: HostFacts, table: PeerTable? = nil) throws(ReconcileError) {
         let checks = try PeerChecks6(view: view, network: desired.network, subnetLen: desired.subnetLen, host: host,
                                      settings: desired.settings)
         self.init(checks: checks, device: desired.device, deviceName: desired.deviceName, skipped: desired.skipped,
-                  programmed: desired.peers.map(\.origin), peers: view.peers)
+                  programmed: desired.peers.map(\.origin), peers: view.peers, table: table)
     }
 
     public func want(_ key: EntryKey6) -> Entry6? { wantOf(key) }

@@ -132,25 +132,33 @@ struct IncrementalIPv6Tests {
         }
     }
 
-    /// The agent's side, as `LiveSync` keeps it: each plane's picture and index, and the peers it knows.
+    /// The agent's side, as the daemon keeps it: each plane's picture and index,
+    /// and the peers it knows in one `PeerTable` both indexes read (the
+    /// reconciler's), changed before each pass and settled after it.
     struct Agent {
         let stack: Stack
         var picture: KernelPicture
         var desired: DesiredIndex
         var picture6: KernelPicture6
         var desired6: DesiredIndex6
-        var peers: [String: NodeRecord]
+        let peers: PeerTable
         var fullPasses: [String] = []
 
         init(stack: Stack, peers: [NodeRecord], kernel: Kernel) throws {
+            try self.init(stack: stack, table: PeerTable(peers), kernel: kernel)
+        }
+
+        init(stack: Stack, table: PeerTable, kernel: Kernel) throws {
             self.stack = stack
-            self.peers = Dictionary(uniqueKeysWithValues: peers.map { ($0.origin, $0) })
-            let (state, state6) = try Self.states(stack, peers)
-            let view = stack.view(peers)
+            peers = table
+            let records = table.sorted
+            let (state, state6) = try Self.states(stack, records)
+            let view = stack.view(records)
             picture = KernelPicture(kernel.v4.snapshot)
-            desired = DesiredIndex(desired: state, view: view, host: IncrementalIPv6Tests.host())
+            desired = DesiredIndex(desired: state, view: view, host: IncrementalIPv6Tests.host(), table: table)
             picture6 = KernelPicture6(kernel.v6.snapshot)
-            desired6 = try DesiredIndex6(desired: state6, view: view, host: IncrementalIPv6Tests.host())
+            desired6 = try DesiredIndex6(desired: state6, view: view, host: IncrementalIPv6Tests.host(), table: table)
+            #expect(!desired.ownsTable && !desired6.ownsTable, "both indexes read the one table")
         }
 
         static func states(_ stack: Stack, _ peers: [NodeRecord]) throws -> (DesiredState, DesiredState6) {
@@ -162,10 +170,10 @@ struct IncrementalIPv6Tests {
         /// A full pass of both planes, as `sync` does it, then fresh pictures and indexes.
         mutating func full(_ kernel: inout Kernel, why: String) throws {
             let passes = fullPasses + [why]
-            let (state, state6) = try Self.states(stack, Array(peers.values))
+            let (state, state6) = try Self.states(stack, peers.sorted)
             for change in try Differ.plan(desired: state, snapshot: kernel.v4.snapshot).changes { _ = kernel.v4.apply(change) }
             for change in try Differ.plan(desired: state6, snapshot: kernel.v6.snapshot).changes { _ = kernel.v6.apply(change) }
-            self = try Agent(stack: stack, peers: Array(peers.values), kernel: kernel)
+            self = try Agent(stack: stack, table: peers, kernel: kernel)
             fullPasses = passes
         }
 
@@ -174,9 +182,11 @@ struct IncrementalIPv6Tests {
         @discardableResult
         mutating func pass(_ kernel: inout Kernel, upserts: [NodeRecord] = [], removals: [String] = [],
                            events: [KernelEvent] = [], events6: [KernelEvent6] = []) throws -> (v4: [Change], v6: [Change6])? {
+            // As the reconciler: the last pass's removals are taken in, their slots free for these upserts.
+            peers.settle()
             var previous: [String: NodeRecord] = [:]
-            for key in removals { previous[key] = peers.removeValue(forKey: key) }
-            for record in upserts { previous[record.origin] = peers.updateValue(record, forKey: record.origin) }
+            for key in removals { previous[key] = peers.remove(key) }
+            for record in upserts { previous[record.origin] = peers.upsert(record) }
             let network = stack.network
             var keys = Set<EntryKey>(), keys6 = Set<EntryKey6>()
             for event in events {
@@ -204,14 +214,11 @@ struct IncrementalIPv6Tests {
             let changes = Differ.plan(keys: keys, desired: desired, picture: picture).changes
             let changes6 = Differ.plan(keys: keys6, desired: desired6, picture: picture6).changes
             var echoes: [KernelEvent] = [], echoes6: [KernelEvent6] = []
-            for change in changes {
-                echoes += kernel.v4.apply(change)
-                picture.record(change)
-            }
-            for change in changes6 {
-                echoes6 += kernel.v6.apply(change)
-                picture6.record(change)
-            }
+            for change in changes { echoes += kernel.v4.apply(change) }
+            for change in changes6 { echoes6 += kernel.v6.apply(change) }
+            // As LiveSync: each plane's batch taken in at once.
+            picture.record(changes)
+            picture6.record(changes6)
             // The echoes of its own writes change nothing.
             if !echoes.isEmpty || !echoes6.isEmpty {
                 let echoed = try pass(&kernel, events: echoes, events6: echoes6)
@@ -222,7 +229,7 @@ struct IncrementalIPv6Tests {
 
         /// The full diff of both planes of the same view against the kernel: empty when the incremental path got it right.
         func remaining(_ kernel: Kernel) throws -> [String] {
-            let (state, state6) = try Self.states(stack, Array(peers.values))
+            let (state, state6) = try Self.states(stack, peers.sorted)
             return try Differ.plan(desired: state, snapshot: kernel.v4.snapshot).changes.map { "\($0)" }
                 + Differ.plan(desired: state6, snapshot: kernel.v6.snapshot).changes.map { "\($0)" }
         }
@@ -250,6 +257,22 @@ struct IncrementalIPv6Tests {
         let removed = try #require(try agent.pass(&kernel, removals: [stack.peer(7).origin]))
         #expect(removed.v6.count == 4 && Self.allRemovals(removed.v6))
         #expect(removed.v4.count == (stack == .dual ? 4 : 0) && Self.allRemovals(removed.v4))
+        #expect(try agent.remaining(kernel) == [])
+        #expect(agent.fullPasses == [])
+    }
+
+    @Test("a lease gone and a new one in one pass, both indexes on the one table: the new lease does not take the gone one's slot while the indexes still read it; no full pass",
+          arguments: Stack.allCases)
+    func goneAndNewInOnePass(stack: Stack) throws {
+        var (kernel, agent) = try Self.start(stack, (2...30).map { stack.peer($0) })
+        let both = try #require(try agent.pass(&kernel, upserts: [stack.peer(60)], removals: [stack.peer(7).origin]))
+        #expect(both.v6.count == 8 && both.v4.count == (stack == .dual ? 8 : 0))
+        #expect(agent.peers.count == 29 && agent.peers[stack.peer(7).origin] == nil && agent.peers[stack.peer(60).origin] != nil)
+        // The next pass's lease takes the freed slot.
+        let next = try #require(try agent.pass(&kernel, upserts: [stack.peer(61)]))
+        #expect(next.v6.count == 4 && Self.allAdds(next.v6))
+        #expect(agent.desired6.isProgrammed(stack.peer(61).origin) && !agent.desired6.isProgrammed(stack.peer(7).origin))
+        #expect(agent.desired6.peerCount == 30 && agent.desired.peerCount == (stack == .dual ? 30 : 0))
         #expect(try agent.remaining(kernel) == [])
         #expect(agent.fullPasses == [])
     }
@@ -437,7 +460,7 @@ struct IncrementalIPv6Tests {
         var (kernel, agent) = try Self.start(stack, leases)
         var next = 100
         for step in 0..<60 {
-            switch rng.next() % 8 {
+            switch rng.next() % 9 {
             case 0: // a new lease, sometimes colliding with another in the IPv6 plane
                 let collide = rng.next() % 4 == 0
                 let record = collide ? stack.peer(next, ip6: Int(rng.next() % 40) + 2) : stack.peer(next, subnet6: 100 + next % 150)
@@ -469,6 +492,13 @@ struct IncrementalIPv6Tests {
                 var changed = neighbor
                 changed.mac = MACAddress(value: 0x0200_0000_0000 | rng.next() % 0xffff)
                 try agent.pass(&kernel, events6: kernel.v6.apply(.replace(from: .neighbor(neighbor), to: .neighbor(changed)), own: false))
+            case 8: // a lease gone and a new one in one pass: the gone one's slot is not the new one's
+                guard !leases.isEmpty else { continue }
+                let gone = leases.remove(at: Int(rng.next() % UInt64(leases.count)))
+                let record = stack.peer(next, subnet6: 100 + next % 150)
+                next += 1
+                leases.append(record)
+                try agent.pass(&kernel, upserts: [record], removals: [gone.origin])
             default: // an IPv4 route deleted by someone (dual stack)
                 guard let route = kernel.v4.routes.values.randomElement(using: &rng) else { continue }
                 try agent.pass(&kernel, events: kernel.v4.apply(.remove(.route(route)), own: false))

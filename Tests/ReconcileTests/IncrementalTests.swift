@@ -127,10 +127,9 @@ struct IncrementalTests {
             keys.formUnion(touched)
             let changes = Differ.plan(keys: keys, desired: desired, picture: picture).changes
             var echoes: [KernelEvent] = []
-            for change in changes {
-                echoes += kernel.apply(change)
-                picture.record(change)
-            }
+            for change in changes { echoes += kernel.apply(change) }
+            // As LiveSync: the batch taken in at once.
+            picture.record(changes)
             // The echoes of its own writes change nothing.
             if !echoes.isEmpty {
                 let echoed = pass(&kernel, events: echoes)
@@ -230,6 +229,34 @@ struct IncrementalTests {
         let repair = try #require(agent.pass(&kernel, events: events))
         #expect(Set(repair.map { $0.target?.kind ?? "" }) == ["nexthop", "route"])
         #expect(agent.remaining(kernel) == [])
+    }
+
+    @Test("a batch taken in at once: a removed nexthop takes its routes with it, but not a route added after it with a nexthop of the same id")
+    func batchRecording() throws {
+        let peers = (2...6).map { Self.peer($0) }
+        let state = DesiredState(view: Self.view(peers), host: Self.host(), settings: AgentSettings())
+        let snapshot = Fixture.kernel(holding: state, index: Self.index)
+        let hops = snapshot.nexthops.sorted { $0.id < $1.id }
+        let via = { (hop: Nexthop) in try #require(snapshot.routes.first { $0.nexthopID == hop.id }) }
+        let (first, second) = (hops[0], hops[1])
+        let (route1, route2) = (try via(first), try via(second))
+        // Two nexthops gone in one batch: both their routes go too, the others stay.
+        var picture = KernelPicture(snapshot)
+        picture.record([.remove(.nexthop(first)), .remove(.nexthop(second))])
+        #expect(picture.nexthops[first.id] == nil && picture.routes[route1.key] == nil && picture.routes[route2.key] == nil)
+        #expect(picture.routes.count == snapshot.routes.count - 2 && picture.nexthops.count == hops.count - 2)
+        // The same nexthop removed, added again, and a route via it, in one batch: the new route stays.
+        var again = KernelPicture(snapshot)
+        again.record([.remove(.nexthop(first)), .add(.nexthop(first)), .add(.route(route1)), .remove(.nexthop(second))])
+        #expect(again.nexthops[first.id] == first && again.routes[route1.key]?.nexthopID == first.id)
+        #expect(again.routes[route2.key] == nil && again.nexthops[second.id] == nil)
+        // Taken in one by one, the same batch leaves the same picture.
+        var oneByOne = KernelPicture(snapshot)
+        for change in [Change.remove(.nexthop(first)), .add(.nexthop(first)), .add(.route(route1)), .remove(.nexthop(second))] {
+            oneByOne.record(change)
+        }
+        #expect(Set(oneByOne.routes.map(\.value)) == Set(again.routes.map(\.value)))
+        #expect(Set(oneByOne.nexthops.map(\.value)) == Set(again.nexthops.map(\.value)))
     }
 
     @Test("events that do not say what they replaced go to a full pass")
