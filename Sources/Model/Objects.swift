@@ -415,6 +415,9 @@ public enum ChangeOf<A: IPFamilyAddress>: Hashable, Sendable {
 
 extension ChangeOf {
     /// The entry an entry change acts on (the new one for replace).
+    /// Inlinable: callers in other modules (`Dataplane`'s phases, per change)
+    /// got an unspecialized call, generic metadata and a witness copy each time.
+    @inlinable
     public var target: EntryOf<A>? {
         switch self {
         case .add(let entry), .replace(_, let entry), .remove(let entry): entry

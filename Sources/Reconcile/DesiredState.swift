@@ -224,6 +224,14 @@ public struct DesiredState: Sendable, Hashable {
 
         var claims = ClaimTable<IPv4Address>(capacity: view.peers.count + 1)
         for claim in checks.localClaims { claims.record(claim, by: view.local.name) }
+        // Sized up front: grown by appending, the five arrays were copied (and
+        // their new pages faulted in) a dozen times each at 10,000 peers.
+        let count = view.peers.count
+        peers.reserveCapacity(count)
+        fdb.reserveCapacity(count)
+        neighbors.reserveCapacity(count)
+        nexthops.reserveCapacity(count)
+        routes.reserveCapacity(count + routes.count)
         for peer in view.peers.sorted(by: { ($0.subnet, $0.name) < ($1.subnet, $1.name) }) {
             func skip(_ reason: String) { skipped.append(SkippedPeer(name: peer.name, origin: peer.origin, reason: reason)) }
             if let reason = checks.reason(peer) { skip(reason); continue }
