@@ -12,7 +12,7 @@ TEST_PACKAGES  := $(BUILD_PACKAGES) iproute2 iputils-ping containernetworking-pl
                   nftables etcd-server etcd-client openssl strace procps gcc python3 tcpdump
 BENCH_PACKAGES := $(TEST_PACKAGES) iperf3 gcc
 
-.PHONY: all build release test demo bench bench-quick bench-daemon bench-datapath install uninstall clean deps-build deps-test deps-bench fuzz fuzz-smoke
+.PHONY: all build release test demo bench bench-quick bench-sync bench-daemon bench-datapath install uninstall clean deps-build deps-test deps-bench fuzz fuzz-smoke
 
 all: build
 
@@ -82,6 +82,10 @@ bench: deps-bench release
 
 bench-quick: deps-bench release
 	python3 Benchmarks/bench.py $(RELEASE) quick
+
+# Only the `sync` scenarios at 1,000 and 10,000 peers and issue 10's two sync targets: about a minute.
+bench-sync: deps-bench release
+	python3 Benchmarks/bench.py $(RELEASE) sync
 
 # Only issue 10's daemon targets (`vxlan-agent run` against etcd): about 3 minutes.
 bench-daemon: deps-bench release

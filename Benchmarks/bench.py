@@ -3,9 +3,11 @@
 next to iproute2 (flannel's layout and nexthop objects) and the kernel's own
 limit (Benchmarks/limit.c), all in one run on the same machine.
 
-  bench.py AGENT quick|full|smoke|daemon|datapath|ipv6 [--runs R] [--seconds S] [--out DIR]
+  bench.py AGENT quick|full|smoke|sync|daemon|datapath|ipv6 [--runs R] [--seconds S] [--out DIR]
 
 smoke: `sync` at 100 peers only (seconds; the end-to-end tests run it).
+sync: only the `sync` scenarios at 1,000 and 10,000 peers (quick's first part,
+  about a minute), and issue 10's two `sync` targets.
 ipv6: only issue 12's IPv6 cold sync at 10,000 peers (dual stack: IPv4 and IPv6
   halves), against `bridge -batch` + `ip -6 -batch` in flannel's layout (and the
   nexthop layout, and both planes in flannel's layout) in the same run; namespaces
@@ -1391,7 +1393,7 @@ def print_summary(rows, mode):
 
 
 def main(argv):
-    if len(argv) < 3 or argv[2] not in ("quick", "full", "smoke", "daemon", "datapath", "ipv6"):
+    if len(argv) < 3 or argv[2] not in ("quick", "full", "smoke", "sync", "daemon", "datapath", "ipv6"):
         print(__doc__, file=sys.stderr)
         return 2
     mode = argv[2]
@@ -1400,8 +1402,8 @@ def main(argv):
     os.makedirs(os.path.join(HERE, "bin"), exist_ok=True)
     sh(f"cc -O2 -Wall -o {HERE}/bin/limit {HERE}/limit.c $(pkg-config --cflags --libs libmnl)")
     sh(f"cc -O2 -Wall -o {HERE}/bin/flannel_proxy {HERE}/flannel_proxy.c")
-    sizes = {"smoke": [100], "quick": [1000, 10000], "full": [1000, 10000, 50000], "daemon": [], "datapath": [],
-             "ipv6": []}[mode]
+    sizes = {"smoke": [100], "quick": [1000, 10000], "full": [1000, 10000, 50000], "sync": [1000, 10000], "daemon": [],
+             "datapath": [], "ipv6": []}[mode]
     # The datapath table's own counts: 5 iperf3 runs per case (--runs in datapath mode), 5 s each.
     dp_runs = runs if mode == "datapath" and "--runs" in argv else 5
     dp_seconds = int(argv[argv.index("--seconds") + 1]) if "--seconds" in argv else 5
@@ -1426,12 +1428,12 @@ def main(argv):
         if mode in ("quick", "full", "ipv6"):
             print("\nIPv6 plane (dual stack), N = 10,000 peers", flush=True)
             bench.scenario_ipv6(10000)
-        if mode not in ("smoke", "datapath", "ipv6"):
+        if mode not in ("smoke", "sync", "datapath", "ipv6"):
             if not shutil.which("etcd"):
                 raise RuntimeError("etcd is missing (make deps-bench installs it): the daemon targets need it")
             print("\nThe daemon (`vxlan-agent run`) against etcd", flush=True)
             bench.daemon_targets(samples=21 if mode == "quick" else 41)
-        if mode not in ("smoke", "daemon", "ipv6") and shutil.which("iperf3"):
+        if mode not in ("smoke", "sync", "daemon", "ipv6") and shutil.which("iperf3"):
             print(f"\ndatapath: pod-to-pod iperf3, {', '.join(c[0] for c in Bench.DATAPATH_CASES)}; "
                   f"{dp_runs} rounds of {dp_seconds} s each", flush=True)
             bench.datapath(runs=dp_runs, seconds=dp_seconds)
