@@ -194,9 +194,9 @@ final class Reconciler: @unchecked Sendable {
                 peers.replace(with: view.peers)
                 full.insert("registry")
             }
-            // The records the changed leases had: the incremental pass takes their entries out.
             // The last pass took the last removals in (or its indexes are rebuilt): their slots are free.
             peers.settle()
+            // The records the changed leases had: the incremental pass takes their entries out.
             var previous: [String: NodeRecord] = [:]
             for key in work.removals { previous[key] = peers.remove(key) }
             for record in work.upserts.values { previous[record.origin] = peers.upsert(record) }
