@@ -797,15 +797,7 @@ struct Phases<A: IPFamilyAddress> {
     func upserts(_ kind: Kind) -> [ChangeOf<A>] { upsertsByKind[kind.rawValue] }
 
     func removed(_ kind: Kind) -> [EntryOf<A>] {
-        removes.filter { Self.entry($0, is: kind) }
-    }
-
-    @inline(__always)
-    static func entry(_ entry: EntryOf<A>, is kind: Kind) -> Bool {
-        switch (entry, kind) {
-        case (.address, .address), (.fdb, .fdb), (.neighbor, .neighbor), (.nexthop, .nexthop), (.route, .route): true
-        default: false
-        }
+        removes.filter { Self.kind($0) == kind }
     }
 }
 
